@@ -1,0 +1,34 @@
+"""ddpm: denoising diffusion models trained on your own images, with exact math and fast samplers."""
+
+from .diffusion import (
+    eps_from_v,
+    eps_from_x0,
+    prediction_to_x0_eps,
+    q_posterior,
+    q_sample,
+    training_target,
+    v_from_eps_x0,
+    x0_from_eps,
+    x0_from_v,
+)
+from .sampling import SAMPLERS, image_generators, sample
+from .schedule import Schedule, spaced_timesteps
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SAMPLERS",
+    "Schedule",
+    "eps_from_v",
+    "eps_from_x0",
+    "image_generators",
+    "prediction_to_x0_eps",
+    "q_posterior",
+    "q_sample",
+    "sample",
+    "spaced_timesteps",
+    "training_target",
+    "v_from_eps_x0",
+    "x0_from_eps",
+    "x0_from_v",
+]

@@ -1,0 +1,178 @@
+"""Noise schedules: the β_t, α_t and ᾱ_t tables of a diffusion process.
+
+Every table is a float64 1-D tensor of length T (``timesteps``). Index ``t`` runs over 0..T-1 and
+index 0 is the least noisy step. Tables are kept in float64 because 1 − ᾱ_t near t = 0 and ᾱ_t near
+t = T−1 lose most of their digits in float32; callers cast at the point of use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SPACINGS = ("leading", "linspace", "trailing", "logsnr")
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A discrete variance schedule.
+
+    Build one with :meth:`linear` or :meth:`cosine`; ``Schedule(betas)`` takes any table of betas
+    in (0, 1). ``kind`` and ``params`` only record how it was built, so that a checkpoint can
+    rebuild it with :meth:`from_dict`.
+    """
+
+    betas: Tensor  # (T,) float64
+    kind: str = "custom"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        betas = torch.as_tensor(self.betas, dtype=torch.float64).flatten().clone()
+        if betas.numel() < 1:
+            raise ValueError("a schedule needs at least one timestep; got an empty table of betas")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            bad = betas[~((betas > 0) & (betas < 1))][0].item()
+            raise ValueError(f"every beta must lie in (0, 1); got {bad!r}")
+        object.__setattr__(self, "betas", betas)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def linear(cls, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+        """DDPM's schedule (Ho et al. 2020): β rises linearly from ``beta_start`` to ``beta_end``."""
+        _check_timesteps(timesteps)
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not 0.0 < float(value) < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1); got {value!r}")
+        if beta_start > beta_end:
+            raise ValueError(
+                f"beta_start ({beta_start}) is larger than beta_end ({beta_end}); noise must not shrink "
+                "over time: swap them"
+            )
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+        return cls(betas, "linear", {"timesteps": timesteps, "beta_start": beta_start, "beta_end": beta_end})
+
+    @classmethod
+    def cosine(cls, timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
+        """Nichol & Dhariwal (2021) eq. 17: ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2).
+
+        β_t = 1 − ᾱ(t+1)/ᾱ(t), capped at ``max_beta`` to avoid the singularity at t = T.
+        """
+        _check_timesteps(timesteps)
+        if not 0.0 < max_beta < 1.0:
+            raise ValueError(f"max_beta must lie in (0, 1); got {max_beta!r}")
+        if s < 0:
+            raise ValueError(f"the cosine offset s must be >= 0; got {s!r}")
+        steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+        return cls(betas, "cosine", {"timesteps": timesteps, "s": s, "max_beta": max_beta})
+
+    # ------------------------------------------------------------------ tables
+    @property
+    def timesteps(self) -> int:
+        """T, the number of steps."""
+        return self.betas.numel()
+
+    @property
+    def alphas(self) -> Tensor:
+        """α_t = 1 − β_t, float64 (T,)."""
+        return 1.0 - self.betas
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """ᾱ_t = ∏_{s≤t} α_s, float64 (T,)."""
+        return torch.cumprod(self.alphas, dim=0)
+
+    @property
+    def alphas_cumprod_prev(self) -> Tensor:
+        """ᾱ_{t−1} with ᾱ_{−1} = 1 (the clean image), float64 (T,)."""
+        return torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+
+    @property
+    def posterior_variance(self) -> Tensor:
+        """β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (DDPM eq. 7), float64 (T,); β̃_0 = 0."""
+        return (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod) * self.betas
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description; custom tables are stored as lists of floats."""
+        if self.kind in ("linear", "cosine"):
+            return {"kind": self.kind, **self.params}
+        return {"kind": "custom", "betas": self.betas.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Schedule:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        kind = d.pop("kind", None)
+        if kind == "linear":
+            return cls.linear(**d)
+        if kind == "cosine":
+            return cls.cosine(**d)
+        if kind == "custom":
+            return cls(torch.tensor(d["betas"], dtype=torch.float64))
+        raise ValueError(f"unknown schedule kind {kind!r}; expected 'linear', 'cosine' or 'custom'")
+
+    def __repr__(self) -> str:
+        extra = ", ".join(f"{k}={v}" for k, v in self.params.items() if k != "timesteps")
+        return f"Schedule.{self.kind}(timesteps={self.timesteps}{', ' + extra if extra else ''})"
+
+
+def _check_timesteps(timesteps: int) -> None:
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+        raise ValueError(f"timesteps must be an integer >= 1; got {timesteps!r}")
+
+
+def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace") -> Tensor:
+    """Pick ``steps`` indices of the training schedule to sample with.
+
+    Returns a LongTensor (steps,) of distinct indices in **decreasing** order that always ends at
+    index 0, so every sampler finishes on the least noisy step the model was trained on.
+
+    - ``leading``: 0, c, 2c, ... with c = T // steps (DDIM's original choice; never reaches T−1).
+    - ``linspace``: evenly spaced from T−1 down to 0, rounded.
+    - ``trailing``: T−1, T−1−c, ... with c = T / steps, the last one replaced by 0.
+    - ``logsnr``: evenly spaced in log-SNR = log(ᾱ/(1−ᾱ)) between index T−1 and index 0, each
+      point mapped to the nearest unused index.
+    """
+    T = schedule.timesteps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in 1..{T} (the schedule's length); got {steps!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if steps == T:
+        return torch.arange(T - 1, -1, -1)
+    if spacing == "leading":
+        idx = torch.arange(steps) * (T // steps)
+    elif spacing == "linspace":
+        idx = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
+    elif spacing == "trailing":
+        idx = (T - 1 - torch.arange(steps, dtype=torch.float64) * (T / steps)).round().long()
+        idx[-1] = 0
+    else:  # logsnr
+        ab = schedule.alphas_cumprod
+        lam = torch.log(ab) - torch.log1p(-ab)  # decreasing in t
+        targets = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
+        idx = _nearest_unique(lam, targets)
+    idx = torch.unique(idx)  # sorted ascending
+    if idx.numel() != steps:  # rounding collided (only for steps close to T): fill the gaps evenly
+        idx = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
+    return idx.flip(0)
+
+
+def _nearest_unique(lam: Tensor, targets: Tensor) -> Tensor:
+    """Index of the entry of the decreasing table ``lam`` nearest each target, all distinct."""
+    chosen: list[int] = []
+    taken: set[int] = set()
+    T = lam.numel()
+    for target in targets.tolist():
+        order = torch.argsort((lam - target).abs()).tolist()
+        j = next(i for i in order if i not in taken)
+        taken.add(j)
+        chosen.append(j)
+    chosen[0], chosen[-1] = 0, T - 1
+    return torch.tensor(sorted(set(chosen)))
