@@ -1,0 +1,85 @@
+"""Pictures: uint8 conversion, grids, PNG files with metadata, strips and GIFs.
+
+Arrays handed to Pillow are uint8 in (H, W, C) or (B, H, W, C) layout, C = 1 or 3.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+from torch import Tensor
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """Map images in [-1, 1], (B, C, H, W), to uint8 (B, H, W, C), rounding to the nearest level.
+
+    Rounding (not truncation) makes the map the inverse of loading: pixel p -> p/127.5 - 1 -> p.
+    """
+    x = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 1, pad_value: int = 0,
+              scale: int = 1) -> np.ndarray:
+    """Tile uint8 images (B, H, W, C) into one (H', W', C) grid of ``nrow`` columns (default ~√B).
+
+    ``scale`` enlarges every pixel to scale×scale (nearest), so 8×8 digits stay visible.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"make_grid takes (B, H, W, C) images; got shape {images.shape}")
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    b, h, w, c = images.shape
+    ncol = nrow or max(1, math.ceil(math.sqrt(b)))
+    nrows = math.ceil(b / ncol)
+    grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, c), pad_value, np.uint8)
+    for i in range(b):
+        r, q = divmod(i, ncol)
+        y, x = padding + r * (h + padding), padding + q * (w + padding)
+        grid[y:y + h, x:x + w] = images[i]
+    return grid
+
+
+def _pil(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def save_png(path: str | os.PathLike[str], image: np.ndarray, metadata: dict[str, str] | None = None) -> Path:
+    """Write a uint8 (H, W, C) image as PNG with ``metadata`` in tEXt chunks, atomically (temp + rename)."""
+    path = Path(path)
+    info = PngImagePlugin.PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(str(key), str(value))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _pil(image).save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+    return path
+
+
+def read_png_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The text chunks of a PNG written by :func:`save_png`."""
+    with Image.open(path) as im:
+        im.load()
+        return dict(getattr(im, "text", {}) or {})
+
+
+def save_gif(path: str | os.PathLike[str], frames: Sequence[np.ndarray], duration_ms: int = 80,
+             hold_last_ms: int = 1000) -> Path:
+    """Write uint8 frames (each (H, W, C)) as a looping animated GIF, holding the last frame longer."""
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    path = Path(path)
+    pil = [_pil(f) for f in frames]
+    durations = [duration_ms] * (len(pil) - 1) + [hold_last_ms]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0)
+    os.replace(tmp, path)
+    return path
