@@ -14,6 +14,8 @@ Every sampler has the same signature (k-diffusion style)::
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -65,6 +67,8 @@ def make_denoiser(
     clip_x0: bool = True,
     labels: Tensor | None = None,
     guidance: float | None = None,
+    *,
+    threshold: float | None = None,
 ) -> Denoiser:
     """Wrap ``model(x_t, t[, labels])`` into ``denoise(x, t) -> (x0, eps)`` (both (B, C, H, W)).
 
@@ -73,7 +77,12 @@ def make_denoiser(
     combination is affine with weights summing to one, so it is the same in ε, x_0 or v space.
     With ``clip_x0`` the predicted x_0 is clamped to [-1, 1] and ε recomputed from it, so that every
     sampler stays consistent with the clipped prediction.
+    With ``threshold=p`` (e.g. 0.995), dynamic thresholding (Imagen, Saharia et al. 2022, §2.3) is used
+    instead, whatever ``clip_x0`` says: per image, s = max(1, p-quantile of |x̂_0|), and x̂_0 is clamped
+    to [−s, s] and divided by s.
     """
+    if threshold is not None and not 0.0 < float(threshold) <= 1.0:
+        raise ValueError(f"threshold is a quantile in (0, 1] (e.g. 0.995); got {threshold!r}")
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
     if guidance is not None and labels is None:
@@ -104,7 +113,12 @@ def make_denoiser(
     def denoise(x: Tensor, t: int) -> tuple[Tensor, Tensor]:
         a = ab[t].item()
         x0, eps = prediction_to_x0_eps(call(x, t), x, a, prediction)
-        if clip_x0:
+        if threshold is not None:
+            s = torch.quantile(x0.flatten(1).abs().float(), float(threshold), dim=1).to(x0.dtype).clamp(min=1.0)
+            s = s.reshape(-1, *([1] * (x0.ndim - 1)))  # (B, 1, 1, 1)
+            x0 = torch.maximum(torch.minimum(x0, s), -s) / s
+            eps = eps_from_x0(x, x0, a)
+        elif clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = eps_from_x0(x, x0, a)
         return x0, eps
@@ -152,8 +166,194 @@ def sample_ddpm(
     return x
 
 
+def _alphas(schedule: Schedule, timesteps: Tensor) -> tuple[list[int], list[float]]:
+    """The kept indices and their ᾱ as python floats (float64), with ᾱ = 1 (the clean image) appended."""
+    ts = [int(t) for t in timesteps.tolist()]
+    ab = schedule.alphas_cumprod.tolist()
+    return ts, [ab[t] for t in ts] + [1.0]
+
+
+def _log_snr_half(a: float) -> float:
+    """λ = log(α/σ) = ½ log(ᾱ/(1−ᾱ)) (DPM-Solver's half log-SNR); +inf at ᾱ = 1."""
+    return math.inf if a >= 1.0 else 0.5 * (math.log(a) - math.log1p(-a))
+
+
+def sample_ddim(
+    denoise: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    timesteps: Tensor,
+    generator: Generators = None,
+    callback: Callback = None,
+    eta: float = 0.0,
+) -> Tensor:
+    """DDIM (Song, Meng & Ermon 2021) on any decreasing subset of indices. x: (B, C, H, W) → (B, C, H, W).
+
+    ``eta = 0`` is the deterministic sampler (a first-order solver of the probability-flow ODE);
+    ``eta = 1`` gives σ² = β̃ of the respaced chain, i.e. the same distribution as ancestral DDPM.
+    The last step goes to ᾱ = 1 and returns x̂_0.
+    """
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1] (0 deterministic, 1 DDPM-like); got {eta!r}")
+    ts, ab = _alphas(schedule, timesteps)
+    for i, t in enumerate(ts):
+        a_t, a_s = ab[i], ab[i + 1]
+        x0, eps = denoise(x, t)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+        if i + 1 == len(ts):  # ᾱ_s = 1: eq. 12 reduces to x̂_0 (σ = 0, √(1−ᾱ_s) = 0)
+            return x0
+        # (1) DDIM eq. 16: σ_t(η) = η · √((1−ᾱ_s)/(1−ᾱ_t)) · √(1 − ᾱ_t/ᾱ_s).
+        sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
+        # (2) DDIM eq. 12: x_s = √ᾱ_s x̂_0 + √(1−ᾱ_s−σ²) ε̂ + σ z.
+        x = a_s**0.5 * x0 + max(1 - a_s - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
+    return x
+
+
+def sample_dpmpp_2m(
+    denoise: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    timesteps: Tensor,
+    generator: Generators = None,
+    callback: Callback = None,
+    order: int = 2,
+    lower_order_final: bool = False,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): data-prediction multistep solver in λ = log(α/σ).
+
+    x: (B, C, H, W) → (B, C, H, W). The first step is first order (no history yet). ``order=1`` is
+    DPM-Solver++(1), which is DDIM with η = 0 step for step. ``lower_order_final`` also takes the step
+    into the last index first order. The endpoint λ = ∞ (ᾱ = 1) is reached from the last index with
+    the exact limit of the first-order update, which is x̂_0 there; a second-order update has no limit
+    at h = ∞ (r = h_prev/h → 0), so the final jump never uses history.
+    """
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2 for dpmpp-2m; got {order!r}")
+    ts, ab = _alphas(schedule, timesteps)
+    x0_prev: Tensor | None = None
+    h_prev = 0.0
+    for i, t in enumerate(ts):
+        a_t, a_s = ab[i], ab[i + 1]
+        x0, _ = denoise(x, t)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+        if i + 1 == len(ts):  # (4) λ_s = ∞: σ_s = 0, α_s = 1, e^{−h} = 0, so x_s = D = x̂_0
+            return x0
+        # (1) h = λ_s − λ_t, with α = √ᾱ, σ = √(1−ᾱ).
+        lam_t, lam_s = _log_snr_half(a_t), _log_snr_half(a_s)
+        h = lam_s - lam_t
+        last_finite = i + 2 == len(ts)
+        if order == 1 or x0_prev is None or (lower_order_final and last_finite):
+            d = x0
+        else:
+            # (2) Alg. 2 line 6: D = (1 + 1/(2r)) x̂_0(t) − 1/(2r) x̂_0(prev), r = h_prev/h.
+            r = h_prev / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        # (3) Lu et al. eq. 8 (first-order exponential integrator in data space):
+        #     x_s = (σ_s/σ_t) x_t − α_s (e^{−h} − 1) D.
+        x = ((1 - a_s) / (1 - a_t)) ** 0.5 * x - a_s**0.5 * math.expm1(-h) * d
+        x0_prev, h_prev = x0, h
+    return x
+
+
+def sample_dpmpp_3m(
+    denoise: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    timesteps: Tensor,
+    generator: Generators = None,
+    callback: Callback = None,
+    lower_order_final: bool = False,
+) -> Tensor:
+    """Third-order multistep DPM-Solver++ (Lu et al. 2022, §4 with a quadratic Taylor term). x: (B, C, H, W).
+
+    Exact solution of the probability-flow ODE in data-prediction form (Lu et al. eq. 7):
+    x_s = (σ_s/σ_t) x_t + σ_s ∫ e^λ x̂_0(λ) dλ. Expanding x̂_0(λ) = D + u D' + u²/2 D'' (u = λ − λ_t)
+    and integrating exactly gives x_s = (σ_s/σ_t) x_t + α_s (c1 D + c2 D' + c3 D'') with
+    c1 = 1 − e^{−h}, c2 = h − c1, c3 = h²/2 − c2. D' and D'' come from divided differences of the
+    last three x̂_0 in λ. Orders ramp 1, 2, 3; ``lower_order_final`` uses first order into the last index.
+    """
+    ts, ab = _alphas(schedule, timesteps)
+    hist: list[tuple[float, Tensor]] = []  # (λ, x̂_0), newest last; at most three kept
+    for i, t in enumerate(ts):
+        a_t, a_s = ab[i], ab[i + 1]
+        x0, _ = denoise(x, t)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+        if i + 1 == len(ts):  # λ_s = ∞: the limit of every term is x̂_0 (c2, c3 multiply α_s·0 history)
+            return x0
+        lam_t, lam_s = _log_snr_half(a_t), _log_snr_half(a_s)
+        h = lam_s - lam_t
+        hist = (hist + [(lam_t, x0)])[-3:]
+        # (1) the exponential-integrator weights.
+        c1 = -math.expm1(-h)
+        c2 = h - c1
+        c3 = 0.5 * h * h - c2
+        update = c1 * x0
+        order = 1 if (lower_order_final and i + 2 == len(ts)) else len(hist)
+        if order >= 2:
+            # (2) first divided difference D'(λ_t) ≈ (D_t − D_p1)/h1.
+            (l1, d1), (l0, d0) = hist[-2], hist[-1]
+            h1 = l0 - l1
+            dd0 = (d0 - d1) / h1
+            if order == 2:
+                update = update + c2 * dd0
+            else:
+                # (3) derivative of the quadratic through the last three points at λ_t:
+                #     D' = dd0 + h1 f, D'' = 2 f with f = (dd0 − dd1)/(h1 + h2).
+                l2, d2 = hist[-3]
+                h2 = l1 - l2
+                f = (dd0 - (d1 - d2) / h2) / (h1 + h2)
+                update = update + c2 * (dd0 + h1 * f) + c3 * (2 * f)
+        x = ((1 - a_s) / (1 - a_t)) ** 0.5 * x + a_s**0.5 * update
+    return x
+
+
+def sample_dpmpp_2m_sde(
+    denoise: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    timesteps: Tensor,
+    generator: Generators = None,
+    callback: Callback = None,
+) -> Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, App. B): the data-prediction reverse SDE, second-order multistep.
+
+    x: (B, C, H, W) → (B, C, H, W). Exact integration of the linear part with x̂_0(λ) = D + u D':
+    x_s = (σ_s/σ_t) e^{−h} x_t + α_s (1 − e^{−2h}) D + α_s (h − (1 − e^{−2h})/2) D' + σ_s √(1 − e^{−2h}) z.
+    """
+    ts, ab = _alphas(schedule, timesteps)
+    prev: tuple[float, Tensor] | None = None
+    for i, t in enumerate(ts):
+        a_t, a_s = ab[i], ab[i + 1]
+        x0, _ = denoise(x, t)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+        if i + 1 == len(ts):  # λ_s = ∞: σ_s = 0 and e^{−h} = 0 leave x̂_0
+            return x0
+        lam_t, lam_s = _log_snr_half(a_t), _log_snr_half(a_s)
+        h = lam_s - lam_t
+        one_m = -math.expm1(-2 * h)  # (1) 1 − e^{−2h}
+        sig_ratio = ((1 - a_s) / (1 - a_t)) ** 0.5
+        update = one_m * x0
+        if prev is not None:
+            # (2) D' ≈ (D_t − D_prev)/h_prev, weighted by the exact integral h − (1 − e^{−2h})/2.
+            update = update + (h - 0.5 * one_m) * (x0 - prev[1]) / (lam_t - prev[0])
+        x = sig_ratio * math.exp(-h) * x + a_s**0.5 * update
+        x = x + (1 - a_s) ** 0.5 * one_m**0.5 * randn(x.shape, generator, x.device, x.dtype)
+        prev = (lam_t, x0)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "dpmpp-2m": sample_dpmpp_2m,
+    "dpmpp-3m": sample_dpmpp_3m,
+    "dpmpp-2m-sde": sample_dpmpp_2m_sde,
 }
 
 
@@ -175,6 +375,7 @@ def sample(
     callback: Callback = None,
     x_T: Tensor | None = None,
     device: torch.device | str | None = None,
+    threshold: float | None = None,
     **options: Any,
 ) -> Tensor:
     """Draw images from a diffusion model.
@@ -194,14 +395,22 @@ def sample(
         guidance: classifier-free guidance weight w (0 unconditional, 1 conditional).
         progress: show a tqdm bar.
         callback: called after each model evaluation with a dict (i, t, x, x0).
+        spacing: how ``steps`` indices are picked (see :func:`ddpm.spaced_timesteps`).
         x_T: starting noise (B, C, H, W); drawn from ``generator`` when None.
-        options: sampler-specific keywords (e.g. ``variance`` for ``"ddpm"``).
+        threshold: dynamic-thresholding quantile (e.g. 0.995) used instead of the plain clamp.
+        options: sampler-specific keywords: ``variance`` for ``"ddpm"``, ``eta`` for ``"ddim"``,
+            ``order`` / ``lower_order_final`` for ``"dpmpp-2m"``, ``lower_order_final`` for ``"dpmpp-3m"``.
 
     Returns:
         Tensor (B, C, H, W), float32, the final x_0 estimate (in [-1, 1] when clipping).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    fn = SAMPLERS[sampler]
+    accepted = list(inspect.signature(fn).parameters)[6:]
+    for key in options:
+        if key not in accepted:
+            raise ValueError(f"sampler {sampler!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
     shape = tuple(int(s) for s in shape)
     if device is None:
         device = _model_device(model)
@@ -209,10 +418,10 @@ def sample(
     x = randn(shape, generator, device) if x_T is None else x_T.to(device=device, dtype=torch.float32)
     if tuple(x.shape) != shape:
         raise ValueError(f"x_T has shape {tuple(x.shape)} but shape is {shape}")
-    denoise = make_denoiser(model, schedule, prediction, clip_x0, labels, guidance)
+    denoise = make_denoiser(model, schedule, prediction, clip_x0, labels, guidance, threshold=threshold)
     if progress:
         denoise = _with_progress(denoise, len(timesteps), sampler)
-    return SAMPLERS[sampler](denoise, x, schedule, timesteps, generator, callback, **options)
+    return fn(denoise, x, schedule, timesteps, generator, callback, **options)
 
 
 def _model_device(model: Callable[..., Tensor]) -> torch.device:

@@ -130,14 +130,18 @@ def _check_timesteps(timesteps: int) -> None:
 def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace") -> Tensor:
     """Pick ``steps`` indices of the training schedule to sample with.
 
-    Returns a LongTensor (steps,) of distinct indices in **decreasing** order that always ends at
-    index 0, so every sampler finishes on the least noisy step the model was trained on.
+    Returns a LongTensor (steps,) of distinct indices in **decreasing** order. For steps >= 2 it starts
+    at T−1 (except ``leading``) and always ends at index 0, so every sampler finishes on the least noisy
+    step the model was trained on. A single step is taken at T−1: pure noise only matches the noisiest
+    index, and one model call there gives x̂_0 = E[x_0 | x_T].
 
     - ``leading``: 0, c, 2c, ... with c = T // steps (DDIM's original choice; never reaches T−1).
     - ``linspace``: evenly spaced from T−1 down to 0, rounded.
-    - ``trailing``: T−1, T−1−c, ... with c = T / steps, the last one replaced by 0.
-    - ``logsnr``: evenly spaced in log-SNR = log(ᾱ/(1−ᾱ)) between index T−1 and index 0, each
-      point mapped to the nearest unused index.
+    - ``trailing``: T−1, T−1−c, ... with c = T / steps, the last one replaced by 0 (so its final gap is
+      about 2c; kept for comparison with diffusers, measured worse than ``linspace``).
+    - ``logsnr``: evenly spaced in log-SNR = log(ᾱ/(1−ᾱ)) between index T−1 and index 0, each point
+      rounded to the nearest index and nudged to keep the indices distinct (measured best for every
+      ODE sampler; see benchmarks/results/samplers_oracle.md).
     """
     T = schedule.timesteps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
@@ -146,6 +150,8 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace") 
         raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if steps == T:
         return torch.arange(T - 1, -1, -1)
+    if steps == 1:
+        return torch.tensor([T - 1])
     if spacing == "leading":
         idx = torch.arange(steps) * (T // steps)
     elif spacing == "linspace":
@@ -159,20 +165,26 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace") 
         targets = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
         idx = _nearest_unique(lam, targets)
     idx = torch.unique(idx)  # sorted ascending
-    if idx.numel() != steps:  # rounding collided (only for steps close to T): fill the gaps evenly
-        idx = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
+    if idx.numel() != steps:  # cannot happen for the rules above; guard against silent changes
+        raise AssertionError(f"spacing {spacing!r} gave {idx.numel()} distinct indices for steps={steps}")
     return idx.flip(0)
 
 
 def _nearest_unique(lam: Tensor, targets: Tensor) -> Tensor:
-    """Index of the entry of the decreasing table ``lam`` nearest each target, all distinct."""
+    """Indices (ascending, distinct) of the entries of the decreasing table ``lam`` nearest the
+    decreasing ``targets``; the first maps to 0 and the last to T−1.
+
+    Rounding alone collides where λ changes fast per index (near t = 0), so a forward pass lifts each
+    index to at least one above the previous, and caps it so that the remaining targets still fit.
+    """
+    T, K = lam.numel(), targets.numel()
+    # lam is decreasing: search on −lam, which is increasing.
+    pos = torch.searchsorted(-lam, -targets).clamp(1, T - 1)  # first index with lam <= target
+    left_closer = (lam[pos - 1] - targets).abs() <= (lam[pos] - targets).abs()
+    nearest = torch.where(left_closer, pos - 1, pos).tolist()
     chosen: list[int] = []
-    taken: set[int] = set()
-    T = lam.numel()
-    for target in targets.tolist():
-        order = torch.argsort((lam - target).abs()).tolist()
-        j = next(i for i in order if i not in taken)
-        taken.add(j)
-        chosen.append(j)
+    for k, j in enumerate(nearest):
+        lo = chosen[-1] + 1 if chosen else 0
+        chosen.append(min(max(j, lo), T - K + k))
     chosen[0], chosen[-1] = 0, T - 1
-    return torch.tensor(sorted(set(chosen)))
+    return torch.tensor(chosen)
