@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpm.images import make_grid, read_png_metadata, save_gif, save_png, to_uint8
+from ddpm.images import make_grid, plot_curve, read_png_metadata, save_gif, save_png, to_uint8
 
 
 def test_to_uint8_rounds_and_inverts_loading():
@@ -39,3 +39,15 @@ def test_png_metadata_and_gif(tmp_path):
     with Image.open(gif) as im:
         assert im.n_frames == 2
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_plot_curve_draws_a_falling_line():
+    xs = list(range(100))
+    ys = [1.0 / (1 + x) for x in xs]
+    img = plot_curve(xs, ys, width=200, height=120)
+    assert img.shape == (120, 200, 3) and img.dtype == np.uint8
+    blue = (img[:, :, 2] > 150) & (img[:, :, 0] < 100)
+    rows, cols = np.nonzero(blue)
+    # The line starts high on the left and ends low on the right.
+    assert rows[cols.argmin()] < rows[cols.argmax()]
+    assert cols.min() < 80 and cols.max() > 170

@@ -83,3 +83,40 @@ def save_gif(path: str | os.PathLike[str], frames: Sequence[np.ndarray], duratio
     pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0)
     os.replace(tmp, path)
     return path
+
+
+def plot_curve(xs: Sequence[float], ys: Sequence[float], width: int = 640, height: int = 360,
+               title: str = "loss", log_y: bool = True) -> np.ndarray:
+    """A line chart of ys against xs as a uint8 (H, W, 3) image, drawn with Pillow (no plotting library).
+
+    With ``log_y`` the y axis is logarithmic (diffusion losses fall over decades). Axis ticks show the
+    first and last x and the min and max y.
+    """
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 70, width - 15, 25, height - 35
+    draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
+    draw.text((left, 5), title, fill="black")
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)
+           if math.isfinite(float(y)) and (float(y) > 0 or not log_y)]
+    if len(pts) >= 2:
+        fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
+        x0, x1 = pts[0][0], pts[-1][0]
+        ymin, ymax = min(p[1] for p in pts), max(p[1] for p in pts)
+        lo, hi = fy(ymin), fy(ymax)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5, hi + 0.5
+        span_x = (x1 - x0) or 1.0
+
+        def to_px(p: tuple[float, float]) -> tuple[float, float]:
+            return (left + (p[0] - x0) / span_x * (right - left),
+                    bottom - (fy(p[1]) - lo) / (hi - lo) * (bottom - top))
+
+        draw.line([to_px(p) for p in pts], fill=(31, 119, 180), width=2)
+        draw.text((5, top), f"{ymax:.4g}", fill="black")
+        draw.text((5, bottom - 10), f"{ymin:.4g}", fill="black")
+        draw.text((left, bottom + 8), f"{x0:g}", fill="black")
+        draw.text((right - 60, bottom + 8), f"{x1:g}", fill="black")
+    return np.asarray(img)
