@@ -348,6 +348,12 @@ def sample_dpmpp_2m_sde(
     return x
 
 
+# The CLI's default (sampler, spacing, steps), chosen on the Gaussian oracle
+# (benchmarks/results/samplers_oracle.md): third-order DPM-Solver++ on log-SNR-uniform steps reaches the
+# floor set by the prior (x_T ~ N(0, I) while ᾱ_{T−1} > 0) at 20 model calls. ``sample()``'s own
+# defaults stay ("ddpm", all T steps) per the package contract.
+DEFAULT_SAMPLER: tuple[str, str, int] = ("dpmpp-3m", "logsnr", 20)
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
