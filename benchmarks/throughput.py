@@ -1,0 +1,179 @@
+"""UNet throughput on this machine: parameters, GFLOPs, training images/s, sampling evals/s, % of measured peak.
+
+Usage::
+
+    python benchmarks/throughput.py [--presets tiny,small,ddpm-cifar10] [--seconds S] [--threads N]
+
+The peak is *measured* here (a large float32 matmul and a large conv2d, the faster of the two), so the
+percentages say how well the network's mix of small convs, norms and activations uses this machine, not
+how it compares with a datasheet. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (a
+multiply-add counts as 2); training is counted as 3× the forward (forward + backward for inputs and
+weights), the usual convention. On a CPU shared with other jobs the numbers drop; the header prints the
+load average so a reader can tell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddpm.unet import PRESETS, UNet
+
+# (preset, channels, image size, training batch, sampling batch)
+CASES: list[tuple[str, int, int, int, int]] = [
+    ("tiny", 1, 8, 128, 256),
+    ("tiny", 1, 28, 64, 128),
+    ("small", 1, 28, 32, 64),
+    ("ddpm-cifar10", 3, 32, 8, 16),
+]
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (or platform's best guess elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, or 'n/a'."""
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def timed(fn: Callable[[], object], seconds: float, min_iters: int = 2) -> tuple[int, float]:
+    """Call ``fn`` repeatedly for about ``seconds`` (at least ``min_iters`` times); return (iterations, elapsed)."""
+    iters, start = 0, time.perf_counter()
+    while True:
+        fn()
+        iters += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and iters >= min_iters:
+            return iters, elapsed
+
+
+def measured_peak(seconds: float) -> tuple[float, float]:
+    """GFLOP/s of a 2048² float32 matmul and of a 3×3 conv (32×128×32×32 -> 128 channels)."""
+    with torch.no_grad():
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        torch.mm(a, b)  # warm-up
+        n, dt = timed(lambda: torch.mm(a, b), seconds)
+        mm = 2 * 2048**3 * n / dt / 1e9
+
+        conv = torch.nn.Conv2d(128, 128, 3, padding=1)
+        x = torch.randn(32, 128, 32, 32)
+        conv(x)
+        n, dt = timed(lambda: conv(x), seconds)
+        cv = 2 * 32 * 32 * 32 * 128 * 128 * 9 * n / dt / 1e9
+    return mm, cv
+
+
+def forward_flops(net: UNet, channels: int, size: int) -> float:
+    """FLOPs of one forward pass for one image."""
+    x, t = torch.zeros(1, channels, size, size), torch.zeros(1, dtype=torch.long)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x, t)
+    return float(counter.get_total_flops())
+
+
+def make_optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW, fused where this torch build supports it (one kernel for all parameters)."""
+    try:
+        return torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+
+def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_batch: int,
+               seconds: float) -> dict[str, float]:
+    """Measure one preset at one image shape."""
+    torch.manual_seed(0)
+    net = UNet.from_preset(preset, channels=channels, image_size=size)
+    params = sum(p.numel() for p in net.parameters())
+    flops = forward_flops(net, channels, size)
+
+    net.train()
+    opt = make_optimizer(net)
+    x = torch.randn(train_batch, channels, size, size)
+    target = torch.randn_like(x)
+    t = torch.randint(0, 1000, (train_batch,))
+
+    def train_step() -> None:
+        loss = (net(x, t) - target).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        train_step()
+    n, dt = timed(train_step, seconds)
+    train_ips = n * train_batch / dt
+
+    net.eval()
+    xs = torch.randn(sample_batch, channels, size, size)
+    ts = torch.full((sample_batch,), 500)
+    with torch.no_grad():
+        net(xs, ts)
+        n, dt = timed(lambda: net(xs, ts), seconds)
+    sample_eps = n * sample_batch / dt
+
+    return dict(params=params, gflops=flops / 1e9, train_ips=train_ips, step_ms=1e3 * train_batch / train_ips,
+                train_gflops=3 * flops * train_ips / 1e9, sample_eps=sample_eps,
+                sample_gflops=flops * sample_eps / 1e9)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, measure, print a Markdown report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default="tiny,small,ddpm-cifar10",
+                        help=f"comma-separated presets out of {sorted(PRESETS)}")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+    wanted = [p.strip() for p in args.presets.split(",") if p.strip()]
+    unknown = sorted(set(wanted) - set(PRESETS))
+    if unknown:
+        parser.error(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    print("# UNet throughput\n")
+    print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores)")
+    print(f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, float32, CPU")
+    print(f"- load average before the run (1/5/15 min): {load_average()}")
+    mm, cv = measured_peak(args.seconds)
+    peak = max(mm, cv)
+    print(f"- measured peak: matmul 2048² {mm:.1f} GFLOP/s, conv2d 3×3 128ch 32×32 {cv:.1f} GFLOP/s "
+          f"-> peak {peak:.1f} GFLOP/s")
+    print(f"- command: python benchmarks/throughput.py --presets {args.presets} --seconds {args.seconds}"
+          + (f" --threads {args.threads}" if args.threads is not None else ""))
+    print()
+    print("| preset | shape | params | GFLOP/fwd/img | train batch | train img/s | train step ms | train GFLOP/s "
+          "| train % peak | sample batch | sample evals/s | sample GFLOP/s | sample % peak |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for preset, channels, size, tb, sb in CASES:
+        if preset not in wanted:
+            continue
+        r = bench_case(preset, channels, size, tb, sb, args.seconds)
+        print(f"| {preset} | {channels}×{size}×{size} | {r['params'] / 1e6:.2f}M | {r['gflops']:.4f} | {tb} "
+              f"| {r['train_ips']:.1f} | {r['step_ms']:.0f} | {r['train_gflops']:.1f} "
+              f"| {100 * r['train_gflops'] / peak:.0f}% | {sb} | {r['sample_eps']:.1f} | {r['sample_gflops']:.1f} "
+              f"| {100 * r['sample_gflops'] / peak:.0f}% |", flush=True)
+    print(f"\nload average after the run: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""The denoising network: a DDPM / improved-diffusion style UNet, its config dataclass and presets.
+
+The network knows nothing of diffusion (EDM style): it maps ``(x, t[, labels])`` to a tensor of
+``x``'s shape, and ``t`` is only a number that goes through a sinusoidal embedding (float, so
+fractional t works). What the output means (eps, x0, v) is the caller's business.
+
+Layout, for ``channel_mult=(1, 2, 2)`` and 32×32 input::
+
+    conv_in 3×3 ─► [res×N (+attn)] 32² ─► down ─► [res×N] 16² ─► down ─► [res×N] 8²
+                                                                            │
+    conv_out ◄─ [res×(N+1)] 32² ◄─ up ◄─ [res×(N+1)] 16² ◄─ up ◄─ [res×(N+1)] 8² ◄─ mid: res–attn–res
+
+Every down-path output is saved and concatenated onto the input of one up-path block, as in the
+reference implementation of Ho et al. (2020), whose CIFAR-10 net (35.7M parameters) is the
+``ddpm-cifar10`` preset here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import UserError
+
+__all__ = ["PRESETS", "UNet", "UNetConfig", "timestep_embedding"]
+
+
+@dataclass
+class UNetConfig:
+    """Everything needed to rebuild a :class:`UNet`; saved as JSON inside checkpoints."""
+
+    channels: int = 1  # image channels in and out
+    image_size: int = 8
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = ()  # feature-map sizes (e.g. 16) that get self-attention
+    dropout: float = 0.0
+    num_heads: int = 1
+    head_channels: int | None = None  # when set, overrides num_heads: heads = channels // head_channels
+    num_classes: int | None = None
+    groups: int = 32  # GroupNorm groups; reduced to a divisor of the channel count for narrow layers
+
+    def __post_init__(self) -> None:
+        # JSON turns tuples into lists; accept both so from_dict(to_dict()) round-trips.
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        d = asdict(self)
+        d["channel_mult"] = list(self.channel_mult)
+        d["attention_resolutions"] = list(self.attention_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise so a typo is not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown UNetConfig field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        """Raise a ``UserError`` (a ``ValueError``) naming the bad value."""
+        if self.channels < 1:
+            raise UserError(f"channels must be >= 1, got {self.channels}")
+        if self.base_channels < 1:
+            raise UserError(f"base_channels must be >= 1, got {self.base_channels}")
+        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
+            raise UserError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
+        if self.num_res_blocks < 1:
+            raise UserError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise UserError(f"num_classes must be None or >= 1, got {self.num_classes}")
+        if self.groups < 1:
+            raise UserError(f"groups must be >= 1, got {self.groups}")
+        if self.head_channels is None and self.num_heads < 1:
+            raise UserError(f"num_heads must be >= 1, got {self.num_heads}")
+        if self.head_channels is not None and self.head_channels < 1:
+            raise UserError(f"head_channels must be None or >= 1, got {self.head_channels}")
+        divisor = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size < 1 or self.image_size % divisor:
+            raise UserError(
+                f"image_size {self.image_size} is not divisible by {divisor} (= 2^(len(channel_mult)-1) for "
+                f"channel_mult={self.channel_mult}); pick a size that is a multiple of {divisor} or a shorter "
+                f"channel_mult"
+            )
+
+
+# name -> UNetConfig keyword arguments. `channels`, `image_size` and `num_classes` are the data's
+# business and are set by UNet.from_preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU demos (8×8 digits, 28×28 MNIST): ~0.5M params; the only attention is the middle block's.
+    "tiny": dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+                 dropout=0.0, image_size=8),
+    # 28×28 / 32×32: a few M params, attention at the 7×7 / 8×8 level.
+    "small": dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7, 8),
+                  dropout=0.1, image_size=28),
+    # Ho et al. (2020), CIFAR-10: 35.7M params.
+    "ddpm-cifar10": dict(channels=3, image_size=32, base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                         attention_resolutions=(16,), dropout=0.1, num_heads=1, groups=32),
+}
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps.
+
+    Args:
+        t: (B,) timesteps, any numeric dtype; used as float.
+        dim: embedding size.
+    Returns:
+        (B, dim) float32 tensor ``[sin(t·f_0..f_{h-1}), cos(t·f_0..f_{h-1})]`` with f_i geometric from 1 to
+        1/max_period (the transformer / DDPM embedding); zero-padded when ``dim`` is odd.
+    """
+    half = dim // 2
+    # Geometric frequencies from 1 down to 1/max_period, as in the DDPM reference (half - 1 in the exponent).
+    exponent = torch.arange(half, dtype=torch.float32, device=t.device) / max(half - 1, 1)
+    freqs = torch.exp(-math.log(max_period) * exponent)
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= ``groups`` that divides ``channels``."""
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return nn.GroupNorm(g, channels, eps=1e-6)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters (used for the last layer of each residual branch and the output)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm–SiLU–conv, + time embedding per channel, GroupNorm–SiLU–dropout–conv, + skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_ch)
+        self.norm2 = _norm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        # Zero-init: each block starts as the identity, so a deep net trains from step one.
+        self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x (B, in_ch, H, W), emb (B, emb_dim) -> (B, out_ch, H, W)."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H·W positions, with a residual connection."""
+
+    def __init__(self, channels: int, num_heads: int, groups: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise UserError(f"attention over {channels} channels cannot be split into {num_heads} heads; "
+                            f"choose num_heads / head_channels that divide it")
+        self.num_heads = num_heads
+        self.norm = _norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> (B, C, H, W)."""
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, C/heads)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Strided 3×3 conv: (B, C, H, W) -> (B, C, H/2, W/2)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H/2, W/2)."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest ×2 then 3×3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, 2H, 2W)."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """DDPM-style UNet: ``forward(x (B, C, H, W), t (B,), labels (B,) | None) -> (B, C, H, W)``."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        cfg = config
+        ch, groups = cfg.base_channels, cfg.groups
+        emb_dim = 4 * ch
+
+        def heads(c: int) -> int:
+            return c // cfg.head_channels if cfg.head_channels is not None else cfg.num_heads
+
+        def res(cin: int, cout: int) -> ResBlock:
+            return ResBlock(cin, cout, emb_dim, cfg.dropout, groups)
+
+        def attn(c: int) -> AttentionBlock:
+            return AttentionBlock(c, heads(c), groups)
+
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # Row num_classes is the learned "no label" embedding that label -1 maps to.
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+
+        self.conv_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
+
+        # Down path. `skip_chs` records the channels of every tensor saved for the up path.
+        self.down = nn.ModuleList()
+        skip_chs = [ch]
+        cur, size = ch, cfg.image_size
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = nn.ModuleList([res(cur, ch * mult)])
+                cur = ch * mult
+                if size in cfg.attention_resolutions:
+                    layers.append(attn(cur))
+                self.down.append(layers)
+                skip_chs.append(cur)
+            if level != len(cfg.channel_mult) - 1:
+                self.down.append(nn.ModuleList([Downsample(cur)]))
+                skip_chs.append(cur)
+                size //= 2
+
+        self.mid = nn.ModuleList([res(cur, cur), attn(cur), res(cur, cur)])
+
+        # Up path: num_res_blocks + 1 blocks per level, each eating one saved skip.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = nn.ModuleList([res(cur + skip_chs.pop(), ch * mult)])
+                cur = ch * mult
+                if size in cfg.attention_resolutions:
+                    layers.append(attn(cur))
+                if level != 0 and i == cfg.num_res_blocks:
+                    layers.append(Upsample(cur))
+                    size *= 2
+                self.up.append(layers)
+        assert not skip_chs
+
+        self.norm_out = _norm(cur, groups)
+        # Zero-init output: a fresh network predicts exactly 0 (the mean of eps), a calm starting point.
+        self.conv_out = _zero(nn.Conv2d(cur, cfg.channels, 3, padding=1))
+
+    @classmethod
+    def from_preset(cls, name: str, channels: int | None = None, image_size: int | None = None,
+                    num_classes: int | None = None, **overrides: Any) -> UNet:
+        """Build a preset network. ``channels``/``image_size`` default to the preset's own (1×8 for tiny,
+        1×28 for small, 3×32 for ddpm-cifar10); any other UNetConfig field can be overridden by keyword."""
+        if name not in PRESETS:
+            raise UserError(f"unknown UNet preset {name!r}; choose one of {sorted(PRESETS)}")
+        kwargs = dict(PRESETS[name])
+        if channels is not None:
+            kwargs["channels"] = channels
+        if image_size is not None:
+            kwargs["image_size"] = image_size
+        kwargs["num_classes"] = num_classes
+        known = {f.name for f in fields(UNetConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UserError(f"unknown UNetConfig field(s) {unknown}; known fields are {sorted(known)}")
+        kwargs.update(overrides)
+        return cls(UNetConfig(**kwargs))
+
+    def _check_inputs(self, x: Tensor, t: Tensor, labels: Tensor | None) -> None:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.channels:
+            raise UserError(f"expected x of shape (B, {cfg.channels}, H, W), got {tuple(x.shape)}")
+        divisor = 2 ** (len(cfg.channel_mult) - 1)
+        if x.shape[2] % divisor or x.shape[3] % divisor:
+            raise UserError(f"image size {tuple(x.shape[2:])} is not divisible by {divisor} "
+                            f"(= 2^(len(channel_mult)-1) for channel_mult={cfg.channel_mult})")
+        if t.shape != (x.shape[0],):
+            raise UserError(f"expected t of shape ({x.shape[0]},) (one timestep per image), got {tuple(t.shape)}")
+        if labels is not None:
+            if cfg.num_classes is None:
+                raise UserError("labels were given but this network was built with num_classes=None")
+            if labels.shape != (x.shape[0],):
+                raise UserError(f"expected labels of shape ({x.shape[0]},), got {tuple(labels.shape)}")
+            if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+                raise UserError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+            if labels.numel():
+                lo, hi = int(labels.min()), int(labels.max())
+                if lo < -1 or hi >= cfg.num_classes:
+                    raise UserError(f"labels must lie in [-1, {cfg.num_classes - 1}] (-1 = no label), "
+                                    f"got values from {lo} to {hi}")
+
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Predict a tensor of ``x``'s shape.
+
+        Args:
+            x: (B, C, H, W) input, H and W divisible by 2^(len(channel_mult)-1).
+            t: (B,) timesteps, integer or float (fractional values are fine).
+            labels: (B,) integer class labels in [-1, num_classes-1], -1 meaning "no label". When the
+                network is class-conditional and ``labels`` is None, every image gets -1.
+        Returns:
+            (B, C, H, W) tensor.
+        """
+        self._check_inputs(x, t, labels)
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels).to(x.dtype))  # (B, 4·base)
+        if self.label_emb is not None:
+            n = self.config.num_classes
+            if labels is None:
+                idx = torch.full((x.shape[0],), n, dtype=torch.long, device=x.device)
+            else:
+                idx = torch.where(labels < 0, n, labels).long()
+            emb = emb + self.label_emb(idx)
+
+        h = self.conv_in(x)
+        skips = [h]
+        for layers in self.down:
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            skips.append(h)
+
+        for layer in self.mid:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+
+        for layers in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+
+        return self.conv_out(F.silu(self.norm_out(h)))
