@@ -1,5 +1,7 @@
 """ddpm: denoising diffusion models trained on your own images, with exact math and fast samplers."""
 
+from .checkpoint import load_checkpoint, load_model
+from .data import ImageDataset, load_dataset
 from .diffusion import (
     eps_from_v,
     eps_from_x0,
@@ -11,14 +13,26 @@ from .diffusion import (
     x0_from_eps,
     x0_from_v,
 )
+from .errors import UserError
 from .sampling import SAMPLERS, image_generators, sample
 from .schedule import Schedule, spaced_timesteps
+from .seed import Diffusion
+from .unet import PRESETS, UNet, UNetConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
     "SAMPLERS",
+    "Diffusion",
+    "ImageDataset",
     "Schedule",
+    "UNet",
+    "UNetConfig",
+    "UserError",
+    "load_checkpoint",
+    "load_dataset",
+    "load_model",
     "eps_from_v",
     "eps_from_x0",
     "image_generators",
