@@ -7,6 +7,7 @@ User mistakes print one ``error: ...`` line and exit with status 2, without a tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -65,8 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     cfg = TrainConfig(**values, progress=not args.quiet)
-    path = train(cfg)
-    print(f"wrote {path}")
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
+        print(f"wrote {result.checkpoint}")
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import UserError
 
@@ -28,8 +29,29 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     s.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
+    s.add_argument("--class", dest="class_", default=None, metavar="C",
+                   help="class index or name, for a model trained with --class-cond")
+    s.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weight with --class (0: unconditional, 1: conditional, "
+                        ">1: stronger; default 1)")
     s.add_argument("--overwrite", action="store_true", help="replace images already in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_class(value: str, class_names: list[str] | None) -> int:
+    """A class given as an index ("3") or a name ("Sneaker", any case) -> its index."""
+    if not class_names:
+        raise UserError("--class needs a class-conditional checkpoint; this one was trained without --class-cond")
+    if value.strip().lstrip("-").isdigit():
+        k = int(value)
+        if not 0 <= k < len(class_names):
+            raise UserError(f"--class {k} is out of range: this model has classes 0..{len(class_names) - 1}")
+        return k
+    lowered = [n.lower() for n in class_names]
+    if value.lower() in lowered:
+        return lowered.index(value.lower())
+    raise UserError(f"unknown class {value!r}: choose an index 0..{len(class_names) - 1} or one of "
+                    f"{', '.join(class_names)}")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -63,6 +85,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     meta = ckpt.meta
+    label = None if args.class_ is None else resolve_class(args.class_, meta.get("class_names"))
+    if args.guidance is not None and label is None:
+        raise UserError("--guidance needs --class: guidance pushes samples toward a class")
     c, size = int(meta["channels"]), int(meta["image_size"])
     sha = file_sha256(ckpt.path)
     images = np.empty((args.num, size, size, c), np.uint8)
@@ -74,9 +99,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         bar = tqdm(total=args.num, desc=f"sampling {sampler}, {steps} steps", unit="img", dynamic_ncols=True)
     for start in range(0, args.num, args.batch_size):
         idx = list(range(start, min(args.num, start + args.batch_size)))
+        labels = None if label is None else torch.full((len(idx),), label, dtype=torch.long)
         x = sample(model, (len(idx), c, size, size), schedule, sampler=sampler, steps=steps,
                    generator=image_generators(args.seed, idx), clip_x0=not args.no_clip,
-                   prediction=meta.get("prediction", "eps"), device=device)
+                   prediction=meta.get("prediction", "eps"), labels=labels, guidance=args.guidance, device=device)
         batch = to_uint8(x)
         for j, i in enumerate(idx):
             images[i] = batch[j]
@@ -84,6 +110,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 "ddpm:seed": str(args.seed), "ddpm:index": str(i), "ddpm:sampler": sampler,
                 "ddpm:steps": str(steps), "ddpm:checkpoint_sha256": sha, "ddpm:ema": str(not args.no_ema),
                 "ddpm:clip_x0": str(not args.no_clip),
+                "ddpm:class": "" if label is None else str(label),
+                "ddpm:guidance": "" if args.guidance is None else repr(args.guidance),
             })
         if bar is not None:
             bar.update(len(idx))

@@ -1,25 +1,33 @@
-"""The training loop.
+"""The training loop: single process, or one process per GPU under ``torchrun`` (DistributedDataParallel).
 
 One step: draw t uniformly from 0..T−1 and ε ~ N(0, I), form x_t = q_sample(x_0, t, ε) **with that ε**,
 and minimise ‖target − net(x_t, t)‖² (target ε for ε-prediction). AdamW with linear LR warm-up,
 gradient clipping, an EMA of the weights (with warm-up), optional bf16 autocast.
 
-Every random draw of step k comes from a generator seeded by (seed, k, rank), and the data order of
-epoch e from one seeded by (seed, e). The run is therefore a pure function of its config: resuming
-needs no saved RNG state, and a run's images do not depend on when it was interrupted.
+Randomness is a pure function of the config: the data order of epoch e comes from a generator seeded
+by (seed, e), and step k's timesteps, noise, label dropout and flips for the *whole global batch* from
+one seeded by (seed, k); each rank and micro-batch takes its slice. So
+
+- resuming needs no saved RNG state: N steps + resume + N steps equals 2N steps bit for bit;
+- W processes with batch B give the same updates as one process with batch W·B (up to float
+  summation order), which the tests check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import os
+import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,6 +35,8 @@ from .checkpoint import (
     CHECKPOINT_DIR,
     checkpoint_name,
     list_checkpoints,
+    load_checkpoint,
+    load_training_state,
     save_checkpoint,
     save_training_state,
     state_path,
@@ -34,7 +44,7 @@ from .checkpoint import (
 from .data import ImageDataset, load_dataset
 from .diffusion import PREDICTIONS, q_sample, training_target
 from .errors import UserError
-from .images import make_grid, save_png, to_uint8
+from .images import make_grid, plot_curve, save_png, to_uint8
 from .sampling import image_generators, sample
 from .schedule import Schedule
 from .unet import PRESETS, UNet
@@ -51,11 +61,19 @@ class TrainConfig:
     out: str = _opt("run directory: checkpoints, sample grids and metrics go here", default="")
     data: str = _opt("'digits', 'fashion-mnist', or a path to IDX files / CIFAR batches / an image folder",
                      default="digits")
-    steps: int | None = _opt("total optimisation steps (default 5000 when --minutes is not given)", default=None)
+    resume: bool = _opt("continue the run in --out from its latest checkpoint, exactly", default=False)
+    steps: int | None = _opt("total optimisation steps, counting those before a resume (default 5000 when "
+                             "--minutes is not given)", default=None)
     minutes: float | None = _opt("stop after this many minutes of training (and at --steps if given)", default=None)
     preset: str = _opt(f"network preset: {', '.join(PRESETS)}", default="tiny")
     image_size: int | None = _opt("resize/crop images to this size (default: the data's own size)", default=None)
-    batch_size: int = _opt("images per optimisation step", default=128)
+    skip_bad: bool = _opt("skip image files that cannot be read instead of stopping", default=False)
+    flip: bool = _opt("random horizontal flips of the training images", default=False)
+    class_cond: bool = _opt("condition on the dataset's labels (for classifier-free guidance)", default=False)
+    label_dropout: float = _opt("with --class-cond, the share of labels dropped to 'no label'", default=0.1)
+    batch_size: int = _opt("images per optimisation step per process", default=128)
+    grad_accum: int = _opt("micro-batches per step: effective batch = batch-size x processes x grad-accum",
+                           default=1)
     lr: float = _opt("AdamW learning rate after warm-up", default=1e-3)
     warmup: int = _opt("linear learning-rate warm-up steps", default=200)
     weight_decay: float = _opt("AdamW weight decay", default=0.0)
@@ -68,6 +86,8 @@ class TrainConfig:
     beta_end: float = _opt("last beta of the linear schedule", default=0.02)
     prediction: str = _opt("what the network predicts: eps, x0 or v", default="eps")
     dropout: float | None = _opt("dropout in residual blocks (default: the preset's)", default=None)
+    nonfinite: str = _opt("on a NaN/inf loss or gradient: 'stop' (no checkpoint is written) or 'skip' the step",
+                          default="stop")
     sample_every: int = _opt("write a sample grid (EMA weights) every this many steps (0: only at the end)",
                              default=1000)
     sample_steps: int = _opt("sampler steps for the grids written during training", default=100)
@@ -75,8 +95,12 @@ class TrainConfig:
     checkpoint_every: int = _opt("write a checkpoint every this many steps (0: only at the end)", default=1000)
     keep: int = _opt("checkpoints to keep (the newest)", default=3)
     log_every: int = _opt("append a metrics line to metrics.jsonl every this many steps", default=50)
-    bf16: bool = _opt("bf16 autocast for the forward pass", default=False)
+    tensorboard: bool = _opt("also write TensorBoard events (needs the tensorboard package)", default=False)
     device: str = _opt("cpu, cuda, mps or auto", default="auto")
+    bf16: bool | None = _opt("bf16 autocast for the forward pass (default: on for CUDA GPUs that support it)",
+                             default=None)
+    compile: bool = _opt("torch.compile the network", default=False)
+    channels_last: bool | None = _opt("channels-last memory format (default: on for CUDA)", default=None)
     progress: bool = _opt("show a progress bar", default=True, meta={"cli": False})
 
     def validate(self) -> None:
@@ -89,7 +113,9 @@ class TrainConfig:
             raise UserError(f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}")
         if self.schedule not in ("linear", "cosine"):
             raise UserError(f"unknown schedule {self.schedule!r}: choose linear or cosine")
-        for name in ("batch_size", "timesteps", "num_samples", "sample_steps", "keep", "log_every"):
+        if self.nonfinite not in ("stop", "skip"):
+            raise UserError(f"--nonfinite must be 'stop' or 'skip'; got {self.nonfinite!r}")
+        for name in ("batch_size", "grad_accum", "timesteps", "num_samples", "sample_steps", "keep", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
         for name in ("sample_every", "checkpoint_every", "warmup"):
@@ -103,6 +129,8 @@ class TrainConfig:
             raise UserError(f"--lr must lie in (0, 1); got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema-decay must lie in [0, 1); got {self.ema_decay}")
+        if not 0 <= self.label_dropout < 1:
+            raise UserError(f"--label-dropout must lie in [0, 1); got {self.label_dropout}")
         if self.sample_steps > self.timesteps:
             raise UserError(f"--sample-steps ({self.sample_steps}) cannot exceed --timesteps ({self.timesteps})")
 
@@ -115,9 +143,10 @@ class TrainConfig:
             raise UserError(str(e)) from None
 
 
-def config_fields() -> list[Any]:
-    """The dataclass fields of TrainConfig (for the CLI)."""
-    return list(fields(TrainConfig))
+# Fields that decide the run's numbers: a resumed run must keep them.
+RESUME_MUST_MATCH = ("data", "preset", "image_size", "flip", "class_cond", "label_dropout", "batch_size",
+                     "grad_accum", "lr", "warmup", "weight_decay", "grad_clip", "ema_decay", "seed", "timesteps",
+                     "schedule", "beta_start", "beta_end", "prediction", "dropout")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -148,9 +177,10 @@ def _mix(*numbers: int) -> int:
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
-    """Indices (batch_size,) of the images in ``step``'s batch: epoch-wise shuffles, last partial batch dropped.
+    """Indices (batch_size,) of the images in ``step``'s global batch.
 
-    With fewer images than one batch, an epoch is several shuffles concatenated.
+    Epoch-wise shuffles, the last partial batch dropped; with fewer images than one batch an epoch is
+    several shuffles concatenated. Depends only on (step, n, batch_size, seed).
     """
     per_epoch = max(1, n // batch_size)
     epoch, j = divmod(step, per_epoch)
@@ -163,9 +193,7 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← decay · ema + (1 − decay) · model, parameter by parameter; buffers are copied."""
-    e_params = [p for p in ema.parameters()]
-    m_params = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
     for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
         eb.copy_(mb)
 
@@ -182,7 +210,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
 
 
-def checkpoint_meta(cfg: TrainConfig, model: UNet, data: ImageDataset, schedule: Schedule, step: int) -> dict:
+def checkpoint_meta(cfg: TrainConfig, model: UNet, data: ImageDataset, schedule: Schedule, step: int,
+                    world_size: int) -> dict:
     """Everything needed to sample from a checkpoint, as JSON-ready values."""
     return {
         "step": step,
@@ -192,138 +221,369 @@ def checkpoint_meta(cfg: TrainConfig, model: UNet, data: ImageDataset, schedule:
         "image_size": data.image_size,
         "channels": data.channels,
         "normalization": {"range": [-1.0, 1.0], "to_pixels": "round((x + 1) * 127.5)"},
-        "class_names": data.class_names,
+        "class_names": data.class_names if cfg.class_cond else None,
         "data": data.name,
-        "train": asdict(cfg),
+        "world_size": world_size,
+        "train": {k: v for k, v in asdict(cfg).items() if k != "progress"},
     }
 
 
-def write_grid(path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfig, data: ImageDataset,
-               device: torch.device) -> None:
-    """Sample cfg.num_samples images from ``model`` (seeded by cfg.seed) and write them as one grid PNG."""
-    model.eval()
-    n = cfg.num_samples
-    gens = image_generators(cfg.seed, range(n))
-    x = sample(model, (n, data.channels, data.image_size, data.image_size), schedule, sampler="ddpm",
-               steps=cfg.sample_steps, generator=gens, prediction=cfg.prediction, device=device)
-    scale = max(1, 64 // data.image_size)
-    save_png(path, make_grid(to_uint8(x), scale=scale))
+# ---------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (so all ranks stop at the same step)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+
+def setup_processes(device_name: str) -> Dist:
+    """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK), if any.
+
+    Backend nccl when the processes use CUDA GPUs, gloo otherwise (CPU, and the tests).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(0, 1, pick_device(device_name))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), device)
+
+
+# ---------------------------------------------------------------------------- run directory
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Create the run directory; refuse one that already holds a run unless resuming."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory: choose another --out")
+    existing = list_checkpoints(out)
+    if existing and not resume:
+        raise UserError(f"{out} already holds a run ({len(existing)} checkpoints, latest step {existing[-1][0]}): "
+                        "pass --resume to continue it, or choose another --out")
+    if resume and not existing:
+        raise UserError(f"nothing to resume in {out}: it holds no checkpoints (drop --resume to start a new run)")
+    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    for stale in (out / CHECKPOINT_DIR).glob(".*.tmp-*"):  # half-written files of a killed process
+        stale.unlink(missing_ok=True)
+
+
+def latest_resumable(out: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint of ``out`` whose weights and training state both load, with that state.
+
+    A checkpoint is renamed into place only after its state file, so the newest one is normally
+    complete; older ones are the fallback if a file was damaged after the fact.
+    """
+    problems = []
+    for _, path in reversed(list_checkpoints(out)):
+        try:
+            state = load_training_state(state_path(path))
+            return path, state
+        except UserError as e:
+            problems.append(str(e))
+    raise UserError(f"no checkpoint in {out} can be resumed: {problems[0] if problems else 'none found'}")
+
+
+def check_compatible(saved: dict[str, Any], cfg: TrainConfig, world: int, saved_world: int, path: Path) -> None:
+    """Refuse to resume with settings that would change the run's numbers, naming each difference."""
+    diffs = [f"--{k.replace('_', '-')} {saved.get(k)!r} in the checkpoint, {getattr(cfg, k)!r} now"
+             for k in RESUME_MUST_MATCH if saved.get(k) != getattr(cfg, k)]
+    if saved_world != world:
+        diffs.append(f"{saved_world} processes in the checkpoint, {world} now (the effective batch would change)")
+    if diffs:
+        raise UserError(f"cannot resume from {path.name}: " + "; ".join(diffs) + " (use the original settings)")
 
 
 class _Metrics:
-    """Appends one JSON object per line to RUN_DIR/metrics.jsonl."""
+    """Appends one JSON object per line to RUN_DIR/metrics.jsonl; keeps (step, loss) for the loss curve."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
+        self.curve: list[tuple[int, float]] = []
+        if resume_step is not None and path.exists():
+            # Lines written after the checkpoint we resume from belong to steps that will be redone.
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+            self.curve = [(r["step"], r["loss_smooth"]) for r in map(json.loads, kept) if "loss_smooth" in r]
+        self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.curve.append((record["step"], record["loss_smooth"]))
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step":
+                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def plot(self, path: Path) -> None:
+        if len(self.curve) >= 2:
+            xs, ys = zip(*self.curve, strict=True)
+            save_png(path, plot_curve(xs, ys, title="training loss (smoothed), log scale"))
 
 
-def prepare_run_dir(out: Path) -> None:
-    """Create the run directory; refuse one that already holds a run, so nothing is overwritten."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory: choose another --out")
-    existing = list_checkpoints(out)
-    if existing:
-        raise UserError(f"{out} already holds a run ({len(existing)} checkpoints, latest step {existing[-1][0]}): "
-                        "choose another --out")
-    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
+def write_grid(path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfig, data: ImageDataset,
+               device: torch.device) -> None:
+    """Sample cfg.num_samples images from ``model`` (seeded by cfg.seed) and write them as one grid PNG.
+
+    A class-conditional model draws image i from class i mod K, one class per column.
+    """
+    n = cfg.num_samples
+    labels, ncol = None, None
+    if cfg.class_cond and data.num_classes:
+        labels = torch.arange(n, device=device) % data.num_classes
+        ncol = data.num_classes
+    x = sample(model, (n, data.channels, data.image_size, data.image_size), schedule, sampler="ddpm",
+               steps=cfg.sample_steps, generator=image_generators(cfg.seed, range(n)), prediction=cfg.prediction,
+               labels=labels, device=device)
+    save_png(path, make_grid(to_uint8(x), nrow=ncol, pad_value=128, scale=max(1, 64 // data.image_size)))
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training as configured; returns the path of the last checkpoint written."""
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or signalled) run leaves: its last checkpoint and this process's networks."""
+
+    checkpoint: Path
+    step: int
+    model: UNet
+    ema: UNet
+    stopped_by_signal: bool = False
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run training as configured; returns the last checkpoint and the trained networks.
+
+    Under torchrun every process calls this; only rank 0 writes files and shows progress.
+    """
     cfg.validate()
-    device = pick_device(cfg.device)
+    px = setup_processes(cfg.device)
+    try:
+        return _train(cfg, px)
+    finally:
+        if px.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
+    device = px.device
     out = Path(cfg.out)
     schedule = cfg.make_schedule()
-    data = load_dataset(cfg.data, cfg.image_size)
-    prepare_run_dir(out)
+    data = load_dataset(cfg.data, cfg.image_size, skip_bad=cfg.skip_bad)
+    if cfg.class_cond and data.labels is None:
+        raise UserError(f"--class-cond needs labels, but {cfg.data} has none: use class subfolders, "
+                        "an IDX label file, or drop --class-cond")
+    if px.main:
+        prepare_run_dir(out, cfg.resume)
+        if data.skipped:
+            print(f"skipped {len(data.skipped)} unreadable file(s) (--skip-bad): {', '.join(data.skipped[:5])}")
+    px.barrier()
 
-    overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size}
+    overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size,
+                                 "num_classes": data.num_classes if cfg.class_cond else None}
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
+    torch.manual_seed(_mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
     try:
-        model = UNet.from_preset(cfg.preset, **overrides).to(device)
+        raw = UNet.from_preset(cfg.preset, **overrides)
     except ValueError as e:
         raise UserError(f"preset {cfg.preset!r} does not fit the data: {e}") from None
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = copy.deepcopy(raw).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    step = 0
+    if cfg.resume:
+        path, state = latest_resumable(out)
+        ck = load_checkpoint(path)
+        check_compatible(ck.meta["train"], cfg, px.world, int(ck.meta.get("world_size", 1)), path)
+        raw.load_state_dict(ck.model)
+        ema.load_state_dict(ck.ema)
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        if px.main:
+            print(f"resuming from {path} at step {step}")
+
+    use_cuda = device.type == "cuda"
+    bf16 = cfg.bf16 if cfg.bf16 is not None else (use_cuda and torch.cuda.is_bf16_supported())
+    channels_last = cfg.channels_last if cfg.channels_last is not None else use_cuda
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    raw.to(device, memory_format=fmt)
+    ema.to(device)
+    _optimizer_to(opt, device)
+    model: nn.Module = raw
+    if px.world > 1:
+        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if use_cuda else None)
+    if cfg.compile:
+        model = torch.compile(model)
 
     images = data.images.to(device)  # (N, C, H, W) in [-1, 1]
+    labels_all = data.labels.to(device) if (cfg.class_cond and data.labels is not None) else None
+    B, W, A = cfg.batch_size, px.world, cfg.grad_accum
+    global_batch = B * W * A
     total = cfg.steps if cfg.steps is not None else (None if cfg.minutes is not None else 5000)
     deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes is not None else math.inf
-    metrics = _Metrics(out / "metrics.jsonl")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    metrics = _Metrics(out / "metrics.jsonl", step if cfg.resume else None) if px.main else None
+    if metrics is not None and cfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        metrics.tb = SummaryWriter(str(out / "tensorboard"))
 
-    bar = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
-
-    def save(step: int) -> Path:
-        path = out / CHECKPOINT_DIR / checkpoint_name(step)
-        meta = checkpoint_meta(cfg, model, data, schedule, step)
-        save_training_state(state_path(path), {"step": step, "optimizer": opt.state_dict()})
-        save_checkpoint(path, model.state_dict(), ema.state_dict(), meta)
+    def save(at: int) -> Path:
+        path = out / CHECKPOINT_DIR / checkpoint_name(at)
+        # The state file first: a checkpoint name that exists always has its state beside it.
+        save_training_state(state_path(path), {"step": at, "optimizer": opt.state_dict()})
+        save_checkpoint(path, raw.state_dict(), ema.state_dict(), checkpoint_meta(cfg, raw, data, schedule, at, W))
         for _, old in list_checkpoints(out)[:-cfg.keep]:
             old.unlink(missing_ok=True)
             state_path(old).unlink(missing_ok=True)
         return path
 
-    step = 0
-    smooth = None
-    t_start = time.monotonic()
-    last_path: Path | None = None
-    model.train()
-    while (total is None or step < total) and time.monotonic() < deadline:
-        torch.manual_seed(_mix(cfg.seed, step, 0))  # dropout and every draw below
-        idx = batch_indices(step, len(images), cfg.batch_size, cfg.seed).to(device)
-        x0 = images[idx]
-        t = torch.randint(0, schedule.timesteps, (x0.shape[0],), device=device)
-        noise = torch.randn_like(x0)
-        x_t = q_sample(x0, t, noise, schedule)
-        with autocast:
-            pred = model(x_t, t)
-        loss = F.mse_loss(pred.float(), training_target(x0, noise, t, schedule, cfg.prediction))
-        if not torch.isfinite(loss):
-            raise UserError(f"the loss became {loss.item()} at step {step}: lower --lr (now {cfg.lr}) or "
-                            "turn off --bf16; no checkpoint was written over the good ones")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.step()
-        decay = ema_decay_at(step, cfg.ema_decay)
-        ema_update(ema, model, decay)
-        step += 1
+    # SIGTERM (schedulers, `kill`) and SIGINT (Ctrl-C) finish the current step, write a checkpoint and exit 0.
+    caught: list[int] = []
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, lambda s, _f: caught.append(s))
 
-        lv = loss.item()
-        smooth = lv if smooth is None else 0.98 * smooth + 0.02 * lv
-        elapsed = time.monotonic() - t_start
+    bar = None
+    if cfg.progress and px.main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=step, desc="training", unit="step", dynamic_ncols=True)
+    smooth = None
+    skipped = 0
+    start_step, t_start = step, time.monotonic()
+    last_path: Path | None = None
+    raw.train()
+    try:
+        while total is None or step < total:
+            if px.any(bool(caught) or time.monotonic() >= deadline):
+                break
+            # Global draws of this step, identical on every rank; each rank and micro-batch takes a slice.
+            g = torch.Generator(device).manual_seed(_mix(cfg.seed, step))
+            idx = batch_indices(step, len(images), global_batch, cfg.seed).to(device)
+            t_all = torch.randint(0, schedule.timesteps, (global_batch,), generator=g, device=device)
+            noise_all = torch.randn((global_batch, *images.shape[1:]), generator=g, device=device)
+            drop_all = torch.rand(global_batch, generator=g, device=device) < cfg.label_dropout
+            flip_all = torch.rand(global_batch, generator=g, device=device) < 0.5
+            opt.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for a in range(A):
+                sl = slice((a * W + px.rank) * B, (a * W + px.rank + 1) * B)
+                torch.manual_seed(_mix(cfg.seed, step, px.rank, a))  # dropout masks
+                x0 = images[idx[sl]]
+                if cfg.flip:
+                    x0 = torch.where(flip_all[sl].view(-1, 1, 1, 1), x0.flip(-1), x0)
+                t, noise = t_all[sl], noise_all[sl]
+                x_t = q_sample(x0, t, noise, schedule).contiguous(memory_format=fmt)
+                y = None
+                if labels_all is not None:
+                    y = torch.where(drop_all[sl], torch.full_like(t, -1), labels_all[idx[sl]])
+                sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else model.no_sync()
+                with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    pred = model(x_t, t) if y is None else model(x_t, t, y)
+                    loss = F.mse_loss(pred.float(), training_target(x0, noise, t, schedule, cfg.prediction))
+                    (loss / A).backward()
+                loss_sum += loss.item() / A
+            limit = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            gnorm = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), limit))
+            # Every rank takes part in the vote, so all skip (or stop at) the same step.
+            if px.any(not (math.isfinite(gnorm) and math.isfinite(loss_sum))):
+                if cfg.nonfinite == "stop":
+                    raise UserError(f"the loss or gradient became non-finite at step {step} (loss {loss_sum}): "
+                                    f"lower --lr (now {cfg.lr}) or turn off --bf16, then --resume; the "
+                                    "checkpoints on disk are untouched (or pass --nonfinite skip)")
+                skipped += 1
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                continue
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            opt.step()
+            decay = ema_decay_at(step, cfg.ema_decay)
+            ema_update(ema, raw, decay)
+            step += 1
+
+            smooth = loss_sum if smooth is None else 0.98 * smooth + 0.02 * loss_sum
+            elapsed = max(time.monotonic() - t_start, 1e-9)
+            rate = (step - start_step) * global_batch / elapsed
+            if bar is not None:
+                post = {"loss": f"{smooth:.4f}", "img/s": f"{rate:.0f}"}
+                if total is None:
+                    post["left"] = f"{max(0.0, deadline - time.monotonic()) / 60:.1f}min"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+            if metrics is not None and step % cfg.log_every == 0:
+                metrics.write({"step": step, "loss": loss_sum, "loss_smooth": smooth, "lr": lr_at(step - 1, cfg),
+                               "grad_norm": gnorm, "ema_decay": decay, "images_per_s": rate, "time_s": elapsed,
+                               "skipped_steps": skipped})
+            if px.main and cfg.sample_every and step % cfg.sample_every == 0:
+                write_grid(out / "samples" / f"step-{step:09d}.png", ema, schedule, cfg, data, device)
+                metrics.plot(out / "loss.png")
+            if px.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                last_path = save(step)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if bar is not None:
-            bar.update(1)
-            post = {"loss": f"{smooth:.4f}", "img/s": f"{step * cfg.batch_size / elapsed:.0f}"}
-            if total is None:
-                post["left"] = f"{max(0.0, deadline - time.monotonic()) / 60:.1f}min"
-            bar.set_postfix(post, refresh=False)
-        if step % cfg.log_every == 0:
-            metrics.write({"step": step, "loss": lv, "loss_smooth": smooth, "lr": lr_at(step - 1, cfg),
-                           "grad_norm": float(gnorm), "ema_decay": decay,
-                           "images_per_s": step * cfg.batch_size / elapsed, "time_s": elapsed})
-        if cfg.sample_every and step % cfg.sample_every == 0:
-            write_grid(out / "samples" / f"step-{step:09d}.png", ema, schedule, cfg, data, device)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            bar.close()
+
+    if px.main:
+        found = list_checkpoints(out)
+        if not found or found[-1][0] != step:
             last_path = save(step)
-    if bar is not None:
-        bar.close()
-    if last_path is None or list_checkpoints(out)[-1][0] != step:
-        last_path = save(step)
-    final_grid = out / "samples" / f"step-{step:09d}.png"
-    if not final_grid.exists():
-        write_grid(final_grid, ema, schedule, cfg, data, device)
-    return last_path
+        last_path = last_path or found[-1][1]
+        final_grid = out / "samples" / f"step-{step:09d}.png"
+        if not final_grid.exists():
+            write_grid(final_grid, ema, schedule, cfg, data, device)
+        if metrics is not None:
+            metrics.plot(out / "loss.png")
+            if metrics.tb is not None:
+                metrics.tb.close()
+        if caught:
+            print(f"stopped by signal {signal.Signals(caught[0]).name} at step {step}; "
+                  f"checkpoint written, continue with --resume")
+        if skipped:
+            print(f"skipped {skipped} step(s) with a non-finite loss or gradient")
+    px.barrier()
+    return TrainResult(last_path or out / CHECKPOINT_DIR / checkpoint_name(step), step, raw, ema, bool(caught))
+
+
+def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move loaded optimizer state (exp_avg, ...) to the parameters' device. `step` counters stay on CPU."""
+    for state in opt.state.values():
+        for k, v in state.items():
+            if isinstance(v, Tensor) and k != "step":
+                state[k] = v.to(device)

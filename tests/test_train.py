@@ -1,0 +1,245 @@
+"""Training you can leave running: exact resume, DDP through torchrun, signals, kills, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm.checkpoint import list_checkpoints, load_checkpoint, load_training_state, state_path
+from ddpm.cli import main
+from ddpm.train import TrainConfig, batch_indices, train
+
+REPO = Path(__file__).resolve().parents[1]
+# Dropout, flips and label dropout on, so every kind of random draw is exercised by the resume test.
+BASE = ["--data", "digits", "--preset", "tiny", "--batch-size", "16", "--warmup", "3", "--sample-every", "0",
+        "--sample-steps", "2", "--num-samples", "2", "--log-every", "2", "--quiet"]
+DRAWS = ["--dropout", "0.1", "--flip", "--class-cond"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    ck = load_checkpoint(run)
+    out = {f"model.{k}": v for k, v in ck.model.items()}
+    out.update({f"ema.{k}": v for k, v in ck.ema.items()})
+    state = load_training_state(state_path(ck.path))["optimizer"]["state"]
+    for i, s in state.items():
+        out[f"adam.{i}.exp_avg"] = s["exp_avg"]
+        out[f"adam.{i}.exp_avg_sq"] = s["exp_avg_sq"]
+    return out
+
+
+def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_batches_cover_each_epoch_once():
+    n, b = 50, 16
+    seen = torch.cat([batch_indices(s, n, b, seed=1) for s in range(3)])  # 3 batches = one epoch of 48
+    assert seen.unique().numel() == 48
+    assert torch.equal(batch_indices(5, n, b, seed=1), batch_indices(5, n, b, seed=1))
+    assert not torch.equal(batch_indices(3, n, b, seed=1), batch_indices(0, n, b, seed=1))
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", *BASE, *DRAWS, "--out", str(straight), "--steps", "8"]) == 0
+    assert main(["train", *BASE, *DRAWS, "--out", str(split), "--steps", "4"]) == 0
+    assert main(["train", *BASE, *DRAWS, "--out", str(split), "--steps", "8", "--resume"]) == 0
+    _assert_identical(_weights(straight), _weights(split))
+    # metrics.jsonl continues where it left off: steps 2, 4, 6, 8 once each.
+    steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_resume_refuses_a_different_configuration(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *BASE, "--out", str(run), "--steps", "2"]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["train", *BASE, "--out", str(run), "--steps", "4", "--resume", "--lr", "0.002"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.001 in the checkpoint, 0.002 now" in err and err.count("\n") == 1
+    assert main(["train", *BASE, "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "ddpm", "train", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+DDP_SCRIPT = """
+import sys, torch
+from safetensors.torch import save_file
+from ddpm.train import TrainConfig, train
+out = sys.argv[1]
+cfg = TrainConfig(out=out, data="digits", preset="tiny", batch_size=8, steps=6, warmup=2, sample_every=0,
+                  sample_steps=2, num_samples=2, class_cond=True, flip=True, progress=False, device="cpu")
+r = train(cfg)
+rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else int(__import__("os").environ["RANK"])
+save_file({k: v.contiguous() for k, v in r.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+"""
+
+
+def test_ddp_two_processes_agree_and_match_one_process(tmp_path):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    run = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(run)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0, w1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
+    _assert_identical(w0, w1)
+    # One process with the same effective batch (2 x 8) takes the same steps, up to float summation order.
+    single = train(TrainConfig(out=str(tmp_path / "single"), data="digits", preset="tiny", batch_size=16, steps=6,
+                               warmup=2, sample_every=0, sample_steps=2, num_samples=2, class_cond=True, flip=True,
+                               progress=False, device="cpu"))
+    ref = single.model.state_dict()
+    worst = max((ref[k] - w0[k]).abs().max().item() for k in ref)
+    assert worst < 1e-4, worst
+    moved = max((ref[k] - load_checkpoint(run).model[k]).abs().max().item() for k in ref)
+    assert moved < 1e-4
+    # ... and differs clearly from a run with half the batch, so the comparison has teeth.
+    half = train(TrainConfig(out=str(tmp_path / "half"), data="digits", preset="tiny", batch_size=8, steps=6,
+                             warmup=2, sample_every=0, sample_steps=2, num_samples=2, class_cond=True, flip=True,
+                             progress=False, device="cpu"))
+    assert max((half.model.state_dict()[k] - w0[k]).abs().max().item() for k in ref) > 1e-3
+
+
+def test_resume_under_torchrun_is_bit_identical(tmp_path):
+    args = [*BASE, "--batch-size", "8", "--device", "cpu", "--grad-accum", "2"]
+    _torchrun([*args, "--out", str(tmp_path / "straight"), "--steps", "6"])
+    _torchrun([*args, "--out", str(tmp_path / "split"), "--steps", "3"])
+    r = _torchrun([*args, "--out", str(tmp_path / "split"), "--steps", "6", "--resume"])
+    assert r.stdout.count("resuming from") == 1  # only rank 0 talks
+    _assert_identical(_weights(tmp_path / "straight"), _weights(tmp_path / "split"))
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ddpm", "train", *BASE, "--out", str(out), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+
+
+def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not list_checkpoints(out):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path):
+    out = tmp_path / "run"
+    proc = _start(out, "--steps", "100000", "--checkpoint-every", "5")
+    _wait_for_checkpoint(out, proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "stopped by signal SIGTERM" in stdout
+    last_step, last = list_checkpoints(out)[-1]
+    assert load_checkpoint(last).step == last_step and load_training_state(state_path(last))["step"] == last_step
+    assert last_step % 5 != 0 or last_step > 5  # the checkpoint was written at the signal, not a scheduled one
+    assert (out / "samples" / f"step-{last_step:09d}.png").exists()
+
+
+def test_sigkill_always_leaves_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    for delay in (0.0, 0.13, 0.31, 0.77):
+        proc = _start(out, "--steps", "100000", "--checkpoint-every", "1", "--keep", "2",
+                      *(["--resume"] if list_checkpoints(out) else []))
+        _wait_for_checkpoint(out, proc) if not list_checkpoints(out) else time.sleep(2.0)
+        time.sleep(delay)
+        proc.kill()  # SIGKILL: no handler runs, possibly in the middle of a checkpoint write
+        proc.communicate()
+        step, path = list_checkpoints(out)[-1]
+        assert load_checkpoint(path).step == step
+        assert load_training_state(state_path(path))["step"] == step
+    # A half-written file from a crash is ignored and cleaned up; --resume continues to the target.
+    (out / "checkpoints" / ".step-000999999.safetensors.tmp-1").write_bytes(b"partial")
+    step = list_checkpoints(out)[-1][0]
+    assert main(["train", *BASE, "--out", str(out), "--steps", str(step + 2), "--resume"]) == 0
+    assert list_checkpoints(out)[-1][0] == step + 2
+    assert not list((out / "checkpoints").glob(".*tmp*"))
+
+
+def test_nonfinite_loss_stops_without_touching_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *BASE, "--out", str(run), "--steps", "2"]) == 0
+    before = {p: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    # A learning rate this large blows the tiny network up within a few steps.
+    code = main(["train", *BASE, "--out", str(tmp_path / "bad"), "--steps", "50", "--lr", "0.9", "--warmup", "0",
+                 "--grad-clip", "0"])
+    if code == 2:
+        assert "non-finite" in capsys.readouterr().err
+        assert not list_checkpoints(tmp_path / "bad")
+    assert {p: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
+
+
+def _png(path: Path, value: int = 128, size: int = 8, mode: str = "L") -> None:
+    Image.fromarray(np.full((size, size), value, np.uint8)).convert(mode).save(path)
+
+
+def test_bad_data_one_line_errors(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        _png(folder / f"ok{i}.png", 40 * i)
+    (folder / "broken.png").write_bytes(b"not a png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "broken.png": ["--data", str(folder)],
+        "no images found": ["--data", str(empty)],
+        "no such file or folder": ["--data", str(tmp_path / "missing")],
+    }
+    for words, data in cases.items():
+        assert main(["train", *BASE[2:], *data, "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+    assert main(["train", *BASE[2:], "--data", str(folder), "--skip-bad", "--out", str(tmp_path / "r"),
+                 "--steps", "1"]) == 0
+    assert "skipped 1 unreadable file(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cls", ["3"])
+def test_class_conditional_digits(tmp_path, cls):
+    """A short class-conditional run, then `ddpm sample --class 3`: a digits classifier sees mostly 3s."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--preset", "tiny", "--class-cond", "--steps", "1500",
+                 "--batch-size", "64", "--sample-every", "0", "--num-samples", "10", "--sample-steps", "20",
+                 "--out", str(run), "--quiet"]) == 0
+    out = tmp_path / "s"
+    assert main(["sample", "--checkpoint", str(run), "--class", cls, "--guidance", "2", "--num", "40",
+                 "--steps", "100", "--out", str(out), "--npz", str(tmp_path / "s.npz"), "--quiet"]) == 0
+    digits = load_digits()
+    clf = LogisticRegression(max_iter=2000).fit(digits.data, digits.target)
+    imgs = np.load(tmp_path / "s.npz")["images"][..., 0].reshape(40, 64).astype(np.float64) / 255 * 16
+    share = float(np.mean(clf.predict(imgs) == int(cls)))
+    assert share >= 0.7, share
