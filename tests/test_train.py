@@ -243,3 +243,30 @@ def test_class_conditional_digits(tmp_path, cls):
     imgs = np.load(tmp_path / "s.npz")["images"][..., 0].reshape(40, 64).astype(np.float64) / 255 * 16
     share = float(np.mean(clf.predict(imgs) == int(cls)))
     assert share >= 0.7, share
+
+
+def test_tensorboard_events_and_channels_last(tmp_path):
+    """--tensorboard writes events; --channels-last (the GPU default) runs the same math on CPU."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", *BASE, "--out", str(a), "--steps", "4", "--tensorboard"]) == 0
+    assert main(["train", *BASE, "--out", str(b), "--steps", "4", "--channels-last"]) == 0
+    acc = EventAccumulator(str(a / "tensorboard"))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    metrics = [json.loads(line)["loss"] for line in (a / "metrics.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx(metrics, rel=1e-6) and len(losses) == 2
+    wa, wb = load_checkpoint(a).model, load_checkpoint(b).model
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_idx_label_mismatch_is_one_line(tmp_path, capsys):
+    import struct
+
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, 3, 8, 8) + bytes(3 * 64))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, 2) + bytes(2))
+    assert main(["train", *BASE[2:], "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "3 images" in err and "2 labels" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
