@@ -120,3 +120,91 @@ def plot_curve(xs: Sequence[float], ys: Sequence[float], width: int = 640, heigh
         draw.text((left, bottom + 8), f"{x0:g}", fill="black")
         draw.text((right - 60, bottom + 8), f"{x1:g}", fill="black")
     return np.asarray(img)
+
+
+# ---------------------------------------------------------------------------- reading user images
+
+
+def load_image(path: str | os.PathLike[str], channels: int, size: int) -> np.ndarray:
+    """Read a picture as uint8 (H, W, C) with C = ``channels`` (1: grayscale, 3: RGB), any input mode.
+
+    The picture must already be ``size``×``size``: resizing would silently change what the user edits,
+    so a mismatch is a :class:`~ddpm.errors.UserError` that says to resize.
+    """
+    from .errors import UserError
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3; got {channels!r}")
+    im = _open_user_image(path, "image")
+    with im:
+        if im.size != (size, size):
+            raise UserError(f"{path} is {im.size[0]}x{im.size[1]} but the model makes {size}x{size} images: "
+                            f"resize it to {size}x{size} first")
+        array = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    return array[:, :, None] if channels == 1 else array
+
+
+def load_mask(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """Read an inpainting mask as bool (H, W): True (white, level >= 128 in grayscale) = regenerate.
+
+    Any mode is accepted (converted to grayscale first); it must be ``size``×``size``.
+    """
+    from .errors import UserError
+
+    im = _open_user_image(path, "mask")
+    with im:
+        if im.size != (size, size):
+            raise UserError(f"mask {path} is {im.size[0]}x{im.size[1]} but the image is {size}x{size}: "
+                            f"make the mask {size}x{size} (white = regenerate, black = keep)")
+        return np.asarray(im.convert("L"), dtype=np.uint8) >= 128
+
+
+def _open_user_image(path: str | os.PathLike[str], what: str) -> Image.Image:
+    from PIL import UnidentifiedImageError
+
+    from .errors import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} {p} does not exist: pass a PNG or JPEG file")
+    try:
+        im = Image.open(p)
+        im.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{what} {p} is not a readable picture ({type(e).__name__}): pass a PNG or JPEG file") from None
+    return im
+
+
+def from_uint8(images: np.ndarray) -> Tensor:
+    """Inverse of :func:`to_uint8`: uint8 (B, H, W, C) -> float32 (B, C, H, W) in [-1, 1] (p -> p/127.5 − 1)."""
+    if images.ndim != 4:
+        raise ValueError(f"from_uint8 takes (B, H, W, C) images; got shape {images.shape}")
+    x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1
+
+
+# ---------------------------------------------------------------------------- pictures of the process
+
+
+def trajectory_columns(num_states: int, columns: int = 10) -> list[int]:
+    """``min(columns, num_states)`` distinct indices evenly spaced over 0..num_states-1, first and last included."""
+    if num_states < 1 or columns < 1:
+        raise ValueError(f"need at least one state and one column; got {num_states}, {columns}")
+    k = min(columns, num_states)
+    if k == 1:
+        return [num_states - 1]
+    return sorted({round(j * (num_states - 1) / (k - 1)) for j in range(k)})
+
+
+def trajectory_strip(xs: Sequence[np.ndarray], x0s: Sequence[np.ndarray], scale: int = 1,
+                     padding: int = 1, pad_value: int = 128) -> np.ndarray:
+    """Two rows of uint8 (H, W, C) pictures, x_t on top and x̂_0 below, one column per state: (H', W', C)."""
+    if len(xs) != len(x0s) or not xs:
+        raise ValueError(f"need as many x_t as x̂_0 pictures (and at least one); got {len(xs)} and {len(x0s)}")
+    return make_grid(np.stack([*xs, *x0s]), nrow=len(xs), padding=padding, pad_value=pad_value, scale=scale)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, scale: int = 1, padding: int = 1,
+                 pad_value: int = 128) -> np.ndarray:
+    """One GIF frame: uint8 (H, W, C) ``left`` | ``right``, enlarged ``scale`` times: (H', W', C)."""
+    return make_grid(np.stack([left, right]), nrow=2, padding=padding, pad_value=pad_value, scale=scale)
