@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .errors import UserError
-from .generate import add_sample_parser, cmd_sample
+from .generate import add_edit_parser, add_sample_parser, cmd_edit, cmd_sample
 
 
 def _field_type(annotation: str) -> tuple[type, bool]:
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     add_sample_parser(sub)
+    add_edit_parser(sub)
     return parser
 
 
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "sample":
             return cmd_sample(args)
+        if args.command == "edit":
+            return cmd_edit(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
