@@ -42,21 +42,30 @@ CONFIGS: list[tuple[str, str, dict, bool]] = [
     ("dpmpp-3m", "dpmpp-3m", {}, True),
     ("dpmpp-3m lower_order_final", "dpmpp-3m", {"lower_order_final": True}, True),
     ("dpmpp-2m-sde", "dpmpp-2m-sde", {}, False),
+    ("unipc", "unipc", {}, True),
+    ("unipc order=2 lower_order_final", "unipc", {"order": 2, "lower_order_final": True}, True),
 ]
 
 
-def oracle_section(n: int, seed: int) -> dict:
-    """Run every configuration on the Gaussian oracle; returns {row label: {evals: (mc W2, exact W2 | None)}}."""
+def oracle_section(n: int, seed: int, only: list[str] | None = None, spacings: list[str] | None = None,
+                   cache_full: dict | None = None) -> dict:
+    """Run every configuration on the Gaussian oracle; returns {row label: {evals: (mc W2, exact W2 | None)}}.
+
+    ``only`` / ``spacings`` restrict the run to those sampler labels / spacings (and skip the diffusers rows);
+    ``cache_full`` maps a sampler label to its saved steps == T result, which is the same for every spacing.
+    """
     schedule = ddpm.Schedule.linear(1000, 1e-4, 0.02)
     oracle = GaussianOracle(schedule, d=6)
     d = oracle.d
     x_T = torch.randn(n, d, 1, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     denoise = make_denoiser(oracle.model("eps"), schedule, clip_x0=False)
     rows: dict[str, dict[int, tuple[float, float | None]]] = {}
-    cache_full: dict[str, tuple[float, float | None]] = {}  # steps == T is the same for every spacing
+    cache_full = dict(cache_full or {})  # steps == T is the same for every spacing
     for label, name, opts, det in CONFIGS:
+        if only and label not in only:
+            continue
         fn = SAMPLERS[name]
-        for spacing in SPACINGS:
+        for spacing in spacings or SPACINGS:
             row = rows.setdefault(f"{label} / {spacing}", {})
             for k in EVALS:
                 if k == schedule.timesteps and label in cache_full:
@@ -74,7 +83,8 @@ def oracle_section(n: int, seed: int) -> dict:
                 if k == schedule.timesteps:
                     cache_full[label] = row[k]
             print(f"  {label} / {spacing}: " + " ".join(f"{row[k][0]:.2e}" for k in EVALS), file=sys.stderr)
-    rows.update(diffusers_rows(oracle, schedule, x_T))
+    if not only and not spacings:
+        rows.update(diffusers_rows(oracle, schedule, x_T))
     floors = [oracle.w2(oracle.sample(n, torch.Generator().manual_seed(1000 + i))) for i in range(5)]
     return {"rows": rows, "noise_floor": floors, "prior_floor": oracle.prior_floor(), "n": n}
 
@@ -266,6 +276,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "samplers_oracle.md")
     ap.add_argument("--checkpoint", type=Path, default=None, help="(later) also benchmark a trained model")
     ap.add_argument("--replot", action="store_true", help="redraw the table and plot from the saved JSON")
+    ap.add_argument("--only", action="append", metavar="LABEL",
+                    help="rerun only this sampler label (repeatable) and merge into the saved JSON")
+    ap.add_argument("--spacing", action="append", choices=SPACINGS,
+                    help="rerun only this spacing (repeatable) and merge into the saved JSON")
     args = ap.parse_args()
     # One thread: on a shared machine OpenMP workers spin against other jobs and run 100x slower.
     torch.set_num_threads(1)
@@ -277,10 +291,26 @@ def main() -> None:
         saved = json.loads(raw.read_text())
         res, cmd, seconds = saved["res"], saved["cmd"], saved["seconds"]
         res["rows"] = {k: {int(e): tuple(v) for e, v in row.items()} for k, row in res["rows"].items()}
+    elif args.only or args.spacing:
+        saved = json.loads(raw.read_text())
+        res = saved["res"]
+        res["rows"] = {k: {int(e): tuple(v) for e, v in row.items()} for k, row in res["rows"].items()}
+        if res["n"] != args.n:
+            raise SystemExit(f"--n {args.n} differs from the saved run's n = {res['n']}; merge needs the same n")
+        full = {k.split(" / ")[0]: row[1000] for k, row in res["rows"].items() if not k.startswith("diffusers")}
+        new = oracle_section(args.n, args.seed, args.only, args.spacing, full)["rows"]
+        merged = {k: new.get(k, v) for k, v in res["rows"].items()}
+        merged.update({k: v for k, v in new.items() if k not in merged})
+        # rows in CONFIGS x SPACINGS order, the diffusers rows last
+        order = {f"{c[0]} / {sp}": i for i, (c, sp) in enumerate((c, sp) for c in CONFIGS for sp in SPACINGS)}
+        res["rows"] = dict(sorted(merged.items(), key=lambda kv: order.get(kv[0], len(order))))
+        cmd = saved["cmd"] + "; then python benchmarks/samplers.py " + " ".join(sys.argv[1:])
+        seconds = saved["seconds"] + time.time() - t0
     else:
         res = oracle_section(args.n, args.seed)
         cmd = ("python benchmarks/samplers.py " + " ".join(sys.argv[1:])).strip()
         seconds = time.time() - t0
+    if not args.replot:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         raw.write_text(json.dumps({"res": res, "cmd": cmd, "seconds": seconds}, indent=0))
     md = markdown(res, cmd, seconds)

@@ -14,7 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-SPACINGS = ("leading", "linspace", "trailing", "logsnr")
+SPACINGS = ("leading", "linspace", "trailing", "logsnr", "info")
+
+# Data scale s of the "info" spacing: an upper bound on the standard deviation of the data along the
+# directions a sampler must get right, in units where images lie in [-1, 1] (see spaced_timesteps).
+INFO_SCALE = 8.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +131,8 @@ def _check_timesteps(timesteps: int) -> None:
         raise ValueError(f"timesteps must be an integer >= 1; got {timesteps!r}")
 
 
-def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace") -> Tensor:
+def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace", *,
+                     scale: float = INFO_SCALE) -> Tensor:
     """Pick ``steps`` indices of the training schedule to sample with.
 
     Returns a LongTensor (steps,) of distinct indices in **decreasing** order. For steps >= 2 it starts
@@ -142,7 +147,18 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace") 
     - ``logsnr``: evenly spaced in log-SNR = log(ᾱ/(1−ᾱ)) between index T−1 and index 0, each point
       rounded to the nearest index and nudged to keep the indices distinct (measured best for every
       ODE sampler; see benchmarks/results/samplers_oracle.md).
+    - ``info``: evenly spaced in u = ½ log(1 + s² · SNR), SNR = ᾱ/(1−ᾱ), s = ``scale`` (default
+      :data:`INFO_SCALE` = 8), between index T−1 and index 0, rounded as for ``logsnr``. u is the mutual
+      information I(x_0; x_t) per dimension of Gaussian data with standard deviation s, so equal steps in u
+      are equal gains of information about x_0. Where σ/α = SNR^(−1/2) is below s, u ≈ ½ log SNR + log s
+      and the points are log-SNR-uniform; where the noise swamps data of scale s (σ/α ≫ s), x̂_0 hardly
+      moves and u ≈ s² · SNR / 2 packs that part of the schedule into one or two steps. s → ∞ gives
+      ``logsnr``. It depends on the schedule and on s alone, not on the data; s = 8 is 8× the largest
+      per-pixel standard deviation that data in [-1, 1] can have (1), and, like EDM's σ_max = 80, a bound
+      rather than a fitted value.
     """
+    if spacing == "info" and not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale (the data scale s of the 'info' spacing) must be a number > 0; got {scale!r}")
     T = schedule.timesteps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an integer in 1..{T} (the schedule's length); got {steps!r}")
@@ -159,10 +175,19 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace") 
     elif spacing == "trailing":
         idx = (T - 1 - torch.arange(steps, dtype=torch.float64) * (T / steps)).round().long()
         idx[-1] = 0
-    else:  # logsnr
+    elif spacing == "logsnr":
         ab = schedule.alphas_cumprod
         lam = torch.log(ab) - torch.log1p(-ab)  # decreasing in t
         targets = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
+        idx = _nearest_unique(lam, targets)
+    else:  # info
+        ab = schedule.alphas_cumprod
+        lam = torch.log(ab) - torch.log1p(-ab)  # log SNR, decreasing in t
+        # (1) u = ½ log(1 + s² SNR), computed stably as ½ softplus(log SNR + 2 log s).
+        u = 0.5 * torch.nn.functional.softplus(lam + 2 * math.log(scale))
+        u_targets = torch.linspace(u[0].item(), u[-1].item(), steps, dtype=torch.float64)
+        # (2) back to log SNR: SNR = (e^{2u} − 1)/s², then the same nearest-index rounding as logsnr.
+        targets = torch.log(torch.expm1(2 * u_targets)) - 2 * math.log(scale)
         idx = _nearest_unique(lam, targets)
     idx = torch.unique(idx)  # sorted ascending
     if idx.numel() != steps:  # cannot happen for the rules above; guard against silent changes
