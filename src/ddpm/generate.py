@@ -226,12 +226,13 @@ def check_sampler(choice: SamplerChoice, schedule: Any) -> bool:
 # ---------------------------------------------------------------------------- metadata
 
 
-def image_metadata(kind: str, seed: int, index: int, choice: SamplerChoice, label: int | None,
+def image_metadata(kind: str, seed: int, index: int | str, choice: SamplerChoice, label: int | None,
                    guidance: float | None, clip_x0: bool, ema: bool, checkpoint_sha256: str,
                    extra: dict[str, str] | None = None) -> dict[str, str]:
     """The ``ddpm:*`` text chunks of a PNG, in a fixed order (so a reproduced file is byte-identical).
 
-    Keys: kind, seed, index, sampler, spacing, steps, eta (ddim only), options (JSON, when any besides eta),
+    Keys: kind (sample, grid, trajectory, interpolation, edit), seed, index, sampler, spacing, steps,
+    eta (ddim only), options (JSON, when any besides eta),
     guidance, class, clip_x0, ema, checkpoint_sha256, version, then ``extra``.
     """
     from . import __version__
@@ -356,7 +357,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
             bar.update(len(idx))
     if bar is not None:
         bar.close()
-    save_png(out / "grid.png", make_grid(images, scale=_scale(size)))
+    save_png(out / "grid.png", make_grid(images, scale=_scale(size)),
+             image_metadata("grid", seed, f"0-{num - 1}", choice, label, args.guidance, not args.no_clip,
+                            not args.no_ema, sha))
     if args.npz:
         np.savez_compressed(args.npz, images=images)
     extra = f", {n_traj} trajectories" if n_traj else ""
@@ -422,8 +425,8 @@ def _interpolate(args: argparse.Namespace) -> int:
     from .sampling import image_generators, randn
     from .train import pick_device
 
-    if args.num is not None or args.seed is not None or args.trajectory:
-        raise UserError("--interpolate makes interpolation.png only: drop --num/--seed/--trajectory")
+    if args.num is not None or args.seed is not None or args.trajectory or args.npz:
+        raise UserError("--interpolate makes interpolation.png only: drop --num/--seed/--trajectory/--npz")
     if args.frames < 2:
         raise UserError(f"--frames must be at least 2 (the two ends); got {args.frames}")
     if args.batch_size < 1:
