@@ -45,7 +45,7 @@ from .data import ImageDataset, load_dataset
 from .diffusion import PREDICTIONS, q_sample, training_target
 from .errors import UserError
 from .images import make_grid, plot_curve, save_png, to_uint8
-from .sampling import image_generators, sample
+from .sampling import DEFAULT_SAMPLER, image_generators, sample
 from .schedule import Schedule
 from .unet import PRESETS, UNet
 
@@ -90,7 +90,7 @@ class TrainConfig:
                           default="stop")
     sample_every: int = _opt("write a sample grid (EMA weights) every this many steps (0: only at the end)",
                              default=1000)
-    sample_steps: int = _opt("sampler steps for the grids written during training", default=100)
+    sample_steps: int = _opt("steps of the default sampler for the grids written during training", default=20)
     num_samples: int = _opt("images in each sample grid", default=64)
     checkpoint_every: int = _opt("write a checkpoint every this many steps (0: only at the end)", default=1000)
     keep: int = _opt("checkpoints to keep (the newest)", default=3)
@@ -131,8 +131,6 @@ class TrainConfig:
             raise UserError(f"--ema-decay must lie in [0, 1); got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
             raise UserError(f"--label-dropout must lie in [0, 1); got {self.label_dropout}")
-        if self.sample_steps > self.timesteps:
-            raise UserError(f"--sample-steps ({self.sample_steps}) cannot exceed --timesteps ({self.timesteps})")
 
     def make_schedule(self) -> Schedule:
         try:
@@ -361,9 +359,10 @@ def write_grid(path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfi
     if cfg.class_cond and data.num_classes:
         labels = torch.arange(n, device=device) % data.num_classes
         ncol = data.num_classes
-    x = sample(model, (n, data.channels, data.image_size, data.image_size), schedule, sampler="ddpm",
-               steps=cfg.sample_steps, generator=image_generators(cfg.seed, range(n)), prediction=cfg.prediction,
-               labels=labels, device=device)
+    name, spacing, _ = DEFAULT_SAMPLER
+    x = sample(model, (n, data.channels, data.image_size, data.image_size), schedule, sampler=name,
+               steps=min(cfg.sample_steps, schedule.timesteps), spacing=spacing,
+               generator=image_generators(cfg.seed, range(n)), prediction=cfg.prediction, labels=labels, device=device)
     save_png(path, make_grid(to_uint8(x), nrow=ncol, pad_value=128, scale=max(1, 64 // data.image_size)))
 
 
