@@ -1,0 +1,135 @@
+import math
+
+import pytest
+import torch
+
+from ddpm.evaluate import (
+    FeatureNet,
+    extract_features,
+    frechet_distance,
+    gaussian_frechet_distance,
+    kid,
+    load_feature_net,
+    mmd2_unbiased,
+    polynomial_kernel,
+    save_feature_net,
+    train_feature_net,
+)
+
+
+def exact_samples(n: int, mean: torch.Tensor, cov: torch.Tensor, seed: int) -> torch.Tensor:
+    """n rows whose sample mean is exactly ``mean`` and unbiased sample covariance exactly ``cov``."""
+    z = torch.randn(n, mean.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    z = z - z.mean(0)
+    w = torch.linalg.cholesky(torch.cov(z.T))
+    z = torch.linalg.solve_triangular(w, z.T, upper=False).T  # sample covariance now exactly I
+    return z @ torch.linalg.cholesky(cov).T + mean
+
+
+def test_fd_matches_closed_form_for_diagonal_covariances():
+    g = torch.Generator().manual_seed(0)
+    d = 8
+    mu1, mu2 = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+    s1 = torch.rand(d, generator=g, dtype=torch.float64) + 0.1
+    s2 = torch.rand(d, generator=g, dtype=torch.float64) + 0.1
+    a = exact_samples(500, mu1, torch.diag(s1), 1)
+    b = exact_samples(300, mu2, torch.diag(s2), 2)
+    # Commuting covariances: tr(Σ1 + Σ2 − 2(Σ1Σ2)^{1/2}) = Σ_i (√s1_i − √s2_i)².
+    closed = float((mu1 - mu2).square().sum() + (s1.sqrt() - s2.sqrt()).square().sum())
+    assert frechet_distance(a, b) == pytest.approx(closed, rel=1e-9)
+
+
+def test_fd_matches_closed_form_for_non_commuting_2x2():
+    # For 2×2 PSD M: tr √M = √(tr M + 2 √det M). With M = Σ1^{1/2} Σ2 Σ1^{1/2}: tr M = tr(Σ1Σ2), det M = det Σ1 det Σ2.
+    s1 = torch.tensor([[2.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    s2 = torch.tensor([[0.4, -0.2], [-0.2, 1.5]], dtype=torch.float64)
+    mu1, mu2 = torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([0.5, -1.0], dtype=torch.float64)
+    tr_sqrt = math.sqrt(float(torch.trace(s1 @ s2)) + 2 * math.sqrt(float(torch.det(s1) * torch.det(s2))))
+    closed = float((mu1 - mu2).square().sum() + torch.trace(s1) + torch.trace(s2)) - 2 * tr_sqrt
+    assert gaussian_frechet_distance(mu1, s1, mu2, s2) == pytest.approx(closed, rel=1e-12)
+    a, b = exact_samples(200, mu1, s1, 3), exact_samples(400, mu2, s2, 4)
+    assert frechet_distance(a, b) == pytest.approx(closed, rel=1e-9)
+
+
+def test_fd_self_zero_symmetric_and_robust_to_singular_covariance():
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(300, 16, generator=g, dtype=torch.float64)
+    b = torch.randn(200, 16, generator=g, dtype=torch.float64) * 1.5 + 0.3
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-9)
+    # Fewer samples than dimensions, and a dead (constant) feature: rank-deficient covariances.
+    c = torch.randn(10, 64, generator=g, dtype=torch.float64)
+    c[:, 0] = 0.0
+    dd = torch.randn(12, 64, generator=g, dtype=torch.float64)
+    dd[:, 0] = 0.0
+    assert frechet_distance(c, c) == pytest.approx(0.0, abs=1e-8)
+    v = frechet_distance(c, dd)
+    assert math.isfinite(v) and v > 0
+    assert frechet_distance(c, dd) == pytest.approx(frechet_distance(dd, c), rel=1e-8)
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        frechet_distance(a, c)
+
+
+def test_kid_same_distribution_near_zero_and_shift_clearly_positive():
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(600, 16, generator=g, dtype=torch.float64)
+    b = torch.randn(600, 16, generator=g, dtype=torch.float64)
+    mean, std = kid(a, b, subsets=30, subset_size=300, generator=torch.Generator().manual_seed(0))
+    # std is the spread of one size-300 estimate; the mean over overlapping subsets is about as noisy.
+    assert abs(mean) < 2 * std
+    shifted = b + 0.5
+    mean_s, std_s = kid(a, shifted, subsets=30, subset_size=300, generator=torch.Generator().manual_seed(0))
+    assert mean_s > 10 * std_s and mean_s > 20 * abs(mean)
+
+
+def test_mmd_estimator_is_unbiased():
+    # (1) Same distribution: the average over many independent small samples is 0 within its standard
+    # error, while the biased (V-statistic) version, which keeps the diagonals, is clearly positive.
+    g = torch.Generator().manual_seed(7)
+    reps, n, d = 2000, 6, 3
+    x = torch.randn(reps, n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(reps, n, d, generator=g, dtype=torch.float64)
+    u, v = [], []
+    for i in range(reps):
+        kxx, kyy, kxy = polynomial_kernel(x[i], x[i]), polynomial_kernel(y[i], y[i]), polynomial_kernel(x[i], y[i])
+        u.append(mmd2_unbiased(kxx, kyy, kxy))
+        v.append(float(kxx.mean() + kyy.mean() - 2 * kxy.mean()))
+    u, v = torch.tensor(u), torch.tensor(v)
+    se = float(u.std()) / math.sqrt(reps)
+    assert abs(float(u.mean())) < 4 * se
+    assert float(v.mean()) > 20 * se
+    # (2) Subsets drawn without replacement keep the U-statistic unbiased: their average approaches the
+    # full-set estimate, whatever the subset size.
+    a = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(30, 4, generator=g, dtype=torch.float64) + 0.3
+    full = mmd2_unbiased(polynomial_kernel(a, a), polynomial_kernel(b, b), polynomial_kernel(a, b))
+    mean, std = kid(a, b, subsets=2000, subset_size=10, generator=torch.Generator().manual_seed(1))
+    assert mean == pytest.approx(full, abs=4 * std / math.sqrt(2000))
+
+
+def test_kid_rejects_bad_subset_size():
+    a = torch.randn(20, 4)
+    with pytest.raises(ValueError, match="subset_size"):
+        kid(a, a, subset_size=21)
+
+
+@pytest.mark.parametrize("size", [8, 28])
+def test_feature_net_trains_and_round_trips(tmp_path, size):
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    # Two easy classes: bright top half vs bright bottom half.
+    labels = torch.arange(64) % 2
+    images = torch.full((64, 1, size, size), -1.0)
+    for i, y in enumerate(labels.tolist()):
+        half = slice(0, size // 2) if y == 0 else slice(size // 2, size)
+        images[i, 0, half] = 1.0
+    images += 0.1 * torch.randn(images.shape, generator=g)
+    net = train_feature_net(images, labels, epochs=8, batch_size=16, lr=5e-3, seed=0, width=8)
+    assert (net(images).argmax(1) == labels).float().mean() > 0.9
+    f = extract_features(net, images)
+    assert f.shape == (64, 16) and f.dtype == torch.float64
+    path = tmp_path / "feat.safetensors"
+    save_feature_net(net, path, {"note": "test"})
+    net2, meta = load_feature_net(path)
+    assert meta["note"] == "test" and isinstance(net2, FeatureNet)
+    assert torch.equal(extract_features(net2, images), f)
