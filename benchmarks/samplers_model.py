@@ -1,0 +1,424 @@
+"""Sampler quality vs number of model evaluations, on a trained model (the oracle half is samplers.py).
+
+Every configuration (sampler × timestep spacing × evaluations) draws images 0..N-1 from the same
+per-image seeds (``image_generators(seed, range(N))``), so rows differ only by the sampler. The reference
+is 1000-step ancestral DDPM from the same seeds. Samples are rounded to uint8 (as real images are) and
+scored in the feature space of a small CNN classifier (``ddpm.evaluate.FeatureNet``) trained on the real
+training split against the real test split:
+
+- FD: Fréchet distance of Gaussians fitted to the features (FID's formula, our features). Biased upwards
+  at small N, so it is only comparable at equal N; the "real train" row (N real training images vs the
+  test split, 5 draws) is the floor for this N.
+- KID: unbiased MMD² with the cubic polynomial kernel, mean ± std over 100 random subsets of N/2 images
+  from each side (the std is the noise of a size-N/2 measurement, so it overstates the noise of the mean).
+- For the target check, a paired bootstrap over image indices gives an interval for FD(config)/FD(DDPM-1000).
+
+Samples are cached in ``benchmarks/.cache/`` (one .npz per configuration, extended when N grows) and the
+feature network's weights in ``benchmarks/results/samplers_model.featurenet-<data>.safetensors``, so
+reruns only score. Results accumulate per data set in samplers_model.json; the Markdown and the plot are
+redrawn from it.
+
+    .venv/bin/python benchmarks/samplers_model.py --checkpoint runs/fashion --data fashion-mnist --num 200
+    .venv/bin/python benchmarks/samplers_model.py --replot
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ddpm
+from ddpm.checkpoint import load_model
+from ddpm.data import load_dataset
+from ddpm.evaluate import (
+    accuracy,
+    extract_features,
+    frechet_distance,
+    kid,
+    load_feature_net,
+    save_feature_net,
+    train_feature_net,
+)
+from ddpm.sampling import DEFAULT_SAMPLER, image_generators
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CACHE = HERE / ".cache"
+FASHION_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+EVALS = (5, 10, 20, 50)
+REFERENCE = ("ddpm", "linspace", 1000)  # all T steps: the spacing does not matter
+# (sampler, spacing); the default sampler's pair is put first.
+CONFIGS = [
+    (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1]),
+    ("dpmpp-3m", "logsnr"),  # the default before UniPC
+    ("dpmpp-2m", "logsnr"),
+    ("ddim", "logsnr"),
+    ("ddim", "leading"),
+    ("ddpm", "logsnr"),  # ancestral (stochastic) on few steps: separates solver error from ODE-vs-SDE
+    ("ddim", "linspace"),
+    ("dpmpp-2m", "linspace"),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- data and features
+
+
+def real_sets(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """(train images, train labels, reference images, reference labels, description of the reference)."""
+    train = load_dataset(data)
+    if data == "fashion-mnist":
+        test = load_dataset(FASHION_TEST)
+        return train.images, train.labels, test.images, test.labels, f"Fashion-MNIST t10k ({len(test)} images)"
+    if data == "digits":
+        # The digits set has no test split: the reference is the whole set (the model was trained on it).
+        return train.images, train.labels, train.images, train.labels, f"digits, all {len(train)} images"
+    raise SystemExit(f"--data {data!r}: this benchmark knows fashion-mnist and digits")
+
+
+def feature_net(data: str, train_x: torch.Tensor, train_y: torch.Tensor, ref_x, ref_y, epochs: int):
+    path = RESULTS / f"samplers_model.featurenet-{data}.safetensors"
+    if path.exists():
+        net, meta = load_feature_net(path)
+        log(f"feature net loaded from {path.name}")
+        return net, meta
+    t0 = time.perf_counter()
+    if data == "digits":  # hold out a fifth to measure accuracy; train on the rest
+        perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
+        held, fit = perm[: len(perm) // 5], perm[len(perm) // 5 :]
+        net = train_feature_net(train_x[fit], train_y[fit], epochs=epochs, batch_size=64, seed=0, log=log)
+        acc, on = accuracy(net, train_x[held], train_y[held]), f"held-out 20% of digits ({len(held)} images)"
+    else:
+        net = train_feature_net(train_x, train_y, epochs=epochs, seed=0, log=log)
+        acc, on = accuracy(net, ref_x, ref_y), f"test split ({len(ref_x)} images)"
+    meta = {"accuracy": f"{acc:.4f}", "accuracy_on": on, "epochs": str(epochs),
+            "train_seconds": f"{time.perf_counter() - t0:.0f}", "data": data}
+    save_feature_net(net, path, meta)
+    log(f"feature net: accuracy {acc:.4f} on {on}; saved {path.name}")
+    return net, meta
+
+
+# ---------------------------------------------------------------------------- sampling with a cache
+
+
+def checkpoint_id(path: Path) -> str:
+    h = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"{path.stem}-{h}"
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] → uint8 (B, C, H, W), the rounding that loading inverts."""
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def samples_for(model, schedule, ckpt_key: str, shape: tuple[int, int, int], sampler: str, spacing: str,
+                steps: int, n: int, seed: int, batch: int) -> tuple[np.ndarray, float | None]:
+    """Images 0..n-1 (uint8 (n, C, H, W)) of one configuration, and seconds per image (as sampled, cached or not)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    f = CACHE / f"{ckpt_key}-{sampler}-{spacing}-{steps}-seed{seed}.npz"
+    have = np.zeros((0, *shape), np.uint8)
+    secs = 0.0
+    if f.exists():
+        z = np.load(f)
+        have, secs = z["images"], float(z["seconds"])
+    if len(have) >= n:
+        return have[:n], secs / len(have)
+    t0 = time.perf_counter()
+    start = len(have)
+    for i0 in range(start, n, batch):
+        i1 = min(n, i0 + batch)
+        x = ddpm.sample(model, (i1 - i0, *shape), schedule, sampler=sampler, steps=steps, spacing=spacing,
+                        generator=image_generators(seed, range(i0, i1)))
+        have = np.concatenate([have, to_uint8(x)])
+        np.savez(f, images=have, seconds=secs + time.perf_counter() - t0)  # save as we go: safe to interrupt
+        log(f"  {sampler}/{spacing}/{steps}: {i1}/{n} images ({time.perf_counter() - t0:.0f} s)")
+    return have, (secs + time.perf_counter() - t0) / len(have)
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def score(feats: torch.Tensor, ref: torch.Tensor, seed: int) -> dict:
+    n = feats.shape[0]
+    k_mean, k_std = kid(feats, ref, subsets=100, subset_size=max(2, n // 2),
+                        generator=torch.Generator().manual_seed(seed))
+    return {"fd": frechet_distance(feats, ref), "kid": k_mean, "kid_std": k_std}
+
+
+def paired_ratio(f_cfg: torch.Tensor, f_ref_gen: torch.Tensor, ref: torch.Tensor, reps: int = 300) -> dict:
+    """Bootstrap over image indices (the same indices for both, since image i has the same seed in both)."""
+    g = torch.Generator().manual_seed(123)
+    n = f_cfg.shape[0]
+    ratios = []
+    for _ in range(reps):
+        idx = torch.randint(0, n, (n,), generator=g)
+        ratios.append(frechet_distance(f_cfg[idx], ref) / frechet_distance(f_ref_gen[idx], ref))
+    r = torch.tensor(ratios)
+    return {"median": float(r.median()), "lo": float(r.quantile(0.05)), "hi": float(r.quantile(0.95)),
+            "p_within_10": float((r <= 1.10).double().mean()), "p_within_25": float((r <= 1.25).double().mean())}
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)
+    t_start = time.perf_counter()
+    train_x, train_y, ref_x, ref_y, ref_desc = real_sets(args.data)
+    net, meta = feature_net(args.data, train_x, train_y, ref_x, ref_y, args.feature_epochs)
+    ref_f = extract_features(net, ref_x)
+    n = args.num
+
+    floors = []
+    for i in range(5):
+        idx = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1000 + i))[:n]
+        floors.append(score(extract_features(net, train_x[idx]), ref_f, seed=i))
+
+    model, ckpt, schedule = load_model(args.checkpoint, use_ema=not args.raw_weights)
+    ckpt_path = Path(ckpt.path)
+    key = checkpoint_id(ckpt_path) + ("-raw" if args.raw_weights else "")
+    cfg = model.config
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    if shape[0] != ref_x.shape[1] or shape[1] != ref_x.shape[-1]:
+        raise SystemExit(f"the model makes {shape} images but {args.data} has {tuple(ref_x.shape[1:])}")
+
+    plan = [REFERENCE] + [(s, sp, k) for s, sp in CONFIGS[: args.configs] for k in EVALS]
+    # The target rows first (default sampler at 20 and 10), then the reference, then the rest.
+    first = [(DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], 20), (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], 10), REFERENCE]
+    plan = first + [p for p in plan if p not in first]
+    if args.part == "reference":
+        plan = [REFERENCE]
+    elif args.part == "fast":
+        plan = [p for p in plan if p != REFERENCE]
+    rows, feats = {}, {}
+    for sampler, spacing, steps in plan:
+        imgs, per_image = samples_for(model, schedule, key, shape, sampler, spacing, steps, n, args.seed, args.batch)
+        x = torch.from_numpy(imgs).float() / 127.5 - 1
+        f = extract_features(net, x)
+        feats[(sampler, spacing, steps)] = f
+        s = score(f, ref_f, seed=0)
+        s["seconds_per_image"] = per_image
+        rows[f"{sampler}|{spacing}|{steps}"] = s
+        log(f"{sampler}/{spacing}/{steps}: FD {s['fd']:.3f}  KID {s['kid'] * 1e3:.2f}±{s['kid_std'] * 1e3:.2f} e-3"
+            + f"  ({per_image * 1e3:.0f} ms/image)")
+
+    if args.part != "all":
+        return {}
+    ref_gen = feats[REFERENCE]
+    targets = {}
+    for k, limit in ((20, 1.10), (10, 1.25)):
+        cfgk = (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], k)
+        fd_c, fd_r = rows[f"{cfgk[0]}|{cfgk[1]}|{k}"]["fd"], rows["|".join(map(str, REFERENCE))]["fd"]
+        rc, rr = rows[f"{cfgk[0]}|{cfgk[1]}|{k}"], rows["|".join(map(str, REFERENCE))]
+        targets[str(k)] = {"limit": limit, "fd": fd_c, "fd_ref": fd_r, "ratio": fd_c / fd_r,
+                           "kid": rc["kid"], "kid_std": rc["kid_std"],
+                           "kid_ref": rr["kid"], "kid_ref_std": rr["kid_std"],
+                           "bootstrap": paired_ratio(feats[cfgk], ref_gen, ref_f)}
+
+    cmd = "python benchmarks/samplers_model.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return {
+        "data": args.data, "n": n, "seed": args.seed, "batch": args.batch, "cmd": cmd, "checkpoint": str(ckpt_path),
+        "checkpoint_key": key, "step": ckpt.step,
+        "ema": not args.raw_weights, "reference": ref_desc, "feature_net": meta, "feature_dim": int(ref_f.shape[1]),
+        "floors": floors, "rows": rows, "targets": targets, "default": list(DEFAULT_SAMPLER),
+        "seconds": time.perf_counter() - t_start,
+        "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), torch {torch.__version__}, "
+                   f"1 thread, {time.strftime('%Y-%m-%d')}",
+    }
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    t = torch.tensor(xs, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(xs) > 1 else 0.0
+
+
+def markdown_section(res: dict) -> str:
+    rows = res["rows"]
+    ref_key = "|".join(map(str, REFERENCE))
+    configs = []
+    for key in rows:
+        s, sp, k = key.split("|")
+        if key != ref_key and (s, sp) not in configs:
+            configs.append((s, sp))
+    fd_floor = _mean_std([f["fd"] for f in res["floors"]])
+    kid_floor = _mean_std([f["kid"] for f in res["floors"]])
+    fn = res["feature_net"]
+    out = [
+        f"## {res['data']}: N = {res['n']} images per configuration",
+        "",
+        f"Command: `{res['cmd']}` ({res['seconds']:.0f} s including cached work; {res['machine']}).",
+        f"Checkpoint `{res['checkpoint']}` ({'EMA' if res['ema'] else 'raw'} weights, cache key "
+        f"`{res['checkpoint_key']}`). Reference: {res['reference']}. Seeds: image i uses "
+        f"`image_generators({res['seed']}, [i])` in every row.",
+        f"Features: FeatureNet penultimate layer ({res['feature_dim']} dims), trained {fn.get('epochs')} epochs "
+        f"({fn.get('train_seconds')} s), accuracy {float(fn.get('accuracy', 'nan')):.4f} on {fn.get('accuracy_on')}.",
+        "",
+        f"- **Floor** (N = {res['n']} real training images vs the reference, 5 draws): FD {fd_floor[0]:.3f} ± "
+        f"{fd_floor[1]:.3f}, KID {kid_floor[0] * 1e3:.2f} ± {kid_floor[1] * 1e3:.2f} ×10⁻³.",
+        f"- **Reference**, DDPM ancestral 1000 steps: FD {rows[ref_key]['fd']:.3f}, KID "
+        f"{rows[ref_key]['kid'] * 1e3:.2f} ± {rows[ref_key]['kid_std'] * 1e3:.2f} ×10⁻³"
+        + (f", {rows[ref_key]['seconds_per_image']:.2f} s/image." if rows[ref_key].get("seconds_per_image") else "."),
+        "",
+    ]
+    default = tuple(res["default"][:2])
+    cols = [*EVALS, REFERENCE[2]]
+
+    def table(title: str, fmt) -> list[str]:
+        lines = [title, "", "| sampler / spacing | " + " | ".join(str(k) for k in cols) + " |",
+                 "|---|" + "---:|" * len(cols)]
+        for s, sp in configs:
+            name = f"{s} / {sp}" + (" (default)" if (s, sp) == default else "")
+            cells = [fmt(rows[f"{s}|{sp}|{k}"]) if f"{s}|{sp}|{k}" in rows else "–" for k in cols]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        ref_cells = ["–"] * len(EVALS) + [fmt(rows[ref_key])]
+        lines.append("| ddpm ancestral (reference, all 1000 steps) | " + " | ".join(ref_cells) + " |")
+        return lines + [""]
+
+    out += table("### FD (lower is better; columns: model evaluations)", lambda r: f"{r['fd']:.3f}")
+    out += table("### KID ×10³ (mean ± std over 100 subsets of N/2; the std is the noise of one half-size "
+                 "measurement, not of the mean)", lambda r: f"{r['kid'] * 1e3:.2f} ± {r['kid_std'] * 1e3:.2f}")
+    if any(r.get("seconds_per_image") for r in rows.values()):
+        batch = res.get("batch", "?")
+        out += table(f"### Sampling time, seconds per image (1 thread, batches of {batch}, shared machine)",
+                     lambda r: f"{r['seconds_per_image']:.3f}" if r.get("seconds_per_image") else "?")
+    out += ["### Targets (quality measure: FD; KID alongside)", ""]
+    for k, t in res["targets"].items():
+        b = t["bootstrap"]
+        met = "met" if t["ratio"] <= t["limit"] else "NOT met"
+        out.append(f"- Default sampler ({res['default'][0]} / {res['default'][1]}) at {k} evaluations within "
+                   f"{(t['limit'] - 1) * 100:.0f}% of DDPM-1000 in FD: FD {t['fd']:.3f} vs {t['fd_ref']:.3f}, "
+                   f"ratio {t['ratio']:.3f} → **{met}**. Paired bootstrap over the {res['n']} images: ratio 90% "
+                   f"interval [{b['lo']:.3f}, {b['hi']:.3f}], share of resamples within the limit "
+                   f"{b['p_within_' + ('10' if k == '20' else '25')] * 100:.0f}%. KID ×10³: "
+                   f"{t['kid'] * 1e3:.2f} ± {t['kid_std'] * 1e3:.2f} vs {t['kid_ref'] * 1e3:.2f} ± "
+                   f"{t['kid_ref_std'] * 1e3:.2f}.")
+    return "\n".join(out) + "\n"
+
+
+def write_report(all_res: dict, out_md: Path) -> str:
+    parts = ["# Samplers on a trained model: quality vs model evaluations", "",
+             "Written by `benchmarks/samplers_model.py` (see its docstring for the method); the oracle half is "
+             "in samplers_oracle.md. Plot: samplers_model.png (FD and KID vs evaluations, log x).", ""]
+    for data in sorted(all_res, key=lambda d: d != "fashion-mnist"):
+        parts.append(markdown_section(all_res[data]))
+    md = "\n".join(parts)
+    out_md.write_text(md)
+    plot(all_res, out_md.with_suffix(".png"))
+    return md
+
+
+COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+          (227, 119, 194), (127, 127, 127)]
+
+
+def plot(all_res: dict, path: Path) -> None:
+    """One row per data set, panels FD and KID; log-x evaluations, linear y; dashed = reference, dotted = floor."""
+    from PIL import Image, ImageDraw
+
+    datas = sorted(all_res, key=lambda d: d != "fashion-mnist")
+    pw, ph, ml, mr, mt, mb = 520, 340, 70, 20, 40, 50
+    legend_w = 300
+    W, H = 2 * pw + legend_w, ph * len(datas)
+    img = Image.new("RGB", (W, H), "white")
+    dr = ImageDraw.Draw(img)
+    lx0, lx1 = math.log(EVALS[0]), math.log(EVALS[-1])
+    for row, data in enumerate(datas):
+        res = all_res[data]
+        rows = res["rows"]
+        ref_key = "|".join(map(str, REFERENCE))
+        configs = []
+        for key in rows:
+            s, sp, _ = key.split("|")
+            if key != ref_key and (s, sp) not in configs:
+                configs.append((s, sp))
+        for col, (metric, scale, label) in enumerate((("fd", 1.0, "FD"), ("kid", 1e3, "KID x1e3"))):
+            x0, y0 = col * pw + ml, row * ph + mt
+            w, h = pw - ml - mr, ph - mt - mb
+            floor = float(np.mean([f[metric] for f in res["floors"]])) * scale
+            vals = [rows[k][metric] * scale for k in rows] + [floor]
+            lo, hi = min(0.0, min(vals)), max(vals) * 1.05
+            # Clip the y range so the short-step outliers do not flatten everything else.
+            hi = min(hi, 4 * rows[ref_key][metric] * scale + 1e-12) if rows[ref_key][metric] > 0 else hi
+
+            def px(k: float, x0=x0, w=w) -> float:
+                return x0 + (math.log(k) - lx0) / (lx1 - lx0) * w
+
+            def py(v: float, y0=y0, h=h, lo=lo, hi=hi) -> float:
+                return y0 + h - (min(max(v, lo), hi) - lo) / (hi - lo) * h
+
+            dr.rectangle([x0, y0, x0 + w, y0 + h], outline="black")
+            title = f"{data}, N = {res['n']}: {label} vs evaluations (clipped at 4x reference)"
+            dr.text((x0, y0 - 28), title, fill="black")
+            for k in EVALS:
+                dr.line([px(k), y0 + h, px(k), y0 + h + 4], fill="black")
+                dr.text((px(k) - 6, y0 + h + 8), str(k), fill="black")
+            for j in range(5):
+                v = lo + (hi - lo) * j / 4
+                dr.line([x0 - 4, py(v), x0, py(v)], fill="black")
+                dr.text((x0 - 60, py(v) - 6), f"{v:.3g}", fill="black")
+            for yv, style in ((rows[ref_key][metric] * scale, 8), (floor, 3)):
+                for xx in range(int(x0), int(x0 + w), 2 * style):
+                    dr.line([xx, py(yv), min(xx + style, x0 + w), py(yv)], fill=(0, 0, 0))
+            for c, (s, sp) in enumerate(configs):
+                pts = [(px(k), py(rows[f"{s}|{sp}|{k}"][metric] * scale)) for k in EVALS if f"{s}|{sp}|{k}" in rows]
+                color = COLORS[c % len(COLORS)]
+                if len(pts) > 1:
+                    dr.line(pts, fill=color, width=2)
+                for x, y in pts:
+                    dr.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        lx, ly = 2 * pw + 10, row * ph + mt
+        for c, (s, sp) in enumerate(configs):
+            dr.line([lx, ly + 7 + 18 * c, lx + 24, ly + 7 + 18 * c], fill=COLORS[c % len(COLORS)], width=3)
+            dr.text((lx + 30, ly + 18 * c), f"{s} / {sp}", fill="black")
+        yy = ly + 18 * len(configs) + 10
+        dr.text((lx, yy), "dashed: DDPM 1000 steps", fill="black")
+        dr.text((lx, yy + 18), "dotted: real train images (floor)", fill="black")
+    img.save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, help="run directory (latest checkpoint) or checkpoint file")
+    ap.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "digits"])
+    ap.add_argument("--num", type=int, default=200, help="images per configuration (N)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=50, help="images per sampling batch (results do not depend on it)")
+    ap.add_argument("--part", choices=["all", "reference", "fast"], default="all",
+                    help="sample only the 1000-step reference or only the rest (to run two processes), no report")
+    ap.add_argument("--configs", type=int, default=6, help=f"how many of {len(CONFIGS)} sampler/spacing pairs to run")
+    ap.add_argument("--feature-epochs", type=int, default=None, help="default: 2 (fashion-mnist), 40 (digits)")
+    ap.add_argument("--raw-weights", action="store_true", help="use the raw instead of the EMA weights")
+    ap.add_argument("--out", type=Path, default=RESULTS / "samplers_model.md")
+    ap.add_argument("--replot", action="store_true", help="redraw the Markdown and plot from the saved JSON")
+    args = ap.parse_args()
+    raw = args.out.with_suffix(".json")
+    all_res = json.loads(raw.read_text()) if raw.exists() else {}
+    if not args.replot:
+        if args.checkpoint is None:
+            ap.error("--checkpoint is required (or --replot)")
+        if args.feature_epochs is None:
+            args.feature_epochs = 40 if args.data == "digits" else 2
+        res = run(args)
+        if args.part != "all":
+            return
+        all_res[args.data] = res
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(json.dumps(all_res, indent=1))
+    print(write_report(all_res, args.out))
+
+
+if __name__ == "__main__":
+    main()
