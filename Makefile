@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/ddpm sample --checkpoint runs/demo --num 100 --out runs/demo/samples
 	@echo "demo grid: runs/demo/samples/grid.png"
 
-DEMO_TRAIN ?= --steps 4000 --sample-every 1000 --checkpoint-every 1000
+DEMO_TRAIN ?= --steps 2000 --sample-every 500 --checkpoint-every 500
 
 test: install
 	$(BIN)/ruff check src tests benchmarks
