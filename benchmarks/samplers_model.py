@@ -60,11 +60,13 @@ REFERENCE = ("ddpm", "linspace", 1000)  # all T steps: the spacing does not matt
 # (sampler, spacing); the default sampler's pair is put first.
 CONFIGS = [
     (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1]),
-    ("dpmpp-3m", "logsnr"),  # the default before UniPC
+    ("dpmpp-2m", "info"),
+    ("dpmpp-2m-sde", "info"),  # stochastic multistep: corrects model error like ancestral sampling does
     ("dpmpp-2m", "logsnr"),
-    ("ddim", "logsnr"),
     ("ddim", "leading"),
     ("ddpm", "logsnr"),  # ancestral (stochastic) on few steps: separates solver error from ODE-vs-SDE
+    ("dpmpp-3m", "logsnr"),  # the default before UniPC
+    ("ddim", "logsnr"),
     ("ddim", "linspace"),
     ("dpmpp-2m", "linspace"),
 ]
