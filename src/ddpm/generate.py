@@ -357,7 +357,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             bar.update(len(idx))
     if bar is not None:
         bar.close()
-    save_png(out / "grid.png", make_grid(images, scale=_scale(size)),
+    save_png(out / "grid.png", make_grid(images, pad_value=128, scale=_scale(size)),
              image_metadata("grid", seed, f"0-{num - 1}", choice, label, args.guidance, not args.no_clip,
                             not args.no_ema, sha))
     if args.npz:
