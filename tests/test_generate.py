@@ -9,7 +9,7 @@ from ddpm import image_generators, load_model, sample
 from ddpm.cli import main
 from ddpm.generate import slerp
 from ddpm.images import read_png_metadata, save_png, to_uint8
-from ddpm.sampling import DEFAULT_SAMPLER, randn
+from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, randn
 
 TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--steps", "12", "--batch-size", "16",
          "--sample-every", "12", "--sample-steps", "2", "--num-samples", "1", "--checkpoint-every", "6",
@@ -137,8 +137,10 @@ def test_interpolation_ends_are_the_plain_samples(run_dir, tmp_path):
     strip = _pixels(out / "interpolation.png")
     assert strip.shape == (CELL + 1, 4 * CELL + 1)
     ends = []
+    name, spacing, steps = DETERMINISTIC_SAMPLER  # what --interpolate uses when no --sampler is given
     for seed in (3, 8):
         assert main(["sample", "--checkpoint", str(run_dir), "--num", "1", "--seed", str(seed), "--quiet",
+                     "--sampler", name, "--spacing", spacing, "--steps", str(steps),
                      "--out", str(tmp_path / f"s{seed}")]) == 0
         ends.append(_pixels(tmp_path / f"s{seed}" / "000000.png"))
     assert np.array_equal(_cell(strip, 0, 0), ends[0]) and np.array_equal(_cell(strip, 0, 3), ends[1])

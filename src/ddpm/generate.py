@@ -26,11 +26,12 @@ from .errors import UserError
 TRAJECTORY_COLUMNS = 10
 
 
-def _default_sampler() -> tuple[str, str, int]:
-    """``ddpm.sampling.DEFAULT_SAMPLER`` (name, spacing, steps), read when called: it is set by measurement."""
-    from .sampling import DEFAULT_SAMPLER
+def _default_sampler(deterministic: bool = False) -> tuple[str, str, int]:
+    """``ddpm.sampling.DEFAULT_SAMPLER`` (or ``DETERMINISTIC_SAMPLER``) as (name, spacing, steps), read when
+    called: both are set by measurement."""
+    from .sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
 
-    name, spacing, steps = DEFAULT_SAMPLER
+    name, spacing, steps = DETERMINISTIC_SAMPLER if deterministic else DEFAULT_SAMPLER
     return str(name), str(spacing), int(steps)
 
 
@@ -185,11 +186,12 @@ def parse_options(name: str, pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def choose_sampler(args: argparse.Namespace, timesteps: int) -> SamplerChoice:
-    """The sampler, spacing, steps and options the flags ask for, with the measured defaults filled in."""
+def choose_sampler(args: argparse.Namespace, timesteps: int, deterministic: bool = False) -> SamplerChoice:
+    """The sampler, spacing, steps and options the flags ask for, with the measured defaults filled in
+    (the deterministic default when ``deterministic`` and no --sampler is given)."""
     from .sampling import SAMPLERS
 
-    d_name, d_spacing, d_steps = _default_sampler()
+    d_name, d_spacing, d_steps = _default_sampler(deterministic and args.sampler is None)
     name = args.sampler or d_name
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
@@ -434,10 +436,10 @@ def _interpolate(args: argparse.Namespace) -> int:
     seed_a, seed_b = args.interpolate
     device = pick_device(args.device)
     model, ckpt, schedule = load_model(args.checkpoint, use_ema=not args.no_ema, device=device)
-    choice = choose_sampler(args, schedule.timesteps)
+    choice = choose_sampler(args, schedule.timesteps, deterministic=True)
     if not check_sampler(choice, schedule):
         raise UserError(f"--interpolate needs a deterministic sampler, and {choice.name!r} with these options adds "
-                        "noise: use the default sampler, dpmpp-2m, dpmpp-3m or ddim with --eta 0")
+                        "noise: drop --sampler (UniPC is used), or use dpmpp-2m, dpmpp-3m or ddim with --eta 0")
     out = Path(args.out)
     _check_out_dir(out, ["interpolation.png"], args.overwrite)
     meta = ckpt.meta
