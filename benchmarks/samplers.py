@@ -185,15 +185,13 @@ def markdown(res: dict, cmd: str, seconds: float) -> str:
 def targets(rows: dict) -> list[str]:
     """The project's targets: at 10 evaluations ≤ 1/20 of diffusers' DPM-Solver (trailing); at 20 within
     2x of the 1000-step ancestral sampler. Judged on the same-noise Monte Carlo W2."""
-    from ddpm.sampling import DEFAULT_SAMPLER
+    from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
 
     peer = next((r for k, r in rows.items() if "DPMSolverMultistep" in k and k.endswith("/ trailing")), None)
     ancestral = rows["ddpm (ancestral) / linspace"][1000][0]
     ours = {k: r for k, r in rows.items() if not k.startswith("diffusers")}
     best10 = min(ours, key=lambda k: ours[k][10][0])
     best20 = min(ours, key=lambda k: ours[k][20][0])
-    name, spacing, steps = DEFAULT_SAMPLER
-    default_row = next((k for k in ours if k.split(" / ")[0] == name and k.endswith("/ " + spacing)), None)
     out = ["", "## Targets", ""]
     if peer is not None:
         need = peer[10][0] / 20
@@ -204,10 +202,12 @@ def targets(rows: dict) -> list[str]:
     out.append(f"- 20 evaluations, target ≤ 2 × ancestral DDPM at 1000 steps = 2 × {ancestral:.2e} = "
                f"{2 * ancestral:.2e}: best here **{best20}** {ours[best20][20][0]:.2e} → "
                f"{'met' if ours[best20][20][0] <= 2 * ancestral else '**not met**'}.")
-    if default_row is not None:
-        r = ours[default_row]
-        out.append(f"- `DEFAULT_SAMPLER = {DEFAULT_SAMPLER}` ({default_row}): "
-                   + ", ".join(f"{k} evals {r[k][0]:.2e}" for k in EVALS if k in (10, 20, 50)) + ".")
+    for const, value in (("DETERMINISTIC_SAMPLER", DETERMINISTIC_SAMPLER), ("DEFAULT_SAMPLER", DEFAULT_SAMPLER)):
+        name, spacing, _ = value
+        row = next((k for k in ours if k.split(" / ")[0] == name and k.endswith("/ " + spacing)), None)
+        if row is not None:
+            out.append(f"- `{const} = {value}` ({row}): "
+                       + ", ".join(f"{k} evals {ours[row][k][0]:.2e}" for k in EVALS if k in (10, 20, 50)) + ".")
     return out
 
 

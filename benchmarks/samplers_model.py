@@ -49,7 +49,7 @@ from ddpm.evaluate import (
     save_feature_net,
     train_feature_net,
 )
-from ddpm.sampling import DEFAULT_SAMPLER, image_generators
+from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, image_generators
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -58,18 +58,19 @@ FASHION_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 EVALS = (5, 10, 20, 50)
 REFERENCE = ("ddpm", "linspace", 1000)  # all T steps: the spacing does not matter
 # (sampler, spacing); the default sampler's pair is put first.
-CONFIGS = [
+CONFIGS = list(dict.fromkeys([
     (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1]),
+    (DETERMINISTIC_SAMPLER[0], DETERMINISTIC_SAMPLER[1]),  # the most accurate ODE path on the oracle
     ("dpmpp-2m", "info"),
     ("dpmpp-2m-sde", "info"),  # stochastic multistep: corrects model error like ancestral sampling does
     ("dpmpp-2m", "logsnr"),
     ("ddim", "leading"),
     ("ddpm", "logsnr"),  # ancestral (stochastic) on few steps: separates solver error from ODE-vs-SDE
-    ("dpmpp-3m", "logsnr"),  # the default before UniPC
+    ("dpmpp-3m", "logsnr"),
     ("ddim", "logsnr"),
     ("ddim", "linspace"),
     ("dpmpp-2m", "linspace"),
-]
+]))
 
 
 def log(msg: str) -> None:
