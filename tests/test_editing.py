@@ -15,14 +15,6 @@ from ddpm.sampling import DEFAULT_SAMPLER, make_denoiser, randn, sample_ddpm
 SCHEDULE = Schedule.linear(1000)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class MixtureOracle:
     """Exact ε-predictor when the data is an equal mixture of the point masses ``centers`` (K, C, H, W):
     E[x_0 | x_t] = Σ_k w_k c_k with w ∝ exp(−‖x_t − √ᾱ c_k‖² / 2(1−ᾱ)), ε = (x_t − √ᾱ E[x_0|x_t]) / √(1−ᾱ).

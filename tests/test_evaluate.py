@@ -115,7 +115,6 @@ def test_kid_rejects_bad_subset_size():
 
 @pytest.mark.parametrize("size", [8, 28])
 def test_feature_net_trains_and_round_trips(tmp_path, size):
-    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     # Two easy classes: bright top half vs bright bottom half.
     labels = torch.arange(64) % 2

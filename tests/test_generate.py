@@ -17,14 +17,6 @@ TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--steps", "12", "--ba
 CELL = 8 * 8 + 1  # an 8x8 digit enlarged 8 times, plus one pixel of padding
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")

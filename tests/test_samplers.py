@@ -28,16 +28,6 @@ DETERMINISTIC = {"ddim": {}, "dpmpp-2m": {}, "dpmpp-3m": {}, "unipc": {}}
 STOCHASTIC = {"ddpm": {}, "ddim": {"eta": 1.0}, "dpmpp-2m-sde": {}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are small: torch's worker threads only add contention on a shared machine
-    # (measured 20x slower with 2 threads under load). Restored after this module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def exact_law(name: str, steps: int, spacing: str = "logsnr", **opts) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact output law N(b, AAᵀ) of a deterministic sampler with the Gaussian oracle (float64)."""
     ts = ddpm.spaced_timesteps(SCHED, steps, spacing)

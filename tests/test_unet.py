@@ -10,16 +10,6 @@ import torch
 from ddpm.unet import PRESETS, UNet, UNetConfig, timestep_embedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads that wait on each other can make these
-    millisecond-sized ops hundreds of times slower; one thread keeps the file fast everywhere."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_config(**kw) -> UNetConfig:
     """A net small enough that a forward pass takes milliseconds."""
     base = dict(channels=1, image_size=8, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
