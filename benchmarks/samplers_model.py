@@ -248,14 +248,16 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return float(t.mean()), float(t.std()) if len(xs) > 1 else 0.0
 
 
+def _configs(rows: dict) -> list[tuple[str, str]]:
+    """The (sampler, spacing) pairs of the result rows "sampler|spacing|evals", in order, without the reference."""
+    ref_key = "|".join(map(str, REFERENCE))
+    return list(dict.fromkeys(tuple(key.split("|")[:2]) for key in rows if key != ref_key))
+
+
 def markdown_section(res: dict) -> str:
     rows = res["rows"]
     ref_key = "|".join(map(str, REFERENCE))
-    configs = []
-    for key in rows:
-        s, sp, k = key.split("|")
-        if key != ref_key and (s, sp) not in configs:
-            configs.append((s, sp))
+    configs = _configs(rows)
     fd_floor = _mean_std([f["fd"] for f in res["floors"]])
     kid_floor = _mean_std([f["kid"] for f in res["floors"]])
     fn = res["feature_net"]
@@ -342,11 +344,7 @@ def plot(all_res: dict, path: Path) -> None:
         res = all_res[data]
         rows = res["rows"]
         ref_key = "|".join(map(str, REFERENCE))
-        configs = []
-        for key in rows:
-            s, sp, _ = key.split("|")
-            if key != ref_key and (s, sp) not in configs:
-                configs.append((s, sp))
+        configs = _configs(rows)
         for col, (metric, scale, label) in enumerate((("fd", 1.0, "FD"), ("kid", 1e3, "KID x1e3"))):
             x0, y0 = col * pw + ml, row * ph + mt
             w, h = pw - ml - mr, ph - mt - mb

@@ -6,21 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TRAIN
 from PIL import Image
 
 from ddpm.cli import main
 from ddpm.images import read_png_metadata
-
-TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--steps", "12", "--batch-size", "16",
-         "--sample-every", "6", "--sample-steps", "4", "--num-samples", "4", "--checkpoint-every", "6",
-         "--warmup", "2", "--log-every", "4", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main([*TRAIN, "--out", str(out)]) == 0
-    return out
 
 
 def test_train_writes_checkpoints_grids_and_metrics(run_dir):

@@ -124,17 +124,6 @@ def test_edit_rejects_bad_arguments():
 
 # ---------------------------------------------------------------------------- ddpm edit, end to end
 
-TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--steps", "12", "--batch-size", "16",
-         "--sample-every", "12", "--sample-steps", "2", "--num-samples", "1", "--checkpoint-every", "12",
-         "--warmup", "2", "--log-every", "12", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main([*TRAIN, "--out", str(out)]) == 0
-    return out
-
 
 def _write(path, array):
     Image.fromarray(array).save(path)

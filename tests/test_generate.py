@@ -11,17 +11,7 @@ from ddpm.generate import slerp
 from ddpm.images import read_png_metadata, save_png, to_uint8
 from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, randn
 
-TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--steps", "12", "--batch-size", "16",
-         "--sample-every", "12", "--sample-steps", "2", "--num-samples", "1", "--checkpoint-every", "6",
-         "--warmup", "2", "--log-every", "12", "--quiet"]
 CELL = 8 * 8 + 1  # an 8x8 digit enlarged 8 times, plus one pixel of padding
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main([*TRAIN, "--out", str(out)]) == 0
-    return out
 
 
 def _pixels(path):

@@ -180,10 +180,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def load_model(path: str | os.PathLike[str], use_ema: bool = True, device: str | torch.device = "cpu"):
+def load_model(path: str | os.PathLike[str], use_ema: bool = True,
+               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Checkpoint, Any]:
     """Build the network of a checkpoint (file or run directory) with its EMA (or raw) weights.
 
-    Returns (model in eval mode on ``device``, the Checkpoint, its Schedule).
+    Returns (the UNet in eval mode on ``device``, the Checkpoint, its Schedule).
     """
     from .schedule import Schedule
     from .unet import UNet, UNetConfig

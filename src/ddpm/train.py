@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -182,10 +183,15 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     """
     per_epoch = max(1, n // batch_size)
     epoch, j = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(_mix(seed, epoch, 0xDA7A))
-    reps = max(1, math.ceil(batch_size / n))
-    perm = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
+    perm = _epoch_order(n, max(1, math.ceil(batch_size / n)), seed, epoch)
     return perm[j * batch_size:(j + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, reps: int, seed: int, epoch: int) -> Tensor:
+    """The shuffled image order of one epoch, (n · reps,); cached so a step does not redraw it."""
+    g = torch.Generator().manual_seed(_mix(seed, epoch, 0xDA7A))
+    return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
 
 
 @torch.no_grad()
