@@ -319,12 +319,21 @@ def sample_dpmpp_2m_sde(
     timesteps: Tensor,
     generator: Generators = None,
     callback: Callback = None,
+    eta: float = 1.0,
 ) -> Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, App. B): the data-prediction reverse SDE, second-order multistep.
 
-    x: (B, C, H, W) → (B, C, H, W). Exact integration of the linear part with x̂_0(λ) = D + u D':
-    x_s = (σ_s/σ_t) e^{−h} x_t + α_s (1 − e^{−2h}) D + α_s (h − (1 − e^{−2h})/2) D' + σ_s √(1 − e^{−2h}) z.
+    x: (B, C, H, W) → (B, C, H, W). With k = 1 + η, exact integration of the linear part with
+    x̂_0(λ) = D + (λ − λ_t) D' gives
+    x_s = (σ_s/σ_t) e^{−ηh} x_t + α_s (1 − e^{−kh}) D + α_s (h − (1 − e^{−kh})/k) D' + σ_s √(1 − e^{−2ηh}) z.
+    ``eta = 1`` is the reverse SDE itself (the paper's sampler); ``eta = 0`` is a second-order solver of the
+    probability-flow ODE (its first step is DDIM η=0); between, the fresh noise per step shrinks to
+    σ_s √(1 − e^{−2ηh}) while the marginals stay those of the forward process. First-order steps (no history)
+    are DDIM-like: x_s = α_s x̂_0 + σ_s e^{−ηh} ε̂ + σ_s √(1 − e^{−2ηh}) z.
     """
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1] (0 ODE, 1 the reverse SDE) for dpmpp-2m-sde; got {eta!r}")
+    k = 1.0 + float(eta)
     ts, ab = _alphas(schedule, timesteps)
     prev: tuple[float, Tensor] | None = None
     for i, t in enumerate(ts):
@@ -336,16 +345,120 @@ def sample_dpmpp_2m_sde(
             return x0
         lam_t, lam_s = _log_snr_half(a_t), _log_snr_half(a_s)
         h = lam_s - lam_t
-        one_m = -math.expm1(-2 * h)  # (1) 1 − e^{−2h}
+        one_m = -math.expm1(-k * h)  # (1) 1 − e^{−kh}
         sig_ratio = ((1 - a_s) / (1 - a_t)) ** 0.5
         update = one_m * x0
         if prev is not None:
-            # (2) D' ≈ (D_t − D_prev)/h_prev, weighted by the exact integral h − (1 − e^{−2h})/2.
-            update = update + (h - 0.5 * one_m) * (x0 - prev[1]) / (lam_t - prev[0])
-        x = sig_ratio * math.exp(-h) * x + a_s**0.5 * update
-        x = x + (1 - a_s) ** 0.5 * one_m**0.5 * randn(x.shape, generator, x.device, x.dtype)
+            # (2) D' ≈ (D_t − D_prev)/h_prev, weighted by the exact integral h − (1 − e^{−kh})/k.
+            update = update + (h - one_m / k) * (x0 - prev[1]) / (lam_t - prev[0])
+        x = sig_ratio * math.exp(-eta * h) * x + a_s**0.5 * update
+        if eta > 0:
+            noise = -math.expm1(-2 * eta * h)  # 1 − e^{−2ηh}
+            x = x + (1 - a_s) ** 0.5 * noise**0.5 * randn(x.shape, generator, x.device, x.dtype)
         prev = (lam_t, x0)
     return x
+
+
+def sample_sa_solver(
+    denoise: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    timesteps: Tensor,
+    generator: Generators = None,
+    callback: Callback = None,
+    eta: float = 1.0,
+    order: int = 2,
+    corrector: bool = True,
+) -> Tensor:
+    """SA-Solver (Xue et al. 2023): stochastic Adams predictor–corrector for the data-prediction SDE family.
+
+    x: (B, C, H, W) → (B, C, H, W). With k = 1 + η, every step from λ_t to λ_s (h = λ_s − λ_t) is
+        x_s = (σ_s/σ_t) e^{−ηh} x_t + α_s Σ_j b_j x̂_0(λ_j) + σ_s √(1 − e^{−2ηh}) z,
+        b_j = ∫_{λ_t}^{λ_s} k e^{−k(λ_s − λ)} ℓ_j(λ) dλ,
+    where ℓ_j are the Lagrange basis polynomials through the nodes λ_j, so the x̂_0 interpolant is integrated
+    exactly against the linear part. The predictor uses the last ``order`` evaluations (orders ramp up as they
+    arrive); the model is then evaluated at the predicted x_s (that is the next step's evaluation anyway) and
+    the corrector redoes the step with that point added as one more node, with the same z, which raises the
+    order by one at no extra model call. ``eta = 0`` is a deterministic probability-flow ODE solver;
+    ``eta = 1`` is the reverse SDE, whose first-order step (``order=1``, no corrector) is ancestral DDPM with
+    σ² = β̃ of the respaced chain. The last evaluation, at index 0, returns its x̂_0 as the other samplers do.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3 for sa-solver; got {order!r}")
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1] (0 ODE, 1 the reverse SDE) for sa-solver; got {eta!r}")
+    eta = float(eta)
+    ts, ab = _alphas(schedule, timesteps)
+    hist: list[tuple[float, Tensor]] = []  # (λ, x̂_0) of past evaluations, newest first
+    last: tuple[Tensor, float, float, list[tuple[float, Tensor]], Tensor | None] | None = None
+    for i, t in enumerate(ts):
+        a_s = ab[i]
+        lam_s = _log_snr_half(a_s)
+        x0, _ = denoise(x, t)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+        if i + 1 == len(ts):  # λ = ∞ next: σ = 0, the update reduces to x̂_0
+            return x0
+        if corrector and last is not None:
+            # (1) corrector: redo the last step from x_t with x̂_0(λ_s) as one more node, same noise z.
+            x_t, a_t, lam_t, nodes, z = last
+            x = _sa_step(x_t, a_t, a_s, lam_t, lam_s, [(lam_s, x0), *nodes], eta, z)
+        hist = [(lam_s, x0), *hist][:order]
+        a_next = ab[i + 1]
+        z = randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
+        last = (x, a_s, lam_s, hist, z)
+        # (2) predictor: extrapolate x̂_0 through the last ``order`` evaluations.
+        x = _sa_step(x, a_s, a_next, lam_s, _log_snr_half(a_next), hist, eta, z)
+    return x
+
+
+def _exp_moments(a: float, n_max: int) -> list[float]:
+    """J_n = ∫_0^1 a e^{−a(1−u)} u^n du for n = 0..n_max, a > 0 (float64).
+
+    By parts J_0 = 1 − e^{−a}, J_n = 1 − (n/a) J_{n−1}; that recursion cancels digits when a is small, so
+    below a = 1 the series J_n = a n! Σ_m (−a)^m / (n + m + 1)! is summed instead.
+    """
+    if a >= 1.0:
+        out = [-math.expm1(-a)]
+        for n in range(1, n_max + 1):
+            out.append(1.0 - n / a * out[-1])
+        return out
+    out = []
+    for n in range(n_max + 1):
+        term, total, m = 1.0 / math.factorial(n + 1), 0.0, 0
+        while abs(term) > 1e-20:
+            total += term
+            m += 1
+            term *= -a / (n + m + 1)
+        out.append(a * math.factorial(n) * total)
+    return out
+
+
+def sa_weights(nodes: Sequence[float], lam_t: float, lam_s: float, k: float) -> list[float]:
+    """b_j = ∫_{λ_t}^{λ_s} k e^{−k(λ_s − λ)} ℓ_j(λ) dλ for the Lagrange basis ℓ_j on ``nodes`` (SA-Solver).
+
+    With u = (λ − λ_t)/h, ℓ_j(u) = Σ_n C_{nj} u^n where C is the inverse of the Vandermonde matrix
+    V_{jn} = u_j^n, and ∫ k e^{−k(λ_s−λ)} u^n dλ = J_n(kh) (:func:`_exp_moments`), so b = Jᵀ C.
+    """
+    h = lam_s - lam_t
+    us = [(lam - lam_t) / h for lam in nodes]
+    m = len(us)
+    vander = torch.tensor([[u**n for n in range(m)] for u in us], dtype=torch.float64)
+    moments = torch.tensor(_exp_moments(k * h, m - 1), dtype=torch.float64)
+    return torch.linalg.solve(vander.T, moments).tolist()  # Σ_j b_j u_j^n = J_n for n < m
+
+
+def _sa_step(x: Tensor, a_t: float, a_s: float, lam_t: float, lam_s: float, nodes: list[tuple[float, Tensor]],
+             eta: float, z: Tensor | None) -> Tensor:
+    """One SA-Solver step from λ_t to λ_s with x̂_0 interpolated through ``nodes`` [(λ, x̂_0)]; x: (B, C, H, W)."""
+    h = lam_s - lam_t
+    weights = sa_weights([lam for lam, _ in nodes], lam_t, lam_s, 1.0 + eta)
+    out = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x
+    for w, (_, d) in zip(weights, nodes, strict=True):
+        out = out + (a_s**0.5 * w) * d
+    if z is not None:
+        out = out + ((1 - a_s) * -math.expm1(-2 * eta * h)) ** 0.5 * z
+    return out
 
 
 def sample_unipc(
@@ -466,6 +579,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp-3m": sample_dpmpp_3m,
     "dpmpp-2m-sde": sample_dpmpp_2m_sde,
     "unipc": sample_unipc,
+    "sa-solver": sample_sa_solver,
 }
 
 
@@ -510,9 +624,10 @@ def sample(
         spacing: how ``steps`` indices are picked (see :func:`ddpm.spaced_timesteps`).
         x_T: starting noise (B, C, H, W); drawn from ``generator`` when None.
         threshold: dynamic-thresholding quantile (e.g. 0.995) used instead of the plain clamp.
-        options: sampler-specific keywords: ``variance`` for ``"ddpm"``, ``eta`` for ``"ddim"``,
-            ``order`` / ``lower_order_final`` for ``"dpmpp-2m"``, ``lower_order_final`` for ``"dpmpp-3m"``,
-            ``order`` / ``variant`` / ``corrector`` / ``lower_order_final`` for ``"unipc"``.
+        options: sampler-specific keywords: ``variance`` for ``"ddpm"``; ``eta`` for ``"ddim"`` and
+            ``"dpmpp-2m-sde"``; ``order`` / ``lower_order_final`` for ``"dpmpp-2m"``; ``lower_order_final``
+            for ``"dpmpp-3m"``; ``order`` / ``variant`` / ``corrector`` / ``lower_order_final`` for
+            ``"unipc"``; ``eta`` / ``order`` / ``corrector`` for ``"sa-solver"``.
 
     Returns:
         Tensor (B, C, H, W), float32, the final x_0 estimate (in [-1, 1] when clipping).
