@@ -136,7 +136,7 @@ def test_sample_mistakes_exit_2_with_one_line(run_dir, tmp_path, capsys):
     ck = ["sample", "--checkpoint", str(run_dir), "--quiet", "--out"]
     cases = [
         ([*ck, str(tmp_path / "a"), "--reproduce", str(plain)], "no ddpm metadata"),
-        ([*ck, str(tmp_path / "b"), "--eta", "0.5"], "--eta"),
+        ([*ck, str(tmp_path / "b"), "--sampler", "unipc", "--eta", "0.5"], "--eta"),
         ([*ck, str(tmp_path / "c"), "--sampler", "ddim", "--eta", "2"], "[0, 1]"),
         ([*ck, str(tmp_path / "d"), "--option", "nonsense=1"], "no option 'nonsense'"),
         ([*ck, str(tmp_path / "e"), "--interpolate", "1", "2", "--sampler", "ddpm"], "deterministic"),

@@ -49,7 +49,8 @@ def _add_sampler_flags(s: argparse.ArgumentParser, what: str) -> None:
     s.add_argument("--steps", type=int, default=None,
                    help=f"sampling steps{what} (default: {steps}, for every sampler, capped at T)")
     s.add_argument("--eta", type=float, default=None,
-                   help="DDIM noise in [0, 1]: 0 deterministic (default), 1 as random as DDPM; ddim only")
+                   help="noise level in [0, 1] of ddim (default 0), dpmpp-2m-sde and sa-solver (default 1): "
+                        "0 deterministic (the probability-flow ODE), 1 as random as DDPM (the reverse SDE)")
     listed = "; ".join(f"{n}: " + ", ".join(f"{k}={v}" for k, v in opts.items())
                        for n in SAMPLERS if (opts := {k: v for k, v in _sampler_options(n).items() if k != "eta"}))
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -135,7 +136,7 @@ def resolve_class(value: str, class_names: list[str] | None) -> int:
 
 @dataclass
 class SamplerChoice:
-    """A sampler with its path: name, spacing, steps and sampler options (``eta`` included for ddim)."""
+    """A sampler with its path: name, spacing, steps and sampler options (``eta`` included where it has one)."""
 
     name: str
     spacing: str
@@ -178,7 +179,7 @@ def parse_options(name: str, pairs: Sequence[str]) -> dict[str, Any]:
         if not sep:
             raise UserError(f"--option {pair!r} is not KEY=VALUE: write e.g. --option lower_order_final=true")
         if key == "eta":
-            raise UserError("set DDIM's eta with --eta, not --option")
+            raise UserError("set eta with --eta, not --option")
         if key not in accepted:
             raise UserError(f"sampler {name!r} has no option {key!r}; its options: "
                             f"{', '.join(k for k in accepted if k != 'eta') or 'none'}")
@@ -199,13 +200,15 @@ def choose_sampler(args: argparse.Namespace, timesteps: int, deterministic: bool
     if not 1 <= steps <= timesteps:
         raise UserError(f"--steps must lie in 1..{timesteps} (the checkpoint's T); got {steps}")
     options = parse_options(name, args.option)
-    if "eta" in _sampler_options(name):
-        eta = 0.0 if args.eta is None else float(args.eta)
+    accepted = _sampler_options(name)
+    if "eta" in accepted:
+        eta = float(accepted["eta"]) if args.eta is None else float(args.eta)
         if not 0.0 <= eta <= 1.0:
             raise UserError(f"--eta must lie in [0, 1] (0 deterministic, 1 like DDPM); got {args.eta}")
         options["eta"] = eta
     elif args.eta is not None:
-        raise UserError(f"--eta is DDIM's noise level; sampler {name!r} has none: drop --eta or pass --sampler ddim")
+        with_eta = ", ".join(n for n in SAMPLERS if "eta" in _sampler_options(n))
+        raise UserError(f"--eta is a noise level and sampler {name!r} has none: drop --eta or pick one of {with_eta}")
     return SamplerChoice(name, args.spacing or d_spacing, steps, options)
 
 
@@ -234,7 +237,7 @@ def image_metadata(kind: str, seed: int, index: int | str, choice: SamplerChoice
     """The ``ddpm:*`` text chunks of a PNG, in a fixed order (so a reproduced file is byte-identical).
 
     Keys: kind (sample, grid, trajectory, interpolation, edit), seed, index, sampler, spacing, steps,
-    eta (ddim only), options (JSON, when any besides eta),
+    eta (samplers that have one), options (JSON, when any besides eta),
     guidance, class, clip_x0, ema, checkpoint_sha256, version, then ``extra``.
     """
     from . import __version__
@@ -439,7 +442,8 @@ def _interpolate(args: argparse.Namespace) -> int:
     choice = choose_sampler(args, schedule.timesteps, deterministic=True)
     if not check_sampler(choice, schedule):
         raise UserError(f"--interpolate needs a deterministic sampler, and {choice.name!r} with these options adds "
-                        "noise: drop --sampler (UniPC is used), or use dpmpp-2m, dpmpp-3m or ddim with --eta 0")
+                        "noise: drop --sampler (UniPC is used), or use dpmpp-2m, dpmpp-3m, or ddim, dpmpp-2m-sde "
+                        "or sa-solver with --eta 0")
     out = Path(args.out)
     _check_out_dir(out, ["interpolation.png"], args.overwrite)
     meta = ckpt.meta
