@@ -43,7 +43,8 @@ CONFIGS: list[tuple[str, str, dict, bool]] = [
     ("dpmpp-3m lower_order_final", "dpmpp-3m", {"lower_order_final": True}, True),
     ("dpmpp-2m-sde", "dpmpp-2m-sde", {}, False),
     ("dpmpp-2m-sde η=0.5", "dpmpp-2m-sde", {"eta": 0.5}, False),
-    ("sa-solver", "sa-solver", {}, False),
+    ("sa-solver", "sa-solver", {}, False),  # order 2, η = 1 on steps from σ ≥ 0.3, deterministic below
+    ("sa-solver noise on every step", "sa-solver", {"noise_sigma_min": 0.0}, False),
     ("sa-solver order=3", "sa-solver", {"order": 3}, False),
     ("sa-solver η=0 order=3", "sa-solver", {"eta": 0.0, "order": 3}, True),
     ("unipc", "unipc", {}, True),
