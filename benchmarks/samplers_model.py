@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import platform
@@ -49,7 +50,7 @@ from ddpm.evaluate import (
     save_feature_net,
     train_feature_net,
 )
-from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, image_generators
+from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SAMPLERS, image_generators
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -61,14 +62,13 @@ REFERENCE = ("ddpm", "linspace", 1000)  # all T steps: the spacing does not matt
 CONFIGS = list(dict.fromkeys([
     (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1]),
     (DETERMINISTIC_SAMPLER[0], DETERMINISTIC_SAMPLER[1]),  # the most accurate ODE path on the oracle
-    ("dpmpp-2m", "info"),
-    ("dpmpp-2m-sde", "info"),  # stochastic multistep: corrects model error like ancestral sampling does
-    ("sa-solver", "info"),  # stochastic Adams predictor-corrector (η = 1): higher order than 2M-SDE
-    ("sa-solver", "logsnr"),
-    ("dpmpp-2m-sde", "logsnr"),
-    ("dpmpp-2m", "logsnr"),
-    ("ddim", "leading"),
+    ("sa-solver", "info"),  # the default sampler on the oracle's best spacing
+    ("dpmpp-2m-sde", "logsnr"),  # stochastic multistep: corrects model error like ancestral sampling does
+    ("dpmpp-2m-sde", "info"),
     ("ddpm", "logsnr"),  # ancestral (stochastic) on few steps: separates solver error from ODE-vs-SDE
+    ("dpmpp-2m", "info"),
+    ("ddim", "leading"),
+    ("dpmpp-2m", "logsnr"),
     ("dpmpp-3m", "logsnr"),
     ("ddim", "logsnr"),
     ("ddim", "linspace"),
@@ -134,7 +134,10 @@ def samples_for(model, schedule, ckpt_key: str, shape: tuple[int, int, int], sam
                 steps: int, n: int, seed: int, batch: int) -> tuple[np.ndarray, float | None]:
     """Images 0..n-1 (uint8 (n, C, H, W)) of one configuration, and seconds per image (as sampled, cached or not)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    f = CACHE / f"{ckpt_key}-{sampler}-{spacing}-{steps}-seed{seed}.npz"
+    # The sampler's option defaults are part of the key, so that changing one invalidates its cached samples.
+    defaults = {k: repr(v.default) for k, v in list(inspect.signature(SAMPLERS[sampler]).parameters.items())[6:]}
+    opts = hashlib.sha256(json.dumps(defaults, sort_keys=True).encode()).hexdigest()[:8]
+    f = CACHE / f"{ckpt_key}-{sampler}-{opts}-{spacing}-{steps}-seed{seed}.npz"
     have = np.zeros((0, *shape), np.uint8)
     secs = 0.0
     if f.exists():
