@@ -157,6 +157,27 @@ def samples_for(model, schedule, ckpt_key: str, shape: tuple[int, int, int], sam
     return have, (secs + time.perf_counter() - t0) / len(have)
 
 
+def sample_strip(images: dict[str, np.ndarray], path: Path, count: int = 16) -> None:
+    """One labelled row per configuration: its first ``count`` images (uint8 (N, C, H, W)), the same seeds in
+    every column, so columns compare samplers on the same starting noise."""
+    from PIL import Image, ImageDraw
+
+    from ddpm.images import make_grid
+
+    scale = max(2, 56 // next(iter(images.values())).shape[-1])
+    rows = [make_grid(x[:count].transpose(0, 2, 3, 1), nrow=count, padding=2, pad_value=128, scale=scale)
+            for x in images.values()]
+    label_w = 220
+    h, w = rows[0].shape[0], rows[0].shape[1]
+    img = Image.new("RGB", (label_w + w, h * len(rows)), "white")
+    dr = ImageDraw.Draw(img)
+    for r, (label, grid) in enumerate(zip(images, rows, strict=True)):
+        img.paste(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).convert("RGB"), (label_w, r * h))
+        dr.text((8, r * h + h // 2 - 6), label, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
 # ---------------------------------------------------------------------------- scoring
 
 
@@ -223,6 +244,12 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.part != "all":
         return {}
+    strip = {}
+    for sampler, spacing, steps in [REFERENCE, *[(n, sp, k) for n, sp, _ in (DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER)
+                                                  for k in (10, 20)]]:
+        imgs, _ = samples_for(model, schedule, key, shape, sampler, spacing, steps, n, args.seed, args.batch)
+        strip[f"{sampler} / {spacing} / {steps} calls"] = imgs
+    sample_strip(strip, RESULTS / f"samplers_model-{args.data}-samples.png")
     ref_gen = feats[REFERENCE]
     targets = {}
     for k, limit in ((20, 1.10), (10, 1.25)):
@@ -234,13 +261,25 @@ def run(args: argparse.Namespace) -> dict:
                            "kid_ref": rr["kid"], "kid_ref_std": rr["kid_std"],
                            "bootstrap": paired_ratio(feats[cfgk], ref_gen, ref_f)}
 
+    # The default against the best other row at its own step count, paired over the same images.
+    d_steps = DEFAULT_SAMPLER[2]
+    d_cfg = (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], d_steps)
+    others = [c for c in feats if c[2] == d_steps and c != d_cfg]
+    choice = {}
+    if d_cfg in feats and others:
+        best = min(others, key=lambda c: rows[f"{c[0]}|{c[1]}|{c[2]}"]["fd"])
+        choice = {"steps": d_steps, "best_other": list(best),
+                  "fd_default": rows[f"{d_cfg[0]}|{d_cfg[1]}|{d_steps}"]["fd"],
+                  "fd_best_other": rows[f"{best[0]}|{best[1]}|{d_steps}"]["fd"],
+                  "bootstrap": paired_ratio(feats[d_cfg], feats[best], ref_f)}
+
     cmd = "python benchmarks/samplers_model.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return {
         "data": args.data, "n": n, "seed": args.seed, "batch": args.batch, "cmd": cmd, "checkpoint": str(ckpt_path),
         "checkpoint_key": key, "step": ckpt.step,
         "ema": not args.raw_weights, "threads": args.threads,
         "reference": ref_desc, "feature_net": meta, "feature_dim": int(ref_f.shape[1]),
-        "floors": floors, "rows": rows, "targets": targets, "default": list(DEFAULT_SAMPLER),
+        "floors": floors, "rows": rows, "targets": targets, "choice": choice, "default": list(DEFAULT_SAMPLER),
         "seconds": time.perf_counter() - t_start,
         "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), torch {torch.__version__}, "
                    f"{args.threads} thread{'s' if args.threads > 1 else ''}, {time.strftime('%Y-%m-%d')}",
@@ -308,6 +347,14 @@ def markdown_section(res: dict) -> str:
         out += table(f"### Sampling time, seconds per image ({threads} thread{'s' if threads > 1 else ''}, "
                      f"batches of {batch})",
                      lambda r: f"{r['seconds_per_image']:.3f}" if r.get("seconds_per_image") else "?")
+    ch = res.get("choice")
+    if ch:
+        b = ch["bootstrap"]
+        out += ["### The default against the best other row", "",
+                f"At {ch['steps']} evaluations the default ({res['default'][0]} / {res['default'][1]}) has FD "
+                f"{ch['fd_default']:.3f}; the best other row, {ch['best_other'][0]} / {ch['best_other'][1]}, "
+                f"{ch['fd_best_other']:.3f}. Paired bootstrap of FD(default)/FD(other) over the {res['n']} images: "
+                f"median {b['median']:.3f}, 90% interval [{b['lo']:.3f}, {b['hi']:.3f}].", ""]
     out += ["### Targets (quality measure: FD; KID alongside)", ""]
     for k, t in res["targets"].items():
         b = t["bootstrap"]
