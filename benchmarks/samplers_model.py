@@ -230,9 +230,10 @@ def run(args: argparse.Namespace) -> dict:
         plan = [REFERENCE]
     elif args.part == "fast":
         plan = [p for p in plan if p != REFERENCE]
-    rows, feats = {}, {}
+    rows, feats, images = {}, {}, {}
     for sampler, spacing, steps in plan:
         imgs, per_image = samples_for(model, schedule, key, shape, sampler, spacing, steps, n, args.seed, args.batch)
+        images[(sampler, spacing, steps)] = imgs
         x = torch.from_numpy(imgs).float() / 127.5 - 1
         f = extract_features(net, x)
         feats[(sampler, spacing, steps)] = f
@@ -244,12 +245,9 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.part != "all":
         return {}
-    strip = {}
-    for sampler, spacing, steps in [REFERENCE, *[(n, sp, k) for n, sp, _ in (DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER)
-                                                  for k in (10, 20)]]:
-        imgs, _ = samples_for(model, schedule, key, shape, sampler, spacing, steps, n, args.seed, args.batch)
-        strip[f"{sampler} / {spacing} / {steps} calls"] = imgs
-    sample_strip(strip, RESULTS / f"samplers_model-{args.data}-samples.png")
+    shown = [REFERENCE, *[(name, sp, k) for name, sp, _ in (DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER) for k in (10, 20)]]
+    sample_strip({f"{s} / {sp} / {k} calls": images[(s, sp, k)] for s, sp, k in shown if (s, sp, k) in images},
+                 RESULTS / f"samplers_model-{args.data}-samples.png")
     ref_gen = feats[REFERENCE]
     targets = {}
     for k, limit in ((20, 1.10), (10, 1.25)):
