@@ -131,7 +131,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def samples_for(model, schedule, ckpt_key: str, shape: tuple[int, int, int], sampler: str, spacing: str,
-                steps: int, n: int, seed: int, batch: int) -> tuple[np.ndarray, float | None]:
+                steps: int, n: int, seed: int, batch: int, prediction: str = "eps") -> tuple[np.ndarray, float | None]:
     """Images 0..n-1 (uint8 (n, C, H, W)) of one configuration, and seconds per image (as sampled, cached or not)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     # The sampler's option defaults are part of the key, so that changing one invalidates its cached samples.
@@ -150,7 +150,7 @@ def samples_for(model, schedule, ckpt_key: str, shape: tuple[int, int, int], sam
     for i0 in range(start, n, batch):
         i1 = min(n, i0 + batch)
         x = ddpm.sample(model, (i1 - i0, *shape), schedule, sampler=sampler, steps=steps, spacing=spacing,
-                        generator=image_generators(seed, range(i0, i1)))
+                        prediction=prediction, generator=image_generators(seed, range(i0, i1)))
         have = np.concatenate([have, to_uint8(x)])
         np.savez(f, images=have, seconds=secs + time.perf_counter() - t0)  # save as we go: safe to interrupt
         log(f"  {sampler}/{spacing}/{steps}: {i1}/{n} images ({time.perf_counter() - t0:.0f} s)")
@@ -232,7 +232,8 @@ def run(args: argparse.Namespace) -> dict:
         plan = [p for p in plan if p != REFERENCE]
     rows, feats, images = {}, {}, {}
     for sampler, spacing, steps in plan:
-        imgs, per_image = samples_for(model, schedule, key, shape, sampler, spacing, steps, n, args.seed, args.batch)
+        imgs, per_image = samples_for(model, schedule, key, shape, sampler, spacing, steps, n, args.seed, args.batch,
+                                      prediction=ckpt.meta.get("prediction", "eps"))
         images[(sampler, spacing, steps)] = imgs
         x = torch.from_numpy(imgs).float() / 127.5 - 1
         f = extract_features(net, x)
@@ -247,7 +248,7 @@ def run(args: argparse.Namespace) -> dict:
         return {}
     shown = [REFERENCE, *[(name, sp, k) for name, sp, _ in (DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER) for k in (10, 20)]]
     sample_strip({f"{s} / {sp} / {k} calls": images[(s, sp, k)] for s, sp, k in shown if (s, sp, k) in images},
-                 RESULTS / f"samplers_model-{args.data}-samples.png")
+                 args.out.parent / f"{args.out.stem}-{args.data}-samples.png")
     ref_gen = feats[REFERENCE]
     targets = {}
     for k, limit in ((20, 1.10), (10, 1.25)):
@@ -370,7 +371,7 @@ def markdown_section(res: dict) -> str:
 def write_report(all_res: dict, out_md: Path) -> str:
     parts = ["# Samplers on a trained model: quality vs model evaluations", "",
              "Written by `benchmarks/samplers_model.py` (see its docstring for the method); the oracle half is "
-             "in samplers_oracle.md. Plot: samplers_model.png (FD and KID vs evaluations, log x).", ""]
+             f"in samplers_oracle.md. Plot: {out_md.with_suffix('.png').name} (FD and KID vs evaluations, log x).", ""]
     for data in sorted(all_res, key=lambda d: d != "fashion-mnist"):
         parts.append(markdown_section(all_res[data]))
     md = "\n".join(parts)
