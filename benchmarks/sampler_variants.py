@@ -8,7 +8,7 @@ samplers_model.py, and the reference is samplers_model.py's cached 1000-step DDP
 (run that first). Output: FD in the same classifier features, FD / FD(DDPM-1000), and the paired bootstrap
 interval of that ratio over the N images.
 
-Samples are cached in ``benchmarks/.cache/variants/`` (one .npy per variant, extended when N grows).
+Samples are cached with samplers_model.py's (``benchmarks/.cache/``, keyed by the options too).
 
     .venv/bin/python benchmarks/sampler_variants.py --checkpoint runs/fashion --num 300 \\
         sa-solver/logsnr/20 sa-solver/logsnr/20/clip_x0=false
@@ -17,24 +17,19 @@ Samples are cached in ``benchmarks/.cache/variants/`` (one .npy per variant, ext
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import ddpm
 from ddpm.checkpoint import load_model
 from ddpm.evaluate import extract_features, frechet_distance
-from ddpm.sampling import SAMPLERS, image_generators
+from ddpm.sampling import SAMPLERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import samplers_model as sm  # noqa: E402  (the feature net, the real sets, the reference cache)
-
-CACHE = sm.CACHE / "variants"
 
 
 def parse_variant(spec: str) -> tuple[str, str, int, dict]:
@@ -50,24 +45,6 @@ def parse_variant(spec: str) -> tuple[str, str, int, dict]:
             raise SystemExit(f"variant {spec!r}: option {kv!r} needs the form name=value")
         options[key] = json.loads(value)
     return parts[0], parts[1], int(parts[2]), options
-
-
-def variant_images(model, schedule, ckpt_key: str, shape: tuple[int, int, int], prediction: str, sampler: str,
-                   spacing: str, steps: int, options: dict, n: int, seed: int, batch: int) -> np.ndarray:
-    """Images 0..n-1 of one variant, uint8 (n, C, H, W), sampled or read from the cache."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256(json.dumps([ckpt_key, sampler, spacing, steps, options], sort_keys=True).encode())
-    f = CACHE / f"{h.hexdigest()[:10]}-seed{seed}.npy"
-    have = np.load(f) if f.exists() else np.zeros((0, *shape), np.uint8)
-    t0 = time.perf_counter()
-    for i0 in range(len(have), n, batch):
-        i1 = min(n, i0 + batch)
-        x = ddpm.sample(model, (i1 - i0, *shape), schedule, sampler=sampler, steps=steps, spacing=spacing,
-                        prediction=prediction, generator=image_generators(seed, range(i0, i1)), **options)
-        have = np.concatenate([have, sm.to_uint8(x)])
-        np.save(f, have)  # save as we go: safe to interrupt
-        sm.log(f"  {sampler}/{spacing}/{steps} {options}: {i1}/{n} images ({time.perf_counter() - t0:.0f} s)")
-    return have[:n]
 
 
 def main() -> None:
@@ -91,8 +68,8 @@ def main() -> None:
     prediction = ckpt.meta.get("prediction", "eps")
     cfg = model.config
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    found = sorted(sm.CACHE.glob(f"{key}-ddpm-*-linspace-1000-seed{args.seed}.npz"))
-    ref = np.load(found[0])["images"] if found else np.zeros((0,))
+    ref_file = sm.cache_file(key, *sm.REFERENCE[:2], sm.REFERENCE[2], args.seed)
+    ref = np.load(ref_file)["images"] if ref_file.exists() else np.zeros((0,))
     if len(ref) < args.num:
         raise SystemExit(f"no 1000-step reference with {args.num} images for {ckpt.path}: run benchmarks/"
                          f"samplers_model.py --checkpoint {args.checkpoint} --num {args.num} --part reference")
@@ -103,8 +80,8 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     print(f"| ddpm/linspace/1000 (reference, library defaults) | {fd_ref:.3f} | 1 | – |")
     for spec, (sampler, spacing, steps, options) in zip(args.variants, variants, strict=True):
-        imgs = variant_images(model, schedule, key, shape, prediction, sampler, spacing, steps, options,
-                              args.num, args.seed, args.batch)
+        imgs, _ = sm.samples_for(model, schedule, key, shape, sampler, spacing, steps, args.num, args.seed,
+                                 args.batch, prediction=prediction, options=options)
         f = extract_features(net, torch.from_numpy(imgs).float() / 127.5 - 1)
         fd = frechet_distance(f, real_f)
         b = sm.paired_ratio(f, ref_f, real_f, reps=200)

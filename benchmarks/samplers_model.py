@@ -130,14 +130,22 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def cache_file(ckpt_key: str, sampler: str, spacing: str, steps: int, seed: int, options: dict | None = None) -> Path:
+    """Where the samples of one configuration are cached. The sampler's option defaults, overridden by
+    ``options`` (any keyword of ``ddpm.sample``), are part of the key, so that changing one invalidates them."""
+    opts = {k: repr(v.default) for k, v in list(inspect.signature(SAMPLERS[sampler]).parameters.items())[6:]}
+    opts.update({k: repr(v) for k, v in (options or {}).items()})
+    h = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8]
+    return CACHE / f"{ckpt_key}-{sampler}-{h}-{spacing}-{steps}-seed{seed}.npz"
+
+
 def samples_for(model, schedule, ckpt_key: str, shape: tuple[int, int, int], sampler: str, spacing: str,
-                steps: int, n: int, seed: int, batch: int, prediction: str = "eps") -> tuple[np.ndarray, float | None]:
-    """Images 0..n-1 (uint8 (n, C, H, W)) of one configuration, and seconds per image (as sampled, cached or not)."""
+                steps: int, n: int, seed: int, batch: int, prediction: str = "eps",
+                options: dict | None = None) -> tuple[np.ndarray, float | None]:
+    """Images 0..n-1 (uint8 (n, C, H, W)) of one configuration, and seconds per image (as sampled, cached or not).
+    ``options`` are passed on to ``ddpm.sample`` (e.g. ``{"clip_x0": False}``)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    # The sampler's option defaults are part of the key, so that changing one invalidates its cached samples.
-    defaults = {k: repr(v.default) for k, v in list(inspect.signature(SAMPLERS[sampler]).parameters.items())[6:]}
-    opts = hashlib.sha256(json.dumps(defaults, sort_keys=True).encode()).hexdigest()[:8]
-    f = CACHE / f"{ckpt_key}-{sampler}-{opts}-{spacing}-{steps}-seed{seed}.npz"
+    f = cache_file(ckpt_key, sampler, spacing, steps, seed, options)
     have = np.zeros((0, *shape), np.uint8)
     secs = 0.0
     if f.exists():
@@ -150,10 +158,10 @@ def samples_for(model, schedule, ckpt_key: str, shape: tuple[int, int, int], sam
     for i0 in range(start, n, batch):
         i1 = min(n, i0 + batch)
         x = ddpm.sample(model, (i1 - i0, *shape), schedule, sampler=sampler, steps=steps, spacing=spacing,
-                        prediction=prediction, generator=image_generators(seed, range(i0, i1)))
+                        prediction=prediction, generator=image_generators(seed, range(i0, i1)), **(options or {}))
         have = np.concatenate([have, to_uint8(x)])
         np.savez(f, images=have, seconds=secs + time.perf_counter() - t0)  # save as we go: safe to interrupt
-        log(f"  {sampler}/{spacing}/{steps}: {i1}/{n} images ({time.perf_counter() - t0:.0f} s)")
+        log(f"  {sampler}/{spacing}/{steps} {options or ''}: {i1}/{n} images ({time.perf_counter() - t0:.0f} s)")
     return have, (secs + time.perf_counter() - t0) / len(have)
 
 
