@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import os
+import platform
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -98,8 +99,9 @@ class TrainConfig:
     log_every: int = _opt("append a metrics line to metrics.jsonl every this many steps", default=50)
     tensorboard: bool = _opt("also write TensorBoard events (needs the tensorboard package)", default=False)
     device: str = _opt("cpu, cuda, mps or auto", default="auto")
-    bf16: bool | None = _opt("bf16 autocast for the forward pass (default: on for CUDA GPUs that support it)",
-                             default=None)
+    bf16: bool | None = _opt("bf16 autocast for the network (default: on where the hardware computes bf16 natively: "
+                             "CUDA GPUs that support it, CPUs with AVX512-BF16/AMX or Arm BF16; on resume, the "
+                             "run's own choice)", default=None)
     compile: bool = _opt("torch.compile the network", default=False)
     channels_last: bool | None = _opt("channels-last memory format (default: on for CUDA)", default=None)
     progress: bool = _opt("show a progress bar", default=True, meta={"cli": False})
@@ -165,6 +167,33 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def cpu_bf16_native() -> bool:
+    """True when this CPU has bf16 arithmetic instructions (x86 AVX512-BF16 or AMX-BF16, Linux on Arm BF16).
+
+    Elsewhere PyTorch emulates bf16 on the CPU, and autocast makes the network slower than float32, so
+    anything unknown (macOS, Windows on Arm, an old PyTorch) answers False.
+    """
+    caps: dict[str, Any] = {}
+    with contextlib.suppress(Exception):  # torch.cpu.get_capabilities() is recent: its absence means "no"
+        caps = dict(torch.cpu.get_capabilities())
+    if caps.get("avx512_bf16") or caps.get("amx_bf16"):
+        return True
+    if platform.system() == "Linux" and platform.machine() in ("aarch64", "arm64"):
+        # Linux lists Armv8.6's BF16 instructions as the word "bf16" on the Features line of /proc/cpuinfo.
+        with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+            return any(line.lower().startswith("features") and "bf16" in line.split() for line in f)
+    return False
+
+
+def default_bf16(device: torch.device) -> bool:
+    """The bf16 autocast default for ``device``: on where the hardware computes bf16 natively."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_bf16_native()
+    return False
+
+
 def _mix(*numbers: int) -> int:
     """A 63-bit seed from several integers (splitmix64 steps), so (seed, step) pairs never collide."""
     z = 0x9E3779B97F4A7C15
@@ -215,8 +244,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def checkpoint_meta(cfg: TrainConfig, model: UNet, data: ImageDataset, schedule: Schedule, step: int,
-                    world_size: int) -> dict:
-    """Everything needed to sample from a checkpoint, as JSON-ready values."""
+                    world_size: int, bf16: bool = False) -> dict:
+    """Everything needed to sample from a checkpoint, as JSON-ready values (``bf16``: the autocast in use)."""
     return {
         "step": step,
         "model": model.config.to_dict(),
@@ -228,6 +257,7 @@ def checkpoint_meta(cfg: TrainConfig, model: UNet, data: ImageDataset, schedule:
         "class_names": data.class_names if cfg.class_cond else None,
         "data": data.name,
         "world_size": world_size,
+        "bf16": bool(bf16),
         "train": {k: v for k, v in asdict(cfg).items() if k != "progress"},
     }
 
@@ -427,6 +457,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     step = 0
+    bf16 = cfg.bf16 if cfg.bf16 is not None else default_bf16(device)
     if cfg.resume:
         path, state = latest_resumable(out)
         ck = load_checkpoint(path)
@@ -435,11 +466,12 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
         ema.load_state_dict(ck.ema)
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+        if cfg.bf16 is None and "bf16" in ck.meta:
+            bf16 = bool(ck.meta["bf16"])  # keep the run's arithmetic, so a resume stays bit-exact
         if px.main:
             print(f"resuming from {path} at step {step}")
 
     use_cuda = device.type == "cuda"
-    bf16 = cfg.bf16 if cfg.bf16 is not None else (use_cuda and torch.cuda.is_bf16_supported())
     channels_last = cfg.channels_last if cfg.channels_last is not None else use_cuda
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     raw.to(device, memory_format=fmt)
@@ -469,7 +501,8 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
         path = out / CHECKPOINT_DIR / checkpoint_name(at)
         # The state file first: a checkpoint name that exists always has its state beside it.
         save_training_state(state_path(path), {"step": at, "optimizer": opt.state_dict()})
-        save_checkpoint(path, raw.state_dict(), ema.state_dict(), checkpoint_meta(cfg, raw, data, schedule, at, W))
+        meta = checkpoint_meta(cfg, raw, data, schedule, at, W, bf16)
+        save_checkpoint(path, raw.state_dict(), ema.state_dict(), meta)
         for _, old in list_checkpoints(out)[:-cfg.keep]:
             old.unlink(missing_ok=True)
             state_path(old).unlink(missing_ok=True)
@@ -553,7 +586,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
             if metrics is not None and step % cfg.log_every == 0:
                 metrics.write({"step": step, "loss": loss_sum, "loss_smooth": smooth, "lr": lr_at(step - 1, cfg),
                                "grad_norm": gnorm, "ema_decay": decay, "images_per_s": rate, "time_s": elapsed,
-                               "skipped_steps": skipped})
+                               "skipped_steps": skipped, "bf16": bf16})
             if px.main and cfg.sample_every and step % cfg.sample_every == 0:
                 write_grid(out / "samples" / f"step-{step:09d}.png", ema, schedule, cfg, data, device)
                 metrics.plot(out / "loss.png")
