@@ -308,3 +308,45 @@ def test_bf16_default_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: 1 / 0)  # an old or odd PyTorch: assume none
     assert tr.cpu_bf16_native() is False
     assert tr.default_bf16(torch.device("meta")) is False
+
+
+def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path, capsys, monkeypatch):
+    """Min-SNR weights, Laplace timesteps and a cosine LR decay are saved with the run, and a run interrupted
+    (SIGTERM after step 3) and resumed with the same --steps ends bit-identical to one that was not."""
+    import ddpm.train as tr
+
+    opts = ["--loss-weight", "min-snr", "--t-sampling", "laplace", "--lr-schedule", "cosine", "--prediction", "v"]
+    straight, split, plain = tmp_path / "straight", tmp_path / "split", tmp_path / "plain"
+    assert main(["train", *BASE, *opts, "--out", str(straight), "--steps", "6"]) == 0
+    calls = []
+    real_update = tr.ema_update
+
+    def update_then_signal(*args, **kwargs):
+        real_update(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as m:
+        m.setattr(tr, "ema_update", update_then_signal)
+        assert main(["train", *BASE, *opts, "--out", str(split), "--steps", "6"]) == 0
+    assert load_checkpoint(split).step == 3
+    assert main(["train", *BASE, *opts, "--out", str(split), "--steps", "6", "--resume"]) == 0
+    _assert_identical(_weights(straight), _weights(split))
+    train_meta = load_checkpoint(split).meta["train"]
+    assert (train_meta["loss_weight"], train_meta["t_sampling"], train_meta["lr_schedule"]) == \
+        ("min-snr", "laplace", "cosine")
+    # The cosine decay runs from BASE's 3 warm-up steps to 0 at --steps; the record of step k holds the LR
+    # of optimisation step k - 1.
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (split / "metrics.jsonl").read_text().splitlines())}
+    assert lrs[4] == pytest.approx(1e-3) and lrs[6] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(2 * np.pi / 3)))
+    # Without the options the same seed trains other weights.
+    assert main(["train", *BASE, "--prediction", "v", "--out", str(plain), "--steps", "6"]) == 0
+    a, b = load_checkpoint(plain).model, load_checkpoint(straight).model
+    assert all(not torch.equal(a[k], b[k]) for k in ("conv_in.weight", "conv_out.weight"))
+    capsys.readouterr()
+    assert main(["train", *BASE, "--out", str(tmp_path / "bad"), "--loss-weight", "snr"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown --loss-weight 'snr'" in err and err.count("\n") == 1
+    assert main(["train", *BASE, *opts, "--out", str(split), "--steps", "8", "--resume", "--loss-gamma", "2"]) == 2
+    assert "--loss-gamma None in the checkpoint, 2.0 now" in capsys.readouterr().err

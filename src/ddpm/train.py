@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import (
@@ -47,6 +46,7 @@ from .data import ImageDataset, load_dataset
 from .diffusion import PREDICTIONS, q_sample, training_target
 from .errors import UserError
 from .images import make_grid, plot_curve, save_png, to_uint8
+from .losses import LOSS_WEIGHTS, T_SAMPLINGS, diffusion_loss, draw_timesteps, loss_weights, timestep_probabilities
 from .sampling import DEFAULT_SAMPLER, image_generators, sample
 from .schedule import Schedule
 from .unet import PRESETS, UNet
@@ -78,6 +78,16 @@ class TrainConfig:
                            default=1)
     lr: float = _opt("AdamW learning rate after warm-up", default=1e-3)
     warmup: int = _opt("linear learning-rate warm-up steps", default=200)
+    lr_schedule: str = _opt("after warm-up: 'constant', or 'cosine'/'linear' decay to 0 at --steps (with --minutes "
+                            "alone: at the step the measured speed reaches by the deadline)", default="constant")
+    loss_weight: str = _opt("per-timestep loss weight: 'none' (plain MSE), 'min-snr' (min(SNR, gamma) on the x0 "
+                            "error, Hang et al. 2023) or 'p2' (1/(1+SNR)^gamma on the eps error, Choi et al. 2022)",
+                            default="none")
+    loss_gamma: float | None = _opt("gamma of --loss-weight (default: 5 for min-snr, 1 for p2)", default=None)
+    t_sampling: str = _opt("how training timesteps are drawn: 'uniform' or 'laplace' (log-SNR ~ Laplace(--laplace-loc, "
+                           "--laplace-scale), Hang et al. 2024)", default="uniform")
+    laplace_loc: float = _opt("centre of the Laplace density on log-SNR", default=0.0)
+    laplace_scale: float = _opt("scale of the Laplace density on log-SNR", default=0.5)
     weight_decay: float = _opt("AdamW weight decay", default=0.0)
     grad_clip: float = _opt("clip the gradient norm to this value (0: off)", default=1.0)
     ema_decay: float = _opt("EMA decay of the weights (warmed up as min(decay, (1+n)/(10+n)))", default=0.999)
@@ -116,6 +126,17 @@ class TrainConfig:
             raise UserError(f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}")
         if self.schedule not in ("linear", "cosine"):
             raise UserError(f"unknown schedule {self.schedule!r}: choose linear or cosine")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"unknown --lr-schedule {self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+        if self.loss_weight not in LOSS_WEIGHTS:
+            raise UserError(f"unknown --loss-weight {self.loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}")
+        if self.t_sampling not in T_SAMPLINGS:
+            raise UserError(f"unknown --t-sampling {self.t_sampling!r}: choose one of {', '.join(T_SAMPLINGS)}")
+        if self.loss_gamma is not None and not (math.isfinite(self.loss_gamma) and self.loss_gamma > 0):
+            raise UserError(f"--loss-gamma must be a positive number; got {self.loss_gamma}")
+        if not (math.isfinite(self.laplace_scale) and self.laplace_scale > 0) or not math.isfinite(self.laplace_loc):
+            raise UserError(f"--laplace-scale must be positive and --laplace-loc finite; got {self.laplace_scale}, "
+                            f"{self.laplace_loc}")
         if self.nonfinite not in ("stop", "skip"):
             raise UserError(f"--nonfinite must be 'stop' or 'skip'; got {self.nonfinite!r}")
         for name in ("batch_size", "grad_accum", "timesteps", "num_samples", "sample_steps", "keep", "log_every"):
@@ -146,8 +167,11 @@ class TrainConfig:
 
 # Fields that decide the run's numbers: a resumed run must keep them.
 RESUME_MUST_MATCH = ("data", "preset", "image_size", "flip", "class_cond", "label_dropout", "batch_size",
-                     "grad_accum", "lr", "warmup", "weight_decay", "grad_clip", "ema_decay", "seed", "timesteps",
-                     "schedule", "beta_start", "beta_end", "prediction", "dropout")
+                     "grad_accum", "lr", "warmup", "lr_schedule", "weight_decay", "grad_clip", "ema_decay", "seed",
+                     "timesteps", "schedule", "beta_start", "beta_end", "prediction", "dropout", "loss_weight",
+                     "loss_gamma", "t_sampling", "laplace_loc", "laplace_scale")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+HORIZON_AFTER = 20  # a --minutes run with a decaying LR measures its speed over this many steps
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -236,11 +260,26 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr over cfg.warmup steps, then constant."""
-    if cfg.warmup <= 0:
-        return cfg.lr
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+def lr_at(step: int, cfg: TrainConfig, horizon: int | None = None) -> float:
+    """The learning rate of optimisation step ``step`` (0-based).
+
+    Linear warm-up to cfg.lr over cfg.warmup steps; then constant, or with cfg.lr_schedule 'cosine'
+    lr · ½(1 + cos πp) or 'linear' lr · (1 − p), p = (step − warmup)/(horizon − warmup) clamped to [0, 1],
+    so the rate reaches 0 at step ``horizon``. No horizon (not known yet) means no decay.
+    """
+    warm = 1.0 if cfg.warmup <= 0 else min(1.0, (step + 1) / cfg.warmup)
+    if cfg.lr_schedule == "constant" or horizon is None:
+        return cfg.lr * warm
+    start = cfg.warmup if horizon > cfg.warmup else 0
+    p = min(1.0, max(0.0, (step - start) / max(1, horizon - start)))
+    decay = 0.5 * (1 + math.cos(math.pi * p)) if cfg.lr_schedule == "cosine" else 1 - p
+    return cfg.lr * warm * decay
+
+
+def budget_horizon(step: int, steps_per_s: float, seconds_left: float) -> int:
+    """The step a run at ``step`` reaches in ``seconds_left`` at ``steps_per_s``: the decay horizon of a
+    --minutes run (measured once per invocation, so such a run is reproducible only with --steps)."""
+    return step + max(1, int(steps_per_s * max(0.0, seconds_left)))
 
 
 def checkpoint_meta(cfg: TrainConfig, model: UNet, data: ImageDataset, schedule: Schedule, step: int,
@@ -288,6 +327,14 @@ class Dist:
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
+
+    def max_int(self, value: int) -> int:
+        """The largest of every rank's ``value`` (so all ranks agree on a measured number)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([float(value)], device=self.device, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
 
 
 def setup_processes(device_name: str) -> Dist:
@@ -489,6 +536,12 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     global_batch = B * W * A
     total = cfg.steps if cfg.steps is not None else (None if cfg.minutes is not None else 5000)
     deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes is not None else math.inf
+    # The LR decay's end: --steps, or for a --minutes run the step its measured speed reaches by the deadline.
+    horizon = total
+    t_probs = None if cfg.t_sampling == "uniform" else timestep_probabilities(
+        schedule, cfg.t_sampling, cfg.laplace_loc, cfg.laplace_scale).to(device)
+    weights = None if cfg.loss_weight == "none" else loss_weights(
+        schedule, cfg.prediction, cfg.loss_weight, cfg.loss_gamma).to(device)
     metrics = _Metrics(out / "metrics.jsonl", step if cfg.resume else None) if px.main else None
     if metrics is not None and cfg.tensorboard:
         try:
@@ -532,7 +585,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
             # Global draws of this step, identical on every rank; each rank and micro-batch takes a slice.
             g = torch.Generator(device).manual_seed(_mix(cfg.seed, step))
             idx = batch_indices(step, len(images), global_batch, cfg.seed).to(device)
-            t_all = torch.randint(0, schedule.timesteps, (global_batch,), generator=g, device=device)
+            t_all = draw_timesteps(global_batch, t_probs, schedule.timesteps, g, device)
             noise_all = torch.randn((global_batch, *images.shape[1:]), generator=g, device=device)
             drop_all = torch.rand(global_batch, generator=g, device=device) < cfg.label_dropout
             flip_all = torch.rand(global_batch, generator=g, device=device) < 0.5
@@ -552,7 +605,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
                 sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else model.no_sync()
                 with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     pred = model(x_t, t) if y is None else model(x_t, t, y)
-                    loss = F.mse_loss(pred.float(), training_target(x0, noise, t, schedule, cfg.prediction))
+                    loss = diffusion_loss(pred, training_target(x0, noise, t, schedule, cfg.prediction), t, weights)
                     (loss / A).backward()
                 loss_sum += loss.item() / A
             limit = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -568,7 +621,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
                 step += 1
                 continue
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr_at(step, cfg, horizon)
             opt.step()
             decay = ema_decay_at(step, cfg.ema_decay)
             ema_update(ema, raw, decay)
@@ -577,6 +630,8 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
             smooth = loss_sum if smooth is None else 0.98 * smooth + 0.02 * loss_sum
             elapsed = max(time.monotonic() - t_start, 1e-9)
             rate = (step - start_step) * global_batch / elapsed
+            if horizon is None and cfg.lr_schedule != "constant" and step - start_step == HORIZON_AFTER:
+                horizon = px.max_int(budget_horizon(step, (step - start_step) / elapsed, deadline - time.monotonic()))
             if bar is not None:
                 post = {"loss": f"{smooth:.4f}", "img/s": f"{rate:.0f}"}
                 if total is None:
@@ -584,8 +639,9 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
             if metrics is not None and step % cfg.log_every == 0:
-                metrics.write({"step": step, "loss": loss_sum, "loss_smooth": smooth, "lr": lr_at(step - 1, cfg),
-                               "grad_norm": gnorm, "ema_decay": decay, "images_per_s": rate, "time_s": elapsed,
+                metrics.write({"step": step, "loss": loss_sum, "loss_smooth": smooth,
+                               "lr": lr_at(step - 1, cfg, horizon), "grad_norm": gnorm, "ema_decay": decay,
+                               "images_per_s": rate, "time_s": elapsed,
                                "skipped_steps": skipped, "bf16": bf16})
             if px.main and cfg.sample_every and step % cfg.sample_every == 0:
                 write_grid(out / "samples" / f"step-{step:09d}.png", ema, schedule, cfg, data, device)

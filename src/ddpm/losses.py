@@ -1,0 +1,116 @@
+"""The training objective: which timesteps are drawn, and how each one's error is weighted.
+
+The seed's objective (Ho et al. 2020, "L_simple") draws t uniformly from 0..T−1 and takes the plain
+MSE between the network's output and its target (ε, x_0 or v). On the linear schedule half of those
+draws land where SNR = ᾱ/(1−ᾱ) < 0.1, where there is little left to learn. Two published remedies keep
+the forward process and change the emphasis:
+
+- **Loss weights** per timestep. They are stated here as a weight w(t) on the x_0 error ‖x_0 − x̂_0‖²,
+  the common currency of the three parametrisations; the weight on the network's own MSE is w(t) times
+  ‖x_0 − x̂_0‖² / ‖target − output‖², which is 1/SNR for ε, 1/(1+SNR) for v and 1 for x_0
+  (x̂_0 = (x_t − √(1−ᾱ) ε̂)/√ᾱ and x̂_0 = √ᾱ x_t − √(1−ᾱ) v̂).
+
+  - ``min-snr`` (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting"):
+    w(t) = min(SNR_t, γ), γ = 5 by default. For ε this is min(SNR, γ)/SNR: 1 at high noise, γ/SNR at
+    low noise, so easy low-noise steps stop dominating the gradient.
+  - ``p2`` (Choi et al. 2022, "Perception Prioritized Training"): ε-loss weight 1/(k + SNR)^γ with
+    k = 1 and γ = 1 by default, i.e. w(t) = SNR/(1 + SNR)^γ.
+  - ``none``: the plain MSE of whatever the network predicts (the seed's objective for ε).
+
+- **Timestep sampling**: ``uniform`` (the seed's), or ``laplace`` (Hang et al. 2024, "Improved Noise
+  Schedule for Diffusion Training"): log-SNR λ is drawn from a Laplace density centred at ``loc`` with
+  scale ``scale``; on a discrete schedule index t gets the Laplace mass of the λ-interval that rounds to
+  it (edges halfway between neighbouring λ_t, the two end intervals open), so the draw concentrates
+  where λ ≈ loc, the mid-noise steps.
+
+Every table is float64 of length T and indexed by t; the weights are cast to the loss's dtype at the end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .diffusion import extract
+from .schedule import Schedule
+
+LOSS_WEIGHTS = ("none", "min-snr", "p2")
+T_SAMPLINGS = ("uniform", "laplace")
+DEFAULT_GAMMA = {"min-snr": 5.0, "p2": 1.0}
+
+
+def snr(schedule: Schedule) -> Tensor:
+    """SNR_t = ᾱ_t / (1 − ᾱ_t), float64 (T,)."""
+    ab = schedule.alphas_cumprod
+    return ab / (1 - ab)
+
+
+def loss_weights(schedule: Schedule, prediction: str, weighting: str = "none", gamma: float | None = None) -> Tensor:
+    """Per-timestep weights (T,) float64 on the MSE between the network's output and its ``prediction`` target.
+
+    ``weighting`` is one of :data:`LOSS_WEIGHTS`; ``gamma`` None takes the weighting's default
+    (:data:`DEFAULT_GAMMA`). ``none`` gives ones.
+    """
+    if weighting not in LOSS_WEIGHTS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(LOSS_WEIGHTS)}")
+    s = snr(schedule)
+    if weighting == "none":
+        return torch.ones_like(s)
+    g = DEFAULT_GAMMA[weighting] if gamma is None else float(gamma)
+    if not (math.isfinite(g) and g > 0):
+        raise ValueError(f"the {weighting} gamma must be a positive number; got {gamma!r}")
+    w_x0 = s.clamp(max=g) if weighting == "min-snr" else s / (1 + s) ** g
+    # ‖x0 − x̂0‖² per unit of the network's own squared error.
+    per_unit = {"eps": 1 / s, "v": 1 / (1 + s), "x0": torch.ones_like(s)}
+    if prediction not in per_unit:
+        raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(per_unit)}")
+    return w_x0 * per_unit[prediction]
+
+
+def timestep_probabilities(schedule: Schedule, sampling: str = "uniform", loc: float = 0.0,
+                           scale: float = 0.5) -> Tensor:
+    """The probability (T,) float64 of drawing each index t under ``sampling`` (see the module notes)."""
+    T = schedule.timesteps
+    if sampling == "uniform":
+        return torch.full((T,), 1.0 / T, dtype=torch.float64)
+    if sampling != "laplace":
+        raise ValueError(f"unknown timestep sampling {sampling!r}; choose one of {', '.join(T_SAMPLINGS)}")
+    if not (math.isfinite(scale) and scale > 0) or not math.isfinite(loc):
+        raise ValueError(f"the Laplace density needs a finite loc and a positive scale; got {loc!r}, {scale!r}")
+    lam = snr(schedule).log()  # decreasing in t
+    # Interval of t: (edge[t+1], edge[t]] in λ, halfway to the neighbours; the ends reach ±∞.
+    mid = 0.5 * (lam[1:] + lam[:-1])
+    inf = torch.tensor([math.inf], dtype=torch.float64)
+    upper, lower = torch.cat([inf, mid]), torch.cat([mid, -inf])
+
+    def cdf(x: Tensor) -> Tensor:  # the Laplace(loc, scale) distribution function
+        z = (x - loc) / scale
+        return torch.where(z < 0, 0.5 * torch.exp(z.clamp(max=0)), 1 - 0.5 * torch.exp(-z.clamp(min=0)))
+
+    p = cdf(upper) - cdf(lower)
+    return p / p.sum()
+
+
+def draw_timesteps(n: int, probabilities: Tensor | None, timesteps: int, generator: torch.Generator,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """n indices (n,) int64: uniform from 0..T−1 when ``probabilities`` is None (the seed's draw, unchanged),
+    else from the distribution ``probabilities`` (T,)."""
+    if probabilities is None:
+        return torch.randint(0, timesteps, (n,), generator=generator, device=device)
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    cum = probabilities.to(device).cumsum(0)
+    return torch.searchsorted(cum, u * cum[-1], right=True).clamp(max=timesteps - 1)
+
+
+def diffusion_loss(output: Tensor, target: Tensor, t: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean over the batch of the (optionally t-weighted) per-image MSE; output, target (B, C, H, W), t (B,).
+
+    ``weights`` None is the plain MSE (bit for bit ``F.mse_loss``); else ``weights`` (T,) from
+    :func:`loss_weights` multiply each image's mean squared error.
+    """
+    if weights is None:
+        return torch.nn.functional.mse_loss(output.float(), target.float())
+    per_image = (output.float() - target.float()).square().flatten(1).mean(1)  # (B,)
+    return (extract(weights, t, per_image) * per_image).mean()

@@ -1,0 +1,126 @@
+"""The training objective: loss weights against their x_0-space definitions, Laplace timestep draws against
+a Monte-Carlo of the continuous density, and the LR schedule against its closed form."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddpm.diffusion import extract, q_sample, training_target, x0_from_eps, x0_from_v
+from ddpm.losses import diffusion_loss, draw_timesteps, loss_weights, snr, timestep_probabilities
+from ddpm.schedule import Schedule
+from ddpm.train import TrainConfig, budget_horizon, lr_at
+
+S = Schedule.linear(1000)
+
+
+def _setup(prediction: str, n: int = 64):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand((n, 1, 4, 4), generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    x_t = q_sample(x0, t, noise, S)
+    target = training_target(x0, noise, t, S, prediction)
+    output = target + 0.3 * torch.randn(x0.shape, generator=g, dtype=torch.float64)  # an imperfect network
+    return x0, t, x_t, target, output
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction):
+    x0, t, x_t, target, output = _setup(prediction)
+    ab = extract(S.alphas_cumprod, t, x_t)
+    x0_hat = {"eps": lambda: x0_from_eps(x_t, output, ab), "v": lambda: x0_from_v(x_t, output, ab),
+              "x0": lambda: output}[prediction]()
+    x0_err = (x0 - x0_hat).square().flatten(1).mean(1)  # (B,)
+    own_err = (target - output).square().flatten(1).mean(1)
+    w = loss_weights(S, prediction, "min-snr", gamma=5.0)[t]
+    expected = snr(S)[t].clamp(max=5.0) * x0_err
+    torch.testing.assert_close(w * own_err, expected, rtol=1e-9, atol=0)
+    # At the noisiest step the ε weight is 1 (SNR < γ), at the cleanest it is γ/SNR.
+    if prediction == "eps":
+        table = loss_weights(S, "eps", "min-snr")
+        assert table[-1].item() == pytest.approx(1.0)
+        assert table[0].item() == pytest.approx(5.0 / snr(S)[0].item())
+
+
+def test_p2_is_one_over_k_plus_snr_on_the_eps_error():
+    w = loss_weights(S, "eps", "p2", gamma=0.5)
+    torch.testing.assert_close(w, 1 / (1 + snr(S)) ** 0.5, rtol=1e-12, atol=0)
+    # The same emphasis seen from a v-network: weight on the v error × (1+SNR)/SNR = weight on the eps error.
+    wv = loss_weights(S, "v", "p2", gamma=0.5)
+    torch.testing.assert_close(wv * (1 + snr(S)) / snr(S), w, rtol=1e-12, atol=0)
+
+
+def test_unweighted_loss_is_plain_mse_bit_for_bit():
+    _, t, _, target, output = _setup("eps")
+    out32, tgt32 = output.float(), target.float()
+    assert torch.equal(diffusion_loss(out32, tgt32, t), torch.nn.functional.mse_loss(out32, tgt32))
+    ones = loss_weights(S, "eps", "none")
+    assert diffusion_loss(out32, tgt32, t, ones).item() == pytest.approx(diffusion_loss(out32, tgt32, t).item(),
+                                                                         rel=1e-6)
+    w = loss_weights(S, "eps", "min-snr")
+    per_image = (out32 - tgt32).square().flatten(1).mean(1)
+    assert diffusion_loss(out32, tgt32, t, w).item() == pytest.approx(float((w[t] * per_image).mean()), rel=1e-6)
+
+
+def test_laplace_timesteps_match_a_monte_carlo_of_the_continuous_density():
+    loc, scale = -1.0, 0.7
+    p = timestep_probabilities(S, "laplace", loc, scale)
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-12) and bool((p >= 0).all())
+    # Draw log-SNR from Laplace(loc, scale) and round each draw to the index with the nearest log-SNR.
+    g = torch.Generator().manual_seed(1)
+    n = 400_000
+    u = torch.rand(n, generator=g, dtype=torch.float64) - 0.5
+    lam = loc - scale * torch.sign(u) * torch.log1p(-2 * u.abs())
+    grid = snr(S).log()  # decreasing in t
+    idx = torch.searchsorted(-grid, -lam).clamp(1, 999)  # neighbours idx-1, idx
+    nearer = torch.where((grid[idx - 1] - lam).abs() <= (grid[idx] - lam).abs(), idx - 1, idx)
+    freq = torch.bincount(nearer, minlength=1000).double() / n
+    sigma = (p * (1 - p) / n).sqrt()
+    busy = p * n >= 20  # where the normal approximation of a bin count holds; the tail is checked as one bin
+    assert int(busy.sum()) > 100
+    assert float(((freq - p).abs() / sigma)[busy].max()) < 5.0
+    tail = float(p[~busy].sum())
+    assert abs(float(freq[~busy].sum()) - tail) < 5 * math.sqrt(tail / n) + 1e-6
+    # The mass sits where log-SNR is near loc.
+    assert abs(grid[int(p.argmax())].item() - loc) < 0.05
+    uniform = timestep_probabilities(S, "uniform")
+    assert torch.equal(uniform, torch.full((1000,), 1e-3, dtype=torch.float64))
+
+
+def test_draw_timesteps_follows_its_distribution_and_uniform_is_the_seed_draw():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(draw_timesteps(50, None, 1000, g1), torch.randint(0, 1000, (50,), generator=g2))
+    p = torch.zeros(10, dtype=torch.float64)
+    p[[0, 3, 9]] = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    s = Schedule.linear(10)
+    t = draw_timesteps(100_000, p, s.timesteps, torch.Generator().manual_seed(0))
+    freq = torch.bincount(t, minlength=10).double() / t.numel()
+    assert set(t.unique().tolist()) == {0, 3, 9}
+    torch.testing.assert_close(freq, p, atol=6e-3, rtol=0)
+
+
+def test_lr_schedules_against_their_closed_forms():
+    cfg = TrainConfig(out="x", lr=1e-3, warmup=10, lr_schedule="cosine")
+    assert lr_at(4, cfg, 110) == pytest.approx(1e-3 * 5 / 10)  # warm-up is unchanged
+    assert lr_at(10, cfg, 110) == pytest.approx(1e-3)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.5e-3)  # halfway in cosine
+    assert lr_at(35, cfg, 110) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert lr_at(110, cfg, 110) == 0.0 and lr_at(500, cfg, 110) == 0.0
+    assert lr_at(60, cfg, None) == pytest.approx(1e-3)  # horizon not measured yet: no decay
+    lin = TrainConfig(out="x", lr=1e-3, warmup=0, lr_schedule="linear")
+    assert lr_at(25, lin, 100) == pytest.approx(0.75e-3)
+    const = TrainConfig(out="x", lr=1e-3, warmup=0)
+    assert lr_at(99, const, 100) == 1e-3
+    assert budget_horizon(20, 2.5, 100.0) == 270 and budget_horizon(20, 2.5, -5) == 21
+
+
+def test_bad_objective_values_are_refused():
+    with pytest.raises(ValueError, match="min-snr gamma"):
+        loss_weights(S, "eps", "min-snr", gamma=0.0)
+    with pytest.raises(ValueError, match="unknown loss weighting"):
+        loss_weights(S, "eps", "bogus")
+    with pytest.raises(ValueError, match="positive scale"):
+        timestep_probabilities(S, "laplace", 0.0, -1.0)
