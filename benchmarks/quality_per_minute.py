@@ -1,0 +1,217 @@
+"""Quality per CPU-minute: train a recipe for M minutes, sample with the default sampler, score, append a row.
+
+    python benchmarks/quality_per_minute.py --recipes default,fp32,diffusers --minutes 25 --num 1000
+
+Each recipe is trained in its own process with the same thread count, one after the other (nothing else may
+run on the machine: PyTorch's thread pool stalls when another process holds a core). A ``ddpm`` recipe is
+``ddpm train --data D --minutes M`` plus its flags, then the default ``ddpm sample --num N``; the
+``diffusers`` recipe is what a user of that library would write from its ``train_unconditional`` example:
+``UNet2DModel`` (1.1M parameters at 28×28: blocks 32/32/64, attention at 14×14) and ``DDPMScheduler``
+(linear β, T = 1000, ε), AdamW at 1e-4 with 500 warm-up steps and cosine decay, EMA as in the example
+(power 3/4, up to 0.9999), batch 64, sampled with DDIM at 100 steps. Samples are scored by
+``ddpm eval --samples`` against the test split (standard Inception FID, and the FeatureNet FD), and each
+row goes to ``--results`` (JSON lines) with the recipe, its flags, steps, images/s, wall times and scores.
+Runs live in ``--runs`` and are reused by ``--reuse`` (same recipe and minutes) instead of retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Named ddpm recipes: extra `ddpm train` flags on top of the defaults.
+RECIPES: dict[str, list[str]] = {
+    "default": [],
+    "fp32": ["--no-bf16"],
+    "v": ["--prediction", "v"],
+    "cosine-lr": ["--lr-schedule", "cosine"],
+    "minsnr": ["--loss-weight", "min-snr"],
+    "laplace": ["--t-sampling", "laplace"],
+    "v-minsnr-cosine": ["--prediction", "v", "--loss-weight", "min-snr", "--lr-schedule", "cosine"],
+    "v-cosine-lr2e-3": ["--prediction", "v", "--lr-schedule", "cosine", "--lr", "2e-3"],
+}
+DIFFUSERS = "diffusers"
+
+
+def _env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("PYTHONPATH", str(REPO / "src"))
+    return env
+
+
+def _run(cmd: list[str], threads: int) -> float:
+    """Run a command with the benchmark's thread count; returns its wall time in seconds."""
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=_env(threads))
+    return time.perf_counter() - t0
+
+
+def train_ddpm(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
+    """Train with ``ddpm train`` unless ``--reuse`` finds the run; returns steps, images/s and wall time."""
+    from ddpm.checkpoint import load_checkpoint
+
+    wall = math.nan
+    if not (args.reuse and (run / "checkpoints").exists()):
+        wall = _run([str(BIN / "ddpm"), "train", "--data", args.data, "--minutes", str(args.minutes), "--out",
+                     str(run), "--quiet", *flags], args.threads)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    ck = load_checkpoint(run)
+    return {"steps": ck.step, "images_per_s": records[-1]["images_per_s"] if records else math.nan,
+            "train_wall_s": wall, "bf16": ck.meta.get("bf16")}
+
+
+def sample_ddpm(run: Path, args: argparse.Namespace) -> tuple[Path, float]:
+    """The default ``ddpm sample`` of ``args.num`` images into an .npz; returns (npz, wall seconds)."""
+    npz = run / f"samples-{args.num}.npz"
+    if args.reuse and npz.exists():
+        return npz, math.nan
+    wall = _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(run), "--num", str(args.num), "--out",
+                 str(run / f"samples-{args.num}"), "--npz", str(npz), "--quiet", "--overwrite"], args.threads)
+    return npz, wall
+
+
+def score(npz: Path, out: Path, args: argparse.Namespace) -> dict:
+    """``ddpm eval --samples`` against the reference split; returns its eval.json."""
+    cmd = [str(BIN / "ddpm"), "eval", "--samples", str(npz), "--data", args.data, "--ref-split", args.ref_split,
+           "--metrics", args.metrics, "--out", str(out)]
+    if args.ref_num:
+        cmd += ["--ref-num", str(args.ref_num)]
+    _run(cmd, args.threads)
+    return json.loads((out / "eval.json").read_text())
+
+
+# ---------------------------------------------------------------------------- the diffusers recipe
+
+
+def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) -> None:
+    """Train the diffusers recipe for ``minutes`` and write ``samples-{num}.npz`` and ``stats.json`` in ``run``."""
+    import torch
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+    from diffusers.training_utils import EMAModel
+
+    from ddpm.data import load_dataset
+
+    torch.manual_seed(seed)
+    ds = load_dataset(data)
+    images = ds.images  # (N, C, S, S) in [-1, 1]
+    c, size = ds.channels, ds.image_size
+    model = UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=2,
+                        block_out_channels=(32, 32, 64), norm_num_groups=8,
+                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    batch = 64
+    # The example decays over its planned steps; plan them from the first minute's measured speed.
+    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    deadline = time.monotonic() + minutes * 60
+    t0, step, planned = time.monotonic(), 0, None
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    while time.monotonic() < deadline:
+        idx = torch.randint(0, images.shape[0], (batch,), generator=gen)
+        x0 = images[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        loss = torch.nn.functional.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if planned is None and step == 20:
+            planned = int(step + (deadline - time.monotonic()) * step / (time.monotonic() - t0))
+        # get_cosine_schedule_with_warmup's curve: linear warm-up over 500 steps, then a half cosine to 0.
+        progress = 0.0 if planned is None else max(0.0, (step - 500) / max(1, planned - 500))
+        for group in opt.param_groups:
+            group["lr"] = 1e-4 * min(1.0, (step + 1) / 500) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
+        step += 1
+    train_s = time.monotonic() - t0
+    ema.copy_to(model.parameters())
+    model.eval()
+    ddim = DDIMScheduler.from_config(sched.config)
+    ddim.set_timesteps(100)
+    out = []
+    t1 = time.monotonic()
+    with torch.no_grad():
+        for start in range(0, num, 250):
+            n = min(250, num - start)
+            x = torch.randn((n, c, size, size), generator=torch.Generator().manual_seed(seed + 1 + start))
+            for t in ddim.timesteps:
+                x = ddim.step(model(x, t).sample, t, x).prev_sample
+            out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    run.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(run / f"samples-{num}.npz", images=np.concatenate(out))
+    (run / "stats.json").write_text(json.dumps({
+        "steps": step, "images_per_s": step * batch / train_s, "train_wall_s": train_s,
+        "sample_wall_s": time.monotonic() - t1, "parameters": sum(p.numel() for p in model.parameters())}))
+
+
+def run_diffusers(run: Path, args: argparse.Namespace) -> tuple[dict, Path]:
+    npz = run / f"samples-{args.num}.npz"
+    if not (args.reuse and npz.exists()):
+        _run([sys.executable, __file__, "--diffusers-worker", str(run), "--minutes", str(args.minutes),
+              "--num", str(args.num), "--data", args.data], args.threads)
+    return json.loads((run / "stats.json").read_text()), npz
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipes", default="default", help=f"comma-separated: {', '.join([*RECIPES, DIFFUSERS])}")
+    p.add_argument("--minutes", type=float, default=25.0)
+    p.add_argument("--num", type=int, default=1000, help="samples per recipe")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--ref-split", default="test")
+    p.add_argument("--ref-num", type=int, default=2000)
+    p.add_argument("--metrics", default="fid,fd")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", default="runs/qpm")
+    p.add_argument("--results", default="benchmarks/results/quality_per_minute.jsonl")
+    p.add_argument("--reuse", action="store_true", help="reuse runs and samples already in --runs")
+    p.add_argument("--diffusers-worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.diffusers_worker:
+        diffusers_worker(Path(args.diffusers_worker), args.minutes, args.num, args.data, seed=0)
+        return
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RECIPES and n != DIFFUSERS]
+    if unknown:
+        sys.exit(f"error: unknown recipe {unknown[0]!r}: choose from {', '.join([*RECIPES, DIFFUSERS])}")
+    for name in names:
+        run = Path(args.runs) / f"{name}-{args.minutes:g}min"
+        if name == DIFFUSERS:
+            info, npz = run_diffusers(run, args)
+            sample_wall = info.pop("sample_wall_s")
+            flags = ["UNet2DModel 32/32/64, DDPMScheduler, AdamW 1e-4 cosine, EMA, batch 64, DDIM-100"]
+        else:
+            flags = RECIPES[name]
+            info = train_ddpm(run, flags, args)
+            npz, sample_wall = sample_ddpm(run, args)
+        result = score(npz, run / f"eval-{args.num}", args)
+        row = {"recipe": name, "flags": flags, "minutes": args.minutes, **info, "sample_wall_s": sample_wall,
+               "num": args.num, "ref_split": args.ref_split, "ref_num": args.ref_num, "scores": result.get("metrics"),
+               "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M")}
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
