@@ -38,6 +38,9 @@ RECIPES: dict[str, list[str]] = {
     "cosine-lr": ["--lr-schedule", "cosine"],
     "minsnr": ["--loss-weight", "min-snr"],
     "laplace": ["--t-sampling", "laplace"],
+    "v-cosine": ["--prediction", "v", "--lr-schedule", "cosine"],
+    "minsnr-cosine": ["--loss-weight", "min-snr", "--lr-schedule", "cosine"],
+    "laplace-cosine": ["--t-sampling", "laplace", "--lr-schedule", "cosine"],
     "v-minsnr-cosine": ["--prediction", "v", "--loss-weight", "min-snr", "--lr-schedule", "cosine"],
     "v-cosine-lr2e-3": ["--prediction", "v", "--lr-schedule", "cosine", "--lr", "2e-3"],
 }
@@ -65,8 +68,9 @@ def train_ddpm(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
 
     wall = math.nan
     if not (args.reuse and (run / "checkpoints").exists()):
-        wall = _run([str(BIN / "ddpm"), "train", "--data", args.data, "--minutes", str(args.minutes), "--out",
-                     str(run), "--quiet", *flags], args.threads)
+        budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes)]
+        wall = _run([str(BIN / "ddpm"), "train", "--data", args.data, *budget, "--out", str(run), "--quiet", *flags],
+                    args.threads)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     ck = load_checkpoint(run)
     return {"steps": ck.step, "images_per_s": records[-1]["images_per_s"] if records else math.nan,
@@ -175,6 +179,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipes", default="default", help=f"comma-separated: {', '.join([*RECIPES, DIFFUSERS])}")
     p.add_argument("--minutes", type=float, default=25.0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="train ddpm recipes for this many steps instead of --minutes: a screen of recipes that cost "
+                        "the same per step, whose results do not depend on the machine's load")
+    p.add_argument("--skip-score", action="store_true", help="train and sample only (score later with --reuse)")
     p.add_argument("--num", type=int, default=1000, help="samples per recipe")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--ref-split", default="test")
@@ -194,8 +202,10 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: unknown recipe {unknown[0]!r}: choose from {', '.join([*RECIPES, DIFFUSERS])}")
     for name in names:
-        run = Path(args.runs) / f"{name}-{args.minutes:g}min"
+        run = Path(args.runs) / (f"{name}-{args.steps}steps" if args.steps else f"{name}-{args.minutes:g}min")
         if name == DIFFUSERS:
+            if args.steps:
+                sys.exit("error: the diffusers recipe runs for --minutes only")
             info, npz = run_diffusers(run, args)
             sample_wall = info.pop("sample_wall_s")
             flags = ["UNet2DModel 32/32/64, DDPMScheduler, AdamW 1e-4 cosine, EMA, batch 64, DDIM-100"]
@@ -203,8 +213,11 @@ def main() -> None:
             flags = RECIPES[name]
             info = train_ddpm(run, flags, args)
             npz, sample_wall = sample_ddpm(run, args)
+        if args.skip_score:
+            continue
         result = score(npz, run / f"eval-{args.num}", args)
-        row = {"recipe": name, "flags": flags, "minutes": args.minutes, **info, "sample_wall_s": sample_wall,
+        row = {"recipe": name, "flags": flags, "minutes": None if args.steps else args.minutes, **info,
+               "sample_wall_s": sample_wall,
                "num": args.num, "ref_split": args.ref_split, "ref_num": args.ref_num, "scores": result.get("metrics"),
                "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M")}
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
