@@ -191,8 +191,9 @@ def bits_per_dim(
     """The DDPM variational bound on −log p(x_0) of every image, in bits/dim (Ho et al. 2020, Table 1's NLL).
 
     Args:
-        model: ``model(x_t, t[, labels])`` as for :func:`ddpm.sample`; called through the samplers' own wrapper
-            (``make_denoiser``) at every index t = T−1, ..., 0, once per batch, so T · ⌈B / batch_size⌉ calls.
+        model: ``model(x_t, t[, labels])`` as for :func:`ddpm.sample` (a network in eval mode, as
+            :func:`ddpm.load_model` returns it); called through the samplers' own wrapper (``make_denoiser``) at
+            every index t = T−1, ..., 0, once per batch, so T · ⌈B / batch_size⌉ calls.
         x0: (B, C, H, W) images in [-1, 1]. Values are taken to their nearest 8-bit level (p/127.5 − 1) first,
             so the bound is that of the 8-bit image (e.g. what a PNG of it holds); data already on the grid,
             like every 8-bit image set, are unchanged. The model sees x_t in x0's floating dtype.
@@ -209,7 +210,8 @@ def bits_per_dim(
             ``image_generators(seed, range(B))``) makes image i's numbers independent of ``batch_size``.
         progress: show a tqdm bar over the model calls.
         callback: called after every model call with {"batch", "t", "calls", "total_calls"}.
-        device: where the model runs (default: the model's parameters' device).
+        device: where the model runs (default: the model's parameters' device). The bound's own arithmetic
+            (x_t draws, KL terms, decoder) is done in float64 on the CPU whatever the device.
 
     Returns:
         :class:`VariationalBound` with ``total`` (B,), ``prior`` (B,), ``terms`` (B, T) in bits/dim.
@@ -234,8 +236,9 @@ def bits_per_dim(
     to_bits = 1.0 / (dims * math.log(2.0))
     log_variance = reverse_log_variance(schedule, variance)
     ab = schedule.alphas_cumprod.tolist()
-    x0 = quantize(x0.detach()).to(device)
-    dtype = x0.dtype
+    dtype = x0.dtype  # what the model sees, as in sampling
+    # The bound's own arithmetic runs in float64 on the CPU (any accelerator, MPS included, only runs the model).
+    x0 = quantize(x0.detach().to("cpu", torch.float64))
 
     n_batches = (n + batch_size - 1) // batch_size
     total_calls = n_batches * T
@@ -249,19 +252,18 @@ def bits_per_dim(
     try:
         for b in range(n_batches):
             sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-            xb = x0[sl]  # (b, C, H, W)
+            x0_b = x0[sl]  # (b, C, H, W) float64
             gen_b = gens[sl] if gens is not None else generator
             lab_b = labels[sl] if labels is not None else None
             denoise = make_denoiser(model, schedule, prediction, clip_x0, lab_b, guidance)
-            x0_64 = xb.to(torch.float64)
             for t in range(T - 1, -1, -1):
                 # (1) x_t ~ q(x_t | x_0) (eq. 4), a fresh draw for every t as each term is its own expectation.
-                noise = randn(xb.shape, gen_b, device, torch.float64)
-                x_t = (math.sqrt(ab[t]) * x0_64 + math.sqrt(1 - ab[t]) * noise).to(dtype)
+                noise = randn(x0_b.shape, gen_b, "cpu", torch.float64)
+                x_t = (math.sqrt(ab[t]) * x0_b + math.sqrt(1 - ab[t]) * noise).to(dtype)
                 # (2) the model's x̂_0 exactly as a sampler sees it (prediction type, clipping, guidance).
-                x0_hat, _ = denoise(x_t, t)
+                x0_hat, _ = denoise(x_t.to(device), t)
                 # (3) KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) for t ≥ 1, the decoder's −log p(x_0|x_t) at t = 0.
-                terms[sl, t] = vb_term(x0_hat, x0_64, x_t, t, schedule, log_variance).cpu() * to_bits
+                terms[sl, t] = vb_term(x0_hat.to("cpu", torch.float64), x0_b, x_t, t, schedule, log_variance) * to_bits
                 calls += 1
                 if bar is not None:
                     bar.update(1)
@@ -270,5 +272,5 @@ def bits_per_dim(
     finally:
         if bar is not None:
             bar.close()
-    prior = prior_kl(x0, schedule).flatten(1).sum(1).cpu() * to_bits
+    prior = prior_kl(x0, schedule).flatten(1).sum(1) * to_bits
     return VariationalBound(total=prior + terms.sum(1), prior=prior, terms=terms)
