@@ -14,6 +14,7 @@ from .diffusion import (
     x0_from_v,
 )
 from .errors import UserError
+from .likelihood import VariationalBound, bits_per_dim
 from .sampling import SAMPLERS, image_generators, sample
 from .schedule import Schedule, spaced_timesteps
 from .seed import Diffusion
@@ -30,6 +31,8 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "UserError",
+    "VariationalBound",
+    "bits_per_dim",
     "load_checkpoint",
     "load_dataset",
     "load_model",

@@ -1,0 +1,276 @@
+"""Likelihood: the variational bound of DDPM (Ho et al. 2020, eq. 5) in bits per dimension.
+
+For 8-bit images x_0 scaled to [-1, 1], the negative log-likelihood of the model's reverse chain is bounded by
+
+    L = L_T + Σ_{t≥1} L_{t−1} + L_0,   in the code's indices (t = 0..T−1, index 0 the least noisy step):
+    prior    L_T  = KL(q(x_{T−1} | x_0) ‖ N(0, I)),
+    term t ≥ 1    = KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)),   x_t ~ q(x_t | x_0),
+    term 0        = −log p_θ(x_0 | x_{t=0}), the discretized Gaussian decoder (256 bins of width 2/255).
+
+p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I) with μ_θ the posterior mean μ̃_t(x̂_0, x_t) of the model's x̂_0, exactly the
+step of the ancestral sampler (``sample_ddpm``), and σ_t² that sampler's ``variance``: ``"posterior"`` σ_t² = β̃_t
+(the paper's and improved-diffusion's "fixed small", this package's default) or ``"beta"`` σ_t² = β_t ("fixed
+large"). The decoder at index 0 has no sampler counterpart (the last sampling step adds no noise); its scale is
+√β̃ at index 1 for both choices, as in the DDPM and improved-diffusion code (their "fixed large" replaces β at
+the first step by β̃ of the second "to get a better decoder log likelihood", and their "fixed small" clips β̃_0 = 0
+to the same value), so the numbers are comparable with the paper's.
+
+Bits per dimension = nats / (D · ln 2), D = C·H·W. A model that knows nothing of 8-bit data scores 8 bits/dim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .diffusion import q_posterior
+from .sampling import Callback, Generators, _model_device, make_denoiser, randn
+from .schedule import Schedule
+
+VARIANCES = ("posterior", "beta")
+BINS = 256  # 8-bit data: pixel k in 0..255 sits at k/127.5 − 1
+HALF_BIN = 1.0 / (BINS - 1)  # half the distance between neighbouring levels in [-1, 1]
+
+
+def normal_kl(mean1: Tensor | float, logvar1: Tensor | float, mean2: Tensor | float,
+              logvar2: Tensor | float) -> Tensor:
+    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise, in nats; any broadcastable shapes.
+
+    KL = ½ (logvar2 − logvar1 + e^{logvar1 − logvar2} + (mean1 − mean2)² e^{−logvar2} − 1).
+    """
+    mean1, logvar1, mean2, logvar2 = (torch.as_tensor(v, dtype=torch.float64) if not isinstance(v, Tensor) else v
+                                      for v in (mean1, logvar1, mean2, logvar2))
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2).square() * torch.exp(-logvar2)
+                  - 1.0)
+
+
+def quantize(x: Tensor) -> Tensor:
+    """The nearest 8-bit level of each value of x (any shape, in [-1, 1]): round((x + 1) · 127.5) / 127.5 − 1."""
+    return ((x + 1) * ((BINS - 1) / 2)).round().clamp(0, BINS - 1) / ((BINS - 1) / 2) - 1
+
+
+def _log_sub_exp(log_big: Tensor, log_small: Tensor) -> Tensor:
+    """log(e^log_big − e^log_small) for log_big ≥ log_small, without cancelling digits when they are close."""
+    return log_big + torch.log(-torch.expm1(log_small - log_big))
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor | float) -> Tensor:
+    """log P(bin of x) under N(mean, e^{2·log_scale}) discretized to the 256 levels of 8-bit data, in nats.
+
+    x: (B, ...) in [-1, 1]; mean and log_scale broadcast to x. The bin of x is that of its nearest level
+    c = k/127.5 − 1, [c − 1/255, c + 1/255], with the first bin open to −∞ and the last to +∞, so the
+    probabilities of the 256 bins sum to one for every mean and scale (DDPM §3.3, eq. 13). Computed with the
+    exact normal CDF in log space (log Φ, and log(Φ(b) − Φ(a)) taken in whichever tail holds both edges), so
+    it stays finite and accurate where the bin lies far in a tail. Returns x's shape (float, mean's dtype).
+    """
+    log_scale = torch.as_tensor(log_scale, dtype=mean.dtype, device=mean.device)
+    k = ((x + 1) * ((BINS - 1) / 2)).round().clamp(0, BINS - 1)  # the bin index of each value
+    centre = k / ((BINS - 1) / 2) - 1
+    inv_scale = torch.exp(-log_scale)
+    a = (centre - HALF_BIN - mean) * inv_scale  # lower edge, standardized
+    b = (centre + HALF_BIN - mean) * inv_scale  # upper edge, standardized
+    log_cdf_b = torch.special.log_ndtr(b)  # log Φ(b)
+    log_sf_a = torch.special.log_ndtr(-a)  # log (1 − Φ(a))
+    # Inner bins: log(Φ(b) − Φ(a)) on the lower side, log(Φ(−a) − Φ(−b)) where both edges are above the mean.
+    upper = a > 0
+    inner = torch.where(
+        upper,
+        _log_sub_exp(log_sf_a, torch.special.log_ndtr(-b)),
+        _log_sub_exp(log_cdf_b, torch.special.log_ndtr(a)),
+    )
+    return torch.where(k == 0, log_cdf_b, torch.where(k == BINS - 1, log_sf_a, inner))
+
+
+def prior_kl(x0: Tensor, schedule: Schedule) -> Tensor:
+    """L_T elementwise: KL(q(x_{T−1} | x_0) ‖ N(0, 1)) in nats, x0: (B, ...) → (B, ...) float64.
+
+    q(x_{T−1} | x_0) = N(√ᾱ_{T−1} x_0, 1 − ᾱ_{T−1}); no model is involved.
+    """
+    a = schedule.alphas_cumprod[-1].item()
+    x0 = x0.to(torch.float64)
+    return normal_kl(math.sqrt(a) * x0, torch.tensor(math.log1p(-a), dtype=torch.float64, device=x0.device),
+                     torch.zeros((), dtype=torch.float64, device=x0.device),
+                     torch.zeros((), dtype=torch.float64, device=x0.device))
+
+
+def reverse_log_variance(schedule: Schedule, variance: str = "posterior") -> Tensor:
+    """log σ_t² of p_θ(x_{t−1} | x_t) for t = 0..T−1, float64 (T,).
+
+    ``"posterior"``: σ_t² = β̃_t; ``"beta"``: σ_t² = β_t (the two choices of ``sample_ddpm``). Index 0 is the
+    decoder's variance: β̃ at index 1 for both (see the module docstring; β_0 when T = 1, where β̃_1 does not exist).
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown reverse variance {variance!r}; choose 'posterior' (β̃_t, fixed small) "
+                         "or 'beta' (β_t, fixed large)")
+    table = schedule.posterior_variance.clone() if variance == "posterior" else schedule.betas.clone()
+    table[0] = schedule.posterior_variance[1] if schedule.timesteps > 1 else schedule.betas[0]
+    return table.log()
+
+
+def vb_term(x0_hat: Tensor, x0: Tensor, x_t: Tensor, t: int, schedule: Schedule, log_variance: Tensor) -> Tensor:
+    """One term of the bound for every image, in nats summed over dimensions: (B,) float64.
+
+    x0_hat: the model's x̂_0 at (x_t, t), x0: the data (on the 8-bit grid), x_t: a draw of q(x_t | x_0), all
+    (B, C, H, W); ``log_variance`` is :func:`reverse_log_variance` (T,). For t ≥ 1 the KL between the true
+    posterior q(x_{t−1} | x_t, x_0) and p_θ(x_{t−1} | x_t) = N(μ̃_t(x̂_0, x_t), σ_t²); for t = 0 the decoder's
+    −log p_θ(x_0 | x_t) with mean x̂_0.
+    """
+    x0_hat, x0, x_t = (v.to(torch.float64) for v in (x0_hat, x0, x_t))
+    log_var = log_variance[t].item()
+    if t == 0:
+        nll = -discretized_gaussian_log_likelihood(x0, x0_hat, 0.5 * log_var)
+        return nll.flatten(1).sum(1)
+    tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
+    true_mean, true_var = q_posterior(x0, x_t, tt, schedule)
+    model_mean, _ = q_posterior(x0_hat, x_t, tt, schedule)
+    kl = normal_kl(true_mean, true_var.log(), model_mean, torch.tensor(log_var, dtype=torch.float64,
+                                                                        device=x0.device))
+    return kl.flatten(1).sum(1)
+
+
+@dataclass
+class VariationalBound:
+    """The bound per image, in bits/dim (float64, on the CPU). B images, T steps.
+
+    ``total`` (B,) = ``prior`` (B,) + ``terms.sum(1)``; ``terms`` (B, T): column 0 the decoder −log p(x_0 | x_0's
+    least noisy latent), column t ≥ 1 the KL of step t. ``terms.mean(0)`` shows where the bound is spent.
+    """
+
+    total: Tensor
+    prior: Tensor
+    terms: Tensor
+
+    def summary(self) -> dict[str, Any]:
+        """Mean bits/dim with its standard error over the images, and the means of the parts (JSON-ready)."""
+        n = self.total.numel()
+        stderr = self.total.std().item() / math.sqrt(n) if n > 1 else float("nan")
+        return {
+            "bits_per_dim": self.total.mean().item(),
+            "bits_per_dim_stderr": stderr,
+            "prior_bits_per_dim": self.prior.mean().item(),
+            "decoder_bits_per_dim": self.terms[:, 0].mean().item(),
+            "num_images": n,
+            "timesteps": self.terms.shape[1],
+        }
+
+
+def _check_images(x0: Tensor) -> None:
+    if x0.ndim < 2 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a batch of images (B, C, H, W) with B >= 1; got shape {tuple(x0.shape)}")
+    if not x0.is_floating_point():
+        raise ValueError(f"x0 must be floating point images in [-1, 1]; got dtype {x0.dtype}")
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 holds NaN or infinite values; the bound needs images in [-1, 1]")
+    lo, hi = x0.min().item(), x0.max().item()
+    if lo < -1 - HALF_BIN or hi > 1 + HALF_BIN:
+        raise ValueError(f"x0 must be images scaled to [-1, 1] (8-bit pixel p as p/127.5 − 1); its values span "
+                         f"[{lo:.4g}, {hi:.4g}]")
+
+
+@torch.no_grad()
+def bits_per_dim(
+    model: Callable[..., Tensor],
+    x0: Tensor,
+    schedule: Schedule,
+    prediction: str = "eps",
+    variance: str = "posterior",
+    clip_x0: bool = True,
+    labels: Tensor | None = None,
+    guidance: float | None = None,
+    batch_size: int = 64,
+    generator: Generators = None,
+    progress: bool = False,
+    callback: Callback = None,
+    device: torch.device | str | None = None,
+) -> VariationalBound:
+    """The DDPM variational bound on −log p(x_0) of every image, in bits/dim (Ho et al. 2020, Table 1's NLL).
+
+    Args:
+        model: ``model(x_t, t[, labels])`` as for :func:`ddpm.sample` (a network in eval mode, as
+            :func:`ddpm.load_model` returns it); called through the samplers' own wrapper (``make_denoiser``) at
+            every index t = T−1, ..., 0, once per batch, so T · ⌈B / batch_size⌉ calls.
+        x0: (B, C, H, W) images in [-1, 1]. Values are taken to their nearest 8-bit level (p/127.5 − 1) first,
+            so the bound is that of the 8-bit image (e.g. what a PNG of it holds); data already on the grid,
+            like every 8-bit image set, are unchanged. The model sees x_t in x0's floating dtype.
+        schedule: the training schedule (all T steps are used; a subset would not be the paper's bound).
+        prediction: what the model predicts, ``"eps"``, ``"x0"`` or ``"v"``.
+        variance: the reverse variance σ_t², ``"posterior"`` (β̃_t) or ``"beta"`` (β_t): use the one the
+            model is sampled with (``sample_ddpm``'s ``variance``; ``"posterior"`` is its default).
+        clip_x0: clamp x̂_0 to [-1, 1] as the samplers do (default). The bound is then that of the chain the
+            ancestral sampler draws from; any function of x_t gives a valid reverse chain, so both are upper
+            bounds of their own chain's NLL, and improved-diffusion's ``calc_bpd_loop`` clips too.
+        labels, guidance: class labels (B,) and classifier-free guidance weight, as for :func:`ddpm.sample`.
+        batch_size: images per model call.
+        generator: draws of x_t ~ q(x_t | x_0); a list with one generator per image (e.g.
+            ``image_generators(seed, range(B))``) makes image i's numbers independent of ``batch_size``.
+        progress: show a tqdm bar over the model calls.
+        callback: called after every model call with {"batch", "t", "calls", "total_calls"}.
+        device: where the model runs (default: the model's parameters' device). The bound's own arithmetic
+            (x_t draws, KL terms, decoder) is done in float64 on the CPU whatever the device.
+
+    Returns:
+        :class:`VariationalBound` with ``total`` (B,), ``prior`` (B,), ``terms`` (B, T) in bits/dim.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown reverse variance {variance!r}; choose 'posterior' (β̃_t, fixed small) "
+                         "or 'beta' (β_t, fixed large)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    _check_images(x0)
+    n, T = x0.shape[0], schedule.timesteps
+    gens: list[torch.Generator] | None = None
+    if generator is not None and not isinstance(generator, torch.Generator):
+        gens = list(generator)
+        if len(gens) != n:
+            raise ValueError(f"got {len(gens)} generators for {n} images; pass one per image or a single one")
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must be a LongTensor of shape ({n},); got {tuple(labels.shape)}")
+    if device is None:
+        device = _model_device(model)
+    dims = x0[0].numel()
+    to_bits = 1.0 / (dims * math.log(2.0))
+    log_variance = reverse_log_variance(schedule, variance)
+    ab = schedule.alphas_cumprod.tolist()
+    dtype = x0.dtype  # what the model sees, as in sampling
+    # The bound's own arithmetic runs in float64 on the CPU (any accelerator, MPS included, only runs the model).
+    x0 = quantize(x0.detach().to("cpu", torch.float64))
+
+    n_batches = (n + batch_size - 1) // batch_size
+    total_calls = n_batches * T
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_calls, desc="variational bound", unit="call", leave=False)
+    terms = torch.empty(n, T, dtype=torch.float64)
+    calls = 0
+    try:
+        for b in range(n_batches):
+            sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
+            x0_b = x0[sl]  # (b, C, H, W) float64
+            gen_b = gens[sl] if gens is not None else generator
+            lab_b = labels[sl] if labels is not None else None
+            denoise = make_denoiser(model, schedule, prediction, clip_x0, lab_b, guidance)
+            for t in range(T - 1, -1, -1):
+                # (1) x_t ~ q(x_t | x_0) (eq. 4), a fresh draw for every t as each term is its own expectation.
+                noise = randn(x0_b.shape, gen_b, "cpu", torch.float64)
+                x_t = (math.sqrt(ab[t]) * x0_b + math.sqrt(1 - ab[t]) * noise).to(dtype)
+                # (2) the model's x̂_0 exactly as a sampler sees it (prediction type, clipping, guidance).
+                x0_hat, _ = denoise(x_t.to(device), t)
+                # (3) KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) for t ≥ 1, the decoder's −log p(x_0|x_t) at t = 0.
+                terms[sl, t] = vb_term(x0_hat.to("cpu", torch.float64), x0_b, x_t, t, schedule, log_variance) * to_bits
+                calls += 1
+                if bar is not None:
+                    bar.update(1)
+                if callback is not None:
+                    callback({"batch": b, "t": t, "calls": calls, "total_calls": total_calls})
+    finally:
+        if bar is not None:
+            bar.close()
+    prior = prior_kl(x0, schedule).flatten(1).sum(1) * to_bits
+    return VariationalBound(total=prior + terms.sum(1), prior=prior, terms=terms)
