@@ -36,7 +36,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -530,7 +529,10 @@ def _write_dir_atomically(dst: Path, write: Callable[[Path], None]) -> None:
     """Write a folder under a temporary name beside ``dst``, then rename it onto ``dst`` (empty or absent)."""
     _check_dst(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    if tmp.exists():  # left by a killed convert of this same process id: ours to remove
+        shutil.rmtree(tmp)
+    tmp.mkdir()  # (mkdir honours the umask, unlike tempfile.mkdtemp's 0700)
     try:
         write(tmp)
         if dst.exists():
