@@ -113,7 +113,9 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
     need("freq_shift", lambda v: v == 1, "the time embedding's frequencies are exp(-ln(1e4)·i/(half-1)) (freq_shift=1)")
     need("center_input_sample", lambda v: v is False, "inputs are used as they are")
     need("act_fn", lambda v: v in ("silu", "swish"), "the activation is SiLU")
-    need("norm_eps", lambda v: math.isclose(float(v), NORM_EPS, rel_tol=1e-9), f"GroupNorm eps is {NORM_EPS}")
+    need("norm_eps", lambda v: isinstance(v, int | float) and math.isclose(v, NORM_EPS, rel_tol=1e-9),
+         f"GroupNorm eps is {NORM_EPS}")
+    need("norm_num_groups", lambda v: isinstance(v, int) and v >= 1, "GroupNorm needs a group count")
     need("resnet_time_scale_shift", lambda v: v == "default", "the time embedding is added, not scale-shift")
     need("class_embed_type", lambda v: v is None, "class embeddings are not imported")
     need("num_class_embeds", lambda v: v is None, "class embeddings are not imported")
@@ -507,8 +509,13 @@ def read_diffusers(src: str | os.PathLike[str]) -> tuple[Any, Any, str, dict[str
         raise UserError(f"{root} has no scheduler_config.json (at its root or in scheduler/): the noise schedule "
                         "the model was trained with is needed")
     unet_cfg, sched_cfg = _read_json(unet_dir / "config.json"), _read_json(sched_path)
-    cfg = unet_config_from_diffusers(unet_cfg)
-    schedule, prediction = schedule_from_diffusers(sched_cfg)
+    try:
+        cfg = unet_config_from_diffusers(unet_cfg)
+        schedule, prediction = schedule_from_diffusers(sched_cfg)
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:  # a value of the wrong kind, e.g. a string for a number
+        raise UserError(f"{root} has a malformed config ({type(e).__name__}: {e})") from None
     theirs, weights_path = _read_weights(unet_dir)
     with torch.device("meta"):
         skeleton = UNet(cfg)
