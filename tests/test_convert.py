@@ -311,13 +311,18 @@ def test_convert_cli_end_to_end(tmp_path, capsys, run_dir):
 
     # Fine-tuning starts from the imported network and weights (a tiny lr keeps them), whatever --preset says.
     ft = tmp_path / "ft"
-    assert main(["train", "--init-from", str(run), "--data", "digits", "--preset", "small", "--out", str(ft),
-                 "--steps", "2", "--batch-size", "4", "--lr", "1e-9", "--warmup", "0", "--sample-every", "0",
-                 "--num-samples", "1", "--sample-steps", "2", "--quiet"]) == 0
+    tune = ["train", "--data", "digits", "--preset", "small", "--out", str(ft), "--batch-size", "4", "--lr", "1e-9",
+            "--warmup", "0", "--sample-every", "0", "--num-samples", "1", "--sample-steps", "2", "--quiet"]
+    assert main([*tune, "--init-from", str(run), "--steps", "2"]) == 0
     before, after = load_checkpoint(run), load_checkpoint(ft)
     assert after.meta["model"] == before.meta["model"] and after.step == 2
     assert max((after.model[k] - before.model[k]).abs().max().item() for k in before.model) < 1e-6
     assert max((after.ema[k] - before.ema[k]).abs().max().item() for k in before.ema) < 1e-6
+    # Resuming such a run needs the same --init-from (it decides the network).
+    assert main([*tune, "--steps", "3", "--resume"]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert main([*tune, "--init-from", str(run), "--steps", "3", "--resume"]) == 0
+    assert load_checkpoint(ft).step == 3
 
     # Export a trained run (EMA weights) and load it back in diffusers.
     assert main(["convert", str(run_dir), str(tmp_path / "exported")]) == 0

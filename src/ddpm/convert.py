@@ -666,7 +666,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         meta = read_meta(path)
         n = sum(math.prod(shape) for shape in _shapes(meta))
         print(f"wrote {path} ({n:,} parameters, {meta['prediction']} prediction, T={_timesteps(meta)})")
-        print(f"to sample as DDPMPipeline does: ddpm sample --checkpoint {args.dst} {pipeline_flags(meta)}")
+        print(f"to sample as DDPMPipeline does: ddpm sample --checkpoint {args.dst} --out DIR {pipeline_flags(meta)}")
         return 0
     if src.is_file() and src.name.startswith("diffusion_pytorch_model"):
         raise UserError(f"{src} is a diffusers weights file: pass the folder that holds it and its config.json")
