@@ -1,6 +1,7 @@
 """ddpm: denoising diffusion models trained on your own images, with exact math and fast samplers."""
 
 from .checkpoint import load_checkpoint, load_model
+from .convert import export_diffusers, import_diffusers
 from .data import ImageDataset, load_dataset
 from .diffusion import (
     eps_from_v,
@@ -37,6 +38,8 @@ __all__ = [
     "load_dataset",
     "load_model",
     "eps_from_v",
+    "export_diffusers",
+    "import_diffusers",
     "eps_from_x0",
     "image_generators",
     "prediction_to_x0_eps",

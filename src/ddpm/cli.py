@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .convert import add_convert_parser, cmd_convert
 from .errors import UserError
 from .generate import add_edit_parser, add_sample_parser, cmd_edit, cmd_sample
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sample_parser(sub)
     add_edit_parser(sub)
+    add_convert_parser(sub)
     return parser
 
 
@@ -88,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sample(args)
         if args.command == "edit":
             return cmd_edit(args)
+        if args.command == "convert":
+            return cmd_convert(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

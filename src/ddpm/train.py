@@ -49,7 +49,7 @@ from .images import make_grid, plot_curve, save_png, to_uint8
 from .losses import LOSS_WEIGHTS, T_SAMPLINGS, diffusion_loss, draw_timesteps, loss_weights, timestep_probabilities
 from .sampling import DEFAULT_SAMPLER, image_generators, sample
 from .schedule import Schedule
-from .unet import PRESETS, UNet
+from .unet import PRESETS, UNet, UNetConfig
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -68,6 +68,9 @@ class TrainConfig:
                              "--minutes is not given)", default=None)
     minutes: float | None = _opt("stop after this many minutes of training (and at --steps if given)", default=None)
     preset: str = _opt(f"network preset: {', '.join(PRESETS)}", default="tiny")
+    init_from: str | None = _opt("start a new run from this checkpoint's weights, EMA and raw (a file or run "
+                                 "directory, e.g. one made by `ddpm convert`); its network is used, not --preset",
+                                 default=None)
     image_size: int | None = _opt("resize/crop images to this size (default: the data's own size)", default=None)
     skip_bad: bool = _opt("skip image files that cannot be read instead of stopping", default=False)
     flip: bool = _opt("random horizontal flips of the training images", default=False)
@@ -169,7 +172,7 @@ class TrainConfig:
 RESUME_MUST_MATCH = ("data", "preset", "image_size", "flip", "class_cond", "label_dropout", "batch_size",
                      "grad_accum", "lr", "warmup", "lr_schedule", "weight_decay", "grad_clip", "ema_decay", "seed",
                      "timesteps", "schedule", "beta_start", "beta_end", "prediction", "dropout", "loss_weight",
-                     "loss_gamma", "t_sampling", "laplace_loc", "laplace_scale")
+                     "loss_gamma", "t_sampling", "laplace_loc", "laplace_scale", "init_from")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 HORIZON_AFTER = 20  # a --minutes run with a decaying LR measures its speed over this many steps
 
@@ -449,6 +452,42 @@ def write_grid(path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfi
     save_png(path, make_grid(to_uint8(x), nrow=ncol, pad_value=128, scale=max(1, 64 // data.image_size)))
 
 
+def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet, UNet]:
+    """The (raw, EMA) networks for ``--init-from``: the checkpoint's network config and both its weight sets.
+
+    The data must fit that network (channels, image size, classes) and the run must keep its schedule and
+    prediction type; ``--dropout`` may change (it has no weights).
+    """
+    ck = load_checkpoint(cfg.init_from)
+    where = f"--init-from {ck.path}"
+    try:
+        mcfg = UNetConfig.from_dict(ck.meta["model"])
+        saved_schedule, saved_prediction = ck.meta["schedule"], ck.meta.get("prediction", "eps")
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{where} is damaged or from an incompatible ddpm version ({type(e).__name__})") from None
+    fixes = {"channels": "use data with that many channels",
+             "image_size": f"pass --image-size {mcfg.image_size}",
+             "num_classes": "--class-cond and the data's classes must match the checkpoint's"}
+    for name, have in (("channels", data.channels), ("image_size", data.image_size),
+                       ("num_classes", data.num_classes if cfg.class_cond else None)):
+        if getattr(mcfg, name) != have:
+            raise UserError(f"{where}: its network has {name}={getattr(mcfg, name)} but the data gives {have}: "
+                            f"{fixes[name]}")
+    if cfg.make_schedule().to_dict() != saved_schedule:
+        raise UserError(f"{where}: it was trained with the schedule {saved_schedule}, this run has "
+                        f"{cfg.make_schedule().to_dict()}: match --schedule/--timesteps/--beta-start/--beta-end "
+                        "(a custom table cannot be fine-tuned)")
+    if saved_prediction != cfg.prediction:
+        raise UserError(f"{where}: it predicts {saved_prediction}, this run --prediction {cfg.prediction}: "
+                        f"pass --prediction {saved_prediction}")
+    if cfg.dropout is not None:
+        mcfg.dropout = cfg.dropout
+    raw, ema = UNet(mcfg), UNet(mcfg)
+    raw.load_state_dict(ck.model)
+    ema.load_state_dict(ck.ema)
+    return raw, ema.eval().requires_grad_(False)
+
+
 # ---------------------------------------------------------------------------- the loop
 
 
@@ -496,11 +535,14 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
     torch.manual_seed(_mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
-    try:
-        raw = UNet.from_preset(cfg.preset, **overrides)
-    except ValueError as e:
-        raise UserError(f"preset {cfg.preset!r} does not fit the data: {e}") from None
-    ema = copy.deepcopy(raw).eval().requires_grad_(False)
+    if cfg.init_from is not None:  # a new run that starts from another checkpoint's network and weights
+        raw, ema = networks_from_checkpoint(cfg, data)
+    else:
+        try:
+            raw = UNet.from_preset(cfg.preset, **overrides)
+        except ValueError as e:
+            raise UserError(f"preset {cfg.preset!r} does not fit the data: {e}") from None
+        ema = copy.deepcopy(raw).eval().requires_grad_(False)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     step = 0

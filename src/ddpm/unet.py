@@ -29,6 +29,8 @@ from .errors import UserError
 
 __all__ = ["PRESETS", "UNet", "UNetConfig", "timestep_embedding"]
 
+DOWNSAMPLE_PADDINGS = ("symmetric", "same")
+
 
 @dataclass
 class UNetConfig:
@@ -45,6 +47,10 @@ class UNetConfig:
     head_channels: int | None = None  # when set, overrides num_heads: heads = channels // head_channels
     num_classes: int | None = None
     groups: int = 32  # GroupNorm groups; reduced to a divisor of the channel count for narrow layers
+    # How each stride-2 downsampling conv pads: "symmetric" (1 pixel on every side, the default and what every
+    # older checkpoint used) or "same" (1 pixel on the right and bottom only: TensorFlow's "SAME", as in the
+    # DDPM authors' model and diffusers' downsample_padding=0). Same weights, different outputs.
+    downsample_padding: str = "symmetric"
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; accept both so from_dict(to_dict()) round-trips.
@@ -83,6 +89,9 @@ class UNetConfig:
             raise UserError(f"num_classes must be None or >= 1, got {self.num_classes}")
         if self.groups < 1:
             raise UserError(f"groups must be >= 1, got {self.groups}")
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise UserError(f"downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
+                            f"got {self.downsample_padding!r}")
         if self.head_channels is None and self.num_heads < 1:
             raise UserError(f"num_heads must be >= 1, got {self.num_heads}")
         if self.head_channels is not None and self.head_channels < 1:
@@ -193,14 +202,21 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Strided 3×3 conv: (B, C, H, W) -> (B, C, H/2, W/2)."""
+    """Strided 3×3 conv: (B, C, H, W) -> (B, C, H/2, W/2).
 
-    def __init__(self, channels: int) -> None:
+    ``padding="symmetric"`` pads one pixel on every side; ``"same"`` pads one on the right and bottom only
+    (TensorFlow's "SAME" for even sizes), which shifts the sampling grid by one pixel.
+    """
+
+    def __init__(self, channels: int, padding: str = "symmetric") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.same = padding == "same"
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.same else 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H/2, W/2)."""
+        if self.same:
+            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
         return self.conv(x)
 
 
@@ -255,7 +271,7 @@ class UNet(nn.Module):
                 self.down.append(layers)
                 skip_chs.append(cur)
             if level != len(cfg.channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(cur)]))
+                self.down.append(nn.ModuleList([Downsample(cur, cfg.downsample_padding)]))
                 skip_chs.append(cur)
                 size //= 2
 
