@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from ddpm.unet import PRESETS, UNet, UNetConfig, timestep_embedding
+from ddpm import Schedule, sample
+from ddpm.unet import PRESETS, UNet, UNetConfig, check_labels, timestep_embedding
 
 
 def small_config(**kw) -> UNetConfig:
@@ -149,10 +150,20 @@ def test_class_conditioning():
 def test_label_validation():
     net = UNet(small_config(num_classes=3))
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
-    with pytest.raises(ValueError, match=r"\[-1, 2\]"):
-        net(x, t, torch.tensor([0, 3]))
-    with pytest.raises(ValueError, match=r"\[-1, 2\]"):
-        net(x, t, torch.tensor([-2, 0]))
+    # Values are checked once where labels enter, naming the bad ones: ddpm.sample (before any model call)...
+    for bad, named in (([0, 3], "got 3"), ([-2, 0], "got -2"), ([5, -3], "got -3, 5")):
+        with pytest.raises(ValueError, match=r"\[-1, 2\].*" + named):
+            sample(net, (2, 1, 8, 8), Schedule.linear(10), steps=2, labels=torch.tensor(bad))
+    calls = []  # a model with no known classes: only the lower end -1 is checked, before the first call
+    with pytest.raises(ValueError, match=r"\[-1, \.\.\.\).*got -2"):
+        sample(lambda *a: calls.append(a) or a[0], (2, 1, 8, 8), Schedule.linear(10), labels=torch.tensor([-2, 0]))
+    assert calls == []
+    with pytest.raises(ValueError, match=r"\[-1, 2\].*got 3"):
+        check_labels(torch.tensor([0, 3]), 3)
+    check_labels(torch.tensor([-1, 0, 2]), 3)  # the whole valid range passes
+    # ...while the network checks shapes and dtypes only: it never reads label values back from the device.
+    with torch.no_grad():
+        net(x, t, torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="labels of shape"):
         net(x, t, torch.tensor([0]))
     with pytest.raises(ValueError, match="integer"):

@@ -18,7 +18,7 @@ from .errors import UserError
 from .likelihood import VariationalBound, bits_per_dim
 from .sampling import SAMPLERS, image_generators, sample
 from .schedule import Schedule, spaced_timesteps
-from .seed import Diffusion
+from .study_note import Diffusion
 from .unet import PRESETS, UNet, UNetConfig
 
 __version__ = "0.1.0"

@@ -10,19 +10,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .schedule import Schedule
+from .schedule import Schedule, posterior_coefficients
 
 PREDICTIONS = ("eps", "x0", "v")
 
 
 def extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """Gather ``table[t]`` (table: (T,), t: (B,)) and shape it (B, 1, 1, ...) to broadcast over ``like``."""
-    t = t.to(table.device, dtype=torch.long)
+    """Gather ``table[t]`` (table: (T,), t: (B,)) and shape it (B, 1, 1, ...) to broadcast over ``like``.
+
+    The gather happens on ``like``'s device (pass a table already there, e.g. from :meth:`Schedule.table`,
+    to avoid a copy). Index values are checked only when ``t`` is on the CPU: reading them back from an
+    accelerator would stall it on every call, and its own indexing check catches them there.
+    """
     if t.ndim != 1 or t.shape[0] != like.shape[0]:
         raise ValueError(f"t must be a 1-D tensor with one index per image ({like.shape[0]}); got {tuple(t.shape)}")
-    if bool((t < 0).any()) or bool((t >= table.numel()).any()):
+    if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= table.numel()):
         raise ValueError(f"timestep indices must lie in 0..{table.numel() - 1}; got {t.tolist()}")
-    out = table[t].to(device=like.device, dtype=like.dtype)
+    out = table.to(like.device)[t.to(like.device, dtype=torch.long)].to(like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 
@@ -33,7 +37,7 @@ def q_sample(x0: Tensor, t: Tensor, noise: Tensor, schedule: Schedule) -> Tensor
     """
     if noise.shape != x0.shape:
         raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}; got {tuple(noise.shape)}")
-    ab = schedule.alphas_cumprod
+    ab = schedule.table("alphas_cumprod", x0.device)
     return extract(ab.sqrt(), t, x0) * x0 + extract((1 - ab).sqrt(), t, x0) * noise
 
 
@@ -44,13 +48,10 @@ def q_posterior(x0: Tensor, x_t: Tensor, t: Tensor, schedule: Schedule) -> tuple
     At t = 0, ᾱ_{−1} = 1: the mean is x_0 and the variance 0.
     Returns (mean (B, C, H, W), variance (B, 1, 1, 1)).
     """
-    ab = schedule.alphas_cumprod
-    ab_prev = schedule.alphas_cumprod_prev
-    betas = schedule.betas
-    coef_x0 = ab_prev.sqrt() * betas / (1 - ab)
-    coef_xt = schedule.alphas.sqrt() * (1 - ab_prev) / (1 - ab)
+    coef_x0, coef_xt, var, _ = posterior_coefficients(*(schedule.table(name, x0.device) for name in
+                                                        ("alphas_cumprod", "alphas_cumprod_prev", "betas")))
     mean = extract(coef_x0, t, x0) * x0 + extract(coef_xt, t, x_t) * x_t
-    return mean, extract(schedule.posterior_variance, t, x0)
+    return mean, extract(var, t, x0)
 
 
 # ---------------------------------------------------------------------------- conversions
@@ -103,5 +104,5 @@ def training_target(x0: Tensor, noise: Tensor, t: Tensor, schedule: Schedule, pr
     if prediction == "x0":
         return x0
     if prediction == "v":
-        return v_from_eps_x0(noise, x0, extract(schedule.alphas_cumprod, t, x0))
+        return v_from_eps_x0(noise, x0, extract(schedule.table("alphas_cumprod", x0.device), t, x0))
     raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")

@@ -23,7 +23,7 @@ from torch import Tensor
 from .diffusion import q_sample
 from .errors import UserError
 from .sampling import DEFAULT_SAMPLER, SAMPLERS, Callback, Denoiser, Generators, make_denoiser, randn
-from .schedule import Schedule, spaced_timesteps
+from .schedule import Schedule, posterior_coefficients, spaced_timesteps
 
 
 def edit_timesteps(schedule: Schedule, strength: float, steps: int, spacing: str) -> Tensor:
@@ -88,9 +88,7 @@ def repaint(
     n = 0
     for i, t in enumerate(ts):
         # (0) The respaced chain's step t -> s: ᾱ_s of the next kept index (1 after the last), β = 1 − ᾱ_t/ᾱ_s.
-        a_t = ab[t]
-        a_s = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
-        beta = 1.0 - a_t / a_s
+        c_x0, c_xt, var, beta = posterior_coefficients(ab[t], ab[ts[i + 1]] if i + 1 < len(ts) else 1.0)
         last = i + 1 == len(ts)
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         for r in range(1 if last else int(resample)):
@@ -103,10 +101,9 @@ def repaint(
                 callback({"i": n, "t": t, "x": x, "x0": x0, "round": r})
             n += 1
             # (3) Alg. 1 lines 6-7 (DDPM eq. 7): posterior mean; on the last step it is x̂_0 and no noise is added.
-            mean = (a_s**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_s) / (1 - a_t)) * x
+            mean = c_x0 * x0 + c_xt * x
             if last:
                 return mean
-            var = (1 - a_s) / (1 - a_t) * beta
             x_s = mean + var**0.5 * randn(x.shape, generator, x.device, x.dtype)
             if r + 1 < resample:
                 # (4) Alg. 1 line 10: jump back, x_t ~ q(x_t | x_s) = N(√(1−β) x_s, β I), and redo the step.

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .diffusion import extract
-from .schedule import Schedule
+from .schedule import Schedule, log_snr
 
 LOSS_WEIGHTS = ("none", "min-snr", "p2")
 T_SAMPLINGS = ("uniform", "laplace")
@@ -79,7 +79,7 @@ def timestep_probabilities(schedule: Schedule, sampling: str = "uniform", loc: f
         raise ValueError(f"unknown timestep sampling {sampling!r}; choose one of {', '.join(T_SAMPLINGS)}")
     if not (math.isfinite(scale) and scale > 0) or not math.isfinite(loc):
         raise ValueError(f"the Laplace density needs a finite loc and a positive scale; got {loc!r}, {scale!r}")
-    lam = snr(schedule).log()  # decreasing in t
+    lam = log_snr(schedule.alphas_cumprod)  # decreasing in t
     # Interval of t: (edge[t+1], edge[t]] in λ, halfway to the neighbours; the ends reach ±∞.
     mid = 0.5 * (lam[1:] + lam[:-1])
     inf = torch.tensor([math.inf], dtype=torch.float64)

@@ -23,7 +23,9 @@ import torch
 from torch import Tensor
 
 from .diffusion import PREDICTIONS, eps_from_x0, prediction_to_x0_eps
-from .schedule import Schedule, spaced_timesteps
+from .schedule import Schedule, log_snr, posterior_coefficients, spaced_timesteps
+from .seeding import image_seed
+from .unet import check_labels, model_num_classes
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Denoiser = Callable[[Tensor, int], tuple[Tensor, Tensor]]
@@ -49,15 +51,7 @@ def randn(shape: Sequence[int], generator: Generators, device: torch.device | st
 
 def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
     """One CPU generator per image, seeded from (seed, image index) so image i never depends on the batch."""
-    gens = []
-    for i in indices:
-        g = torch.Generator()
-        # A 64-bit mix of the two numbers (splitmix-style) so nearby seeds give unrelated streams.
-        z = (int(seed) * 0x9E3779B97F4A7C15 + int(i) * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
-        z = ((z ^ (z >> 31)) * 0xD6E8FEB86659FD93) % (1 << 64)
-        g.manual_seed(z ^ (z >> 32))
-        gens.append(g)
-    return gens
+    return [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
 
 
 def make_denoiser(
@@ -87,6 +81,8 @@ def make_denoiser(
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
     if guidance is not None and labels is None:
         raise ValueError("guidance needs labels: pass labels= (a LongTensor (B,)) with guidance=")
+    if labels is not None:
+        check_labels(labels, model_num_classes(model))  # once here: the network checks only shapes
     ab = schedule.alphas_cumprod
 
     def call(x: Tensor, t: int) -> Tensor:
@@ -150,18 +146,15 @@ def sample_ddpm(
     ab = schedule.alphas_cumprod.tolist()
     ts = timesteps.tolist()
     for i, t in enumerate(ts):
-        a_t = ab[t]
-        a_s = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
-        beta = 1.0 - a_t / a_s
+        c_x0, c_xt, var_post, beta = posterior_coefficients(ab[t], ab[ts[i + 1]] if i + 1 < len(ts) else 1.0)
         x0, _ = denoise(x, t)
-        # DDPM eq. 7: the posterior mean, written with x̂_0.
-        mean = (a_s**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_s) / (1 - a_t)) * x
+        mean = c_x0 * x0 + c_xt * x  # DDPM eq. 7: the posterior mean, written with x̂_0
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
         if i + 1 == len(ts):
             x = mean
         else:
-            var = (1 - a_s) / (1 - a_t) * beta if variance == "posterior" else beta
+            var = var_post if variance == "posterior" else beta
             x = mean + var**0.5 * randn(x.shape, generator, x.device, x.dtype)
     return x
 
@@ -181,7 +174,7 @@ def _alphas(schedule: Schedule, timesteps: Tensor) -> tuple[list[int], list[floa
 
 def _log_snr_half(a: float) -> float:
     """λ = log(α/σ) = ½ log(ᾱ/(1−ᾱ)) (DPM-Solver's half log-SNR); +inf at ᾱ = 1."""
-    return math.inf if a >= 1.0 else 0.5 * (math.log(a) - math.log1p(-a))
+    return 0.5 * log_snr(a)
 
 
 def sample_ddim(

@@ -21,6 +21,35 @@ SPACINGS = ("leading", "linspace", "trailing", "logsnr", "info")
 INFO_SCALE = 8.0
 
 
+def log_snr(alpha_bar: Tensor | float) -> Tensor | float:
+    """log-SNR λ = log(ᾱ/(1−ᾱ)) = log ᾱ − log(1−ᾱ), with 1−ᾱ taken by log1p so small 1−ᾱ keeps its digits.
+
+    ``alpha_bar`` is a tensor of any shape (float64 tables: the result has its shape) or a python float;
+    ᾱ = 1 (the clean image) gives +inf. DPM-Solver's λ = log(α/σ) is half of it.
+    """
+    if isinstance(alpha_bar, Tensor):
+        return torch.log(alpha_bar) - torch.log1p(-alpha_bar)
+    return math.inf if alpha_bar >= 1.0 else math.log(alpha_bar) - math.log1p(-alpha_bar)
+
+
+def posterior_coefficients(alpha_bar: Tensor | float, alpha_bar_prev: Tensor | float,
+                           beta: Tensor | float | None = None) -> tuple[Any, Any, Any, Any]:
+    """The step t → s of the reverse chain, q(x_s | x_t, x_0), from ᾱ_t and ᾱ_s (DDPM eq. 6–7).
+
+    ``alpha_bar`` is ᾱ_t, ``alpha_bar_prev`` the ᾱ of the next index down (1 after index 0): python floats
+    for one step of a respaced chain, or float64 tables of one shape. β is the step's own
+    β = 1 − ᾱ_t/ᾱ_s (so any decreasing subset of indices is a valid shorter chain) unless given.
+    Returns (c_x0, c_xt, β̃, β) with the posterior mean μ̃ = c_x0 · x_0 + c_xt · x_t:
+    c_x0 = √ᾱ_s β/(1−ᾱ_t), c_xt = √(1−β) (1−ᾱ_s)/(1−ᾱ_t), β̃ = (1−ᾱ_s)/(1−ᾱ_t) · β.
+    At ᾱ_s = 1 the mean is x_0 and β̃ = 0.
+    """
+    if beta is None:
+        beta = 1.0 - alpha_bar / alpha_bar_prev
+    coef_x0 = alpha_bar_prev**0.5 * beta / (1 - alpha_bar)
+    coef_xt = (1.0 - beta) ** 0.5 * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    return coef_x0, coef_xt, (1 - alpha_bar_prev) / (1 - alpha_bar) * beta, beta
+
+
 @dataclass(frozen=True, eq=False)
 class Schedule:
     """A discrete variance schedule.
@@ -33,6 +62,8 @@ class Schedule:
     betas: Tensor  # (T,) float64
     kind: str = "custom"
     params: dict[str, Any] = field(default_factory=dict)
+    # Tables already copied to an accelerator, by (name, device): see :meth:`table`.
+    _on_device: dict[tuple[str, torch.device], Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         betas = torch.as_tensor(self.betas, dtype=torch.float64).flatten().clone()
@@ -99,7 +130,21 @@ class Schedule:
     @property
     def posterior_variance(self) -> Tensor:
         """β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t) · β_t (DDPM eq. 7), float64 (T,); β̃_0 = 0."""
-        return (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod) * self.betas
+        return posterior_coefficients(self.alphas_cumprod, self.alphas_cumprod_prev, self.betas)[2]
+
+    def table(self, name: str, device: torch.device | str) -> Tensor:
+        """The float64 table ``name`` (``"alphas_cumprod"``, ``"betas"``, ...) on ``device``, (T,).
+
+        Tables are computed on the CPU (so every device sees the same numbers) and copied to another
+        device once; the copy is kept, so a training step does not send the table again.
+        """
+        device = torch.device(device)
+        if device.type == "cpu":
+            return getattr(self, name)
+        key = (name, device)
+        if key not in self._on_device:
+            self._on_device[key] = getattr(self, name).to(device)
+        return self._on_device[key]
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -176,13 +221,11 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace", 
         idx = (T - 1 - torch.arange(steps, dtype=torch.float64) * (T / steps)).round().long()
         idx[-1] = 0
     elif spacing == "logsnr":
-        ab = schedule.alphas_cumprod
-        lam = torch.log(ab) - torch.log1p(-ab)  # decreasing in t
+        lam = log_snr(schedule.alphas_cumprod)  # decreasing in t
         targets = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
         idx = _nearest_unique(lam, targets)
     else:  # info
-        ab = schedule.alphas_cumprod
-        lam = torch.log(ab) - torch.log1p(-ab)  # log SNR, decreasing in t
+        lam = log_snr(schedule.alphas_cumprod)  # decreasing in t
         # (1) u = ½ log(1 + s² SNR), computed stably as ½ softplus(log SNR + 2 log s).
         u = 0.5 * torch.nn.functional.softplus(lam + 2 * math.log(scale))
         u_targets = torch.linspace(u[0].item(), u[-1].item(), steps, dtype=torch.float64)

@@ -49,7 +49,8 @@ from .images import make_grid, plot_curve, save_png, to_uint8
 from .losses import LOSS_WEIGHTS, T_SAMPLINGS, diffusion_loss, draw_timesteps, loss_weights, timestep_probabilities
 from .sampling import DEFAULT_SAMPLER, image_generators, sample
 from .schedule import Schedule
-from .unet import PRESETS, UNet, UNetConfig
+from .seeding import mix
+from .unet import PRESETS, UNet, UNetConfig, check_labels
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -221,16 +222,6 @@ def default_bf16(device: torch.device) -> bool:
     return False
 
 
-def _mix(*numbers: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 steps), so (seed, step) pairs never collide."""
-    z = 0x9E3779B97F4A7C15
-    for n in numbers:
-        z = (z ^ (int(n) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 % (1 << 64)
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EB % (1 << 64)
-        z ^= z >> 31
-    return z & 0x7FFFFFFFFFFFFFFF
-
-
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     """Indices (batch_size,) of the images in ``step``'s global batch.
 
@@ -246,7 +237,7 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
 @functools.lru_cache(maxsize=2)
 def _epoch_order(n: int, reps: int, seed: int, epoch: int) -> Tensor:
     """The shuffled image order of one epoch, (n · reps,); cached so a step does not redraw it."""
-    g = torch.Generator().manual_seed(_mix(seed, epoch, 0xDA7A))
+    g = torch.Generator().manual_seed(mix(seed, epoch, 0xDA7A))
     return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
 
 
@@ -534,7 +525,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
                                  "num_classes": data.num_classes if cfg.class_cond else None}
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
-    torch.manual_seed(_mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
+    torch.manual_seed(mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
     if cfg.init_from is not None:  # a new run that starts from another checkpoint's network and weights
         raw, ema = networks_from_checkpoint(cfg, data)
     else:
@@ -574,6 +565,8 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
 
     images = data.images.to(device)  # (N, C, H, W) in [-1, 1]
     labels_all = data.labels.to(device) if (cfg.class_cond and data.labels is not None) else None
+    if labels_all is not None:
+        check_labels(data.labels, data.num_classes)  # once: the network checks only shapes
     B, W, A = cfg.batch_size, px.world, cfg.grad_accum
     global_batch = B * W * A
     total = cfg.steps if cfg.steps is not None else (None if cfg.minutes is not None else 5000)
@@ -625,7 +618,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
             if px.any(bool(caught) or time.monotonic() >= deadline):
                 break
             # Global draws of this step, identical on every rank; each rank and micro-batch takes a slice.
-            g = torch.Generator(device).manual_seed(_mix(cfg.seed, step))
+            g = torch.Generator(device).manual_seed(mix(cfg.seed, step))
             idx = batch_indices(step, len(images), global_batch, cfg.seed).to(device)
             t_all = draw_timesteps(global_batch, t_probs, schedule.timesteps, g, device)
             noise_all = torch.randn((global_batch, *images.shape[1:]), generator=g, device=device)
@@ -635,7 +628,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
             loss_sum = 0.0
             for a in range(A):
                 sl = slice((a * W + px.rank) * B, (a * W + px.rank + 1) * B)
-                torch.manual_seed(_mix(cfg.seed, step, px.rank, a))  # dropout masks
+                torch.manual_seed(mix(cfg.seed, step, px.rank, a))  # dropout masks
                 x0 = images[idx[sl]]
                 if cfg.flip:
                     x0 = torch.where(flip_all[sl].view(-1, 1, 1, 1), x0.flip(-1), x0)

@@ -232,6 +232,38 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _check_label_dtype(labels: Tensor) -> None:
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+
+
+def check_labels(labels: Tensor, num_classes: int | None) -> None:
+    """Raise ``ValueError`` naming the bad values unless ``labels`` (B,) are integers in [-1, num_classes-1].
+
+    -1 means "no label". ``num_classes`` None checks only the lower end (a model whose classes are not
+    known). This reads the values back from the device, one synchronisation: call it once where labels
+    enter (sampling, training data), not inside the network.
+    """
+    _check_label_dtype(labels)
+    bad = labels < -1
+    if num_classes is not None:
+        bad = bad | (labels >= num_classes)
+    if bool(bad.any()):
+        values = sorted({int(v) for v in labels[bad].tolist()})
+        shown = ", ".join(map(str, values[:5])) + (", ..." if len(values) > 5 else "")
+        bounds = "[-1, ...)" if num_classes is None else f"[-1, {num_classes - 1}]"
+        raise ValueError(f"labels must lie in {bounds} (-1 = no label); got {shown}")
+
+
+def model_num_classes(model: object) -> int | None:
+    """The number of classes of a :class:`UNet` (or one wrapped with ``.module`` or ``._orig_mod``), else None."""
+    for inner in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        config = getattr(inner, "config", None)
+        if isinstance(config, UNetConfig):
+            return config.num_classes
+    return None
+
+
 class UNet(nn.Module):
     """DDPM-style UNet: ``forward(x (B, C, H, W), t (B,), labels (B,) | None) -> (B, C, H, W)``."""
 
@@ -316,27 +348,23 @@ class UNet(nn.Module):
         return cls(UNetConfig(**kwargs))
 
     def _check_inputs(self, x: Tensor, t: Tensor, labels: Tensor | None) -> None:
+        """Shapes and dtypes only, no read-back from the device: label values are checked once where labels
+        enter (:func:`check_labels`, called by :func:`ddpm.sample` and the training loop)."""
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.channels:
-            raise UserError(f"expected x of shape (B, {cfg.channels}, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"expected x of shape (B, {cfg.channels}, H, W), got {tuple(x.shape)}")
         divisor = 2 ** (len(cfg.channel_mult) - 1)
         if x.shape[2] % divisor or x.shape[3] % divisor:
-            raise UserError(f"image size {tuple(x.shape[2:])} is not divisible by {divisor} "
-                            f"(= 2^(len(channel_mult)-1) for channel_mult={cfg.channel_mult})")
+            raise ValueError(f"image size {tuple(x.shape[2:])} is not divisible by {divisor} "
+                             f"(= 2^(len(channel_mult)-1) for channel_mult={cfg.channel_mult})")
         if t.shape != (x.shape[0],):
-            raise UserError(f"expected t of shape ({x.shape[0]},) (one timestep per image), got {tuple(t.shape)}")
+            raise ValueError(f"expected t of shape ({x.shape[0]},) (one timestep per image), got {tuple(t.shape)}")
         if labels is not None:
             if cfg.num_classes is None:
-                raise UserError("labels were given but this network was built with num_classes=None")
+                raise ValueError("labels were given but this network was built with num_classes=None")
             if labels.shape != (x.shape[0],):
-                raise UserError(f"expected labels of shape ({x.shape[0]},), got {tuple(labels.shape)}")
-            if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-                raise UserError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-            if labels.numel():
-                lo, hi = int(labels.min()), int(labels.max())
-                if lo < -1 or hi >= cfg.num_classes:
-                    raise UserError(f"labels must lie in [-1, {cfg.num_classes - 1}] (-1 = no label), "
-                                    f"got values from {lo} to {hi}")
+                raise ValueError(f"expected labels of shape ({x.shape[0]},), got {tuple(labels.shape)}")
+            _check_label_dtype(labels)
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         """Predict a tensor of ``x``'s shape.

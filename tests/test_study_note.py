@@ -5,7 +5,7 @@ import math
 import torch
 
 import ddpm
-from ddpm.seed import Diffusion
+from ddpm.study_note import Diffusion
 
 
 def test_sample_timesteps_covers_0_and_last():
@@ -18,11 +18,12 @@ def test_sample_timesteps_covers_0_and_last():
 
 def test_noise_images_returns_the_noise_it_added():
     d = Diffusion(noise_steps=1000, img_size=4, channels=3)
-    x0 = torch.rand(16, 3, 4, 4) * 2 - 1
+    x0 = torch.rand(16, 3, 4, 4, generator=torch.Generator().manual_seed(2)) * 2 - 1  # seeded: not the global RNG
     t = torch.arange(0, 1000, 1000 // 16)[:16]
     x_t, eps = d.noise_images(x0, t, generator=torch.Generator().manual_seed(3))
     ab = d.alpha_hat[t].view(-1, 1, 1, 1)
-    assert torch.allclose(x_t, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, atol=1e-6)
+    # The note's float32 tables against q_sample's float64 ones: a few float32 ulps of |ε| ≤ 5.
+    assert torch.allclose(x_t, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, atol=4e-6)
     assert torch.allclose(x_t, ddpm.q_sample(x0, t, eps, d.schedule), atol=0)
 
 
