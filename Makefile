@@ -3,14 +3,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Pinned: this torch installs a CPU build from local disk here; an open range pulls a multi-GB CUDA build.
-TORCH  ?= torch==2.13.0
+# Pinned torch. Which build pip picks is up to its index: on Linux, PyPI's torch is the multi-GB CUDA build.
+# TORCH_INDEX chooses another wheel index for torch alone, e.g. PyTorch's CPU-only builds:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install -q --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
