@@ -107,6 +107,7 @@ def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) 
     from diffusers.training_utils import EMAModel
 
     from ddpm.data import load_dataset
+    from ddpm.images import to_uint8
 
     torch.manual_seed(seed)
     ds = load_dataset(data)
@@ -156,7 +157,7 @@ def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) 
             x = torch.randn((n, c, size, size), generator=torch.Generator().manual_seed(seed + 1 + start))
             for t in ddim.timesteps:
                 x = ddim.step(model(x, t).sample, t, x).prev_sample
-            out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+            out.append(to_uint8(x))
     run.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run / f"samples-{num}.npz", images=np.concatenate(out))
     (run / "stats.json").write_text(json.dumps({

@@ -27,9 +27,7 @@ import torch
 import ddpm
 from ddpm.sampling import SAMPLERS, make_denoiser
 from ddpm.schedule import SPACINGS
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from oracles import GaussianOracle, affine_gaussian  # noqa: E402
+from ddpm.testing import GaussianOracle, affine_gaussian
 
 EVALS = (5, 10, 20, 50, 100, 1000)
 # (label, sampler name, options, deterministic)

@@ -50,6 +50,7 @@ from ddpm.evaluate import (
     save_feature_net,
     train_feature_net,
 )
+from ddpm.images import to_uint8 as images_to_uint8
 from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SAMPLERS, image_generators
 
 HERE = Path(__file__).resolve().parent
@@ -126,8 +127,8 @@ def checkpoint_id(path: Path) -> str:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] → uint8 (B, C, H, W), the rounding that loading inverts."""
-    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    """(B, C, H, W) in [-1, 1] → uint8 (B, C, H, W), the rounding that loading inverts (ddpm.images.to_uint8)."""
+    return images_to_uint8(x).transpose(0, 3, 1, 2)
 
 
 def cache_file(ckpt_key: str, sampler: str, spacing: str, steps: int, seed: int, options: dict | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Samplers against analytic oracles (see tests/oracles.py): exact denoisers, so every error is the sampler's."""
+"""Samplers against analytic oracles (see ddpm.testing): exact denoisers, so every error is the sampler's."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from oracles import GaussianOracle, MixtureOracle, affine_gaussian, gaussian_w2, mean_cov
 
 import ddpm
 from ddpm.sampling import (
@@ -22,6 +21,7 @@ from ddpm.sampling import (
     sample_unipc,
 )
 from ddpm.schedule import SPACINGS
+from ddpm.testing import GaussianOracle, MixtureOracle, affine_gaussian, gaussian_w2, mean_cov
 
 SCHED = ddpm.Schedule.linear(1000, 1e-4, 0.02)
 ORACLE = GaussianOracle(SCHED, d=6)

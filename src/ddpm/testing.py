@@ -1,4 +1,4 @@
-"""Analytic oracles: data distributions whose exact denoisers are known in closed form.
+"""Analytic oracles for tests and benchmarks: data distributions whose exact denoisers are known in closed form.
 
 With data x_0 ~ N(μ, Σ) and x_t = √ᾱ x_0 + √(1−ᾱ) ε, the pair (x_0, x_t) is jointly Gaussian, so
 E[ε | x_t] = √(1−ᾱ) (ᾱΣ + (1−ᾱ)I)^{-1} (x_t − √ᾱ μ) and E[x_0 | x_t] = μ + √ᾱ Σ (ᾱΣ + (1−ᾱ)I)^{-1} (x_t − √ᾱ μ).
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ddpm.schedule import Schedule
+from .schedule import Schedule
 
 
 def _flat(x: Tensor) -> Tensor:
