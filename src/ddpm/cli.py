@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .errors import UserError
+from .eval_cli import add_eval_parser, cmd_eval
 from .generate import add_edit_parser, add_sample_parser, cmd_edit, cmd_sample
 
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sample_parser(sub)
     add_edit_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 
@@ -88,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sample(args)
         if args.command == "edit":
             return cmd_edit(args)
+        if args.command == "eval":
+            return cmd_eval(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
