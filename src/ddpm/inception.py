@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,9 @@ class Inception:
         self.path, self.sha256 = find_inception(path)
         self.device = torch.device(device)
         try:
-            self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
+            with warnings.catch_warnings():  # torch 2.x marks jit.load deprecated; the file is TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.net = torch.jit.load(str(self.path), map_location=self.device).eval()
         except RuntimeError as e:  # the hash matched, so this is a broken torch install rather than a bad file
             raise UserError(f"cannot load {self.path} with torch.jit.load ({e}); check the torch install") from None
 

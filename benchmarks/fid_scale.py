@@ -1,0 +1,117 @@
+"""The FID scale on Fashion-MNIST, measured with ``ddpm eval --samples``: what FID real images get.
+
+Rows (each an .npz of uint8 images scored by the real command against the test split):
+
+- floor: N training images (a seeded random subset) vs the test split: the FID of a perfect model at that N.
+- noise σ: the same N=1000 training images with Gaussian noise, p/255 + σ·z clipped to [0, 1], rounded.
+- blur r: the same images through Pillow's GaussianBlur(radius=r).
+
+Then the Inception speed on this machine, one thread, float32, batch 50, from which the time for
+1k/10k/50k images is extrapolated. Results go to benchmarks/results/fid_scale.{json,md}.
+
+    .venv/bin/python benchmarks/fid_scale.py --ref-num 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from ddpm.cli import main as ddpm_main
+from ddpm.data import load_dataset
+from ddpm.inception import Inception
+from ddpm.scoring import subset_indices, to_pixels
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache" / "fid_scale"
+RESULTS = HERE / "results"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def noisy(pixels: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    """uint8 (N, C, H, W) + Gaussian noise of std σ in [0, 1] units, clipped and rounded back to uint8."""
+    z = torch.randn(pixels.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    return np.clip(np.rint((pixels / 255.0 + sigma * z) * 255.0), 0, 255).astype(np.uint8)
+
+
+def blurred(pixels: np.ndarray, radius: float) -> np.ndarray:
+    out = [np.asarray(Image.fromarray(p[0]).filter(ImageFilter.GaussianBlur(radius)))[None] for p in pixels]
+    return np.stack(out)
+
+
+def inception_rate(n: int = 200, batch: int = 50) -> float:
+    """Images per second of the Inception forward pass (with resize), after one warm-up batch."""
+    net = Inception()
+    x = np.random.default_rng(0).integers(0, 256, (n + batch, 1, 28, 28), dtype=np.uint8)
+    net.features(x[:batch], batch_size=batch)
+    t0 = time.perf_counter()
+    net.features(x[batch:], batch_size=batch)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ref-num", type=int, default=2000, help="test-split reference images (default 2000)")
+    p.add_argument("--floors", default="1000,2000", help="N of the floor rows")
+    p.add_argument("--num", type=int, default=1000, help="N of the noise and blur rows")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    train = to_pixels(load_dataset("fashion-mnist").images)  # (60000, 1, 28, 28) uint8
+    floors = [int(n) for n in args.floors.split(",")]
+    rows: list[tuple[str, np.ndarray]] = []
+    for n in floors:
+        rows.append((f"floor: {n} train images", train[subset_indices(len(train), n, seed=7)]))
+    base = train[subset_indices(len(train), args.num, seed=7)]
+    for sigma in (0.05, 0.1, 0.2):
+        rows.append((f"noise sigma={sigma}, N={args.num}", noisy(base, sigma, seed=1)))
+    for radius in (0.5, 1.0):
+        rows.append((f"blur radius={radius}, N={args.num}", blurred(base, radius)))
+    results = []
+    for label, pixels in rows:
+        name = label.split(":")[0].split(",")[0].replace(" ", "-").replace("=", "") + f"-{len(pixels)}"
+        npz = CACHE / f"{name}.npz"
+        np.savez_compressed(npz, images=pixels.transpose(0, 2, 3, 1))
+        out = CACHE / name
+        argv = ["eval", "--samples", str(npz), "--data", "fashion-mnist", "--ref-split", "test",
+                "--ref-num", str(args.ref_num), "--metrics", "fid,kid,pr", "--out", str(out), "--overwrite",
+                "--quiet"]
+        log("ddpm " + " ".join(argv))
+        t0 = time.perf_counter()
+        assert ddpm_main(argv) == 0
+        rec = json.loads((out / "eval.json").read_text())
+        m = rec["metrics"]
+        results.append({"row": label, "num": len(pixels), **m, "seconds": time.perf_counter() - t0})
+        log(f"{label}: FID {m['fid']:.2f}, KID {m['kid']:.4f}, P {m['precision']:.3f}, R {m['recall']:.3f}")
+    rate = inception_rate()
+    log(f"Inception: {rate:.2f} img/s on {args.threads} thread(s)")
+    report = {"rows": results, "ref": f"Fashion-MNIST test split, {args.ref_num} images (seeded subset)",
+              "inception_images_per_s": rate, "threads": args.threads, "machine": platform.processor() or
+              platform.machine(), "torch": torch.__version__,
+              "extrapolated_minutes": {str(n): n / rate / 60 for n in (1000, 10000, 50000)}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fid_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["| images | N | FID | KID ± std | precision | recall |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['row'].split(',')[0]} | {r['num']} | {r['fid']:.2f} | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
+              f"{r['precision']:.3f} | {r['recall']:.3f} |" for r in results]
+    lines.append("")
+    lines.append(f"Inception-v3 on {args.threads} thread(s): {rate:.2f} images/s → "
+                 + ", ".join(f"{n // 1000}k images ≈ {n / rate / 60:.0f} min" for n in (1000, 10000, 50000)))
+    (RESULTS / "fid_scale.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
