@@ -439,8 +439,9 @@ def _memorization(gen: np.ndarray, train_ref: np.ndarray | None, data_spec: str,
     for a, b in zip(by_px.tolist(), by_ft.tolist(), strict=True):
         rows += [gen[a], train[int(in_pixels["indices"][a])], gen[b], train[int(in_feats["indices"][b])]]
     tiles = np.stack(rows).transpose(0, 2, 3, 1)  # (4R, H, W, C)
+    # Tagged like ddpm's other pictures, so a later --samples on this folder does not take it for a sample.
     save_png(out / "memorization.png", make_grid(tiles, nrow=4, padding=2, pad_value=128,
-                                                 scale=max(1, 48 // gen.shape[-1])))
+                                                 scale=max(1, 48 // gen.shape[-1])), {"ddpm:kind": "memorization"})
 
     def summary(m: dict[str, Any], scale: float) -> dict[str, Any]:
         q = torch.tensor([0.01, 0.5], dtype=torch.float64)
