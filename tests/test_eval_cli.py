@@ -132,3 +132,15 @@ def test_train_eval_every_writes_the_metric(tmp_path, cache, monkeypatch):
     assert evals[0]["eval_ref_num"] == 1797
     assert [r["step"] for r in lines if "loss" in r] == [4, 8, 12]  # the loss lines are unchanged
     assert (out / "eval.png").is_file() and (out / "loss.png").is_file()
+
+
+def test_train_eval_every_refuses_unlabelled_fd_before_training(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("L", (8, 8), 40 * i).save(folder / f"{i}.png")
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(folder), "--out", str(out), "--steps", "2", "--eval-every", "1",
+                 "--quiet"]) == 2
+    assert "needs a labelled data set" in capsys.readouterr().err
+    assert not list((out / "checkpoints").glob("*.safetensors"))

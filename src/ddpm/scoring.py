@@ -222,6 +222,14 @@ class TrainingEval:
         self.seed, self.steps, self.device = seed, steps, device
         self.cache_dir = cache_dir or default_cache_dir()
         self.ref: tuple[Any, Tensor, Tensor, int] | None = None
+        # Fail before training starts, not at the first evaluation.
+        if metric == "fd" and data.labels is None:
+            raise UserError(f"--eval-metric fd needs a labelled data set (FeatureNet is a classifier), and "
+                            f"{data_name} has none: use class subfolders, or --eval-metric fid")
+        if metric == "fid":
+            from .inception import find_inception
+
+            find_inception()
 
     def _prepare(self) -> tuple[Any, Tensor, Tensor, int]:
         if self.ref is None:
