@@ -109,6 +109,7 @@ def test_bad_input_is_one_line_and_overwrites_nothing(run_dir, tmp_path, cache, 
         (["--samples", str(fine), "--data", "digits", "--out", str(kept)], "--overwrite"),
         (["--samples", str(floats), "--data", "digits"], "float32"),
         (["--samples", str(fine)], "needs --data"),
+        (["--samples", str(fine), "--data", "digits", "--num", "3", "--metrics", "pr"], "more than k = 3"),
         (["--samples", str(fine), "--checkpoint", str(run_dir), "--data", "digits"], "exactly one"),
         (["--checkpoint", str(run_dir), "--num", "2000", "--out", str(tmp_path / "n")], "larger than the reference"),
     ]

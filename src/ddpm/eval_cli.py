@@ -285,6 +285,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if len(gen) > ref_num:
             raise UserError(f"{len(gen)} samples but only {ref_num} reference images ({args.ref_split} split of "
                             f"{data_spec}): pass --num {ref_num} or fewer, or a larger --ref-num")
+    if "pr" in metrics and len(gen) <= PR_K:
+        raise UserError(f"precision/recall needs more than k = {PR_K} images per set; got {len(gen)}: "
+                        "score more images, or drop pr from --metrics")
     gen_info["num"] = len(gen)
     protocol["generated"] = gen_info
     protocol["reference"] = {"data": data_spec, "description": ref_ds.name, "split": args.ref_split, "num": ref_num,
@@ -301,7 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     record = {"metrics": {k: v for k, v in results.items() if k != "memorization"},
               "memorization": results.get("memorization"), "protocol": protocol,
-              "command": "ddpm " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None,
+              "command": "ddpm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
               "ddpm_version": __version__, "torch_version": torch.__version__, "device": str(device),
               "seconds": round(time.perf_counter() - t_start, 1)}
     out.mkdir(parents=True, exist_ok=True)
