@@ -6,8 +6,9 @@ Rows (each an .npz of uint8 images scored by the real command against the test s
 - noise σ: the same N=1000 training images with Gaussian noise, p/255 + σ·z clipped to [0, 1], rounded.
 - blur r: the same images through Pillow's GaussianBlur(radius=r).
 
-Then the Inception speed on this machine, one thread, float32, batch 50, from which the time for
-1k/10k/50k images is extrapolated. Results go to benchmarks/results/fid_scale.{json,md}.
+First the Inception speed on this machine (one thread, float32, batch 50, 28×28 inputs resized to 299,
+after a warm-up batch), from which the time for 1k/10k/50k images is extrapolated. Results go to
+benchmarks/results/fid_scale.{json,md}, rewritten after each row.
 
     .venv/bin/python benchmarks/fid_scale.py --ref-num 2000
 """
@@ -50,7 +51,7 @@ def blurred(pixels: np.ndarray, radius: float) -> np.ndarray:
     return np.stack(out)
 
 
-def inception_rate(n: int = 200, batch: int = 50) -> float:
+def inception_rate(n: int = 100, batch: int = 50) -> float:
     """Images per second of the Inception forward pass (with resize), after one warm-up batch."""
     net = Inception()
     x = np.random.default_rng(0).integers(0, 256, (n + batch, 1, 28, 28), dtype=np.uint8)
@@ -60,28 +61,46 @@ def inception_rate(n: int = 200, batch: int = 50) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def write_report(results: list[dict], args: argparse.Namespace, rate: float) -> None:
+    """benchmarks/results/fid_scale.{json,md}, rewritten after every row (so an interrupted run keeps its rows)."""
+    report = {"rows": results, "ref": f"Fashion-MNIST test split, {args.ref_num} images (seeded subset)",
+              "inception_images_per_s": rate, "threads": args.threads,
+              "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "extrapolated_minutes": {str(n): n / rate / 60 for n in (1000, 10000, 50000)}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fid_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["| images | N | FID | KID ± std | precision | recall |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['row']} | {r['num']} | {r['fid']:.2f} | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
+              f"{r['precision']:.3f} | {r['recall']:.3f} |" for r in results]
+    lines.append("")
+    lines.append(f"Inception-v3 on {args.threads} thread(s): {rate:.2f} images/s → "
+                 + ", ".join(f"{n // 1000}k images ≈ {n / rate / 60:.0f} min" for n in (1000, 10000, 50000))
+                 + " (extrapolated)")
+    (RESULTS / "fid_scale.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ref-num", type=int, default=2000, help="test-split reference images (default 2000)")
-    p.add_argument("--floors", default="1000,2000", help="N of the floor rows")
-    p.add_argument("--num", type=int, default=1000, help="N of the noise and blur rows")
+    p.add_argument("--num", type=int, default=1000, help="N of the first floor row and the noise and blur rows")
+    p.add_argument("--more-floors", default="2000", help="N of further floor rows, comma-separated")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     CACHE.mkdir(parents=True, exist_ok=True)
+    rate = inception_rate()
+    log(f"Inception: {rate:.2f} img/s on {args.threads} thread(s)")
     train = to_pixels(load_dataset("fashion-mnist").images)  # (60000, 1, 28, 28) uint8
-    floors = [int(n) for n in args.floors.split(",")]
-    rows: list[tuple[str, np.ndarray]] = []
-    for n in floors:
-        rows.append((f"floor: {n} train images", train[subset_indices(len(train), n, seed=7)]))
     base = train[subset_indices(len(train), args.num, seed=7)]
-    for sigma in (0.05, 0.1, 0.2):
-        rows.append((f"noise sigma={sigma}, N={args.num}", noisy(base, sigma, seed=1)))
-    for radius in (0.5, 1.0):
-        rows.append((f"blur radius={radius}, N={args.num}", blurred(base, radius)))
-    results = []
-    for label, pixels in rows:
-        name = label.split(":")[0].split(",")[0].replace(" ", "-").replace("=", "") + f"-{len(pixels)}"
+    # Most informative first: an interrupted run keeps the rows it finished.
+    rows: list[tuple[str, str, np.ndarray]] = [("floor: train images", f"floor-{args.num}", base)]
+    rows += [(f"train + noise σ={s}", f"noise{s}-{args.num}", noisy(base, s, seed=1)) for s in (0.05, 0.1, 0.2)]
+    rows += [("train, blur radius 1", f"blur1.0-{args.num}", blurred(base, 1.0))]
+    rows += [("floor: train images", f"floor-{n}", train[subset_indices(len(train), n, seed=7)])
+             for n in map(int, filter(None, args.more_floors.split(",")))]
+    rows += [("train, blur radius 0.5", f"blur0.5-{args.num}", blurred(base, 0.5))]
+    results: list[dict] = []
+    for label, name, pixels in rows:
         npz = CACHE / f"{name}.npz"
         np.savez_compressed(npz, images=pixels.transpose(0, 2, 3, 1))
         out = CACHE / name
@@ -91,26 +110,11 @@ def main() -> None:
         log("ddpm " + " ".join(argv))
         t0 = time.perf_counter()
         assert ddpm_main(argv) == 0
-        rec = json.loads((out / "eval.json").read_text())
-        m = rec["metrics"]
+        m = json.loads((out / "eval.json").read_text())["metrics"]
         results.append({"row": label, "num": len(pixels), **m, "seconds": time.perf_counter() - t0})
-        log(f"{label}: FID {m['fid']:.2f}, KID {m['kid']:.4f}, P {m['precision']:.3f}, R {m['recall']:.3f}")
-    rate = inception_rate()
-    log(f"Inception: {rate:.2f} img/s on {args.threads} thread(s)")
-    report = {"rows": results, "ref": f"Fashion-MNIST test split, {args.ref_num} images (seeded subset)",
-              "inception_images_per_s": rate, "threads": args.threads, "machine": platform.processor() or
-              platform.machine(), "torch": torch.__version__,
-              "extrapolated_minutes": {str(n): n / rate / 60 for n in (1000, 10000, 50000)}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fid_scale.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["| images | N | FID | KID ± std | precision | recall |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['row'].split(',')[0]} | {r['num']} | {r['fid']:.2f} | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
-              f"{r['precision']:.3f} | {r['recall']:.3f} |" for r in results]
-    lines.append("")
-    lines.append(f"Inception-v3 on {args.threads} thread(s): {rate:.2f} images/s → "
-                 + ", ".join(f"{n // 1000}k images ≈ {n / rate / 60:.0f} min" for n in (1000, 10000, 50000)))
-    (RESULTS / "fid_scale.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        log(f"{label}, N={len(pixels)}: FID {m['fid']:.2f}, KID {m['kid']:.4f}, "
+            f"P {m['precision']:.3f}, R {m['recall']:.3f}")
+        write_report(results, args, rate)
 
 
 if __name__ == "__main__":

@@ -71,10 +71,11 @@ def test_eval_folder_of_pngs(run_dir, tmp_path, cache):
     folder = tmp_path / "s"
     assert main(["sample", "--checkpoint", str(run_dir), "--num", "6", "--steps", "3", "--out", str(folder),
                  "--quiet"]) == 0
+    Image.new("L", (20, 20)).save(folder / "step-000000012.png")  # a training grid in RUN/samples: no metadata
     assert run(["eval", "--samples", str(folder), "--data", "digits", "--metrics", "fd"], cache) == 0
     rec = json.loads((folder / "eval.json").read_text())  # beside the samples
     g = rec["protocol"]["generated"]
-    assert g["num"] == 6 and g["skipped_non_sample_pictures"] == 1  # grid.png is not a sample
+    assert g["num"] == 6 and g["skipped_non_sample_pictures"] == 2  # grid.png and the training grid
     assert g["ddpm_metadata"]["steps"] == "3" and g["ddpm_metadata"]["all_alike"]
     assert rec["metrics"]["fd"] > 0 and rec["protocol"]["reference"]["num"] == 1797
 

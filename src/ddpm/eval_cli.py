@@ -124,6 +124,12 @@ def read_samples(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             continue
         files.append(p)
         meta.append(text)
+    if any("ddpm:checkpoint_sha256" in m for m in meta):
+        # ddpm sample's images carry their metadata; other files beside them (the training grids that
+        # share RUN/samples with them, say) are not samples.
+        pairs = [(f, m) for f, m in zip(files, meta, strict=True) if "ddpm:checkpoint_sha256" in m]
+        skipped += len(files) - len(pairs)
+        files, meta = [f for f, _ in pairs], [m for _, m in pairs]
     if not files:
         raise UserError(f"--samples {path} holds no images (PNG/JPEG/...; ddpm's grids and trajectories do not "
                         "count): point it at the folder ddpm sample wrote, or at an .npz")
