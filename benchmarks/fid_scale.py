@@ -11,6 +11,8 @@ after a warm-up batch), from which the time for 1k/10k/50k images is extrapolate
 benchmarks/results/fid_scale.{json,md}, rewritten after each row.
 
     .venv/bin/python benchmarks/fid_scale.py --ref-num 2000
+    .venv/bin/python benchmarks/fid_scale.py --only floor-2000    # a row in a second process, say
+    .venv/bin/python benchmarks/fid_scale.py --report-only        # the report from the rows scored so far
 """
 
 from __future__ import annotations
@@ -62,8 +64,36 @@ def inception_rate(n: int = 100, batch: int = 50) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
-def write_report(results: list[dict], args: argparse.Namespace, rates: tuple[float, float]) -> None:
-    """benchmarks/results/fid_scale.{json,md}, rewritten after every row (so an interrupted run keeps its rows)."""
+def row_specs(num: int, more_floors: list[int]) -> list[tuple[str, str]]:
+    """(label, name) of every row, most informative first (an interrupted run keeps the rows it finished)."""
+    rows = [("floor: train images", f"floor-{num}")]
+    rows += [(f"train + noise σ={s}", f"noise{s}-{num}") for s in (0.05, 0.1, 0.2)]
+    rows += [("train, blur radius 1", f"blur1.0-{num}")]
+    rows += [("floor: train images", f"floor-{n}") for n in more_floors]
+    rows += [("train, blur radius 0.5", f"blur0.5-{num}")]
+    return rows
+
+
+def row_pixels(name: str, train: np.ndarray, num: int) -> np.ndarray:
+    """The uint8 (N, 1, 28, 28) images of row ``name``: a seeded subset of the train split, perturbed."""
+    kind, n = name.rsplit("-", 1)
+    base = train[subset_indices(len(train), int(n), seed=7)]
+    if kind.startswith("noise"):
+        return noisy(base, float(kind[5:]), seed=1)
+    if kind.startswith("blur"):
+        return blurred(base, float(kind[4:]))
+    return base
+
+
+def write_report(specs: list[tuple[str, str]], args: argparse.Namespace, rates: tuple[float, float]) -> None:
+    """benchmarks/results/fid_scale.{json,md} from the eval.json of every row scored so far."""
+    results = []
+    for label, name in specs:
+        f = CACHE / name / "eval.json"
+        if f.is_file():
+            rec = json.loads(f.read_text())
+            results.append({"row": label, "name": name, "num": rec["protocol"]["generated"]["num"],
+                            **rec["metrics"], "eval_seconds": rec["seconds"]})
     rate = rates[1]
     report = {"rows": results, "ref": f"Fashion-MNIST test split, {args.ref_num} images (seeded subset)",
               "inception_images_per_wall_s": rates[0], "inception_images_per_cpu_s": rate, "threads": args.threads,
@@ -87,41 +117,35 @@ def main() -> None:
     p.add_argument("--ref-num", type=int, default=2000, help="test-split reference images (default 2000)")
     p.add_argument("--num", type=int, default=1000, help="N of the first floor row and the noise and blur rows")
     p.add_argument("--more-floors", default="2000", help="N of further floor rows, comma-separated")
+    p.add_argument("--only", default=None, help="score only these rows (names such as floor-2000, comma-separated)")
+    p.add_argument("--report-only", action="store_true",
+                   help="score nothing: measure the Inception speed and write the report from the rows scored")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rate-only", action="store_true", help="measure the Inception speed, add it to the report, stop")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     CACHE.mkdir(parents=True, exist_ok=True)
+    specs = row_specs(args.num, [int(n) for n in args.more_floors.split(",") if n])
     rates = inception_rate()
     log(f"Inception: {rates[0]:.2f} img/s (wall), {rates[1]:.2f} img/s (CPU time) on {args.threads} thread(s)")
-    if args.rate_only:
-        write_report(json.loads((RESULTS / "fid_scale.json").read_text())["rows"], args, rates)
+    if args.report_only:
+        write_report(specs, args, rates)
         return
     train = to_pixels(load_dataset("fashion-mnist").images)  # (60000, 1, 28, 28) uint8
-    base = train[subset_indices(len(train), args.num, seed=7)]
-    # Most informative first: an interrupted run keeps the rows it finished.
-    rows: list[tuple[str, str, np.ndarray]] = [("floor: train images", f"floor-{args.num}", base)]
-    rows += [(f"train + noise σ={s}", f"noise{s}-{args.num}", noisy(base, s, seed=1)) for s in (0.05, 0.1, 0.2)]
-    rows += [("train, blur radius 1", f"blur1.0-{args.num}", blurred(base, 1.0))]
-    rows += [("floor: train images", f"floor-{n}", train[subset_indices(len(train), n, seed=7)])
-             for n in map(int, filter(None, args.more_floors.split(",")))]
-    rows += [("train, blur radius 0.5", f"blur0.5-{args.num}", blurred(base, 0.5))]
-    results: list[dict] = []
-    for label, name, pixels in rows:
+    only = None if args.only is None else set(args.only.split(","))
+    for label, name in specs:
+        if only is not None and name not in only:
+            continue
         npz = CACHE / f"{name}.npz"
-        np.savez_compressed(npz, images=pixels.transpose(0, 2, 3, 1))
+        np.savez_compressed(npz, images=row_pixels(name, train, args.num).transpose(0, 2, 3, 1))
         out = CACHE / name
         argv = ["eval", "--samples", str(npz), "--data", "fashion-mnist", "--ref-split", "test",
                 "--ref-num", str(args.ref_num), "--metrics", "fid,kid,pr", "--out", str(out), "--overwrite",
                 "--quiet"]
         log("ddpm " + " ".join(argv))
-        t0 = time.perf_counter()
         assert ddpm_main(argv) == 0
         m = json.loads((out / "eval.json").read_text())["metrics"]
-        results.append({"row": label, "num": len(pixels), **m, "seconds": time.perf_counter() - t0})
-        log(f"{label}, N={len(pixels)}: FID {m['fid']:.2f}, KID {m['kid']:.4f}, "
-            f"P {m['precision']:.3f}, R {m['recall']:.3f}")
-        write_report(results, args, rates)
+        log(f"{label} ({name}): FID {m['fid']:.2f}, KID {m['kid']:.4f}, P {m['precision']:.3f}, R {m['recall']:.3f}")
+        write_report(specs, args, rates)
 
 
 if __name__ == "__main__":
