@@ -58,10 +58,11 @@ def test_eval_checkpoint_then_samples_file_with_every_metric(run_dir, tmp_path, 
     # The same images again, from the file: same numbers, and the reference comes from the cache.
     again = tmp_path / "again"
     assert run(["eval", "--samples", str(out / "samples.npz"), "--data", "digits", "--ref-num", "20",
-                "--metrics", "fid,fd", "--out", str(again)], cache) == 0
+                "--metrics", "fid,fd", "--memorization", "--out", str(again)], cache) == 0
     rec2 = json.loads((again / "eval.json").read_text())
     assert rec2["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-6)
     assert rec2["metrics"]["fd"] == pytest.approx(m["fd"], rel=1e-6)
+    assert rec2["memorization"]["pixels"] == mem["pixels"] and (again / "memorization.png").is_file()
     assert rec2["protocol"]["cache"]["inception_reference"].endswith("(read)")
     assert rec2["protocol"]["extractors"]["featurenet"]["sha256"] == p["extractors"]["featurenet"]["sha256"]
     assert "training the FeatureNet" not in capsys.readouterr().err  # trained once, never again

@@ -304,6 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
          f"({', '.join(metrics)}); reference features cached in {cache_dir}")
 
     results, extra = _score(metrics, gen, ref, data_spec, image_size, args, protocol, cache_dir, device, progress)
+    out.mkdir(parents=True, exist_ok=True)
     if args.memorization:
         results["memorization"] = _memorization(gen, ref if args.ref_split == "train" else None, data_spec,
                                                 image_size, args, extra, protocol, cache_dir, out, progress)
