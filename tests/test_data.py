@@ -440,3 +440,48 @@ def test_unknown_single_files(tmp_path):
     other = tmp_path / "data.csv"
     other.write_text("1,2,3")
     user_error("unknown file format", str(other))
+
+
+# --------------------------------------------------------------------------------------------------
+# splits
+
+
+def test_fashion_mnist_test_split():
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    ds = load_dataset("fashion-mnist", split="test")
+    assert ds.images.shape == (10000, 1, 28, 28) and ds.class_names == FASHION_MNIST_CLASSES
+    assert ds.labels[:4].tolist() == [9, 2, 1, 1]  # the t10k file's well-known first items
+    assert ds.name.startswith("fashion-mnist test")
+    assert torch.equal(load_dataset(str(FASHION_DIR), split="test").images, ds.images)
+
+
+def test_idx_folder_test_split(tmp_path):
+    write_idx_images(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((3, 2, 2), np.uint8))
+    write_idx_images(tmp_path / "t10k-images-idx3-ubyte.gz", np.full((1, 2, 2), 255, np.uint8))
+    write_idx_labels(tmp_path / "t10k-labels-idx1-ubyte.gz", [1])
+    ds = load_dataset(str(tmp_path), split="test")
+    assert len(ds) == 1 and ds.images.eq(1.0).all() and ds.labels.tolist() == [1]
+    assert len(load_dataset(str(tmp_path), split="train")) == 3  # the default is unchanged
+    user_error("no test split", str(tmp_path / "train-images-idx3-ubyte.gz"), split="test")
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    user_error("test IDX image files", str(tmp_path), split="test")
+
+
+def test_cifar_test_split(tmp_path):
+    px = cifar_pixels(3)
+    (tmp_path / "data_batch_1.bin").write_bytes(b"".join(bytes([3]) + r.tobytes() for r in px[:2]))
+    user_error("without its test file test_batch.bin", str(tmp_path), split="test")
+    (tmp_path / "test_batch.bin").write_bytes(bytes([5]) + px[2].tobytes())
+    ds = load_dataset(str(tmp_path), split="test")
+    assert len(ds) == 1 and ds.labels.tolist() == [5]
+    assert ds.images[0, 2, 0, 3].item() == pytest.approx((20 + 3) / 127.5 - 1)  # image 2's B plane
+    assert len(load_dataset(str(tmp_path))) == 2
+
+
+def test_splits_that_do_not_exist(tmp_path):
+    user_error("digits set has no test split", "digits", split="test")
+    save(gray(10), tmp_path / "a.png")
+    user_error("has no test split", str(tmp_path), split="test")
+    user_error("unknown split 'valid'", "digits", split="valid")
+    assert len(load_dataset(str(tmp_path), split="train")) == 1

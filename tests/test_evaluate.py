@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,8 +11,11 @@ from ddpm.evaluate import (
     gaussian_frechet_distance,
     kid,
     load_feature_net,
+    memorization,
     mmd2_unbiased,
+    nearest_neighbours,
     polynomial_kernel,
+    precision_recall,
     save_feature_net,
     train_feature_net,
 )
@@ -132,3 +136,85 @@ def test_feature_net_trains_and_round_trips(tmp_path, size):
     net2, meta = load_feature_net(path)
     assert meta["note"] == "test" and isinstance(net2, FeatureNet)
     assert torch.equal(extract_features(net2, images), f)
+
+
+def scipy_fd(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The textbook formula with scipy's general matrix square root (the reference FID implementations')."""
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    a, b = a.numpy(), b.numpy()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy_linalg.sqrtm(s1 @ s2)
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(root).real)
+
+
+def nuclear_fd(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Exact FD for any ranks: the eigenvalues of Σ1Σ2 (Σ = XᵀX/(n−1), X centred) are the squared singular
+    values of X1 X2ᵀ/√((n1−1)(n2−1)), so tr (Σ1^½ Σ2 Σ1^½)^½ is that matrix's nuclear norm."""
+    xa, xb = a - a.mean(0), b - b.mean(0)
+    cross = torch.linalg.svdvals(xa @ xb.T).sum() / math.sqrt((len(a) - 1) * (len(b) - 1))
+    tr = xa.square().sum() / (len(a) - 1) + xb.square().sum() / (len(b) - 1)
+    return float((a.mean(0) - b.mean(0)).square().sum() + tr - 2 * cross)
+
+
+def test_fd_matches_scipy_sqrtm_and_the_exact_low_rank_formula():
+    g = torch.Generator().manual_seed(11)
+    mix = torch.randn(16, 16, generator=g, dtype=torch.float64)
+    a = torch.randn(400, 16, generator=g, dtype=torch.float64) @ mix
+    b = torch.randn(300, 16, generator=g, dtype=torch.float64) @ mix.T * 0.7 + 0.2
+    assert frechet_distance(a, b) == pytest.approx(scipy_fd(a, b), rel=1e-8)
+    assert frechet_distance(a, b) == pytest.approx(nuclear_fd(a, b), rel=1e-9)
+    # Rank-deficient: fewer samples than dimensions (ranks 29 and 39 of 64), as with Inception's 2048
+    # features and a few hundred images. scipy's sqrtm of the singular product is still accurate here.
+    c = torch.randn(30, 64, generator=g, dtype=torch.float64)
+    d = torch.randn(40, 64, generator=g, dtype=torch.float64) * 1.3 + 0.1
+    exact = nuclear_fd(c, d)
+    assert frechet_distance(c, d) == pytest.approx(exact, rel=1e-7)  # round-off of the zero eigenvalues' roots
+    assert frechet_distance(c, d) == pytest.approx(scipy_fd(c, d), rel=1e-5)
+
+
+def test_precision_recall_on_point_clouds_with_known_overlap():
+    g = torch.Generator().manual_seed(12)
+    a = torch.randn(600, 2, generator=g, dtype=torch.float64)
+    # Identical sets: every point lies in its own ball.
+    assert precision_recall(a, a) == (1.0, 1.0)
+    # Two samples of one distribution: both high (only the sparse tails fall outside).
+    b = torch.randn(600, 2, generator=g, dtype=torch.float64)
+    p, r = precision_recall(a, b)
+    assert p > 0.9 and r > 0.9
+    # Disjoint clouds: nothing of one lies in the other's manifold.
+    assert precision_recall(a, b + 20.0) == (0.0, 0.0)
+    # The fake set covers one of the real set's two modes: every fake is realistic (precision ≈ 1) but
+    # only that mode's half of the real data is covered (recall ≈ 0.5).
+    real = torch.cat([torch.randn(500, 2, generator=g, dtype=torch.float64) - 10,
+                      torch.randn(500, 2, generator=g, dtype=torch.float64) + 10])
+    fake = torch.randn(1000, 2, generator=g, dtype=torch.float64) - 10
+    p, r = precision_recall(real, fake)
+    assert p > 0.95 and 0.45 < r < 0.5
+    p2, r2 = precision_recall(fake, real)  # roles swapped: the asymmetry swaps too
+    assert 0.45 < p2 < 0.5 and r2 > 0.95
+    with pytest.raises(ValueError, match="k must lie"):
+        precision_recall(a[:3], a[:3], k=3)
+
+
+def test_nearest_neighbours_and_memorization():
+    g = torch.Generator().manual_seed(13)
+    train = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    held = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    dist, idx = nearest_neighbours(train[[5, 17]] + 1e-3, train, chunk=7)
+    assert idx.tolist() == [5, 17]
+    assert torch.allclose(dist, torch.full((2,), 1e-3 * math.sqrt(8), dtype=torch.float64), rtol=1e-6)
+    brute = torch.cdist(held, train).min(1)
+    dist, idx = nearest_neighbours(held, train, chunk=64)
+    assert torch.allclose(dist, brute.values, rtol=1e-9) and torch.equal(idx, brute.indices)
+    loo, loo_idx = nearest_neighbours(train, train, exclude_self=True, chunk=64)
+    assert (loo > 0).all() and not torch.equal(loo_idx, torch.arange(200))
+    # A model that copies: half the samples are training images plus tiny noise.
+    copies = train[:50] + 1e-3 * torch.randn(50, 8, generator=g, dtype=torch.float64)
+    fresh = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    report = memorization(torch.cat([copies, fresh]), train, held)
+    assert report["baseline_kind"] == "held-out to train" and report["baseline"].shape == (200,)
+    assert 0.5 <= report["share_closer"] <= 0.55
+    assert torch.equal(report["indices"][:50], torch.arange(50))
+    # A model that does not copy: about the quantile's share, as for real held-out data.
+    honest = memorization(torch.randn(2000, 8, generator=g, dtype=torch.float64), train, quantile=0.05)
+    assert honest["baseline_kind"].startswith("train to train") and honest["share_closer"] < 0.1

@@ -15,6 +15,7 @@ import torch
 
 from .convert import add_convert_parser, cmd_convert
 from .errors import UserError
+from .eval_cli import add_eval_parser, cmd_eval
 from .generate import add_edit_parser, add_sample_parser, cmd_edit, cmd_sample
 
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_parser(sub)
     add_edit_parser(sub)
     add_convert_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 
@@ -92,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_edit(args)
         if args.command == "convert":
             return cmd_convert(args)
+        if args.command == "eval":
+            return cmd_eval(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

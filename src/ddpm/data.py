@@ -31,6 +31,7 @@ from torch import Tensor
 from .errors import UserError
 
 KNOWN_DATASETS = ("digits", "fashion-mnist")
+SPLITS = ("train", "test")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -90,11 +91,17 @@ def load_dataset(
     image_size: int | None = None,
     skip_bad: bool = False,
     fashion_mnist_dir: str | Path = FASHION_MNIST_DIR,
+    split: str = "train",
 ) -> ImageDataset:
     """Load what ``--data`` names: ``"digits"``, ``"fashion-mnist"``, an IDX file, or a folder.
 
     A folder may hold IDX files (the train split is used), a CIFAR-10/100 binary or python batch set,
     or images (flat: unlabelled; one subfolder per class: labelled by sorted subfolder name).
+
+    ``split`` is ``"train"`` (what training uses) or ``"test"``: Fashion-MNIST's t10k files, an IDX
+    folder's ``t10k-*``/``test-*`` file, CIFAR's ``test_batch`` (CIFAR-100: ``test``). The digits set and
+    folders of images have no test split (digits trains on all 1797 images); asking for one, or for the
+    test split of a single IDX file, raises ``UserError`` (pass the held-out data as ``spec`` instead).
 
     With ``image_size`` every image is resized so its shorter side is ``image_size`` and center-cropped
     to ``(image_size, image_size)``; without it the native size is kept (and must be square and shared).
@@ -105,32 +112,42 @@ def load_dataset(
         isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1
     ):
         raise UserError(f"image size must be a positive whole number of pixels, got {image_size!r}")
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: choose train or test")
     if not spec or not spec.strip():
         raise UserError(
             f"--data is empty; pass a folder of images, a dataset file, or one of: {', '.join(KNOWN_DATASETS)}"
         )
     if spec == "digits":
+        if split == "test":
+            raise UserError("the digits set has no test split (training uses all 1797 images): use the train split")
         return _load_digits(image_size)
     if spec == "fashion-mnist":
-        return _load_fashion_mnist(Path(fashion_mnist_dir), image_size)
+        return _load_fashion_mnist(Path(fashion_mnist_dir), image_size, split)
 
     path = Path(spec).expanduser()
     if not path.exists():
         known = ", ".join(KNOWN_DATASETS)
         raise UserError(f"--data {spec!r}: no such file or folder, and not a known dataset name (known: {known})")
     if path.is_file():
+        if split == "test":
+            raise UserError(f"--data {spec!r} is one IDX file, which has no test split: pass the test file itself "
+                            "as the data, with the train split")
         return _load_idx_file(path, image_size)
     if not path.is_dir():
         raise UserError(f"--data {spec!r} is neither a file nor a folder; pass a folder of images or a dataset file")
 
-    cifar = _find_cifar(path)
+    cifar = _find_cifar(path, split)
     if cifar is not None:
         return _load_cifar(path, *cifar, image_size=image_size)
-    idx = _find_idx_images(path)
+    idx = _find_idx_images(path, split)
     if idx is not None:
         # the Fashion-MNIST folder given as a path still gets its class names
         is_fashion = path.resolve() == Path(fashion_mnist_dir).expanduser().resolve()
         return _load_idx_file(idx, image_size, names=FASHION_MNIST_CLASSES if is_fashion else None)
+    if split == "test":
+        raise UserError(f"{spec} has no test split (no t10k/test IDX file or CIFAR test batch; a folder of images "
+                        "is all train): pass a folder of held-out images as the data, with the train split")
     return _load_image_folder(path, image_size, skip_bad)
 
 
@@ -224,22 +241,24 @@ def _load_digits(image_size: int | None) -> ImageDataset:
     return ImageDataset(images, labels, names, _describe("digits", images, 10))
 
 
-def _load_fashion_mnist(folder: Path, image_size: int | None) -> ImageDataset:
+def _load_fashion_mnist(folder: Path, image_size: int | None, split: str = "train") -> ImageDataset:
+    prefix = "train" if split == "train" else "t10k"
     for suffix in (".gz", ""):
-        images_file = folder / f"train-images-idx3-ubyte{suffix}"
+        images_file = folder / f"{prefix}-images-idx3-ubyte{suffix}"
         if images_file.is_file():
             break
     else:
         raise UserError(
-            f"Fashion-MNIST was not found in {folder} (no train-images-idx3-ubyte[.gz]); install it with "
+            f"Fashion-MNIST was not found in {folder} (no {prefix}-images-idx3-ubyte[.gz]); install it with "
             "`apt-get install dataset-fashion-mnist`, or download the IDX files and pass --data PATH to them"
         )
     if _label_file_for(images_file) is None:
         raise UserError(
-            f"Fashion-MNIST labels (train-labels-idx1-ubyte[.gz]) are missing from {folder}; "
+            f"Fashion-MNIST labels ({prefix}-labels-idx1-ubyte[.gz]) are missing from {folder}; "
             "reinstall with `apt-get install --reinstall dataset-fashion-mnist`"
         )
-    return _load_idx_file(images_file, image_size, names=FASHION_MNIST_CLASSES, title="fashion-mnist")
+    title = "fashion-mnist" if split == "train" else "fashion-mnist test"
+    return _load_idx_file(images_file, image_size, names=FASHION_MNIST_CLASSES, title=title)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,8 +282,11 @@ def _label_file_for(images_file: Path) -> Path | None:
     return None
 
 
-def _find_idx_images(folder: Path) -> Path | None:
-    """The IDX images file to use in a folder: the train split if present, else the only one; None if none."""
+def _find_idx_images(folder: Path, split: str = "train") -> Path | None:
+    """The IDX images file to use in a folder: the train split if present, else the only one; None if none.
+
+    With ``split="test"``: the one whose name starts with t10k or test (UserError when the folder holds
+    IDX files but no such one)."""
     files = sorted(
         p
         for p in folder.iterdir()
@@ -275,6 +297,12 @@ def _find_idx_images(folder: Path) -> Path | None:
     )
     if not files:
         return None
+    if split == "test":
+        test = [p for p in files if p.name.lower().startswith(("t10k", "test"))]
+        if len(test) != 1:
+            raise UserError(f"{folder} holds {len(test)} test IDX image files (named t10k-* or test-*) among "
+                            f"{', '.join(p.name for p in files)}; pass --data PATH to the test file, train split")
+        return test[0]
     train = [p for p in files if p.name.lower().startswith("train")]
     if len(train) == 1:
         return train[0]
@@ -347,8 +375,25 @@ def _numbered(folder: Path, pattern: str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _find_cifar(folder: Path) -> tuple[str, list[Path]] | None:
-    """("bin10" | "bin100" | "py", batch files) when the folder is a CIFAR-10/100 training set."""
+def _find_cifar(folder: Path, split: str = "train") -> tuple[str, list[Path]] | None:
+    """("bin10" | "bin100" | "py", batch files) when the folder is a CIFAR-10/100 training set.
+
+    With ``split="test"`` the files are test_batch[.bin] (CIFAR-10) or test[.bin] (CIFAR-100) instead;
+    UserError when the folder is a CIFAR training set without its test file."""
+    found = _find_cifar_train(folder)
+    if found is None or split == "train":
+        return found
+    kind = found[0]
+    name = {"bin10": "test_batch.bin", "bin100": "test.bin"}.get(kind)
+    if kind == "py":
+        name = "test" if found[1][0].name == "train" else "test_batch"
+    if not (folder / name).is_file():
+        raise UserError(f"{folder} is a CIFAR training set without its test file {name}: copy it there, "
+                        "or use the train split")
+    return kind, [folder / name]
+
+
+def _find_cifar_train(folder: Path) -> tuple[str, list[Path]] | None:
     if batches := _numbered(folder, r"data_batch_(\d+)\.bin"):
         return "bin10", batches
     if (folder / "train.bin").is_file():
@@ -457,7 +502,7 @@ def _load_cifar(folder: Path, kind: str, files: list[Path], image_size: int | No
                 )
             pixel_parts.append(data)
             label_parts.append(np.asarray(labels))
-        meta_file = folder / ("meta" if files[0].name == "train" else "batches.meta")
+        meta_file = folder / ("meta" if files[0].name in ("train", "test") else "batches.meta")
         if meta_file.is_file():
             meta = _load_pickle(meta_file)
             found = meta.get("fine_label_names", meta.get("label_names"))
@@ -465,7 +510,7 @@ def _load_cifar(folder: Path, kind: str, files: list[Path], image_size: int | No
     pixels = np.concatenate(pixel_parts).reshape(-1, 3, 32, 32)  # channel-major: R plane, G plane, B plane
     labels_t, names = _labelled(np.concatenate(label_parts), names, str(folder))
     images = _resize_tensor(_uint8_to_unit(pixels), image_size, str(folder))
-    title = ("cifar-100" if kind == "bin100" or files[0].name == "train" else "cifar-10") + f": {folder.name}"
+    title = ("cifar-100" if kind == "bin100" or files[0].name in ("train", "test") else "cifar-10") + f": {folder.name}"
     return ImageDataset(images, labels_t, names, _describe(title, images, len(names)))
 
 

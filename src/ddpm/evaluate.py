@@ -5,6 +5,11 @@
 - :func:`kid` (Kernel Inception Distance, Bińkowski et al. 2018): the unbiased estimator of MMD² with the
   cubic polynomial kernel k(x, y) = (xᵀy / D + 1)³, averaged over random subsets. Unlike FD it has no
   bias in the sample size, so small-N numbers can be compared with each other and with 0.
+- :func:`precision_recall` (Kynkäänniemi et al. 2019): the share of generated samples inside the real
+  set's k-nearest-neighbour balls (precision: are samples realistic?) and of real samples inside the
+  generated set's balls (recall: is the data's variety covered?).
+- :func:`nearest_neighbours` and :func:`memorization`: each generated sample's nearest training image,
+  against the same distance for held-out real images (a model that copies is closer than real data is).
 - :class:`FeatureNet`: a compact CNN classifier for small grayscale images (28×28 Fashion-MNIST, 8×8
   digits). Inception-v3 features make no sense at these sizes (and need a download), so the benchmark
   trains this network on the real training split and uses its penultimate layer (the global-average-pooled
@@ -136,6 +141,97 @@ def kid(
                                   polynomial_kernel(x, y, degree)))
     v = torch.tensor(vals, dtype=torch.float64)
     return float(v.mean()), float(v.std()) if subsets > 1 else 0.0
+
+
+def _sq_dists(x: Tensor, y: Tensor) -> Tensor:
+    """Squared Euclidean distances (N, M) between rows of x (N, D) and y (M, D), float64, clamped at 0."""
+    d = x.square().sum(1, keepdim=True) + y.square().sum(1) - 2.0 * (x @ y.T)
+    return d.clamp_(min=0.0)
+
+
+def nearest_neighbours(queries: ArrayLike, keys: ArrayLike, exclude_self: bool = False,
+                       chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    """For each row of ``queries`` (Q, D) its nearest row of ``keys`` (K, D): (distances (Q,), indices (Q,)).
+
+    Euclidean distance in float64. ``exclude_self`` (queries and keys the same set) skips each row's own
+    index: the leave-one-out distance to the rest of the set.
+    """
+    q, k = _as_features(queries, "queries"), _as_features(keys, "keys")
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"feature sizes differ: queries (Q, {q.shape[1]}), keys (K, {k.shape[1]})")
+    dist, index = [], []
+    for i in range(0, q.shape[0], chunk):
+        d = _sq_dists(q[i:i + chunk], k)  # (c, K)
+        if exclude_self:
+            rows = torch.arange(d.shape[0])
+            d[rows, rows + i] = math.inf
+        v, j = d.min(dim=1)
+        dist.append(v.sqrt())
+        index.append(j)
+    return torch.cat(dist), torch.cat(index)
+
+
+def _kth_neighbour_radii(x: Tensor, k: int, chunk: int) -> Tensor:
+    """(N,) distance from each row of x (N, D) to its k-th nearest other row."""
+    radii = []
+    for i in range(0, x.shape[0], chunk):
+        d = _sq_dists(x[i:i + chunk], x)
+        rows = torch.arange(d.shape[0])
+        d[rows, rows + i] = math.inf  # not its own neighbour
+        radii.append(d.kthvalue(k, dim=1).values.sqrt())
+    return torch.cat(radii)
+
+
+def _share_covered(points: Tensor, centres: Tensor, radii: Tensor, chunk: int) -> float:
+    """Share of ``points`` (P, D) within distance radii[j] of some centre j (C, D)."""
+    inside = 0
+    for i in range(0, points.shape[0], chunk):
+        d = _sq_dists(points[i:i + chunk], centres).sqrt()
+        inside += int((d <= radii).any(dim=1).sum())
+    return inside / points.shape[0]
+
+
+def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of features ``fake`` (N, D) against ``real`` (M, D).
+
+    Each set's manifold is the union of balls around its points, each ball reaching the point's k-th
+    nearest neighbour in its own set (k = 3 as in the paper). Precision: the share of fake points inside
+    the real manifold; recall: the share of real points inside the fake manifold. Both lie in [0, 1];
+    identical sets give 1 and 1. The paper compares equal-sized sets; the estimate depends on the sizes.
+    """
+    r, f = _check_pair(real, fake)
+    if k < 1 or k >= min(r.shape[0], f.shape[0]):
+        raise ValueError(f"k must lie in 1..{min(r.shape[0], f.shape[0]) - 1} (fewer than each set's size); got {k}")
+    precision = _share_covered(f, r, _kth_neighbour_radii(r, k, chunk), chunk)
+    recall = _share_covered(r, f, _kth_neighbour_radii(f, k, chunk), chunk)
+    return precision, recall
+
+
+def memorization(generated: ArrayLike, train: ArrayLike, held_out: ArrayLike | None = None,
+                 quantile: float = 0.01) -> dict:
+    """How close generated samples (N, D) come to the training set (M, D), against real data's closeness.
+
+    The baseline is each held-out real sample's (T, D) distance to its nearest training sample; without
+    ``held_out``, each training sample's distance to its nearest *other* training sample (leave-one-out).
+    ``threshold`` is the baseline's ``quantile``: a real image is closer than that to a training image only
+    a ``quantile`` share of the time, so ``share_closer`` (the share of generated samples under it) should
+    be about ``quantile``; much more means samples copy training images.
+
+    Returns a dict: ``distances`` (N,) and ``indices`` (N,) of each sample's nearest training sample,
+    ``baseline`` (T,) or (M,), ``baseline_kind``, ``threshold``, ``share_closer``, ``quantile``.
+    """
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must lie in (0, 1); got {quantile}")
+    dist, idx = nearest_neighbours(generated, train)
+    if held_out is not None:
+        base, _ = nearest_neighbours(held_out, train)
+        kind = "held-out to train"
+    else:
+        base, _ = nearest_neighbours(train, train, exclude_self=True)
+        kind = "train to train, leave-one-out"
+    threshold = float(torch.quantile(base, quantile))
+    return {"distances": dist, "indices": idx, "baseline": base, "baseline_kind": kind, "threshold": threshold,
+            "share_closer": float((dist < threshold).double().mean()), "quantile": quantile}
 
 
 # ---------------------------------------------------------------------------- feature network

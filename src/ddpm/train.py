@@ -112,6 +112,11 @@ class TrainConfig:
     keep: int = _opt("checkpoints to keep (the newest)", default=3)
     log_every: int = _opt("append a metrics line to metrics.jsonl every this many steps", default=50)
     tensorboard: bool = _opt("also write TensorBoard events (needs the tensorboard package)", default=False)
+    eval_every: int = _opt("score --eval-num EMA samples against the train split every this many steps, into "
+                           "metrics.jsonl and eval.png (0: off)", default=0)
+    eval_num: int = _opt("images sampled for each --eval-every score", default=500)
+    eval_metric: str = _opt("--eval-every metric: fd (FeatureNet, seconds on a CPU) or fid (Inception-v3)",
+                            default="fd")
     device: str = _opt("cpu, cuda, mps or auto", default="auto")
     bf16: bool | None = _opt("bf16 autocast for the network (default: on where the hardware computes bf16 natively: "
                              "CUDA GPUs that support it, CPUs with AVX512-BF16/AMX or Arm BF16; on resume, the "
@@ -159,6 +164,9 @@ class TrainConfig:
             raise UserError(f"--ema-decay must lie in [0, 1); got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
             raise UserError(f"--label-dropout must lie in [0, 1); got {self.label_dropout}")
+        if self.eval_every < 0 or self.eval_num < 2 or self.eval_metric not in ("fd", "fid"):
+            raise UserError(f"--eval-every must be >= 0, --eval-num >= 2 and --eval-metric fd or fid; got "
+                            f"{self.eval_every}, {self.eval_num}, {self.eval_metric!r}")
 
     def make_schedule(self) -> Schedule:
         try:
@@ -400,6 +408,7 @@ class _Metrics:
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
         self.curve: list[tuple[int, float]] = []
+        self.eval_curve: list[tuple[int, float]] = []  # (step, FD or FID) of --eval-every
         if resume_step is not None and path.exists():
             # Lines written after the checkpoint we resume from belong to steps that will be redone.
             kept = [line for line in path.read_text().splitlines()
@@ -408,6 +417,8 @@ class _Metrics:
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, path)
             self.curve = [(r["step"], r["loss_smooth"]) for r in map(json.loads, kept) if "loss_smooth" in r]
+            self.eval_curve = [(r["step"], v) for r in map(json.loads, kept) for k, v in r.items()
+                               if k in ("eval_fd", "eval_fid")]
         self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
@@ -418,6 +429,19 @@ class _Metrics:
             for k, v in record.items():
                 if k != "step":
                     self.tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def write_eval(self, step: int, record: dict[str, float], plot_path: Path) -> None:
+        """One ``--eval-every`` result: a metrics.jsonl line, a TensorBoard scalar, and the plot redrawn."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        name, value = next((k, v) for k, v in record.items() if k in ("eval_fd", "eval_fid"))
+        self.eval_curve.append((step, value))
+        if self.tb is not None:
+            self.tb.add_scalar(f"eval/{name[5:]}", value, step)
+        if len(self.eval_curve) >= 2:
+            xs, ys = zip(*self.eval_curve, strict=True)
+            title = f"{name[5:].upper()} of EMA samples (lower is better), log scale"
+            save_png(plot_path, plot_curve(xs, ys, title=title))
 
     def plot(self, path: Path) -> None:
         if len(self.curve) >= 2:
@@ -584,6 +608,11 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
         except ImportError:
             raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
         metrics.tb = SummaryWriter(str(out / "tensorboard"))
+    evaluator = None
+    if metrics is not None and cfg.eval_every:
+        from .scoring import TrainingEval
+
+        evaluator = TrainingEval(cfg.eval_metric, cfg.eval_num, data, cfg.data, cfg.seed, cfg.sample_steps, device)
 
     def save(at: int) -> Path:
         path = out / CHECKPOINT_DIR / checkpoint_name(at)
@@ -681,6 +710,9 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
             if px.main and cfg.sample_every and step % cfg.sample_every == 0:
                 write_grid(out / "samples" / f"step-{step:09d}.png", ema, schedule, cfg, data, device)
                 metrics.plot(out / "loss.png")
+            if evaluator is not None and step % cfg.eval_every == 0:
+                result = evaluator(ema, schedule, cfg.prediction, data.num_classes if cfg.class_cond else None)
+                metrics.write_eval(step, result, out / "eval.png")
             if px.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 last_path = save(step)
     finally:

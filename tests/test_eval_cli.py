@@ -1,0 +1,149 @@
+"""``ddpm eval`` and ``ddpm train --eval-every`` end to end, on the shared tiny digits model.
+
+Inception runs at ~8 images/s on one CPU thread, so the FID runs here embed a few dozen images.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import TRAIN
+from PIL import Image
+
+from ddpm.checkpoint import file_sha256, resolve_checkpoint
+from ddpm.cli import main
+from ddpm.inception import INCEPTION_SHA256
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, monkeypatch_module=None):
+    """One cache for the module: the digits FeatureNet is trained once, reference features reused."""
+    return tmp_path_factory.mktemp("ddpm-cache")
+
+
+def run(argv, cache):
+    return main([*argv, "--cache-dir", str(cache), "--quiet"])
+
+
+def test_eval_checkpoint_then_samples_file_with_every_metric(run_dir, tmp_path, cache, capsys):
+    out = tmp_path / "e"
+    argv = ["eval", "--checkpoint", str(run_dir), "--num", "12", "--steps", "4", "--ref-num", "20", "--seed", "5",
+            "--metrics", "fid,kid,pr,fd", "--memorization", "--out", str(out)]
+    assert run(argv, cache) == 0
+    table = capsys.readouterr().out
+    assert "FID" in table and "precision" in table and "FD" in table
+    rec = json.loads((out / "eval.json").read_text())
+    m, p = rec["metrics"], rec["protocol"]
+    assert set(m) == {"fid", "kid", "kid_std", "precision", "recall", "fd"}
+    assert all(math.isfinite(v) for v in m.values()) and m["fid"] > 0 and m["fd"] > 0
+    assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    # The protocol: counts, split, subset, extractors with hashes and resize, sampler, EMA, checkpoint, seeds.
+    g, r = p["generated"], p["reference"]
+    ckpt = resolve_checkpoint(run_dir)
+    assert (g["num"], g["seed"], g["steps"], g["ema"]) == (12, 5, 4, True)
+    assert g["sampler"] and g["spacing"] and g["checkpoint_sha256"] == file_sha256(ckpt)
+    assert (r["data"], r["split"], r["num"], r["split_size"]) == ("digits", "train", 20, 1797)
+    assert p["extractors"]["inception"]["sha256"] == INCEPTION_SHA256
+    assert "bilinear" in p["extractors"]["inception"]["resize"]
+    assert p["extractors"]["featurenet"]["sha256"] and p["kid"]["subset_size"] == 12 and p["pr"]["k"] == 3
+    mem = rec["memorization"]
+    assert mem["pixels"]["baseline"].startswith("train to train")  # digits has no test split
+    assert 0 <= mem["features"]["share_closer"] <= 1 and len(mem["pixels"]["closest"]) == 8
+    with Image.open(out / "memorization.png") as im:
+        assert im.size[0] > 4 * 8
+    samples = np.load(out / "samples.npz")["images"]
+    assert samples.shape == (12, 8, 8, 1) and samples.dtype == np.uint8
+
+    # The same images again, from the file: same numbers, and the reference comes from the cache.
+    again = tmp_path / "again"
+    assert run(["eval", "--samples", str(out / "samples.npz"), "--data", "digits", "--ref-num", "20",
+                "--metrics", "fid,fd", "--memorization", "--out", str(again)], cache) == 0
+    rec2 = json.loads((again / "eval.json").read_text())
+    assert rec2["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-6)
+    assert rec2["metrics"]["fd"] == pytest.approx(m["fd"], rel=1e-6)
+    assert rec2["memorization"]["pixels"] == mem["pixels"] and (again / "memorization.png").is_file()
+    assert rec2["protocol"]["cache"]["inception_reference"].endswith("(read)")
+    assert rec2["protocol"]["extractors"]["featurenet"]["sha256"] == p["extractors"]["featurenet"]["sha256"]
+    assert "training the FeatureNet" not in capsys.readouterr().err  # trained once, never again
+
+
+def test_eval_folder_of_pngs(run_dir, tmp_path, cache):
+    folder = tmp_path / "s"
+    assert main(["sample", "--checkpoint", str(run_dir), "--num", "6", "--steps", "3", "--out", str(folder),
+                 "--quiet"]) == 0
+    Image.new("L", (20, 20)).save(folder / "step-000000012.png")  # a training grid in RUN/samples: no metadata
+    assert run(["eval", "--samples", str(folder), "--data", "digits", "--metrics", "fd"], cache) == 0
+    rec = json.loads((folder / "eval.json").read_text())  # beside the samples
+    g = rec["protocol"]["generated"]
+    assert g["num"] == 6 and g["skipped_non_sample_pictures"] == 2  # grid.png and the training grid
+    assert g["ddpm_metadata"]["steps"] == "3" and g["ddpm_metadata"]["all_alike"]
+    assert rec["metrics"]["fd"] > 0 and rec["protocol"]["reference"]["num"] == 1797
+
+
+def test_bad_input_is_one_line_and_overwrites_nothing(run_dir, tmp_path, cache, capsys):
+    def pngs(folder, sizes, mode="L"):
+        folder.mkdir()
+        for i, s in enumerate(sizes):
+            Image.new(mode, (s, s), 100 + i).save(folder / f"{i}.png")
+        return folder
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    mixed = pngs(tmp_path / "mixed", [8, 8, 16])
+    big = pngs(tmp_path / "big", [16, 16])
+    rgb = pngs(tmp_path / "rgb", [8, 8], "RGB")
+    fine = pngs(tmp_path / "fine", [8] * 6)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "eval.json").write_text("mine")
+    floats = tmp_path / "f.npz"
+    np.savez(floats, images=np.zeros((4, 8, 8, 1), np.float32))
+    cases = [
+        (["--samples", str(empty), "--data", "digits"], "holds no images"),
+        (["--samples", str(mixed), "--data", "digits"], "differ in size"),
+        (["--samples", str(big), "--data", "digits"], "16x16 with 1 channel but digits is 8x8"),
+        (["--samples", str(rgb), "--data", "digits"], "3 channels"),
+        (["--samples", str(fine), "--data", "digits", "--ref-num", "5"], "6 samples but only 5 reference"),
+        (["--samples", str(fine), "--data", "digits", "--ref-num", "5000"], "larger than the train split"),
+        (["--samples", str(fine), "--data", "digits", "--ref-split", "test"], "no test split"),
+        (["--samples", str(fine), "--data", "digits", "--metrics", "fid,is"], "--metrics"),
+        (["--samples", str(fine), "--data", "digits", "--out", str(kept)], "--overwrite"),
+        (["--samples", str(floats), "--data", "digits"], "float32"),
+        (["--samples", str(fine)], "needs --data"),
+        (["--samples", str(fine), "--data", "digits", "--num", "3", "--metrics", "pr"], "more than k = 3"),
+        (["--samples", str(fine), "--checkpoint", str(run_dir), "--data", "digits"], "exactly one"),
+        (["--checkpoint", str(run_dir), "--num", "2000", "--out", str(tmp_path / "n")], "larger than the reference"),
+    ]
+    for argv, match in cases:
+        assert run(["eval", *argv], cache) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: ") and match in err, (argv, err)
+    assert (kept / "eval.json").read_text() == "mine"
+    assert not (fine / "eval.json").exists() and not (tmp_path / "n").exists()
+
+
+def test_train_eval_every_writes_the_metric(tmp_path, cache, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(cache))
+    out = tmp_path / "r"
+    argv = [a for a in TRAIN] + ["--out", str(out), "--eval-every", "6", "--eval-num", "16"]
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in lines if "eval_fd" in r]
+    assert [r["step"] for r in evals] == [6, 12]
+    assert all(math.isfinite(r["eval_fd"]) and r["eval_fd"] > 0 and r["eval_num"] == 16 for r in evals)
+    assert evals[0]["eval_ref_num"] == 1797
+    assert [r["step"] for r in lines if "loss" in r] == [4, 8, 12]  # the loss lines are unchanged
+    assert (out / "eval.png").is_file() and (out / "loss.png").is_file()
+
+
+def test_train_eval_every_refuses_unlabelled_fd_before_training(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("L", (8, 8), 40 * i).save(folder / f"{i}.png")
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(folder), "--out", str(out), "--steps", "2", "--eval-every", "1",
+                 "--quiet"]) == 2
+    assert "needs a labelled data set" in capsys.readouterr().err
+    assert not list((out / "checkpoints").glob("*.safetensors"))
