@@ -147,3 +147,27 @@ def test_train_eval_every_refuses_unlabelled_fd_before_training(tmp_path, capsys
                  "--quiet"]) == 2
     assert "needs a labelled data set" in capsys.readouterr().err
     assert not list((out / "checkpoints").glob("*.safetensors"))
+
+
+def test_eval_nll_is_the_library_bound_with_its_protocol(run_dir, tmp_path, cache, capsys):
+    """--nll alone writes the bound of --nll-num seeded images, equal to ddpm.bits_per_dim on the same inputs."""
+    import torch
+
+    from ddpm import bits_per_dim, image_generators, load_dataset, load_model
+    from ddpm.scoring import subset_indices
+
+    out = tmp_path / "nll"
+    assert run(["eval", "--checkpoint", str(run_dir), "--nll", "--nll-num", "3", "--nll-variance", "beta",
+                "--batch-size", "2", "--out", str(out)], cache) == 0
+    record = json.loads((out / "eval.json").read_text())
+    assert set(record["metrics"]) == {"nll"} and not (out / "samples.npz").exists()
+    proto = record["protocol"]["nll"]
+    assert (proto["split"], proto["num"], proto["variance"], proto["timesteps"]) == ("train", 3, "beta", 1000)
+    model, ckpt, schedule = load_model(run_dir)
+    data = load_dataset("digits")
+    x0 = data.images[torch.as_tensor(subset_indices(len(data), 3, seed=3))]
+    direct = bits_per_dim(model, x0, schedule, variance="beta", batch_size=3, generator=image_generators(0, range(3)))
+    assert record["metrics"]["nll"]["bits_per_dim"] == pytest.approx(direct.summary()["bits_per_dim"], rel=1e-5)
+    assert "NLL" in capsys.readouterr().out
+    assert run(["eval", "--samples", str(out), "--data", "digits", "--nll"], cache) == 2
+    assert "--nll needs --checkpoint" in capsys.readouterr().err

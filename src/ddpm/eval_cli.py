@@ -60,8 +60,16 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="reference split (default: train, as the DDPM paper measured)")
     s.add_argument("--ref-num", type=int, default=None,
                    help="reference images, a seeded random subset of the split (default: all of it)")
-    s.add_argument("--metrics", default=DEFAULT_METRICS,
-                   help=f"comma-separated, of {', '.join(METRICS)} (default: {DEFAULT_METRICS})")
+    s.add_argument("--metrics", default=None,
+                   help=f"comma-separated, of {', '.join(METRICS)} (default: {DEFAULT_METRICS}; with --nll: none)")
+    s.add_argument("--nll", action="store_true",
+                   help="with --checkpoint: also the DDPM variational bound on the NLL, in bits/dim (Ho et al. "
+                        "2020, Table 1), of --nll-num images of the test split (train where there is none); "
+                        "T model calls per batch")
+    s.add_argument("--nll-num", type=int, default=100, metavar="N", help="images for --nll (default: 100)")
+    s.add_argument("--nll-variance", default="posterior", choices=["posterior", "beta"],
+                   help="the reverse variance of the bound: posterior (beta-tilde, the ddpm sampler's default) or "
+                        "beta (the paper's fixed_large, --option variance=beta)")
     s.add_argument("--memorization", action="store_true",
                    help="also find each sample's nearest training image (features and pixels), compare with "
                         "real held-out images, and draw memorization.png")
@@ -179,7 +187,6 @@ def _describe_shape(p: np.ndarray) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``ddpm eval``: see the module docstring."""
-    from . import __version__
     from .data import load_dataset
     from .scoring import default_cache_dir, subset_indices, to_pixels
     from .train import pick_device
@@ -187,7 +194,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     if (args.checkpoint is None) == (args.samples is None):
         raise UserError("pass exactly one of --checkpoint RUN (sample, then score) and --samples DIR|FILE.npz")
-    metrics = _parse_metrics(args.metrics)
+    metrics = [] if (args.metrics is None and args.nll) else _parse_metrics(args.metrics or DEFAULT_METRICS)
+    if args.nll and args.checkpoint is None:
+        raise UserError("--nll needs --checkpoint: the bound is the model's, not the images'")
+    if args.nll_num < 1:
+        raise UserError(f"--nll-num must be at least 1; got {args.nll_num}")
+    if not metrics and args.memorization:
+        raise UserError("--memorization compares samples with the data: keep a metric in --metrics")
     if args.num is not None and args.num < 2:
         raise UserError(f"--num must be at least 2 (statistics of a set); got {args.num}")
     if args.ref_num is not None and args.ref_num < 2:
@@ -220,8 +233,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a directory")
-    written = ["eval.json"] + (["samples.npz"] if ckpt_path else []) + (["memorization.png"] if args.memorization
-                                                                       else [])
+    written = ["eval.json", *(["samples.npz"] if ckpt_path and metrics else []),
+               *(["memorization.png"] if args.memorization else [])]
     clash = [n for n in written if (out / n).exists()]
     if clash and not args.overwrite:
         raise UserError(f"{out} already holds {clash[0]}: choose another --out or pass --overwrite")
@@ -245,6 +258,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         data_spec, image_size, label = args.data, args.image_size, None
         gen, gen_info = read_samples(Path(args.samples))
+
+    nll = None
+    if args.nll:
+        nll = _nll(model, schedule, meta_ckpt, args, data_spec, image_size, device, progress, protocol)
+        protocol["nll"]["checkpoint_sha256"] = file_sha256(ckpt_path)
+    if not metrics:  # --nll alone: no samples to draw or score
+        return _write(out, {"nll": nll}, None, protocol, device, t_start)
 
     # -- the reference side
     ref_ds = load_dataset(data_spec, image_size, split=args.ref_split)
@@ -305,12 +325,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     results, extra = _score(metrics, gen, ref, data_spec, image_size, args, protocol, cache_dir, device, progress)
     out.mkdir(parents=True, exist_ok=True)
+    memo = None
     if args.memorization:
-        results["memorization"] = _memorization(gen, ref if args.ref_split == "train" else None, data_spec,
-                                                image_size, args, extra, protocol, cache_dir, out, progress)
+        memo = _memorization(gen, ref if args.ref_split == "train" else None, data_spec, image_size, args, extra,
+                             protocol, cache_dir, out, progress)
+    if nll is not None:
+        results["nll"] = nll
+    return _write(out, results, memo, protocol, device, t_start)
 
-    record = {"metrics": {k: v for k, v in results.items() if k != "memorization"},
-              "memorization": results.get("memorization"), "protocol": protocol,
+
+def _write(out: Path, metrics: dict[str, Any], memo: dict[str, Any] | None, protocol: dict[str, Any],
+           device: torch.device, t_start: float) -> int:
+    """Write eval.json (atomically) and print the table."""
+    from . import __version__
+
+    record = {"metrics": metrics, "memorization": memo, "protocol": protocol,
               "command": "ddpm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
               "ddpm_version": __version__, "torch_version": torch.__version__, "device": str(device),
               "seconds": round(time.perf_counter() - t_start, 1)}
@@ -322,6 +351,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'eval.json'}")
     return 0
 
+
+def _nll(model: Any, schedule: Any, meta: dict[str, Any], args: argparse.Namespace, data_spec: str,
+         image_size: int | None, device: torch.device, progress: bool, protocol: dict[str, Any]) -> dict[str, Any]:
+    """The variational bound (bits/dim) of ``--nll-num`` seeded held-out images; records its protocol."""
+    from .data import load_dataset
+    from .likelihood import bits_per_dim
+    from .sampling import image_generators
+    from .scoring import subset_indices
+
+    try:
+        ds, split = load_dataset(data_spec, image_size, split="test"), "test"
+    except UserError:  # digits, image folders: no held-out split
+        ds, split = load_dataset(data_spec, image_size), "train"
+    if (ds.channels, ds.image_size) != (int(meta["channels"]), int(meta["image_size"])):
+        raise UserError(f"the checkpoint makes {meta['image_size']}x{meta['image_size']} images with "
+                        f"{meta['channels']} channel(s) but {data_spec} is {ds.image_size}x{ds.image_size} with "
+                        f"{ds.channels}: compare with the data it was trained on (or --image-size)")
+    n = min(args.nll_num, len(ds))
+    idx = subset_indices(len(ds), n, seed=3)
+    x0 = ds.images[torch.as_tensor(idx)]
+    _log(f"variational bound of {n} {split} images: {schedule.timesteps} model calls per batch of {args.batch_size}")
+    try:
+        vb = bits_per_dim(model, x0, schedule, prediction=meta.get("prediction", "eps"), variance=args.nll_variance,
+                          clip_x0=not args.no_clip, batch_size=args.batch_size,
+                          generator=image_generators(args.seed, range(n)), progress=progress, device=device)
+    except ValueError as e:
+        raise UserError(f"--nll: {e}") from None
+    protocol["nll"] = {"data": data_spec, "split": split, "num": n, "subset": "seeded random subset (seed 3)",
+                       "variance": args.nll_variance, "clip_x0": not args.no_clip, "timesteps": schedule.timesteps,
+                       "ema": not args.no_ema, "noise": f"image i's x_t from (seed {args.seed}, i)",
+                       "units": "bits/dim, 8-bit data in [-1, 1], discretized Gaussian decoder (Ho et al. 2020)",
+                       "labels": "none (the unconditional bound)"}
+    return vb.summary()
 
 def _sample(model: Any, schedule: Any, meta: dict[str, Any], choice: Any, args: argparse.Namespace,
             label: int | None, num: int, device: torch.device, progress: bool) -> np.ndarray:
@@ -475,8 +537,10 @@ def _memorization(gen: np.ndarray, train_ref: np.ndarray | None, data_spec: str,
 def _table(record: dict[str, Any]) -> str:
     """The short terminal summary."""
     m, p = record["metrics"], record["protocol"]
-    g, r = p["generated"], p["reference"]
-    lines = [f"{g['num']} generated vs {r['num']} reference images ({r['data']}, {r['split']} split)"]
+    lines = []
+    if "generated" in p:
+        g, r = p["generated"], p["reference"]
+        lines.append(f"{g['num']} generated vs {r['num']} reference images ({r['data']}, {r['split']} split)")
     if "fid" in m:
         lines.append(f"  FID        {m['fid']:10.3f}   Inception-v3 pool3 (TF FID weights); lower is better")
     if "kid" in m:
@@ -486,6 +550,10 @@ def _table(record: dict[str, Any]) -> str:
         lines.append(f"  recall     {m['recall']:10.3f}   share of the data's variety the samples cover")
     if "fd" in m:
         lines.append(f"  FD         {m['fd']:10.3f}   FeatureNet features (this data set's own classifier)")
+    if m.get("nll"):
+        n, q = m["nll"], p["nll"]
+        lines.append(f"  NLL        {n['bits_per_dim']:10.3f}   ± {n['bits_per_dim_stderr']:.3f} bits/dim, variational "
+                     f"bound on {q['num']} {q['split']} images ({q['variance']} variance); lower is better")
     mem = record.get("memorization")
     if mem:
         for space in ("features", "pixels"):
