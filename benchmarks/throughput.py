@@ -3,6 +3,11 @@
 Usage::
 
     python benchmarks/throughput.py [--presets tiny,small,ddpm-cifar10] [--seconds S] [--threads N]
+                                    [--precisions float32,bf16] [--cases tiny:1:28:128:128,...]
+
+``--precisions bf16`` runs the network under bf16 autocast (as ``ddpm train`` does where the hardware computes
+bf16 natively), with a bf16 peak measured beside the float32 one; each row's "% peak" is against the peak
+of its own precision.
 
 The peak is *measured* here (a large float32 matmul and a large conv2d, the faster of the two), so the
 percentages say how well the network's mix of small convs, norms and activations uses this machine, not
@@ -65,16 +70,16 @@ def timed(fn: Callable[[], object], seconds: float, min_iters: int = 2) -> tuple
             return iters, elapsed
 
 
-def measured_peak(seconds: float) -> tuple[float, float]:
-    """GFLOP/s of a 2048² float32 matmul and of a 3×3 conv (32×128×32×32 -> 128 channels)."""
+def measured_peak(seconds: float, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """GFLOP/s of a 2048² matmul and of a 3×3 conv (32×128×32×32 -> 128 channels) in ``dtype``."""
     with torch.no_grad():
-        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
         torch.mm(a, b)  # warm-up
         n, dt = timed(lambda: torch.mm(a, b), seconds)
         mm = 2 * 2048**3 * n / dt / 1e9
 
-        conv = torch.nn.Conv2d(128, 128, 3, padding=1)
-        x = torch.randn(32, 128, 32, 32)
+        conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(dtype)
+        x = torch.randn(32, 128, 32, 32, dtype=dtype)
         conv(x)
         n, dt = timed(lambda: conv(x), seconds)
         cv = 2 * 32 * 32 * 32 * 128 * 128 * 9 * n / dt / 1e9
@@ -98,8 +103,9 @@ def make_optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_batch: int,
-               seconds: float) -> dict[str, float]:
-    """Measure one preset at one image shape."""
+               seconds: float, bf16: bool = False) -> dict[str, float]:
+    """Measure one preset at one image shape (the network under bf16 autocast with ``bf16``)."""
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     torch.manual_seed(0)
     net = UNet.from_preset(preset, channels=channels, image_size=size)
     params = sum(p.numel() for p in net.parameters())
@@ -112,7 +118,8 @@ def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_b
     t = torch.randint(0, 1000, (train_batch,))
 
     def train_step() -> None:
-        loss = (net(x, t) - target).pow(2).mean()
+        with autocast():
+            loss = (net(x, t).float() - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -125,7 +132,7 @@ def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_b
     net.eval()
     xs = torch.randn(sample_batch, channels, size, size)
     ts = torch.full((sample_batch,), 500)
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         net(xs, ts)
         n, dt = timed(lambda: net(xs, ts), seconds)
     sample_eps = n * sample_batch / dt
@@ -142,7 +149,22 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated presets out of {sorted(PRESETS)}")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--precisions", default="float32", help="comma-separated: float32, bf16 (autocast)")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated preset:channels:size:train_batch:sample_batch (default: the built-in "
+                             "list, filtered by --presets)")
     args = parser.parse_args(argv)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or set(precisions) - {"float32", "bf16"}:
+        parser.error(f"--precisions {args.precisions!r}: choose from float32, bf16")
+    cases = CASES
+    if args.cases:
+        try:
+            cases = [(f[0], int(f[1]), int(f[2]), int(f[3]), int(f[4]))
+                     for f in (c.split(":") for c in args.cases.split(",") if c.strip())]
+        except (IndexError, ValueError):
+            parser.error(f"--cases {args.cases!r}: write preset:channels:size:train_batch:sample_batch, ...")
+        args.presets = ",".join(dict.fromkeys(c[0] for c in cases))
     wanted = [p.strip() for p in args.presets.split(",") if p.strip()]
     unknown = sorted(set(wanted) - set(PRESETS))
     if unknown:
@@ -152,23 +174,27 @@ def main(argv: list[str] | None = None) -> None:
 
     print("# UNet throughput\n")
     print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores)")
-    print(f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, float32, CPU")
+    print(f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {', '.join(precisions)}, CPU")
     print(f"- load average before the run (1/5/15 min): {load_average()}")
-    mm, cv = measured_peak(args.seconds)
-    peak = max(mm, cv)
-    print(f"- measured peak: matmul 2048² {mm:.1f} GFLOP/s, conv2d 3×3 128ch 32×32 {cv:.1f} GFLOP/s "
-          f"-> peak {peak:.1f} GFLOP/s")
-    print(f"- command: python benchmarks/throughput.py --presets {args.presets} --seconds {args.seconds}"
-          + (f" --threads {args.threads}" if args.threads is not None else ""))
+    peaks = {}
+    for name in precisions:
+        mm, cv = measured_peak(args.seconds, torch.bfloat16 if name == "bf16" else torch.float32)
+        peaks[name] = max(mm, cv)
+        print(f"- measured {name} peak: matmul 2048² {mm:.1f} GFLOP/s, conv2d 3×3 128ch 32×32 {cv:.1f} GFLOP/s "
+              f"-> peak {peaks[name]:.1f} GFLOP/s")
+    print("- command: python benchmarks/throughput.py " + " ".join(
+        f"--{k} {v}" for k, v in (("presets", args.presets), ("seconds", args.seconds), ("threads", args.threads),
+                                  ("precisions", args.precisions), ("cases", args.cases)) if v is not None))
     print()
-    print("| preset | shape | params | GFLOP/fwd/img | train batch | train img/s | train step ms | train GFLOP/s "
-          "| train % peak | sample batch | sample evals/s | sample GFLOP/s | sample % peak |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for preset, channels, size, tb, sb in CASES:
+    print("| preset | shape | precision | params | GFLOP/fwd/img | train batch | train img/s | train step ms "
+          "| train GFLOP/s | train % peak | sample batch | sample evals/s | sample GFLOP/s | sample % peak |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (preset, channels, size, tb, sb), name in ((c, p) for c in cases for p in precisions):
         if preset not in wanted:
             continue
-        r = bench_case(preset, channels, size, tb, sb, args.seconds)
-        print(f"| {preset} | {channels}×{size}×{size} | {r['params'] / 1e6:.2f}M | {r['gflops']:.4f} | {tb} "
+        peak = peaks[name]
+        r = bench_case(preset, channels, size, tb, sb, args.seconds, bf16=name == "bf16")
+        print(f"| {preset} | {channels}×{size}×{size} | {name} | {r['params'] / 1e6:.2f}M | {r['gflops']:.4f} | {tb} "
               f"| {r['train_ips']:.1f} | {r['step_ms']:.0f} | {r['train_gflops']:.1f} "
               f"| {100 * r['train_gflops'] / peak:.0f}% | {sb} | {r['sample_eps']:.1f} | {r['sample_gflops']:.1f} "
               f"| {100 * r['sample_gflops'] / peak:.0f}% |", flush=True)
