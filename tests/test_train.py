@@ -143,6 +143,7 @@ def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return sum(float((a[k].double() - b[k].double()).square().sum()) for k in a) ** 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16", [False, True])
 def test_ddp_two_processes_agree_and_match_one_process(tmp_path, bf16):
     from safetensors.torch import load_file
@@ -177,6 +178,7 @@ def test_ddp_two_processes_agree_and_match_one_process(tmp_path, bf16):
     assert ddp_vs_one < (0.01 if not bf16 else 0.15) * half_vs_one, (ddp_vs_one, half_vs_one)
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_is_bit_identical(tmp_path):
     args = [*BASE, "--batch-size", "8", "--device", "cpu", "--grad-accum", "2"]
     _torchrun([*args, "--out", str(tmp_path / "straight"), "--steps", "6"])
@@ -221,6 +223,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path):
     assert (out / "samples" / f"step-{last_step:09d}.png").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_always_leaves_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
     for delay in (0.0, 0.13, 0.31, 0.77):
@@ -309,6 +312,7 @@ def test_bad_data_one_line_errors(tmp_path, capsys):
     assert "skipped 1 unreadable file(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_class_conditional_digits(tmp_path):
     """A short class-conditional run, then `ddpm sample --class 3`: a digits classifier sees mostly 3s.
 
