@@ -252,6 +252,7 @@ def test_export_refuses_what_unet2dmodel_cannot_hold(kw, field):
 # ---------------------------------------------------------------------------- sampling
 
 
+@pytest.mark.slow
 def test_ddpm_pipeline_and_our_ancestral_sampler_draw_the_same_images(tmp_path):
     """DDPMPipeline with the generators of ``ddpm sample --seed S`` (one per image) against our sampler with
     ``--sampler ddpm --option variance=beta``: both draw x_T and then one noise per step from those generators in

@@ -77,6 +77,9 @@ def test_digits_values_labels_and_name():
     assert ds.images.min().item() == -1.0 and ds.images.max().item() == 1.0
     raw = load_digits()
     assert torch.equal(ds.images[5, 0], torch.from_numpy(raw.images[5] / 16 * 2 - 1).float())
+    # held as digits' own 17 levels (x = k/8 - 1), a quarter of float32's memory
+    assert ds.pixels.dtype == torch.uint8 and ds.levels == 16 and torch.equal(ds.pixels[5, 0].double(),
+                                                                              torch.from_numpy(raw.images[5]))
     assert ds.labels is not None and ds.labels.dtype == torch.int64
     assert ds.labels.tolist() == raw.target.tolist() and sorted(set(ds.labels.tolist())) == list(range(10))
     assert ds.class_names == [str(k) for k in range(10)]
@@ -89,6 +92,7 @@ def test_digits_values_labels_and_name():
     # bilinear upsampling keeps each image's mean brightness, and the border stays background
     assert torch.allclose(big.images.mean((1, 2, 3)), ds.images.mean((1, 2, 3)), atol=0.05)
     assert big.images[:, :, :, 0].mean().item() < -0.95
+    assert big.pixels.dtype == torch.float32  # resampled values are between the levels: kept as they are
 
 
 def test_fashion_mnist():
@@ -97,6 +101,7 @@ def test_fashion_mnist():
     ds = load_dataset("fashion-mnist")
     assert ds.images.shape == (60000, 1, 28, 28) and ds.images.dtype == torch.float32
     assert ds.images.min().item() == -1.0 and ds.images.max().item() == 1.0
+    assert ds.pixels.dtype == torch.uint8 and 4 * ds.pixels.nbytes == ds.images.nbytes == 4 * 47_040_000
     assert ds.num_classes == 10 and ds.class_names == FASHION_MNIST_CLASSES and ds.class_names[9] == "Ankle boot"
     assert ds.labels is not None and ds.labels[:4].tolist() == [9, 0, 0, 3]  # the split's well-known first items
     assert torch.bincount(ds.labels).tolist() == [6000] * 10
@@ -133,6 +138,8 @@ def test_idx_file_values_and_labels(tmp_path, suffix):
     assert ds.images.shape == (3, 1, 2, 2)
     assert ds.images[0, 0].flatten().tolist() == pytest.approx([-1.0, 1.0, -0.6, 0.6], abs=1e-6)
     assert torch.equal(ds.images, torch.from_numpy(px[:, None] / 127.5 - 1).float())
+    assert torch.equal(ds.pixels, torch.from_numpy(px[:, None])) and ds.levels == 255
+    assert torch.equal(ds.to_unit(ds.pixels[1:]), ds.images[1:])  # a batch converts as the whole set does
     assert ds.labels.tolist() == [2, 0, 4] and ds.class_names == ["0", "1", "2", "3", "4"] and ds.num_classes == 5
 
 
@@ -292,6 +299,7 @@ def test_flat_gray_folder_values_and_ignored_files(tmp_path):
     ds = load_dataset(str(tmp_path))
     assert ds.images.shape == (3, 1, 4, 4) and ds.labels is None and ds.class_names is None
     assert [ds.images[i].unique().tolist() for i in range(3)] == [[-1.0], [1.0], [pytest.approx(-0.6)]]
+    assert ds.pixels.dtype == torch.uint8 and [ds.pixels[i].unique().tolist() for i in range(3)] == [[0], [255], [51]]
     assert ds.name == f"{tmp_path.name} (3 images, 4x4, 1 channel, unlabelled)"
 
 
@@ -312,6 +320,7 @@ def test_modes_gray_family(tmp_path):
     assert lam[0, 1].item() == 1.0  # fully transparent -> white
     assert lam[1, 0].item() == pytest.approx(round(255 * 127 / 255) / 127.5 - 1)  # half alpha over white
     assert lam[1, 1].item() == pytest.approx(200 / 127.5 - 1)
+    assert ds.pixels.dtype == torch.float32  # a 16-bit file is not on the 8-bit grid: the set stays float
 
 
 def test_modes_colour_family(tmp_path):

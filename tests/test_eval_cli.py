@@ -26,6 +26,7 @@ def run(argv, cache):
     return main([*argv, "--cache-dir", str(cache), "--quiet"])
 
 
+@pytest.mark.slow
 def test_eval_checkpoint_then_samples_file_with_every_metric(run_dir, tmp_path, cache, capsys):
     out = tmp_path / "e"
     argv = ["eval", "--checkpoint", str(run_dir), "--num", "12", "--steps", "4", "--ref-num", "20", "--seed", "5",
@@ -149,6 +150,7 @@ def test_train_eval_every_refuses_unlabelled_fd_before_training(tmp_path, capsys
     assert not list((out / "checkpoints").glob("*.safetensors"))
 
 
+@pytest.mark.slow
 def test_eval_nll_is_the_library_bound_with_its_protocol(run_dir, tmp_path, cache, capsys):
     """--nll alone writes the bound of --nll-num seeded images, equal to ddpm.bits_per_dim on the same inputs."""
     import torch

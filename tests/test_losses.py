@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import extract, q_sample, training_target, x0_from_eps, x0_from_v
-from ddpm.losses import diffusion_loss, draw_timesteps, loss_weights, snr, timestep_probabilities
+from ddpm.losses import Objective, diffusion_loss, draw_timesteps, loss_weights, snr, timestep_probabilities
 from ddpm.schedule import Schedule
 from ddpm.train import TrainConfig, budget_horizon, lr_at
 
@@ -124,3 +124,29 @@ def test_bad_objective_values_are_refused():
         loss_weights(S, "eps", "bogus")
     with pytest.raises(ValueError, match="positive scale"):
         timestep_probabilities(S, "laplace", 0.0, -1.0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_objective_is_the_composition_of_its_parts(prediction):
+    """Objective.loss = diffusion_loss(net(q_sample(x0, t, ε), t), target) bit for bit, so training and the
+    README's example compute the same number; the default is the plain MSE against ε (the DDPM paper's)."""
+    x0, t, _, _, _ = _setup(prediction)
+    x0, noise = x0.float(), torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def model(x, tt):
+        return net(x) * (1 + tt.view(-1, 1, 1, 1) / 1000)
+
+    plain = Objective(S, prediction)
+    expect = torch.nn.functional.mse_loss(model(q_sample(x0, t, noise, S), t), training_target(x0, noise, t, S,
+                                                                                               prediction))
+    assert torch.equal(plain.loss(model, x0, t, noise), expect)
+    weighted = Objective.create(S, prediction, "min-snr", t_sampling="laplace")
+    w = loss_weights(S, prediction, "min-snr")
+    assert torch.equal(weighted.loss(model, x0, t, noise),
+                       diffusion_loss(model(q_sample(x0, t, noise, S), t), training_target(x0, noise, t, S, prediction),
+                                      t, w))
+    assert not torch.equal(weighted.loss(model, x0, t, noise), expect)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    p = timestep_probabilities(S, "laplace")
+    assert torch.equal(weighted.draw_t(100, g1), draw_timesteps(100, p, 1000, g2))

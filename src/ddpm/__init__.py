@@ -16,6 +16,7 @@ from .diffusion import (
 )
 from .errors import UserError
 from .likelihood import VariationalBound, bits_per_dim
+from .losses import Objective
 from .sampling import SAMPLERS, image_generators, sample
 from .schedule import Schedule, spaced_timesteps
 from .study_note import Diffusion
@@ -28,6 +29,7 @@ __all__ = [
     "SAMPLERS",
     "Diffusion",
     "ImageDataset",
+    "Objective",
     "Schedule",
     "UNet",
     "UNetConfig",

@@ -1,10 +1,14 @@
 """Datasets: the built-in digits, Fashion-MNIST, IDX files, CIFAR-10/100 folders and folders of images.
 
-Everything ends up as one :class:`ImageDataset`: a float32 tensor ``(N, C, H, W)`` in [-1, 1] with square
-images, C = 1 (grayscale) or 3 (colour), and optional int64 class labels ``(N,)``. ``load_dataset`` takes
-the string a user gave to ``--data`` and works out which of the formats it is.
+Everything ends up as one :class:`ImageDataset` of square images ``(N, C, H, W)``, C = 1 (grayscale) or
+3 (colour), with optional int64 class labels ``(N,)``; ``images`` gives them as float32 in [-1, 1].
+``load_dataset`` takes the string a user gave to ``--data`` and works out which of the formats it is.
 
 The 8-bit mapping is x / 127.5 - 1, so 0 -> -1 and 255 -> 1 exactly (16-bit images: x / 257 first).
+The set is held as its uint8 codes (a quarter of float32's memory) wherever that is lossless: 8-bit
+files and digits' 17 levels (x / 8 - 1) kept at their own size or center-cropped. Images that were
+resampled (``image_size`` other than the source's) or read from 16-bit files are not on a grid of
+levels, and are held as float32 in [-1, 1], exactly the values they had before.
 
 CIFAR's "python version" is a pickle. It is read with :class:`_NumpyOnlyUnpickler`, which rebuilds
 numpy arrays and nothing else: a downloaded file must never be able to run code on load.
@@ -57,25 +61,39 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})  # plus every "I;16*" 
 class ImageDataset:
     """A set of square images in [-1, 1], optionally with class labels.
 
-    ``images`` is float32 ``(N, C, H, W)`` with H == W and C in {1, 3}; ``labels`` is int64 ``(N,)`` with
-    values in 0..K-1, or None when unlabelled; ``class_names`` has K entries when labelled.
+    ``pixels`` holds the images ``(N, C, H, W)`` with H == W and C in {1, 3}: uint8 codes k in
+    0..``levels`` meaning x = k / (levels / 2) − 1 (levels 255 for 8-bit data, 16 for digits), or float32
+    x in [-1, 1] when the images are not on such a grid (resampled, 16-bit). ``images`` converts the whole
+    set to float32 (a new tensor each call); :meth:`to_unit` converts a batch of ``pixels``.
+    ``labels`` is int64 ``(N,)`` with values in 0..K-1, or None when unlabelled; ``class_names`` has K
+    entries when labelled.
     """
 
-    images: Tensor  # (N, C, H, W) float32 in [-1, 1]
+    pixels: Tensor  # (N, C, H, W) uint8 codes in 0..levels, or float32 in [-1, 1]
     labels: Tensor | None  # (N,) int64 in 0..K-1, or None
     class_names: list[str] | None  # K names, or None when unlabelled
     name: str  # e.g. "digits (1797 images, 8x8, 1 channel, 10 classes)"
     skipped: list[str] = field(default_factory=list)  # files skipped as unreadable (skip_bad=True)
+    levels: int = 255  # the largest code of uint8 ``pixels``
+
+    def to_unit(self, pixels: Tensor) -> Tensor:
+        """Some of this set's ``pixels`` (any shape, e.g. a batch ``(B, C, H, W)``) as float32 in [-1, 1]."""
+        return pixels if pixels.is_floating_point() else pixels.float().div_(self.levels / 2).sub_(1.0)
+
+    @property
+    def images(self) -> Tensor:
+        """All images, float32 ``(N, C, H, W)`` in [-1, 1]: a conversion of ``pixels`` (4x its memory if uint8)."""
+        return self.to_unit(self.pixels)
 
     @property
     def channels(self) -> int:
         """C: 1 for grayscale, 3 for colour."""
-        return int(self.images.shape[1])
+        return int(self.pixels.shape[1])
 
     @property
     def image_size(self) -> int:
         """H (== W)."""
-        return int(self.images.shape[-1])
+        return int(self.pixels.shape[-1])
 
     @property
     def num_classes(self) -> int | None:
@@ -83,7 +101,7 @@ class ImageDataset:
         return None if self.labels is None or self.class_names is None else len(self.class_names)
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        return int(self.pixels.shape[0])
 
 
 def load_dataset(
@@ -161,14 +179,13 @@ def _describe(title: str, images: Tensor, num_classes: int | None) -> str:
     return f"{title} ({n} images, {h}x{w}, {c} channel{'s' if c != 1 else ''}, {classes})"
 
 
-def _uint8_to_unit(pixels: np.ndarray) -> Tensor:
-    """uint8 (or 0..255 float) array (N, C, H, W) -> float32 tensor in [-1, 1]; 0 -> -1, 255 -> 1 exactly."""
-    out = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-    return out.div_(127.5).sub_(1.0)
+def _fit_codes(codes: np.ndarray, levels: int, image_size: int | None, source: str) -> Tensor:
+    """uint8 codes (N, C, H, W) in 0..levels -> ``ImageDataset.pixels`` of (N, C, S, S).
 
-
-def _resize_tensor(images: Tensor, image_size: int | None, source: str) -> Tensor:
-    """Center-crop (N, C, H, W) to a square and resize it to (N, C, S, S); bilinear, antialiased when shrinking."""
+    Center-cropped to a square; that stays uint8 (lossless). Resizing to another size (bilinear, antialiased
+    when shrinking) converts to float32 in [-1, 1] first and stays float.
+    """
+    images = torch.from_numpy(np.array(codes, dtype=np.uint8))  # a writable copy
     h, w = images.shape[-2:]
     if image_size is None:
         if h != w:
@@ -179,8 +196,9 @@ def _resize_tensor(images: Tensor, image_size: int | None, source: str) -> Tenso
     images = images[..., top : top + side, left : left + side]
     if side == image_size:
         return images.contiguous()
+    unit = images.float().div_(levels / 2).sub_(1.0)
     out = F.interpolate(
-        images, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=image_size < side
+        unit, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=image_size < side
     )
     return out.clamp_(-1.0, 1.0)
 
@@ -233,12 +251,11 @@ def _load_digits(image_size: int | None) -> ImageDataset:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    pixels = digits.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
-    images = torch.from_numpy(pixels).div_(8.0).sub_(1.0)  # x / 16 * 2 - 1, exact in float32
-    images = _resize_tensor(images, image_size, "digits")
+    codes = digits.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16: x = k / 8 - 1
+    pixels = _fit_codes(codes, 16, image_size, "digits")
     labels = torch.from_numpy(digits.target.astype(np.int64))
     names = [str(k) for k in range(10)]
-    return ImageDataset(images, labels, names, _describe("digits", images, 10))
+    return ImageDataset(pixels, labels, names, _describe("digits", pixels, 10), levels=16)
 
 
 def _load_fashion_mnist(folder: Path, image_size: int | None, split: str = "train") -> ImageDataset:
@@ -337,9 +354,8 @@ def _load_idx_file(
         )
     if n == 0:
         raise UserError(f"{path} holds no images")
-    pixels = np.frombuffer(data, np.uint8, n * h * w, 16).reshape(n, 1, h, w)
-    images = _resize_tensor(_uint8_to_unit(pixels), image_size, str(path))
-    del data, pixels
+    images = _fit_codes(np.frombuffer(data, np.uint8, n * h * w, 16).reshape(n, 1, h, w), 255, image_size, str(path))
+    del data
 
     labels = None
     label_file = _label_file_for(path)
@@ -509,7 +525,7 @@ def _load_cifar(folder: Path, kind: str, files: list[Path], image_size: int | No
             names = _names_from(found) if found is not None else None
     pixels = np.concatenate(pixel_parts).reshape(-1, 3, 32, 32)  # channel-major: R plane, G plane, B plane
     labels_t, names = _labelled(np.concatenate(label_parts), names, str(folder))
-    images = _resize_tensor(_uint8_to_unit(pixels), image_size, str(folder))
+    images = _fit_codes(pixels, 255, image_size, str(folder))
     title = ("cifar-100" if kind == "bin100" or files[0].name in ("train", "test") else "cifar-10") + f": {folder.name}"
     return ImageDataset(images, labels_t, names, _describe(title, images, len(names)))
 
@@ -627,10 +643,12 @@ def _load_image_folder(folder: Path, image_size: int | None, skip_bad: bool) -> 
 
     channels = 1 if all(a.ndim == 2 for a in arrays) else 3
     size = arrays[0].shape[0]
-    pixels = np.empty((len(arrays), channels, size, size), np.float32)  # (N, C, S, S), 0..255
+    # 8-bit files stay uint8; 16-bit ones (float32 0..255, not on the 8-bit grid) become float32 in [-1, 1].
+    eight_bit = all(a.dtype == np.uint8 for a in arrays)
+    pixels = np.empty((len(arrays), channels, size, size), np.uint8 if eight_bit else np.float32)  # (N, C, S, S)
     for i, a in enumerate(arrays):
         pixels[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # gray broadcasts to 3 channels
-    images = _uint8_to_unit(pixels)
+    images = torch.from_numpy(pixels) if eight_bit else torch.from_numpy(pixels).div_(127.5).sub_(1.0)
     labels_t = torch.tensor(labels, dtype=torch.int64) if names is not None else None
     skipped = bad if skip_bad else []
     return ImageDataset(

@@ -24,16 +24,19 @@ the forward process and change the emphasis:
   where λ ≈ loc, the mid-noise steps.
 
 Every table is float64 of length T and indexed by t; the weights are cast to the loss's dtype at the end.
+:class:`Objective` puts the choices of one run together: ``draw_t`` and ``loss`` are what training calls.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .diffusion import extract
+from .diffusion import extract, q_sample, training_target
 from .schedule import Schedule, log_snr
 
 LOSS_WEIGHTS = ("none", "min-snr", "p2")
@@ -114,3 +117,42 @@ def diffusion_loss(output: Tensor, target: Tensor, t: Tensor, weights: Tensor | 
         return torch.nn.functional.mse_loss(output.float(), target.float())
     per_image = (output.float() - target.float()).square().flatten(1).mean(1)  # (B,)
     return (extract(weights, t, per_image) * per_image).mean()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One run's training objective: how its timesteps are drawn and the loss of a batch.
+
+    ``t_probabilities`` (T,) None draws t uniformly (the seed's draw); ``weights`` (T,) None is the plain MSE.
+    Build it with :meth:`create` from the option names; the tables live on the device given there.
+    """
+
+    schedule: Schedule
+    prediction: str = "eps"
+    t_probabilities: Tensor | None = None
+    weights: Tensor | None = None
+
+    @classmethod
+    def create(cls, schedule: Schedule, prediction: str = "eps", loss_weight: str = "none",
+               gamma: float | None = None, t_sampling: str = "uniform", laplace_loc: float = 0.0,
+               laplace_scale: float = 0.5, device: torch.device | str = "cpu") -> Objective:
+        """The objective of :func:`loss_weights` ``loss_weight`` and :func:`timestep_probabilities` ``t_sampling``."""
+        probs = None if t_sampling == "uniform" else timestep_probabilities(
+            schedule, t_sampling, laplace_loc, laplace_scale).to(device)
+        weights = None if loss_weight == "none" else loss_weights(schedule, prediction, loss_weight, gamma).to(device)
+        return cls(schedule, prediction, probs, weights)
+
+    def draw_t(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
+        """n training timesteps (n,) int64, see :func:`draw_timesteps`."""
+        return draw_timesteps(n, self.t_probabilities, self.schedule.timesteps, generator, device)
+
+    def loss(self, model: Callable[..., Tensor], x0: Tensor, t: Tensor, noise: Tensor, labels: Tensor | None = None,
+             memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        """The loss (scalar) of ``model`` on clean images x0 (B, C, H, W) at timesteps t (B,) with noise ε (B, C, H, W).
+
+        x_t = q_sample(x0, t, ε) with **that** ε; the network's output on (x_t, t[, labels]) is compared to its
+        target (ε, x0 or v) by :func:`diffusion_loss` with this objective's weights.
+        """
+        x_t = q_sample(x0, t, noise, self.schedule).contiguous(memory_format=memory_format)
+        output = model(x_t, t) if labels is None else model(x_t, t, labels)
+        return diffusion_loss(output, training_target(x0, noise, t, self.schedule, self.prediction), t, self.weights)

@@ -24,6 +24,7 @@ import os
 import platform
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,13 @@ from .checkpoint import (
     state_path,
 )
 from .data import ImageDataset, load_dataset
-from .diffusion import PREDICTIONS, q_sample, training_target
+from .diffusion import PREDICTIONS
 from .errors import UserError
 from .images import make_grid, plot_curve, save_png, to_uint8
-from .losses import LOSS_WEIGHTS, T_SAMPLINGS, diffusion_loss, draw_timesteps, loss_weights, timestep_probabilities
+from .losses import LOSS_WEIGHTS, T_SAMPLINGS, Objective
 from .sampling import DEFAULT_SAMPLER, image_generators, sample
 from .schedule import Schedule
+from .scoring import TrainingEval
 from .seeding import mix
 from .unet import PRESETS, UNet, UNetConfig, check_labels
 
@@ -249,6 +251,34 @@ def _epoch_order(n: int, reps: int, seed: int, epoch: int) -> Tensor:
     return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
 
 
+@dataclass(frozen=True)
+class Draws:
+    """The random draws of one optimisation step for the whole global batch (G images), identical on every rank."""
+
+    indices: Tensor  # (G,) int64: which images
+    t: Tensor  # (G,) int64: their timesteps
+    noise: Tensor  # (G, C, H, W): their ε
+    drop: Tensor  # (G,) bool: label replaced by "no label" (class-conditional runs)
+    flip: Tensor  # (G,) bool: mirrored (--flip runs)
+
+
+def step_draws(step: int, seed: int, n_images: int, global_batch: int, image_shape: tuple[int, ...] | torch.Size,
+               objective: Objective, label_dropout: float, device: torch.device | str = "cpu") -> Draws:
+    """Step ``step``'s draws, a pure function of the arguments: the images from :func:`batch_indices`, then
+    t, ε, label dropout and flips, in that order, from one generator on ``device`` seeded by (seed, step).
+
+    ``image_shape`` is (C, H, W). Each rank and micro-batch of the loop takes its slice of the global batch.
+    """
+    g = torch.Generator(device).manual_seed(mix(seed, step))
+    indices = batch_indices(step, n_images, global_batch, seed).to(device)
+    t = objective.draw_t(global_batch, g, device)
+    noise = torch.randn((global_batch, *image_shape), generator=g, device=device)
+    drop = torch.rand(global_batch, generator=g, device=device) < label_dropout
+    flip = torch.rand(global_batch, generator=g, device=device) < 0.5
+    return Draws(indices, t, noise, drop, flip)
+
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← decay · ema + (1 − decay) · model, parameter by parameter; buffers are copied."""
@@ -421,6 +451,18 @@ class _Metrics:
                                if k in ("eval_fd", "eval_fid")]
         self.tb = None
 
+    @classmethod
+    def open(cls, cfg: TrainConfig, out: Path, step: int) -> _Metrics:
+        """The run's log at ``step``: lines after a resumed step dropped, TensorBoard opened with --tensorboard."""
+        metrics = cls(out / "metrics.jsonl", step if cfg.resume else None)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            metrics.tb = SummaryWriter(str(out / "tensorboard"))
+        return metrics
+
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -503,56 +545,32 @@ def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet
     return raw, ema.eval().requires_grad_(False)
 
 
-# ---------------------------------------------------------------------------- the loop
-
-
 @dataclass
-class TrainResult:
-    """What a finished (or signalled) run leaves: its last checkpoint and this process's networks."""
+class Networks:
+    """A run's networks at its starting step: ``raw`` (trained), ``ema``, ``model`` (what the loop calls:
+    ``raw``, or its DDP/compiled wrapper), the optimizer, and the arithmetic (bf16, memory format)."""
 
-    checkpoint: Path
-    step: int
-    model: UNet
+    raw: UNet
     ema: UNet
-    stopped_by_signal: bool = False
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    step: int
+    bf16: bool
+    memory_format: torch.memory_format
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run training as configured; returns the last checkpoint and the trained networks.
-
-    Under torchrun every process calls this; only rank 0 writes files and shows progress.
-    """
-    cfg.validate()
-    px = setup_processes(cfg.device)
-    try:
-        return _train(cfg, px)
-    finally:
-        if px.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
+def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) -> Networks:
+    """The networks to train: new from cfg.preset (seeded), from --init-from, or restored with their optimizer
+    from the latest checkpoint of ``out`` (--resume); on px.device, wrapped in DDP and torch.compile as asked."""
     device = px.device
-    out = Path(cfg.out)
-    schedule = cfg.make_schedule()
-    data = load_dataset(cfg.data, cfg.image_size, skip_bad=cfg.skip_bad)
-    if cfg.class_cond and data.labels is None:
-        raise UserError(f"--class-cond needs labels, but {cfg.data} has none: use class subfolders, "
-                        "an IDX label file, or drop --class-cond")
-    if px.main:
-        prepare_run_dir(out, cfg.resume)
-        if data.skipped:
-            print(f"skipped {len(data.skipped)} unreadable file(s) (--skip-bad): {', '.join(data.skipped[:5])}")
-    px.barrier()
-
-    overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size,
-                                 "num_classes": data.num_classes if cfg.class_cond else None}
-    if cfg.dropout is not None:
-        overrides["dropout"] = cfg.dropout
     torch.manual_seed(mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
     if cfg.init_from is not None:  # a new run that starts from another checkpoint's network and weights
         raw, ema = networks_from_checkpoint(cfg, data)
     else:
+        overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size,
+                                     "num_classes": data.num_classes if cfg.class_cond else None}
+        if cfg.dropout is not None:
+            overrides["dropout"] = cfg.dropout
         try:
             raw = UNet.from_preset(cfg.preset, **overrides)
         except ValueError as e:
@@ -586,94 +604,136 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if use_cuda else None)
     if cfg.compile:
         model = torch.compile(model)
+    return Networks(raw, ema, model, opt, step, bf16, fmt)
 
-    images = data.images.to(device)  # (N, C, H, W) in [-1, 1]
-    labels_all = data.labels.to(device) if (cfg.class_cond and data.labels is not None) else None
-    if labels_all is not None:
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or signalled) run leaves: its last checkpoint and this process's networks."""
+
+    checkpoint: Path
+    step: int
+    model: UNet
+    ema: UNet
+    stopped_by_signal: bool = False
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run training as configured; returns the last checkpoint and the trained networks.
+
+    Under torchrun every process calls this; only rank 0 writes files and shows progress.
+    """
+    cfg.validate()
+    px = setup_processes(cfg.device)
+    try:
+        return _train(cfg, px)
+    finally:
+        if px.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
+    out = Path(cfg.out)
+    data = load_dataset(cfg.data, cfg.image_size, skip_bad=cfg.skip_bad)
+    if cfg.class_cond and data.labels is None:
+        raise UserError(f"--class-cond needs labels, but {cfg.data} has none: use class subfolders, "
+                        "an IDX label file, or drop --class-cond")
+    if cfg.class_cond:
         check_labels(data.labels, data.num_classes)  # once: the network checks only shapes
-    B, W, A = cfg.batch_size, px.world, cfg.grad_accum
-    global_batch = B * W * A
-    total = cfg.steps if cfg.steps is not None else (None if cfg.minutes is not None else 5000)
-    deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes is not None else math.inf
-    # The LR decay's end: --steps, or for a --minutes run the step its measured speed reaches by the deadline.
-    horizon = total
-    t_probs = None if cfg.t_sampling == "uniform" else timestep_probabilities(
-        schedule, cfg.t_sampling, cfg.laplace_loc, cfg.laplace_scale).to(device)
-    weights = None if cfg.loss_weight == "none" else loss_weights(
-        schedule, cfg.prediction, cfg.loss_weight, cfg.loss_gamma).to(device)
-    metrics = _Metrics(out / "metrics.jsonl", step if cfg.resume else None) if px.main else None
-    if metrics is not None and cfg.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        metrics.tb = SummaryWriter(str(out / "tensorboard"))
+    if px.main:
+        prepare_run_dir(out, cfg.resume)
+        if data.skipped:
+            print(f"skipped {len(data.skipped)} unreadable file(s) (--skip-bad): {', '.join(data.skipped[:5])}")
+    px.barrier()
+    schedule = cfg.make_schedule()
+    objective = Objective.create(schedule, cfg.prediction, cfg.loss_weight, cfg.loss_gamma, cfg.t_sampling,
+                                 cfg.laplace_loc, cfg.laplace_scale, px.device)
+    nets = build_networks(cfg, data, px, out)
+    metrics = _Metrics.open(cfg, out, nets.step) if px.main else None
     evaluator = None
     if metrics is not None and cfg.eval_every:
-        from .scoring import TrainingEval
+        evaluator = TrainingEval(cfg.eval_metric, cfg.eval_num, data, cfg.data, cfg.seed, cfg.sample_steps, px.device)
+    run = _Run(cfg, px, out, data, schedule, objective, nets, metrics, evaluator)
+    with stop_signals() as caught:
+        step, skipped, last_path = _loop(run, caught)
+    if px.main:
+        last_path = _finish(run, step, last_path)
+        if caught:
+            print(f"stopped by signal {signal.Signals(caught[0]).name} at step {step}; "
+                  f"checkpoint written, continue with --resume")
+        if skipped:
+            print(f"skipped {skipped} step(s) with a non-finite loss or gradient")
+    px.barrier()
+    return TrainResult(last_path or out / CHECKPOINT_DIR / checkpoint_name(step), step, nets.raw, nets.ema,
+                       bool(caught))
 
-        evaluator = TrainingEval(cfg.eval_metric, cfg.eval_num, data, cfg.data, cfg.seed, cfg.sample_steps, device)
 
-    def save(at: int) -> Path:
-        path = out / CHECKPOINT_DIR / checkpoint_name(at)
+@dataclass
+class _Run:
+    """What the loop reads: the config, this process, the data, the objective, the networks and the logs."""
+
+    cfg: TrainConfig
+    px: Dist
+    out: Path
+    data: ImageDataset
+    schedule: Schedule
+    objective: Objective
+    nets: Networks
+    metrics: _Metrics | None
+    evaluator: TrainingEval | None
+
+    def save(self, step: int) -> Path:
+        """Write checkpoint ``step`` (its state file first) and drop all but the newest cfg.keep."""
+        cfg, nets = self.cfg, self.nets
+        path = self.out / CHECKPOINT_DIR / checkpoint_name(step)
         # The state file first: a checkpoint name that exists always has its state beside it.
-        save_training_state(state_path(path), {"step": at, "optimizer": opt.state_dict()})
-        meta = checkpoint_meta(cfg, raw, data, schedule, at, W, bf16)
-        save_checkpoint(path, raw.state_dict(), ema.state_dict(), meta)
-        for _, old in list_checkpoints(out)[:-cfg.keep]:
+        save_training_state(state_path(path), {"step": step, "optimizer": nets.opt.state_dict()})
+        meta = checkpoint_meta(cfg, nets.raw, self.data, self.schedule, step, self.px.world, nets.bf16)
+        save_checkpoint(path, nets.raw.state_dict(), nets.ema.state_dict(), meta)
+        for _, old in list_checkpoints(self.out)[:-cfg.keep]:
             old.unlink(missing_ok=True)
             state_path(old).unlink(missing_ok=True)
         return path
 
-    # SIGTERM (schedulers, `kill`) and SIGINT (Ctrl-C) finish the current step, write a checkpoint and exit 0.
-    caught: list[int] = []
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, lambda s, _f: caught.append(s))
 
-    bar = None
-    if cfg.progress and px.main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=step, desc="training", unit="step", dynamic_ncols=True)
-    smooth = None
-    skipped = 0
-    start_step, t_start = step, time.monotonic()
-    last_path: Path | None = None
-    raw.train()
+def _loop(run: _Run, caught: list[int]) -> tuple[int, int, Path | None]:
+    """Optimise from run.nets.step until --steps, --minutes or a signal; returns (step, skipped, last checkpoint)."""
+    cfg, px, nets, data, device = run.cfg, run.px, run.nets, run.data, run.px.device
+    B, W, A = cfg.batch_size, px.world, cfg.grad_accum
+    global_batch = B * W * A
+    total = cfg.steps if cfg.steps is not None else (None if cfg.minutes is not None else 5000)
+    deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes is not None else math.inf
+    horizon = total  # the LR decay's end; a --minutes run measures it after HORIZON_AFTER steps
+    pixels = data.pixels.to(device)  # (N, C, H, W), uint8 codes or float32; each batch is converted
+    labels_all = data.labels.to(device) if cfg.class_cond else None
+    step = start_step = nets.step
+    smooth, skipped, last_path, t_start = None, 0, None, time.monotonic()
+    bar = _progress_bar(total, step) if cfg.progress and px.main else None
+    nets.raw.train()
     try:
-        while total is None or step < total:
-            if px.any(bool(caught) or time.monotonic() >= deadline):
-                break
-            # Global draws of this step, identical on every rank; each rank and micro-batch takes a slice.
-            g = torch.Generator(device).manual_seed(mix(cfg.seed, step))
-            idx = batch_indices(step, len(images), global_batch, cfg.seed).to(device)
-            t_all = draw_timesteps(global_batch, t_probs, schedule.timesteps, g, device)
-            noise_all = torch.randn((global_batch, *images.shape[1:]), generator=g, device=device)
-            drop_all = torch.rand(global_batch, generator=g, device=device) < cfg.label_dropout
-            flip_all = torch.rand(global_batch, generator=g, device=device) < 0.5
-            opt.zero_grad(set_to_none=True)
+        while (total is None or step < total) and not px.any(bool(caught) or time.monotonic() >= deadline):
+            d = step_draws(step, cfg.seed, len(data), global_batch, pixels.shape[1:], run.objective,
+                           cfg.label_dropout, device)
+            nets.opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for a in range(A):
                 sl = slice((a * W + px.rank) * B, (a * W + px.rank + 1) * B)
                 torch.manual_seed(mix(cfg.seed, step, px.rank, a))  # dropout masks
-                x0 = images[idx[sl]]
+                x0 = data.to_unit(pixels[d.indices[sl]])
                 if cfg.flip:
-                    x0 = torch.where(flip_all[sl].view(-1, 1, 1, 1), x0.flip(-1), x0)
-                t, noise = t_all[sl], noise_all[sl]
-                x_t = q_sample(x0, t, noise, schedule).contiguous(memory_format=fmt)
-                y = None
-                if labels_all is not None:
-                    y = torch.where(drop_all[sl], torch.full_like(t, -1), labels_all[idx[sl]])
-                sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else model.no_sync()
-                with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    pred = model(x_t, t) if y is None else model(x_t, t, y)
-                    loss = diffusion_loss(pred, training_target(x0, noise, t, schedule, cfg.prediction), t, weights)
+                    x0 = torch.where(d.flip[sl].view(-1, 1, 1, 1), x0.flip(-1), x0)
+                y = None if labels_all is None else torch.where(d.drop[sl], -1, labels_all[d.indices[sl]])
+                sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else nets.model.no_sync()
+                with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=nets.bf16):
+                    loss = run.objective.loss(nets.model, x0, d.t[sl], d.noise[sl], y, nets.memory_format)
                     (loss / A).backward()
                 loss_sum += loss.item() / A
             limit = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            gnorm = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), limit))
+            gnorm = float(torch.nn.utils.clip_grad_norm_(nets.raw.parameters(), limit))
             # Every rank takes part in the vote, so all skip (or stop at) the same step.
             if px.any(not (math.isfinite(gnorm) and math.isfinite(loss_sum))):
                 if cfg.nonfinite == "stop":
@@ -681,14 +741,14 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
                                     f"lower --lr (now {cfg.lr}) or turn off --bf16, then --resume; the "
                                     "checkpoints on disk are untouched (or pass --nonfinite skip)")
                 skipped += 1
-                opt.zero_grad(set_to_none=True)
+                nets.opt.zero_grad(set_to_none=True)
                 step += 1
                 continue
-            for group in opt.param_groups:
+            for group in nets.opt.param_groups:
                 group["lr"] = lr_at(step, cfg, horizon)
-            opt.step()
+            nets.opt.step()
             decay = ema_decay_at(step, cfg.ema_decay)
-            ema_update(ema, raw, decay)
+            ema_update(nets.ema, nets.raw, decay)
             step += 1
 
             smooth = loss_sum if smooth is None else 0.98 * smooth + 0.02 * loss_sum
@@ -697,49 +757,74 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
             if horizon is None and cfg.lr_schedule != "constant" and step - start_step == HORIZON_AFTER:
                 horizon = px.max_int(budget_horizon(step, (step - start_step) / elapsed, deadline - time.monotonic()))
             if bar is not None:
-                post = {"loss": f"{smooth:.4f}", "img/s": f"{rate:.0f}"}
-                if total is None:
-                    post["left"] = f"{max(0.0, deadline - time.monotonic()) / 60:.1f}min"
-                bar.set_postfix(post, refresh=False)
+                left = None if total is not None else max(0.0, deadline - time.monotonic()) / 60
+                bar.set_postfix({"loss": f"{smooth:.4f}", "img/s": f"{rate:.0f}",
+                                 **({} if left is None else {"left": f"{left:.1f}min"})}, refresh=False)
                 bar.update(1)
-            if metrics is not None and step % cfg.log_every == 0:
-                metrics.write({"step": step, "loss": loss_sum, "loss_smooth": smooth,
-                               "lr": lr_at(step - 1, cfg, horizon), "grad_norm": gnorm, "ema_decay": decay,
-                               "images_per_s": rate, "time_s": elapsed,
-                               "skipped_steps": skipped, "bf16": bf16})
-            if px.main and cfg.sample_every and step % cfg.sample_every == 0:
-                write_grid(out / "samples" / f"step-{step:09d}.png", ema, schedule, cfg, data, device)
-                metrics.plot(out / "loss.png")
-            if evaluator is not None and step % cfg.eval_every == 0:
-                result = evaluator(ema, schedule, cfg.prediction, data.num_classes if cfg.class_cond else None)
-                metrics.write_eval(step, result, out / "eval.png")
-            if px.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                last_path = save(step)
+            if run.metrics is not None and step % cfg.log_every == 0:
+                run.metrics.write({"step": step, "loss": loss_sum, "loss_smooth": smooth,
+                                   "lr": lr_at(step - 1, cfg, horizon), "grad_norm": gnorm, "ema_decay": decay,
+                                   "images_per_s": rate, "time_s": elapsed, "skipped_steps": skipped,
+                                   "bf16": nets.bf16})
+            last_path = _periodic(run, step) or last_path
+    finally:
+        if bar is not None:
+            bar.close()
+    return step, skipped, last_path
+
+
+def _periodic(run: _Run, step: int) -> Path | None:
+    """The every-K-steps work after ``step``: sample grid, --eval-every score, checkpoint (its path)."""
+    cfg, px, out = run.cfg, run.px, run.out
+    if px.main and cfg.sample_every and step % cfg.sample_every == 0:
+        write_grid(out / "samples" / f"step-{step:09d}.png", run.nets.ema, run.schedule, cfg, run.data, px.device)
+        run.metrics.plot(out / "loss.png")
+    if run.evaluator is not None and step % cfg.eval_every == 0:
+        result = run.evaluator(run.nets.ema, run.schedule, cfg.prediction,
+                               run.data.num_classes if cfg.class_cond else None)
+        run.metrics.write_eval(step, result, out / "eval.png")
+    if px.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+        return run.save(step)
+    return None
+
+
+def _finish(run: _Run, step: int, last_path: Path | None) -> Path:
+    """After the loop (rank 0): the final checkpoint and grid unless written at this step, the loss plot."""
+    found = list_checkpoints(run.out)
+    if not found or found[-1][0] != step:
+        last_path = run.save(step)
+    last_path = last_path or found[-1][1]
+    final_grid = run.out / "samples" / f"step-{step:09d}.png"
+    if not final_grid.exists():
+        write_grid(final_grid, run.nets.ema, run.schedule, run.cfg, run.data, run.px.device)
+    if run.metrics is not None:
+        run.metrics.plot(run.out / "loss.png")
+        if run.metrics.tb is not None:
+            run.metrics.tb.close()
+    return last_path
+
+
+def _progress_bar(total: int | None, step: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=step, desc="training", unit="step", dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """SIGTERM (schedulers, `kill`) and SIGINT (Ctrl-C) are caught into the yielded list instead of stopping
+    the process: the loop finishes its step, writes a checkpoint and exits 0. The handlers are restored after.
+    Off the main thread (where signals cannot be caught) it changes nothing."""
+    caught: list[int] = []
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, lambda s, _f: caught.append(s))
+    try:
+        yield caught
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if bar is not None:
-            bar.close()
-
-    if px.main:
-        found = list_checkpoints(out)
-        if not found or found[-1][0] != step:
-            last_path = save(step)
-        last_path = last_path or found[-1][1]
-        final_grid = out / "samples" / f"step-{step:09d}.png"
-        if not final_grid.exists():
-            write_grid(final_grid, ema, schedule, cfg, data, device)
-        if metrics is not None:
-            metrics.plot(out / "loss.png")
-            if metrics.tb is not None:
-                metrics.tb.close()
-        if caught:
-            print(f"stopped by signal {signal.Signals(caught[0]).name} at step {step}; "
-                  f"checkpoint written, continue with --resume")
-        if skipped:
-            print(f"skipped {skipped} step(s) with a non-finite loss or gradient")
-    px.barrier()
-    return TrainResult(last_path or out / CHECKPOINT_DIR / checkpoint_name(step), step, raw, ema, bool(caught))
 
 
 def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
