@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .diffusion import PREDICTIONS, eps_from_x0, prediction_to_x0_eps
 from .schedule import Schedule, log_snr, posterior_coefficients, spaced_timesteps
@@ -676,8 +677,6 @@ def _model_device(model: Callable[..., Tensor]) -> torch.device:
 
 
 def _with_progress(denoise: Denoiser, total: int, name: str) -> Denoiser:
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total, desc=f"sampling ({name})", unit="step", leave=False)
 
     def wrapped(x: Tensor, t: int) -> tuple[Tensor, Tensor]:
