@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import ddpm
-from ddpm.sampling import SAMPLERS, make_denoiser
+from ddpm.sampling import DEFAULT_SPACING, SAMPLERS, make_denoiser
 from ddpm.schedule import SPACINGS
 from ddpm.testing import GaussianOracle, affine_gaussian
 
@@ -182,6 +182,7 @@ def markdown(res: dict, cmd: str, seconds: float) -> str:
         if row[EVALS[0]][1] is not None:
             lines.append(f"| {label} | " + " | ".join(fmt(row[k][1]) for k in EVALS) + " |")
     lines += targets(rows)
+    lines += default_spacing(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -211,6 +212,40 @@ def targets(rows: dict) -> list[str]:
         if row is not None:
             out.append(f"- `{const} = {value}` ({row}): "
                        + ", ".join(f"{k} evals {ours[row][k][0]:.2e}" for k in EVALS if k in (10, 20, 50)) + ".")
+    return out
+
+
+def default_spacing(rows: dict) -> list[str]:
+    """``ddpm.sample()`` without ``spacing`` (``DEFAULT_SPACING``) against the best spacing of each sampler, with
+    its default options, at 10 and 20 evaluations. Scored on the exact W2 where there is one (deterministic
+    samplers: no sampling noise), else on the Monte Carlo W2; the target is within 10% of the best."""
+    labels = {name: label for label, name, opts, _ in CONFIGS if not opts}  # each sampler with its defaults
+    out = ["", "## sample()'s default spacing", "",
+           "`ddpm.sample(..., sampler=S, steps=K)` without `spacing` uses `DEFAULT_SPACING[S]`; target: within 10% "
+           "of the best spacing for S at K = 10 and 20. Score: exact W2 for deterministic samplers (Monte Carlo "
+           "W2 in brackets), Monte Carlo W2 for the others.", "",
+           "| sampler | default spacing | K | default | best spacing | best | default / best | within 10% |",
+           "|---|---|---:|---:|---|---:|---:|---|"]
+    for name, label in labels.items():
+        spacing = DEFAULT_SPACING[name]
+        mine = {sp: rows[f"{label} / {sp}"] for sp in SPACINGS if f"{label} / {sp}" in rows}
+        if spacing not in mine:
+            out.append(f"| {name} | {spacing} | – | not measured | | | | |")
+            continue
+        for k in (10, 20):
+            score = {sp: r[k][1] if r[k][1] is not None else r[k][0] for sp, r in mine.items()}
+            best = min(score, key=score.get)
+            ratio = score[spacing] / score[best]
+
+            def shown(sp: str, k: int = k, mine: dict = mine) -> str:
+                mc, exact = mine[sp][k]
+                return f"{fmt(mc)}" if exact is None else f"{fmt(exact)} ({fmt(mc)})"
+
+            out.append(f"| {name} | {spacing} | {k} | {shown(spacing)} | {best} | {shown(best)} | {ratio:.2f} | "
+                       f"{'yes' if ratio <= 1.1 else '**no**'} |")
+        missing = [sp for sp in SPACINGS if sp not in mine]
+        if missing:
+            out.append(f"| {name} | | | not measured on {', '.join(missing)} | | | | |")
     return out
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import math
 import platform
@@ -51,7 +50,7 @@ from ddpm.evaluate import (
     train_feature_net,
 )
 from ddpm.images import to_uint8 as images_to_uint8
-from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SAMPLERS, image_generators
+from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, image_generators, sampler_options
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -134,7 +133,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 def cache_file(ckpt_key: str, sampler: str, spacing: str, steps: int, seed: int, options: dict | None = None) -> Path:
     """Where the samples of one configuration are cached. The sampler's option defaults, overridden by
     ``options`` (any keyword of ``ddpm.sample``), are part of the key, so that changing one invalidates them."""
-    opts = {k: repr(v.default) for k, v in list(inspect.signature(SAMPLERS[sampler]).parameters.items())[6:]}
+    opts = {k: repr(v) for k, v in sampler_options(sampler).items()}
     opts.update({k: repr(v) for k, v in (options or {}).items()})
     h = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8]
     return CACHE / f"{ckpt_key}-{sampler}-{h}-{spacing}-{steps}-seed{seed}.npz"

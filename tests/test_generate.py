@@ -7,7 +7,8 @@ from PIL import Image
 
 from ddpm import image_generators, load_model, sample
 from ddpm.cli import main
-from ddpm.generate import slerp
+from ddpm.errors import ParameterError
+from ddpm.generate import Provenance, SamplerChoice, choose_sampler, generate, slerp
 from ddpm.images import read_png_metadata, save_png, to_uint8
 from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, randn
 
@@ -148,3 +149,37 @@ def test_sample_mistakes_exit_2_with_one_line(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and needle in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.png"]
+
+
+def test_library_generate_writes_the_cli_files_byte_for_byte(run_dir, tmp_path):
+    assert main(["sample", "--checkpoint", str(run_dir), "--num", "3", "--seed", "5", "--sampler", "ddim",
+                 "--eta", "0.5", "--quiet", "--out", str(tmp_path / "cli")]) == 0
+    paths = generate(run_dir, tmp_path / "lib", num=3, seed=5, sampler="ddim", eta=0.5)
+    assert [p.name for p in paths] == ["000000.png", "000001.png", "000002.png", "grid.png"]
+    for p in paths:
+        assert p.read_bytes() == (tmp_path / "cli" / p.name).read_bytes(), p.name
+
+
+def test_provenance_reads_back_what_it_writes():
+    choice = SamplerChoice("dpmpp-2m-sde", "logsnr", 7, {"eta": 0.25})
+    prov = Provenance("sample", 3, 11, choice, 2, 1.5, False, True, "ab" * 32)
+    chunks = prov.text_chunks()
+    assert list(chunks)[:6] == ["ddpm:kind", "ddpm:seed", "ddpm:index", "ddpm:sampler", "ddpm:spacing", "ddpm:steps"]
+    assert chunks["ddpm:eta"] == "0.25" and chunks["ddpm:guidance"] == "1.5" and chunks["ddpm:clip_x0"] == "False"
+    assert Provenance.from_text_chunks(chunks) == prov
+    old = {k: v for k, v in chunks.items() if k != "ddpm:spacing"}  # a PNG from before spacing was recorded
+    assert Provenance.from_text_chunks(old).choice.spacing == "linspace"
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(run_dir, tmp_path, capsys):
+    with pytest.raises(ParameterError) as e:
+        choose_sampler(1000, sampler="ddim", steps=0)
+    assert str(e.value) == "steps must lie in 1..1000 (the checkpoint's T); got 0"
+    with pytest.raises(ParameterError, match="^set eta with eta, not options$"):
+        choose_sampler(1000, sampler="ddim", options={"eta": 1})
+    assert choose_sampler(1000, sampler="dpmpp-2m", options={"order": "1"}).options == {"order": 1}
+    with pytest.raises(ParameterError, match="^guidance needs label"):
+        generate(run_dir, tmp_path / "g", num=1, guidance=2.0)
+    assert main(["sample", "--checkpoint", str(run_dir), "--guidance", "2", "--out", str(tmp_path / "g")]) == 2
+    assert capsys.readouterr().err.startswith("error: --guidance needs --class: ")
+    assert not (tmp_path / "g").exists()

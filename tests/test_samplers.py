@@ -11,6 +11,7 @@ import torch
 import ddpm
 from ddpm.sampling import (
     DEFAULT_SAMPLER,
+    DEFAULT_SPACING,
     DETERMINISTIC_SAMPLER,
     SAMPLERS,
     make_denoiser,
@@ -20,6 +21,7 @@ from ddpm.sampling import (
     sample_dpmpp_2m_sde,
     sample_sa_solver,
     sample_unipc,
+    sampler_options,
 )
 from ddpm.schedule import SPACINGS
 from ddpm.testing import GaussianOracle, MixtureOracle, affine_gaussian, gaussian_w2, mean_cov
@@ -231,6 +233,31 @@ def test_deterministic_default_beats_the_10_evaluation_target():
     assert w10 <= DIFFUSERS_DPMPP_10 / 20, w10  # measured 4.18e-03
     # and more steps do not make it worse: 20 and 50 sit at the prior floor (1.56e-03) + 1e-3
     assert max(w20, w50) < ORACLE.prior_floor() + 1e-3, (w20, w50)
+
+
+@pytest.mark.parametrize("name", list(DETERMINISTIC))
+def test_sample_without_spacing_is_within_10_percent_of_the_best_spacing(name):
+    """``ddpm.sample(..., steps=K)`` with no ``spacing``: its exact W2 at K = 10 and 20 is within 10% of the best
+    spacing's (benchmarks/results/samplers_oracle.md); linspace, the old default, is over 2x off at 10."""
+    for k in (10, 20):
+        w2 = {sp: ORACLE.w2_of(*exact_law(name, k, sp)) for sp in SPACINGS}
+        default = ORACLE.w2_of(*affine_gaussian(
+            lambda x, k=k: ddpm.sample(ORACLE.model(), x.shape, SCHED, name, k, clip_x0=False, x_T=x).double(), D))
+        assert default <= 1.1 * min(w2.values()), (k, default, w2)
+        if k == 10:
+            assert w2["linspace"] > 2 * default, (default, w2)
+    assert DEFAULT_SPACING[name] == "info"
+
+
+def test_sampler_options_are_the_keyword_only_arguments():
+    assert sampler_options("ddpm") == {"variance": "posterior"}
+    assert sampler_options("ddim") == {"eta": 0.0}
+    assert sampler_options("sa-solver") == {"eta": 1.0, "order": 2, "corrector": True, "noise_sigma_min": 0.3}
+    assert ddpm.sampler_options is sampler_options
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        sampler_options("euler")
+    with pytest.raises(TypeError):  # options cannot be passed by position
+        SAMPLERS["ddim"](DENOISE, torch.zeros(1, D, 1, 1), SCHED, ddpm.spaced_timesteps(SCHED, 3), None, None, 0.5)
 
 
 @pytest.mark.parametrize("prediction", ["x0", "v"])

@@ -17,7 +17,7 @@ from .diffusion import (
 from .errors import UserError
 from .likelihood import VariationalBound, bits_per_dim
 from .losses import Objective
-from .sampling import SAMPLERS, image_generators, sample
+from .sampling import DEFAULT_SPACING, SAMPLERS, image_generators, sample, sampler_options
 from .schedule import Schedule, spaced_timesteps
 from .study_note import Diffusion
 from .unet import PRESETS, UNet, UNetConfig
@@ -25,6 +25,7 @@ from .unet import PRESETS, UNet, UNetConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_SPACING",
     "PRESETS",
     "SAMPLERS",
     "Diffusion",
@@ -48,6 +49,7 @@ __all__ = [
     "q_posterior",
     "q_sample",
     "sample",
+    "sampler_options",
     "spaced_timesteps",
     "training_target",
     "v_from_eps_x0",

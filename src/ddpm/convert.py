@@ -31,7 +31,6 @@ choice) is ``--option variance=beta``, ``clip_sample=false`` is ``--no-clip``; s
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -41,9 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .checkpoint import CHECKPOINT_DIR, checkpoint_name, load_model, save_checkpoint
 from .errors import UserError
+from .schedule import Schedule
+from .unet import AttentionBlock, Downsample, ResBlock, UNet, UNetConfig, Upsample
 
 # The diffusers release whose UNet2DModel / DDPMScheduler / DDPMPipeline this module was checked against (tests).
 DIFFUSERS_VERSION = "0.42.1"
@@ -94,8 +98,6 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
 
     Raises ``UserError`` naming the first field that our UNet cannot represent.
     """
-    from .unet import UNetConfig
-
     unknown = sorted(k for k in d if not k.startswith("_") and k not in UNET_DEFAULTS)
     if unknown:
         raise UserError(f"config.json has field(s) {unknown} that this ddpm does not know (diffusers newer than "
@@ -218,8 +220,6 @@ def unet_config_to_diffusers(cfg: Any) -> dict[str, Any]:
 
 def _norm_widths(cfg: Any) -> list[int]:
     """The channel count of every GroupNorm of the UNet built from ``cfg``."""
-    from .unet import UNet
-
     with torch.device("meta"):
         net = UNet(cfg)
     return [m.num_channels for m in net.modules() if isinstance(m, nn.GroupNorm)]
@@ -227,8 +227,6 @@ def _norm_widths(cfg: Any) -> list[int]:
 
 def schedule_from_diffusers(d: dict[str, Any]) -> tuple[Any, str]:
     """(Schedule, prediction) of a ``DDPMScheduler`` config dict; refuses what ddpm cannot sample like diffusers."""
-    from .schedule import Schedule
-
     if d.get("_class_name", "DDPMScheduler") != "DDPMScheduler":
         raise UserError(f"scheduler _class_name={d['_class_name']!r} cannot be imported: only DDPMScheduler is read")
     c = {**SCHEDULER_DEFAULTS, **{k: v for k, v in d.items() if not k.startswith("_")}}
@@ -306,8 +304,6 @@ def pipeline_flags(meta: dict[str, Any]) -> str:
 
 def _timesteps(meta: dict[str, Any]) -> int:
     """T of a checkpoint's schedule."""
-    from .schedule import Schedule
-
     return Schedule.from_dict(meta["schedule"]).timesteps
 
 
@@ -316,8 +312,6 @@ def _timesteps(meta: dict[str, Any]) -> int:
 
 def _module_pairs(net: nn.Module) -> list[tuple[str, str, nn.Module]]:
     """(our prefix, diffusers prefix, our module) for every leaf-level block of ``net``, in a fixed order."""
-    from .unet import AttentionBlock, Downsample, ResBlock, Upsample
-
     pairs: list[tuple[str, str, nn.Module]] = [
         ("time_mlp.0", "time_embedding.linear_1", net.time_mlp[0]),
         ("time_mlp.2", "time_embedding.linear_2", net.time_mlp[2]),
@@ -365,8 +359,6 @@ def state_dict_from_diffusers(theirs: dict[str, Tensor], net: nn.Module) -> dict
 
     Every diffusers tensor must be used and every one of ours found, with the right shape.
     """
-    from .unet import AttentionBlock, Downsample, ResBlock, Upsample
-
     ours_ref = net.state_dict()
     out: dict[str, Tensor] = {}
     used: set[str] = set()
@@ -417,8 +409,6 @@ def state_dict_from_diffusers(theirs: dict[str, Tensor], net: nn.Module) -> dict
 
 def state_dict_to_diffusers(ours: dict[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
     """The diffusers UNet2DModel state dict (today's names) of our state dict ``ours`` for ``net``'s architecture."""
-    from .unet import AttentionBlock, Downsample, ResBlock, Upsample
-
     out: dict[str, Tensor] = {}
 
     def put(name: str, value: Tensor) -> None:
@@ -471,8 +461,6 @@ def _read_weights(folder: Path) -> tuple[dict[str, Tensor], Path]:
     """The UNet tensors of a diffusers model folder: safetensors if present, else the .bin (weights only)."""
     st, binf = folder / WEIGHTS_SAFETENSORS, folder / WEIGHTS_BIN
     if st.is_file():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         try:
             return load_file(str(st)), st
@@ -497,8 +485,6 @@ def read_diffusers(src: str | os.PathLike[str]) -> tuple[Any, Any, str, dict[str
     Layouts: files at the root (config.json, weights, scheduler_config.json) or a pipeline folder with
     ``unet/`` and ``scheduler/``.
     """
-    from .unet import UNet
-
     root = Path(src)
     unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
     sched_path = next((p for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json")
@@ -556,8 +542,6 @@ def import_diffusers(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -
     ``dst`` ending in ``.safetensors`` is written as that one file; anything else becomes a run directory
     holding ``checkpoints/step-000000000.safetensors``. Returns the checkpoint file. Never overwrites.
     """
-    from .checkpoint import CHECKPOINT_DIR, checkpoint_name, save_checkpoint
-
     dst = Path(dst)
     _check_dst(dst)
     cfg, schedule, prediction, state, record = read_diffusers(src)
@@ -590,11 +574,6 @@ def export_diffusers(src: str | os.PathLike[str], dst: str | os.PathLike[str], u
     else 'posterior' (fixed_small, the ancestral sampler's default). Returns (dst, a note or None): a
     class-conditional model is written without model_index.json, since DDPMPipeline cannot pass labels.
     """
-    from safetensors.torch import save_file
-
-    from .checkpoint import load_model
-    from .unet import UNet
-
     dst = Path(dst)
     _check_dst(dst)
     if variance is not None and variance not in VARIANCE_TO_DIFFUSERS:
@@ -633,53 +612,13 @@ def export_diffusers(src: str | os.PathLike[str], dst: str | os.PathLike[str], u
     return dst, note
 
 
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_convert_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``ddpm convert``."""
-    s = sub.add_parser(
-        "convert", help="import a diffusers model, or export a checkpoint to diffusers",
-        description="Convert between diffusers and ddpm. SRC a diffusers folder (config.json + weights + "
-                    "scheduler_config.json at its root, or unet/ + scheduler/): DST becomes a ddpm run directory "
-                    "(or one .safetensors file). SRC a ddpm checkpoint or run directory: DST becomes a diffusers "
-                    "pipeline folder. DST is never overwritten.")
-    s.add_argument("src", metavar="SRC", help="a diffusers folder, or a ddpm checkpoint file / run directory")
-    s.add_argument("dst", metavar="DST", help="where to write; must not exist (an empty directory is fine)")
-    s.add_argument("--no-ema", action="store_true", help="export: the raw weights instead of the EMA weights")
-    s.add_argument("--variance", default=None, choices=list(VARIANCE_TO_DIFFUSERS),
-                   help="export: the scheduler's variance_type, posterior = fixed_small, beta = fixed_large "
-                        "(default: the imported model's own, else posterior)")
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    """``ddpm convert SRC DST``: the direction comes from what SRC is."""
-    src = Path(args.src)
-    if not src.exists():
-        raise UserError(f"{src} does not exist: pass a diffusers folder or a ddpm checkpoint / run directory")
-    if is_diffusers_folder(src):
-        if args.no_ema or args.variance is not None:
-            raise UserError("--no-ema and --variance are for exports; SRC is a diffusers folder (an import)")
-        path = import_diffusers(src, args.dst)
-        from .checkpoint import read_meta
-
-        meta = read_meta(path)
-        n = sum(math.prod(shape) for shape in _shapes(meta))
-        print(f"wrote {path} ({n:,} parameters, {meta['prediction']} prediction, T={_timesteps(meta)})")
-        print(f"to sample as DDPMPipeline does: ddpm sample --checkpoint {args.dst} --out DIR {pipeline_flags(meta)}")
-        return 0
-    if src.is_file() and src.name.startswith("diffusion_pytorch_model"):
-        raise UserError(f"{src} is a diffusers weights file: pass the folder that holds it and its config.json")
-    dst, note = export_diffusers(src, args.dst, use_ema=not args.no_ema, variance=args.variance)
-    print(f"wrote {dst} ({'raw' if args.no_ema else 'EMA'} weights)")
-    if note:
-        print(f"note: {note}")
-    return 0
+def checkpoint_summary(meta: dict[str, Any]) -> str:
+    """"<n> parameters, <prediction> prediction, T=<T>" for a checkpoint's metadata."""
+    n = sum(math.prod(shape) for shape in _shapes(meta))
+    return f"{n:,} parameters, {meta['prediction']} prediction, T={_timesteps(meta)}"
 
 
 def _shapes(meta: dict[str, Any]) -> list[tuple[int, ...]]:
-    from .unet import UNet, UNetConfig
-
     with torch.device("meta"):
         net = UNet(UNetConfig.from_dict(meta["model"]))
     return [tuple(p.shape) for p in net.parameters()]

@@ -1,22 +1,27 @@
-"""The ``ddpm`` command: ``ddpm train`` here, ``ddpm sample`` in :mod:`ddpm.generate`.
+"""The ``ddpm`` command: parsers and ``cmd_*`` functions only; the work is done by the library.
 
-Training flags are derived from :class:`ddpm.train.TrainConfig`, so a new config field is a new flag.
-User mistakes print one ``error: ...`` line and exit with status 2, without a traceback.
+``ddpm train`` is here (its flags are derived from :class:`ddpm.train.TrainConfig`, so a new config field is a
+new flag); ``sample`` and ``edit`` in :mod:`ddpm.cli.sample`, ``eval`` in :mod:`ddpm.cli.eval`, ``convert`` in
+:mod:`ddpm.cli.convert`. User mistakes print one ``error: ...`` line and exit with status 2, without a
+traceback; a :class:`~ddpm.errors.ParameterError` is shown with flags in place of the library's parameter names.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 
 import torch
 
+from .. import __version__
+from ..errors import ParameterError, UserError
+from ..train import TrainConfig, train
 from .convert import add_convert_parser, cmd_convert
-from .errors import UserError
-from .eval_cli import add_eval_parser, cmd_eval
-from .generate import add_edit_parser, add_sample_parser, cmd_edit, cmd_sample
+from .eval import add_eval_parser, cmd_eval
+from .sample import FLAGS, SAMPLE_FLAGS, add_edit_parser, add_sample_parser, cmd_edit, cmd_sample
 
 
 def _field_type(annotation: str) -> tuple[type, bool]:
@@ -28,8 +33,6 @@ def _field_type(annotation: str) -> tuple[type, bool]:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    import dataclasses
-
     for f in dataclasses.fields(config_cls):
         if f.metadata.get("cli", True) is False:
             continue
@@ -46,9 +49,6 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .train import TrainConfig
-
     parser = argparse.ArgumentParser(prog="ddpm", description="Train denoising diffusion models and sample them.")
     parser.add_argument("--version", action="version", version=f"ddpm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -65,16 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from .train import TrainConfig, train
-
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     cfg = TrainConfig(**values, progress=not args.quiet)
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
         print(f"wrote {result.checkpoint}")
     return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "edit": cmd_edit, "convert": cmd_convert, "eval": cmd_eval}
+# Per command: library parameter -> flag, where the flag is not "--" + the name with dashes.
+FLAG_NAMES = {"sample": SAMPLE_FLAGS, "edit": FLAGS, "eval": FLAGS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,21 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     torch.set_float32_matmul_precision("high")
+    flags = FLAG_NAMES.get(args.command, {})
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "sample":
-            return cmd_sample(args)
-        if args.command == "edit":
-            return cmd_edit(args)
-        if args.command == "convert":
-            return cmd_convert(args)
-        if args.command == "eval":
-            return cmd_eval(args)
+        return COMMANDS[args.command](args)
+    except ParameterError as e:
+        print(f"error: {e.render(lambda name: flags.get(name, '--' + name.replace('_', '-')))}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 2
