@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from .errors import UserError
@@ -87,15 +88,37 @@ def _atomic_write(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Tensor],
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write ``tensors`` (name -> tensor of any shape) and string ``metadata`` to a safetensors file.
+
+    The bytes are built in memory and written to our own hidden temporary name, fsynced and renamed, so a
+    process killed at any instant leaves either the old file or the new one, plus at most a ``.NAME.tmp-PID``
+    file that :func:`remove_partial_writes` recognises. (``safetensors.torch.save_file`` writes through a
+    temporary file of its own, named ``.tmpXXXXXX``, that a SIGKILL leaves behind.)
+    """
+    path = Path(path)
+    data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return path
+
+
+def remove_partial_writes(directory: str | os.PathLike[str]) -> None:
+    """Delete the half-written files a killed process can leave in ``directory`` (ours and older safetensors')."""
+    d = Path(directory)
+    for stale in [*d.glob(".*.tmp-*"), *d.glob(".tmp*")]:
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: str | os.PathLike[str], model: dict[str, Tensor], ema: dict[str, Tensor],
                     meta: dict[str, Any]) -> Path:
     """Atomically write model and EMA state dicts plus ``meta`` (JSON-ready) to a safetensors file."""
     path = Path(path)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.items()}
-    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.items()})
+    tensors = {f"model.{k}": v for k, v in model.items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.items()})
     meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"ddpm": json.dumps(meta)}))
-    return path
+    return save_safetensors(path, tensors, {"ddpm": json.dumps(meta)})
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

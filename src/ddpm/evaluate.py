@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import save_safetensors
+
 ArrayLike = Tensor | np.ndarray
 
 
@@ -333,12 +335,10 @@ def accuracy(net: FeatureNet, images: Tensor, labels: Tensor, batch_size: int = 
 
 
 def save_feature_net(net: FeatureNet, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
-    """Write the weights and config to a safetensors file (no pickle)."""
-    from safetensors.torch import save_file
-
+    """Atomically write the weights and config to a safetensors file (no pickle)."""
     meta = {k: str(v) for k, v in net.config.items()}
     meta.update(metadata or {})
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata=meta)
+    save_safetensors(path, net.state_dict(), meta)
 
 
 def load_feature_net(path: str | os.PathLike[str]) -> tuple[FeatureNet, dict[str, str]]:

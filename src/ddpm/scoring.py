@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoint import save_safetensors
 from .errors import UserError
 
 CACHE_VERSION = "1"
@@ -67,15 +68,6 @@ def subset_indices(total: int, num: int, seed: int = 0) -> np.ndarray:
         return np.arange(total)
     perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:num]
     return np.sort(perm.numpy())
-
-
-def _atomic_save(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- the FeatureNet extractor
@@ -150,10 +142,7 @@ def featurenet_for(train_pixels: np.ndarray, train_labels: Tensor | None, data_n
         meta = {"data": data_name, "trained_on": f"{n} train images, content sha256 {key}", "epochs": str(epochs),
                 "train_accuracy": f"{accuracy(net, images, train_labels):.4f}",
                 "train_seconds": f"{time.perf_counter() - t0:.0f}"}
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-        save_feature_net(net, tmp, meta)
-        os.replace(tmp, file)
+        save_feature_net(net, file, meta)
     return FeatureNetExtractor(file, device)
 
 
@@ -191,7 +180,7 @@ def reference_features(extractor: Any, pixels: np.ndarray, cache_dir: Path, info
     feats = extractor.features(pixels, batch_size=batch_size, progress=progress, desc="reference features")
     mean, cov = feats.mean(0), torch.cov(feats.T)
     meta = {"key": key, "extractor_sha256": extractor.sha256, **{k: str(v) for k, v in info.items()}}
-    _atomic_save(file, {"features": feats.float(), "mean": mean, "cov": cov}, meta)
+    save_safetensors(file, {"features": feats.float(), "mean": mean, "cov": cov}, meta)
     # float32 storage is exact: both extractors compute in float32.
     return feats.float().double(), mean, cov, file, False
 

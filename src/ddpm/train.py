@@ -39,6 +39,7 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_training_state,
+    remove_partial_writes,
     save_checkpoint,
     save_training_state,
     state_path,
@@ -402,8 +403,7 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
         raise UserError(f"nothing to resume in {out}: it holds no checkpoints (drop --resume to start a new run)")
     (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
-    for stale in (out / CHECKPOINT_DIR).glob(".*.tmp-*"):  # half-written files of a killed process
-        stale.unlink(missing_ok=True)
+    remove_partial_writes(out / CHECKPOINT_DIR)  # half-written files of a killed process
 
 
 def latest_resumable(out: Path) -> tuple[Path, dict[str, Any]]:
