@@ -5,6 +5,10 @@ Usage::
     python benchmarks/throughput.py [--presets tiny,small,ddpm-cifar10] [--seconds S] [--threads N]
                                     [--precisions float32,bf16] [--cases tiny:1:28:128:128,...]
 
+``--compile`` adds a ``torch.compile`` row for each case (TorchInductor, which on a CPU builds C++ kernels with
+the system compiler) and reports the one-off compile time next to the steady speed, so the time it costs
+can be set against what it saves over a run.
+
 ``--precisions bf16`` runs the network under bf16 autocast (as ``ddpm train`` does where the hardware computes
 bf16 natively), with a bf16 peak measured beside the float32 one; each row's "% peak" is against the peak
 of its own precision.
@@ -103,13 +107,16 @@ def make_optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_batch: int,
-               seconds: float, bf16: bool = False) -> dict[str, float]:
-    """Measure one preset at one image shape (the network under bf16 autocast with ``bf16``)."""
+               seconds: float, bf16: bool = False, compile: bool = False) -> dict[str, float]:
+    """Measure one preset at one image shape (the network under bf16 autocast with ``bf16``; compiled with
+    ``torch.compile`` with ``compile``, whose first two training steps and first sampling call, compilation
+    included, are reported as ``compile_s``)."""
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     torch.manual_seed(0)
     net = UNet.from_preset(preset, channels=channels, image_size=size)
     params = sum(p.numel() for p in net.parameters())
     flops = forward_flops(net, channels, size)
+    model = torch.compile(net) if compile else net
 
     net.train()
     opt = make_optimizer(net)
@@ -119,13 +126,15 @@ def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_b
 
     def train_step() -> None:
         with autocast():
-            loss = (net(x, t).float() - target).pow(2).mean()
+            loss = (model(x, t).float() - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    start = time.perf_counter()
     for _ in range(2):
         train_step()
+    warm = time.perf_counter() - start
     n, dt = timed(train_step, seconds)
     train_ips = n * train_batch / dt
 
@@ -133,11 +142,14 @@ def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_b
     xs = torch.randn(sample_batch, channels, size, size)
     ts = torch.full((sample_batch,), 500)
     with torch.no_grad(), autocast():
-        net(xs, ts)
-        n, dt = timed(lambda: net(xs, ts), seconds)
+        start = time.perf_counter()
+        model(xs, ts)
+        warm += time.perf_counter() - start
+        n, dt = timed(lambda: model(xs, ts), seconds)
     sample_eps = n * sample_batch / dt
 
-    return dict(params=params, gflops=flops / 1e9, train_ips=train_ips, step_ms=1e3 * train_batch / train_ips,
+    return dict(params=params, compile_s=warm, gflops=flops / 1e9, train_ips=train_ips,
+                step_ms=1e3 * train_batch / train_ips,
                 train_gflops=3 * flops * train_ips / 1e9, sample_eps=sample_eps,
                 sample_gflops=flops * sample_eps / 1e9)
 
@@ -150,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--precisions", default="float32", help="comma-separated: float32, bf16 (autocast)")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile row for each case and precision")
     parser.add_argument("--cases", default=None,
                         help="comma-separated preset:channels:size:train_batch:sample_batch (default: the built-in "
                              "list, filtered by --presets)")
@@ -184,17 +197,23 @@ def main(argv: list[str] | None = None) -> None:
               f"-> peak {peaks[name]:.1f} GFLOP/s")
     print("- command: python benchmarks/throughput.py " + " ".join(
         f"--{k} {v}" for k, v in (("presets", args.presets), ("seconds", args.seconds), ("threads", args.threads),
-                                  ("precisions", args.precisions), ("cases", args.cases)) if v is not None))
+                                  ("precisions", args.precisions), ("cases", args.cases)) if v is not None)
+        + (" --compile" if args.compile else ""))
     print()
-    print("| preset | shape | precision | params | GFLOP/fwd/img | train batch | train img/s | train step ms "
+    print("| preset | shape | precision | compiled (first steps s) | params | GFLOP/fwd/img | train batch "
+          "| train img/s | train step ms "
           "| train GFLOP/s | train % peak | sample batch | sample evals/s | sample GFLOP/s | sample % peak |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (preset, channels, size, tb, sb), name in ((c, p) for c in cases for p in precisions):
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    compiles = (False, True) if args.compile else (False,)
+    runs = ((c, p, k) for c in cases for p in precisions for k in compiles)
+    for (preset, channels, size, tb, sb), name, comp in runs:
         if preset not in wanted:
             continue
         peak = peaks[name]
-        r = bench_case(preset, channels, size, tb, sb, args.seconds, bf16=name == "bf16")
-        print(f"| {preset} | {channels}×{size}×{size} | {name} | {r['params'] / 1e6:.2f}M | {r['gflops']:.4f} | {tb} "
+        r = bench_case(preset, channels, size, tb, sb, args.seconds, bf16=name == "bf16", compile=comp)
+        compiled = f"yes ({r['compile_s']:.0f} s)" if comp else "no"
+        print(f"| {preset} | {channels}×{size}×{size} | {name} | {compiled} | {r['params'] / 1e6:.2f}M "
+              f"| {r['gflops']:.4f} | {tb} "
               f"| {r['train_ips']:.1f} | {r['step_ms']:.0f} | {r['train_gflops']:.1f} "
               f"| {100 * r['train_gflops'] / peak:.0f}% | {sb} | {r['sample_eps']:.1f} | {r['sample_gflops']:.1f} "
               f"| {100 * r['sample_gflops'] / peak:.0f}% |", flush=True)
