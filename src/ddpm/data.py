@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from .errors import UserError
+from .images import to_uint8
 
 KNOWN_DATASETS = ("digits", "fashion-mnist")
 SPLITS = ("train", "test")
@@ -79,6 +80,13 @@ class ImageDataset:
     def to_unit(self, pixels: Tensor) -> Tensor:
         """Some of this set's ``pixels`` (any shape, e.g. a batch ``(B, C, H, W)``) as float32 in [-1, 1]."""
         return pixels if pixels.is_floating_point() else pixels.float().div_(self.levels / 2).sub_(1.0)
+
+    def as_uint8(self) -> np.ndarray:
+        """All images as 8-bit pixels, uint8 ``(N, C, H, W)`` (p ↔ p/127.5 − 1): the stored ``pixels`` themselves
+        when they are 8-bit codes, else ``images`` rounded to the nearest 8-bit level."""
+        if self.pixels.dtype == torch.uint8 and self.levels == 255:
+            return self.pixels.numpy()
+        return to_uint8(self.images, channels_last=False)
 
     @property
     def images(self) -> Tensor:

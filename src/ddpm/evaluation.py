@@ -251,16 +251,16 @@ def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
 
     # -- the reference side
     ref_ds = load_dataset(data_spec, image_size, split=cfg.ref_split)
-    ref_all = ref_ds.images
+    ref_all = ref_ds.as_uint8()  # (N, C, H, W) uint8
     if label is not None and ref_ds.labels is not None:
-        ref_all = ref_all[ref_ds.labels == label]  # --class: compare with that class only
+        ref_all = ref_all[(ref_ds.labels == label).numpy()]  # --class: compare with that class only
     split_size = len(ref_all)
     ref_num = split_size if cfg.ref_num is None else cfg.ref_num
     if ref_num > split_size:
         raise ParameterError(f"{{ref_num}} {ref_num} is larger than the {cfg.ref_split} split of {data_spec} "
                              f"({split_size} images): pass {{ref_num}} {split_size} or fewer")
     ref_idx = subset_indices(split_size, ref_num)
-    ref = to_pixels(ref_all[torch.as_tensor(ref_idx)])  # (M, C, H, W) uint8
+    ref = ref_all[ref_idx]  # (M, C, H, W) uint8
 
     # -- the generated side, part 2
     if ckpt_path is not None:
@@ -422,7 +422,7 @@ def _score(metrics: list[str], gen: np.ndarray, ref: np.ndarray, data_spec: str,
     if "fd" in metrics:
 
         train = load_dataset(data_spec, image_size)
-        fnet = featurenet_for(to_pixels(train.images), train.labels, data_spec, cache_dir, cfg.featurenet,
+        fnet = featurenet_for(train.as_uint8(), train.labels, data_spec, cache_dir, cfg.featurenet,
                               device, _log)
         f_gen, f_ref, mean, cov, cache_note = _embed(fnet, gen, ref, info, cfg, cache_dir, progress)
         results["fd"] = fd_against(f_gen, mean, cov)
@@ -439,12 +439,12 @@ def _memorization(gen: np.ndarray, train_ref: np.ndarray | None, data_spec: str,
     """Nearest training image of each sample, in features and in pixels, against held-out real images."""
     ext, f_gen, _ = extra["features"]
     if train_ref is None:  # the reference was the test split: the training images are needed too
-        train_all = to_pixels(load_dataset(data_spec, image_size).images)
+        train_all = load_dataset(data_spec, image_size).as_uint8()
         train = train_all[subset_indices(len(train_all), cfg.ref_num or len(train_all))]
     else:
         train = train_ref
     try:
-        test_all = to_pixels(load_dataset(data_spec, image_size, split="test").images)
+        test_all = load_dataset(data_spec, image_size, split="test").as_uint8()
         held = test_all[subset_indices(len(test_all), min(len(test_all), len(train)), seed=2)]
     except UserError:
         held = None  # no test split (digits, image folders): the baseline is leave-one-out within train

@@ -16,13 +16,14 @@ from PIL import Image, PngImagePlugin
 from torch import Tensor
 
 
-def to_uint8(images: Tensor) -> np.ndarray:
-    """Map images in [-1, 1], (B, C, H, W), to uint8 (B, H, W, C), rounding to the nearest level.
+def to_uint8(images: Tensor, channels_last: bool = True) -> np.ndarray:
+    """Map images in [-1, 1], (B, C, H, W), to uint8 (B, H, W, C) (or (B, C, H, W) with ``channels_last=False``),
+    rounding to the nearest level.
 
     Rounding (not truncation) makes the map the inverse of loading: pixel p -> p/127.5 - 1 -> p.
     """
     x = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+    return x.permute(0, 2, 3, 1).numpy() if channels_last else x.numpy()
 
 
 def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 1, pad_value: int = 0,
@@ -179,8 +180,12 @@ def from_uint8(images: np.ndarray) -> Tensor:
     """Inverse of :func:`to_uint8`: uint8 (B, H, W, C) -> float32 (B, C, H, W) in [-1, 1] (p -> p/127.5 − 1)."""
     if images.ndim != 4:
         raise ValueError(f"from_uint8 takes (B, H, W, C) images; got shape {images.shape}")
-    x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1
+    return pixels_to_unit(np.array(images, dtype=np.uint8, copy=True).transpose(0, 3, 1, 2))
+
+
+def pixels_to_unit(pixels: np.ndarray | Tensor) -> Tensor:
+    """uint8 (B, C, H, W) 8-bit pixels -> float32 (B, C, H, W) in [-1, 1] (p -> p/127.5 − 1), on their device."""
+    return torch.as_tensor(pixels).float() / 127.5 - 1
 
 
 # ---------------------------------------------------------------------------- pictures of the process

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .checkpoint import save_safetensors
 from .errors import UserError
+from .images import pixels_to_unit, to_uint8
 
 CACHE_VERSION = "1"
 FID_TRAIN_REF_NUM = 10_000  # reference images for --eval-metric fid during training (FD uses the whole split)
@@ -48,7 +49,7 @@ def default_cache_dir() -> Path:
 
 def to_pixels(images: Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] → uint8 (N, C, H, W) pixels, round((x + 1) · 127.5), the rounding PNGs get."""
-    return ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return to_uint8(images, channels_last=False)
 
 
 def content_sha256(pixels: np.ndarray, labels: Tensor | np.ndarray | None = None) -> str:
@@ -103,7 +104,7 @@ class FeatureNetExtractor:
         """uint8 (N, C, H, W) → (N, feature_dim) float64 on the CPU."""
         out = []
         for i in range(0, len(pixels), batch_size):
-            x = torch.as_tensor(pixels[i:i + batch_size]).to(self.device).float() / 127.5 - 1.0
+            x = pixels_to_unit(torch.as_tensor(pixels[i:i + batch_size]).to(self.device))
             out.append(self.net.features(x).double().cpu())
         return torch.cat(out)
 
@@ -137,7 +138,7 @@ def featurenet_for(train_pixels: np.ndarray, train_labels: Tensor | None, data_n
         epochs = featurenet_epochs(n)
         log(f"training the FeatureNet for {data_name} once ({n} images, {epochs} epochs; cached as {file})")
         t0 = time.perf_counter()
-        images = torch.as_tensor(train_pixels).float() / 127.5 - 1.0
+        images = pixels_to_unit(train_pixels)
         net = train_feature_net(images, train_labels, epochs=epochs, seed=0)
         meta = {"data": data_name, "trained_on": f"{n} train images, content sha256 {key}", "epochs": str(epochs),
                 "train_accuracy": f"{accuracy(net, images, train_labels):.4f}",
@@ -222,7 +223,7 @@ class TrainingEval:
 
     def _prepare(self) -> tuple[Any, Tensor, Tensor, int]:
         if self.ref is None:
-            pixels = to_pixels(self.data.images)
+            pixels = self.data.as_uint8()
             if self.metric == "fd":
                 ext = featurenet_for(pixels, self.data.labels, self.data_name, self.cache_dir, device=self.device)
             else:
