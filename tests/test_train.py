@@ -421,3 +421,52 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     assert "unknown --loss-weight 'snr'" in err and err.count("\n") == 1
     assert main(["train", *BASE, *opts, "--out", str(split), "--steps", "8", "--resume", "--loss-gamma", "2"]) == 2
     assert "--loss-gamma None in the checkpoint, 2.0 now" in capsys.readouterr().err
+
+
+def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):
+    """--base-channels/--channel-mult/--res-blocks/--attention override the preset's fields; the network and the
+    flags are saved, the sampler rebuilds the network from the checkpoint, and resume must keep them."""
+    shape = ["--base-channels", "16", "--channel-mult", "1,2,2", "--res-blocks", "2", "--attention", "4"]
+    run = tmp_path / "run"
+    assert main(["train", *BASE, *shape, "--out", str(run), "--steps", "2"]) == 0
+    ck = load_checkpoint(run)
+    net = ck.meta["model"]
+    assert (net["base_channels"], net["channel_mult"], net["num_res_blocks"], net["attention_resolutions"]) == \
+        (16, [1, 2, 2], 2, [4])
+    # 8x8 digits: levels 8, 4, 2 with two blocks each (three on the way up); attention at the 4x4 level only,
+    # besides the middle block's: down blocks 3 and 4, up blocks 3, 4 and 5 (indices count the downsamplers).
+    assert ck.model["conv_in.weight"].shape == (16, 1, 3, 3)
+    attn = {k.rsplit(".qkv.", 1)[0] for k in ck.model if ".qkv." in k and not k.startswith("mid")}
+    assert attn == {"down.3.1", "down.4.1", "up.3.1", "up.4.1", "up.5.1"}
+    assert ck.model["down.6.0.conv1.weight"].shape[0] == 32 and "down.8.0.conv1.weight" not in ck.model
+    assert ck.meta["train"]["channel_mult"] == "1,2,2"
+    assert main(["sample", "--checkpoint", str(run), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert main(["train", *BASE, "--out", str(run), "--steps", "4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--channel-mult '1,2,2' in the checkpoint, None now" in err and err.count("\n") == 1
+    assert main(["train", *BASE, *shape, "--out", str(run), "--steps", "4", "--resume"]) == 0
+    assert load_checkpoint(run).step == 4
+    # "none" removes the preset's attention levels; malformed lists are one-line errors.
+    assert TrainConfig(out="x", attention="none").network_overrides() == {"attention_resolutions": ()}
+    for bad, words in ((["--channel-mult", "1,x"], "--channel-mult takes comma-separated positive integers"),
+                       (["--attention", "0"], "--attention takes comma-separated positive integers"),
+                       (["--base-channels", "0"], "--base-channels must be at least 1")):
+        assert main(["train", *BASE, *bad, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_resume_keeps_the_runs_network_when_the_preset_is_redefined(tmp_path, monkeypatch):
+    """A run resumed after an upgrade that changed its preset's definition goes on with the network saved in its
+    checkpoint, bit-identical to a run that was never interrupted."""
+    import ddpm.unet as unet
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", *BASE, "--out", str(straight), "--steps", "4"]) == 0
+    assert main(["train", *BASE, "--out", str(split), "--steps", "2"]) == 0
+    monkeypatch.setitem(unet.PRESETS, "tiny", {**unet.PRESETS["tiny"], "channel_mult": (1, 2, 2), "base_channels": 8})
+    assert main(["train", *BASE, "--out", str(split), "--steps", "4", "--resume"]) == 0
+    _assert_identical(_weights(straight), _weights(split))
+    assert load_checkpoint(split).meta["model"] == load_checkpoint(straight).meta["model"]

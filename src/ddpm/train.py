@@ -75,6 +75,13 @@ class TrainConfig:
     init_from: str | None = _opt("start a new run from this checkpoint's weights, EMA and raw (a file or run "
                                  "directory, e.g. one made by `ddpm convert`); its network is used, not --preset",
                                  default=None)
+    base_channels: int | None = _opt("network width: channels of the first level (default: the preset's)",
+                                     default=None)
+    channel_mult: str | None = _opt("width multiplier of each resolution level, comma-separated, e.g. 1,2,2 (one "
+                                    "level per entry; default: the preset's)", default=None)
+    res_blocks: int | None = _opt("residual blocks per resolution level (default: the preset's)", default=None)
+    attention: str | None = _opt("feature-map sizes that get self-attention besides the middle block's, "
+                                 "comma-separated, e.g. 7,8, or 'none' (default: the preset's)", default=None)
     image_size: int | None = _opt("resize/crop images to this size (default: the data's own size)", default=None)
     skip_bad: bool = _opt("skip image files that cannot be read instead of stopping", default=False)
     flip: bool = _opt("random horizontal flips of the training images", default=False)
@@ -167,9 +174,30 @@ class TrainConfig:
             raise UserError(f"--ema-decay must lie in [0, 1); got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
             raise UserError(f"--label-dropout must lie in [0, 1); got {self.label_dropout}")
+        if self.network_overrides() and self.init_from is not None:  # also raises on a malformed list
+            raise UserError("--init-from keeps its checkpoint's network: drop --base-channels, --channel-mult, "
+                            "--res-blocks and --attention")
         if self.eval_every < 0 or self.eval_num < 2 or self.eval_metric not in ("fd", "fid"):
             raise UserError(f"--eval-every must be >= 0, --eval-num >= 2 and --eval-metric fd or fid; got "
                             f"{self.eval_every}, {self.eval_num}, {self.eval_metric!r}")
+
+    def network_overrides(self) -> dict[str, Any]:
+        """The UNetConfig fields that --base-channels, --channel-mult, --res-blocks and --attention set."""
+        out: dict[str, Any] = {}
+        for flag, value, name in (("--base-channels", self.base_channels, "base_channels"),
+                                  ("--res-blocks", self.res_blocks, "num_res_blocks")):
+            if value is not None:
+                if value < 1:
+                    raise UserError(f"{flag} must be at least 1; got {value}")
+                out[name] = value
+        if self.channel_mult is not None:
+            out["channel_mult"] = _int_list("--channel-mult", self.channel_mult, "e.g. 1,2,2")
+            if not out["channel_mult"]:
+                raise UserError("--channel-mult needs at least one level, e.g. 1,2,2")
+        if self.attention is not None:
+            spec = self.attention.strip().lower()
+            out["attention_resolutions"] = () if spec == "none" else _int_list("--attention", spec, "e.g. 7 or none")
+        return out
 
     def make_schedule(self) -> Schedule:
         try:
@@ -180,8 +208,20 @@ class TrainConfig:
             raise UserError(str(e)) from None
 
 
+def _int_list(flag: str, text: str, example: str) -> tuple[int, ...]:
+    """'1,2,2' -> (1, 2, 2): positive integers, or a UserError naming the flag."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = (0,)
+    if any(v < 1 for v in values):
+        raise UserError(f"{flag} takes comma-separated positive integers ({example}); got {text!r}")
+    return values
+
+
 # Fields that decide the run's numbers: a resumed run must keep them.
-RESUME_MUST_MATCH = ("data", "preset", "image_size", "flip", "class_cond", "label_dropout", "batch_size",
+RESUME_MUST_MATCH = ("data", "preset", "base_channels", "channel_mult", "res_blocks", "attention", "image_size",
+                     "flip", "class_cond", "label_dropout", "batch_size",
                      "grad_accum", "lr", "warmup", "lr_schedule", "weight_decay", "grad_clip", "ema_decay", "seed",
                      "timesteps", "schedule", "beta_start", "beta_end", "prediction", "dropout", "loss_weight",
                      "loss_gamma", "t_sampling", "laplace_loc", "laplace_scale", "init_from")
@@ -571,10 +611,12 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
                                      "num_classes": data.num_classes if cfg.class_cond else None}
         if cfg.dropout is not None:
             overrides["dropout"] = cfg.dropout
+        overrides.update(cfg.network_overrides())
         try:
             raw = UNet.from_preset(cfg.preset, **overrides)
         except ValueError as e:
-            raise UserError(f"preset {cfg.preset!r} does not fit the data: {e}") from None
+            raise UserError(f"preset {cfg.preset!r} does not fit the data: {e} (flags: --image-size, "
+                            f"--channel-mult)") from None
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -584,6 +626,11 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
         path, state = latest_resumable(out)
         ck = load_checkpoint(path)
         check_compatible(ck.meta["train"], cfg, px.world, int(ck.meta.get("world_size", 1)), path)
+        saved_net = UNetConfig.from_dict(ck.meta["model"])
+        if saved_net != raw.config:  # the preset was redefined since the run began: keep the run's network
+            raw = UNet(saved_net)
+            ema = copy.deepcopy(raw).eval().requires_grad_(False)
+            opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         raw.load_state_dict(ck.model)
         ema.load_state_dict(ck.ema)
         opt.load_state_dict(state["optimizer"])
