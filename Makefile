@@ -30,7 +30,7 @@ demo: install
 	$(BIN)/ddpm sample --checkpoint runs/demo --num 100 --out runs/demo/samples
 	@echo "demo grid: runs/demo/samples/grid.png"
 
-DEMO_TRAIN ?= --steps 2000 --sample-every 500 --checkpoint-every 500
+DEMO_TRAIN ?= --steps 4000 --sample-every 1000 --checkpoint-every 1000
 
 test: install
 	$(BIN)/ruff check src tests benchmarks

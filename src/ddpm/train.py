@@ -87,7 +87,7 @@ class TrainConfig:
     flip: bool = _opt("random horizontal flips of the training images", default=False)
     class_cond: bool = _opt("condition on the dataset's labels (for classifier-free guidance)", default=False)
     label_dropout: float = _opt("with --class-cond, the share of labels dropped to 'no label'", default=0.1)
-    batch_size: int = _opt("images per optimisation step per process", default=128)
+    batch_size: int = _opt("images per optimisation step per process", default=64)
     grad_accum: int = _opt("micro-batches per step: effective batch = batch-size x processes x grad-accum",
                            default=1)
     lr: float = _opt("AdamW learning rate after warm-up", default=1e-3)
