@@ -210,13 +210,10 @@ class TrainConfig:
 
 def _int_list(flag: str, text: str, example: str) -> tuple[int, ...]:
     """'1,2,2' -> (1, 2, 2): positive integers, or a UserError naming the flag."""
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = (0,)
-    if any(v < 1 for v in values):
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    if not all(v.isdigit() and int(v) >= 1 for v in parts):
         raise UserError(f"{flag} takes comma-separated positive integers ({example}); got {text!r}")
-    return values
+    return tuple(int(v) for v in parts)
 
 
 # Fields that decide the run's numbers: a resumed run must keep them.
@@ -604,7 +601,13 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
     from the latest checkpoint of ``out`` (--resume); on px.device, wrapped in DDP and torch.compile as asked."""
     device = px.device
     torch.manual_seed(mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
-    if cfg.init_from is not None:  # a new run that starts from another checkpoint's network and weights
+    if cfg.resume:  # the run's own network, as saved, whatever the preset means today
+        path, state = latest_resumable(out)
+        ck = load_checkpoint(path)
+        check_compatible(ck.meta["train"], cfg, px.world, int(ck.meta.get("world_size", 1)), path)
+        raw = UNet(UNetConfig.from_dict(ck.meta["model"]))
+        ema = copy.deepcopy(raw).eval().requires_grad_(False)
+    elif cfg.init_from is not None:  # a new run that starts from another checkpoint's network and weights
         raw, ema = networks_from_checkpoint(cfg, data)
     else:
         overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size,
@@ -623,14 +626,6 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
     step = 0
     bf16 = cfg.bf16 if cfg.bf16 is not None else default_bf16(device)
     if cfg.resume:
-        path, state = latest_resumable(out)
-        ck = load_checkpoint(path)
-        check_compatible(ck.meta["train"], cfg, px.world, int(ck.meta.get("world_size", 1)), path)
-        saved_net = UNetConfig.from_dict(ck.meta["model"])
-        if saved_net != raw.config:  # the preset was redefined since the run began: keep the run's network
-            raw = UNet(saved_net)
-            ema = copy.deepcopy(raw).eval().requires_grad_(False)
-            opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         raw.load_state_dict(ck.model)
         ema.load_state_dict(ck.ema)
         opt.load_state_dict(state["optimizer"])
