@@ -52,6 +52,8 @@ RECIPES: dict[str, list[str]] = {
     "mult122-w48": ["--channel-mult", "1,2,2", "--base-channels", "48"],
     "res2": ["--res-blocks", "2"],
     "b64": ["--batch-size", "64"],
+    "b32": ["--batch-size", "32"],
+    "b16": ["--batch-size", "16"],
 }
 DIFFUSERS = "diffusers"
 
