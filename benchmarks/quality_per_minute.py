@@ -54,6 +54,7 @@ RECIPES: dict[str, list[str]] = {
     "b64": ["--batch-size", "64"],
     "b32": ["--batch-size", "32"],
     "b16": ["--batch-size", "16"],
+    "lr2e-3": ["--lr", "2e-3"],
 }
 DIFFUSERS = "diffusers"
 
