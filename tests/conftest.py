@@ -17,15 +17,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def flush_subnormals():
-    """Subnormal floats flushed to zero for the whole suite, as ``ddpm``'s entry point sets for its process, so a
-    library call and a CLI call in the same test compute alike whichever ran first."""
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
-
-
 # A tiny model trained for 12 steps on digits (checkpoints and grids at steps 6 and 12), shared by the CLI,
 # sample and edit tests: training it once per session instead of once per file.
 TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--steps", "12", "--batch-size", "16",

@@ -86,9 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     torch.set_float32_matmul_precision("high")
-    # Trained networks make subnormal activations (|x| < 1.2e-38), which x86 CPUs compute on a slow path:
-    # without this, sampling a 25-minute Fashion-MNIST model took 15-23% longer (BENCHMARKS.md).
-    torch.set_flush_denormal(True)
     flags = FLAG_NAMES.get(args.command, {})
     try:
         return COMMANDS[args.command](args)
