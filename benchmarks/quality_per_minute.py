@@ -43,15 +43,14 @@ RECIPES: dict[str, list[str]] = {
     "laplace-cosine": ["--t-sampling", "laplace", "--lr-schedule", "cosine"],
     "v-minsnr-cosine": ["--prediction", "v", "--loss-weight", "min-snr", "--lr-schedule", "cosine"],
     "v-cosine-lr2e-3": ["--prediction", "v", "--lr-schedule", "cosine", "--lr", "2e-3"],
-    # network shape and batch at CPU budgets ("tiny2-b128" is the default before issue 9's screen: two levels,
-    # batch 128; "mult122-b64" is today's default)
+    # network shape and batch at CPU budgets, each with the flags it ran with whatever the defaults are now
+    # ("tiny2-b128" is the default before issue 9's screen: two levels, batch 128; "mult122-b64" is today's)
     "tiny2-b128": ["--channel-mult", "1,2", "--batch-size", "128"],
-    "mult122": ["--channel-mult", "1,2,2"],
-    "mult122-attn7": ["--channel-mult", "1,2,2", "--attention", "7"],
+    "mult122": ["--channel-mult", "1,2,2", "--batch-size", "128"],
+    "mult122-attn7": ["--channel-mult", "1,2,2", "--attention", "7", "--batch-size", "128"],
     "mult122-b64": ["--channel-mult", "1,2,2", "--batch-size", "64"],
     "mult122-w48": ["--channel-mult", "1,2,2", "--base-channels", "48"],
     "res2": ["--res-blocks", "2"],
-    "b64": ["--batch-size", "64"],
     "b32": ["--batch-size", "32"],
     "b16": ["--batch-size", "16"],
     "lr2e-3": ["--lr", "2e-3"],
