@@ -381,6 +381,35 @@ def test_bf16_default_follows_the_cpu(monkeypatch):
     assert tr.default_bf16(torch.device("meta")) is False
 
 
+def test_ema_is_the_closed_form_average_of_the_trained_weights():
+    """After N updates, ema_N = Σ_n w_n θ_n over the weights θ_0 (the start) .. θ_N, with
+    β_n = min(decay, (1+n)/(10+n)), w_0 = Π_{m<N} β_m and w_n = (1 − β_{n−1}) Π_{m=n}^{N−1} β_m; buffers are copied.
+    The decay cap binds from n = 35 on, so both parts of the warm-up are covered."""
+    from ddpm.train import ema_decay_at, ema_update
+
+    decay, n_steps = 0.8, 60
+    assert ema_decay_at(0, decay) == 0.1 and ema_decay_at(34, decay) < decay == ema_decay_at(35, decay)
+    gen = torch.Generator().manual_seed(0)
+    thetas = [torch.randn(3, 4, generator=gen, dtype=torch.float64) for _ in range(n_steps + 1)]
+    raw = torch.nn.Linear(4, 3, bias=False).double()
+    raw.register_buffer("count", torch.zeros(()))
+    ema = torch.nn.Linear(4, 3, bias=False).double()
+    ema.register_buffer("count", torch.zeros(()))
+    with torch.no_grad():
+        raw.weight.copy_(thetas[0])
+        ema.weight.copy_(thetas[0])
+        for n in range(n_steps):
+            raw.weight.copy_(thetas[n + 1])
+            raw.count.fill_(n + 1)
+            ema_update(ema, raw, ema_decay_at(n, decay))
+    betas = [min(decay, (1 + m) / (10 + m)) for m in range(n_steps)]
+    weights = [float(np.prod(betas))] + [(1 - betas[n - 1]) * float(np.prod(betas[n:])) for n in range(1, n_steps + 1)]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-12)
+    expected = sum(w * th for w, th in zip(weights, thetas, strict=True))
+    torch.testing.assert_close(ema.weight, expected, rtol=0, atol=1e-12)
+    assert float(ema.count) == n_steps
+
+
 def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path, capsys, monkeypatch):
     """Min-SNR weights, Laplace timesteps and a cosine LR decay are saved with the run, and a run interrupted
     (SIGTERM after step 3) and resumed with the same --steps ends bit-identical to one that was not."""
