@@ -51,6 +51,8 @@ RECIPES: dict[str, list[str]] = {
     "mult122-b64": ["--channel-mult", "1,2,2", "--batch-size", "64"],
     "mult122-w48": ["--channel-mult", "1,2,2", "--base-channels", "48"],
     "res2": ["--res-blocks", "2"],
+    "mult124": ["--channel-mult", "1,2,4"],
+    "mult124-w24": ["--channel-mult", "1,2,4", "--base-channels", "24"],
     "b32": ["--batch-size", "32"],
     "b16": ["--batch-size", "16"],
     "lr2e-3": ["--lr", "2e-3"],
