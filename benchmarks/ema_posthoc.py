@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from quality_per_minute import _run  # the same thread count and PYTHONPATH for every child process
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -101,13 +100,6 @@ def combine(states: list[dict[str, torch.Tensor]], c: np.ndarray) -> dict[str, t
 def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """‖a − b‖ over all floating tensors."""
     return float(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a if a[k].is_floating_point()) ** 0.5)
-
-
-def _run(cmd: list[str], threads: int) -> None:
-    print("$ " + " ".join(cmd), flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    env.setdefault("PYTHONPATH", str(REPO / "src"))
-    subprocess.run(cmd, check=True, env=env)
 
 
 def main() -> None:
