@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quality_per_minute import _run  # the same thread count and PYTHONPATH for every child process
+from quality_per_minute import BIN, REPO, _run  # _run: the same thread count and PYTHONPATH for every child
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from ddpm.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 
 def profile_weights(profile: str, last: int, decay: float) -> np.ndarray:
@@ -115,9 +114,6 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "ema_posthoc.jsonl")
     args = p.parse_args()
 
-    sys.path.insert(0, str(REPO / "src"))
-    from ddpm.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-
     found = list_checkpoints(args.run)
     if len(found) < 2:
         sys.exit(f"error: {args.run} has {len(found)} checkpoints; train with --checkpoint-every S --keep K")
@@ -126,6 +122,7 @@ def main() -> None:
     last = cks[-1]
     decay = float(last.meta["train"]["ema_decay"])
     raws = [ck.model for ck in cks]
+    stored_to_raw = distance(last.ema, last.model)
     out_dir = args.run / "posthoc"
     out_dir.mkdir(exist_ok=True)
     print(f"{len(steps)} snapshots, steps {steps[0]}..{steps[-1]} every {steps[1] - steps[0]}; ema decay {decay}")
@@ -139,17 +136,15 @@ def main() -> None:
         path = out_dir / f"{name}.safetensors"
         save_checkpoint(path, last.model, ema, {**last.meta, "ema_profile": profile})
         npz = out_dir / f"{name}-samples-{args.num}.npz"
-        t0 = time.perf_counter()
-        _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(path), "--num", str(args.num), "--out",
+        sample_s = _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(path), "--num", str(args.num), "--out",
               str(out_dir / f"{name}-samples-{args.num}"), "--npz", str(npz), "--quiet", "--overwrite"], args.threads)
-        sample_s = time.perf_counter() - t0
         ev = out_dir / f"{name}-eval"
         _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), "--data", args.data, "--ref-split", args.ref_split,
               "--ref-num", str(args.ref_num), "--metrics", args.metrics, "--out", str(ev), "--overwrite"], args.threads)
         scores = json.loads((ev / "eval.json").read_text())
         row = {"run": str(args.run), "step": steps[-1], "snapshot_every": steps[1] - steps[0], "profile": profile,
                "sigma_rel": sig, "dist_to_stored": distance(ema, last.ema),
-               "dist_stored_to_raw": distance(last.ema, last.model), "sample_wall_s": sample_s, "num": args.num,
+               "dist_stored_to_raw": stored_to_raw, "sample_wall_s": sample_s, "num": args.num,
                "ref_split": args.ref_split, "ref_num": args.ref_num,
                "scores": scores["metrics"],
                "date": time.strftime("%Y-%m-%d %H:%M")}
