@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quality_per_minute import BIN, REPO, _run  # _run: the same thread count and PYTHONPATH for every child
+from quality_per_minute import BIN, REPO, _run, add_scoring_args, append_row, reference_flags
 
 from ddpm.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
@@ -105,12 +105,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a ddpm train run with checkpoints every S steps")
     p.add_argument("--profiles", default="stored,warmup:10,raw")
-    p.add_argument("--num", type=int, default=1000)
-    p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--ref-split", default="test")
-    p.add_argument("--ref-num", type=int, default=2000)
-    p.add_argument("--metrics", default="fid,fd")
-    p.add_argument("--threads", type=int, default=2)
+    add_scoring_args(p)
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "ema_posthoc.jsonl")
     args = p.parse_args()
 
@@ -139,8 +134,8 @@ def main() -> None:
         sample_s = _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(path), "--num", str(args.num), "--out",
               str(out_dir / f"{name}-samples-{args.num}"), "--npz", str(npz), "--quiet", "--overwrite"], args.threads)
         ev = out_dir / f"{name}-eval"
-        _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), "--data", args.data, "--ref-split", args.ref_split,
-              "--ref-num", str(args.ref_num), "--metrics", args.metrics, "--out", str(ev), "--overwrite"], args.threads)
+        _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), *reference_flags(args), "--out", str(ev),
+              "--overwrite"], args.threads)
         scores = json.loads((ev / "eval.json").read_text())
         row = {"run": str(args.run), "step": steps[-1], "snapshot_every": steps[1] - steps[0], "profile": profile,
                "sigma_rel": sig, "dist_to_stored": distance(ema, last.ema),
@@ -148,9 +143,7 @@ def main() -> None:
                "ref_split": args.ref_split, "ref_num": args.ref_num,
                "scores": scores["metrics"],
                "date": time.strftime("%Y-%m-%d %H:%M")}
-        print(json.dumps(row), flush=True)
-        with args.results.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(args.results, row)
 
 
 if __name__ == "__main__":

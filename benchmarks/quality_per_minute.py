@@ -38,6 +38,7 @@ RECIPES: dict[str, list[str]] = {
     "cosine-lr": ["--lr-schedule", "cosine"],
     "minsnr": ["--loss-weight", "min-snr"],
     "laplace": ["--t-sampling", "laplace"],
+    "laplace-s1": ["--t-sampling", "laplace", "--laplace-scale", "1"],
     "v-cosine": ["--prediction", "v", "--lr-schedule", "cosine"],
     "minsnr-cosine": ["--loss-weight", "min-snr", "--lr-schedule", "cosine"],
     "laplace-cosine": ["--t-sampling", "laplace", "--lr-schedule", "cosine"],
@@ -100,13 +101,33 @@ def sample_ddpm(run: Path, args: argparse.Namespace) -> tuple[Path, float]:
     return npz, wall
 
 
+def add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark here scores with: samples, reference, metrics, threads."""
+    p.add_argument("--num", type=int, default=1000, help="samples per row")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--ref-split", default="test")
+    p.add_argument("--ref-num", type=int, default=2000)
+    p.add_argument("--metrics", default="fid,fd")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def reference_flags(args: argparse.Namespace) -> list[str]:
+    """The ``ddpm eval`` flags for the reference and metrics of :func:`add_scoring_args`."""
+    flags = ["--data", args.data, "--ref-split", args.ref_split, "--metrics", args.metrics]
+    return flags + (["--ref-num", str(args.ref_num)] if args.ref_num else [])
+
+
+def append_row(path: Path | str, row: dict) -> None:
+    """Append ``row`` as one JSON line to ``path`` (its folder made if needed) and print it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
 def score(npz: Path, out: Path, args: argparse.Namespace) -> dict:
     """``ddpm eval --samples`` against the reference split; returns its eval.json."""
-    cmd = [str(BIN / "ddpm"), "eval", "--samples", str(npz), "--data", args.data, "--ref-split", args.ref_split,
-           "--metrics", args.metrics, "--out", str(out)]
-    if args.ref_num:
-        cmd += ["--ref-num", str(args.ref_num)]
-    _run(cmd, args.threads)
+    _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), *reference_flags(args), "--out", str(out)], args.threads)
     return json.loads((out / "eval.json").read_text())
 
 
@@ -197,12 +218,7 @@ def main() -> None:
                    help="train ddpm recipes for this many steps instead of --minutes: a screen of recipes that cost "
                         "the same per step, whose results do not depend on the machine's load")
     p.add_argument("--skip-score", action="store_true", help="train and sample only (score later with --reuse)")
-    p.add_argument("--num", type=int, default=1000, help="samples per recipe")
-    p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--ref-split", default="test")
-    p.add_argument("--ref-num", type=int, default=2000)
-    p.add_argument("--metrics", default="fid,fd")
-    p.add_argument("--threads", type=int, default=2)
+    add_scoring_args(p)
     p.add_argument("--runs", default="runs/qpm")
     p.add_argument("--results", default="benchmarks/results/quality_per_minute.jsonl")
     p.add_argument("--reuse", action="store_true", help="reuse runs and samples already in --runs")
@@ -234,10 +250,7 @@ def main() -> None:
                "sample_wall_s": sample_wall,
                "num": args.num, "ref_split": args.ref_split, "ref_num": args.ref_num, "scores": result.get("metrics"),
                "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M")}
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.results, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
+        append_row(args.results, row)
 
 
 if __name__ == "__main__":
