@@ -83,13 +83,18 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: ddpm train's")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    if not precisions or set(precisions) - {"float32", "bf16"}:
+        raise SystemExit(f"error: --precisions takes float32 and/or bf16; got {args.precisions!r}")
+    if args.warmup < 1 or args.steps < 1:
+        raise SystemExit("error: --warmup and --steps must be at least 1 (the window starts after a whole step)")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()}; {time.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}; "
           f"{args.threads} threads; {args.steps} steps after {args.warmup}")
-    rows = [profile_run(p_.strip(), args) for p_ in args.precisions.split(",") if p_.strip()]
+    rows = [profile_run(precision, args) for precision in precisions]
     labels = [label for label, _ in BY_NAME] + [label for label, _ in BY_CALLER] + ["other", "Python and gaps"]
     for r in rows:
         r["ms"]["Python and gaps"] = r["wall_ms"] - sum(r["ms"].values())
