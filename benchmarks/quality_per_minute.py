@@ -85,7 +85,8 @@ def train_ddpm(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
         budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes)]
         wall = _run([str(BIN / "ddpm"), "train", "--data", args.data, *budget, "--out", str(run), "--quiet", *flags],
                     args.threads)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    log = run / "metrics.jsonl"  # absent when the run is shorter than ddpm train's --log-every
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     ck = load_checkpoint(run)
     return {"steps": ck.step, "images_per_s": records[-1]["images_per_s"] if records else math.nan,
             "train_wall_s": wall, "bf16": ck.meta.get("bf16")}
