@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quality_per_minute import BIN, REPO, _run, add_scoring_args, append_row, reference_flags
+from quality_per_minute import BIN, RESULTS, _run, add_scoring_args, append_row, reference_flags
 
 from ddpm.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True, help="a ddpm train run with checkpoints every S steps")
     p.add_argument("--profiles", default="stored,warmup:10,raw")
     add_scoring_args(p)
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "ema_posthoc.jsonl")
+    p.add_argument("--results", type=Path, default=RESULTS / "ema_posthoc.jsonl")
     args = p.parse_args()
 
     found = list_checkpoints(args.run)

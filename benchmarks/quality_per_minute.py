@@ -29,6 +29,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+RESULTS = REPO / "benchmarks" / "results"  # where every benchmark here appends its rows
 
 # Named ddpm recipes: extra `ddpm train` flags on top of the defaults.
 RECIPES: dict[str, list[str]] = {
@@ -221,7 +222,7 @@ def main() -> None:
     p.add_argument("--skip-score", action="store_true", help="train and sample only (score later with --reuse)")
     add_scoring_args(p)
     p.add_argument("--runs", default="runs/qpm")
-    p.add_argument("--results", default="benchmarks/results/quality_per_minute.jsonl")
+    p.add_argument("--results", type=Path, default=RESULTS / "quality_per_minute.jsonl")
     p.add_argument("--reuse", action="store_true", help="reuse runs and samples already in --runs")
     p.add_argument("--diffusers-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -18,7 +18,7 @@ import shlex
 import time
 from pathlib import Path
 
-from quality_per_minute import BIN, _run, add_scoring_args, append_row, reference_flags
+from quality_per_minute import BIN, RESULTS, _run, add_scoring_args, append_row, reference_flags
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
                    help="a named setting: ddpm sample flags after the '=' (empty: the defaults); repeatable")
     add_scoring_args(p)
     p.add_argument("--out", default=None, help="folder for each setting's eval (default: CHECKPOINT/sampler-fid)")
-    p.add_argument("--results", default="benchmarks/results/sampler_fid.jsonl")
+    p.add_argument("--results", type=Path, default=RESULTS / "sampler_fid.jsonl")
     args = p.parse_args()
     configs = []
     for c in args.config:
