@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from ddpm.diffusion import extract, q_sample, training_target, x0_from_eps, x0_from_v
-from ddpm.losses import Objective, diffusion_loss, draw_timesteps, loss_weights, snr, timestep_probabilities
+from ddpm.losses import (
+    Objective,
+    diffusion_loss,
+    draw_timesteps,
+    loss_weights,
+    snr,
+    stratified_uniforms,
+    timestep_probabilities,
+)
 from ddpm.schedule import Schedule
 from ddpm.train import TrainConfig, budget_horizon, lr_at
 
@@ -100,6 +108,31 @@ def test_draw_timesteps_follows_its_distribution_and_uniform_is_the_seed_draw():
     freq = torch.bincount(t, minlength=10).double() / t.numel()
     assert set(t.unique().tolist()) == {0, 3, 9}
     torch.testing.assert_close(freq, p, atol=6e-3, rtol=0)
+
+
+def test_stratified_draws_put_one_in_each_slice_and_keep_each_draws_density():
+    # One u in each of the n slices [k/n, (k+1)/n); with n = T every timestep is drawn exactly once.
+    g = torch.Generator().manual_seed(1)
+    u = stratified_uniforms(64, g)
+    assert u.dtype == torch.float64 and ((u >= 0) & (u < 1)).all()
+    assert torch.equal((u * 64).floor().long().sort().values, torch.arange(64))
+    assert torch.equal(draw_timesteps(1000, None, 1000, g, stratified=True).sort().values, torch.arange(1000))
+    t = draw_timesteps(64, None, 1000, g, stratified=True)
+    assert torch.equal((t * 64 // 1000).sort().values, torch.arange(64))  # 64 strata of 15.6 timesteps
+    # The order is random: the same slot falls in different slices from batch to batch.
+    firsts = torch.stack([stratified_uniforms(8, g)[0] for _ in range(4000)])
+    counts = torch.bincount((firsts * 10).long(), minlength=10).double()
+    assert (counts - 400).abs().max() < 5 * math.sqrt(400 * 0.9)  # each slot alone is U[0, 1)
+    # Through the inverse distribution function a stratified batch hits every mass to within 1/n, far inside
+    # the ±1.6e-3 standard deviation of n independent draws.
+    p = torch.zeros(10, dtype=torch.float64)
+    p[[0, 3, 9]] = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    n = 100_000
+    t = draw_timesteps(n, p, 10, torch.Generator().manual_seed(0), stratified=True)
+    freq = torch.bincount(t, minlength=10).double() / n
+    torch.testing.assert_close(freq, p, atol=1.0 / n + 1e-12, rtol=0)
+    objective = Objective.create(S, stratified=True)
+    assert torch.equal(objective.draw_t(1000, torch.Generator().manual_seed(2)).sort().values, torch.arange(1000))
 
 
 def test_lr_schedules_against_their_closed_forms():

@@ -23,6 +23,12 @@ the forward process and change the emphasis:
   it (edges halfway between neighbouring λ_t, the two end intervals open), so the draw concentrates
   where λ ≈ loc, the mid-noise steps.
 
+  Either density can be drawn **stratified** (the "low-discrepancy sampler" of Kingma et al. 2021,
+  "Variational Diffusion Models"): the B uniform numbers u behind a batch's draws are
+  (u₀ + i/B) mod 1 for i = 0..B−1 with one u₀ ~ U[0, 1), in a random order, so each of the B equal slices
+  of [0, 1) holds exactly one. Every single draw keeps the density, so the loss's expectation is unchanged;
+  only the batch's spread over t is even, which lowers the variance of the batch's loss and gradient.
+
 Every table is float64 of length T and indexed by t; the weights are cast to the loss's dtype at the end.
 :class:`Objective` puts the choices of one run together: ``draw_t`` and ``loss`` are what training calls.
 """
@@ -96,13 +102,30 @@ def timestep_probabilities(schedule: Schedule, sampling: str = "uniform", loc: f
     return p / p.sum()
 
 
+def stratified_uniforms(n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
+    """(n,) float64 in [0, 1): (u₀ + i/n) mod 1 for i = 0..n−1, one u₀ ~ U[0, 1), randomly permuted.
+
+    Each value alone is U[0, 1); together they put exactly one value in each slice [k/n, (k+1)/n).
+    """
+    u0 = torch.rand(1, generator=generator, device=device, dtype=torch.float64)
+    grid = torch.arange(n, device=device, dtype=torch.float64) / n
+    u = torch.remainder(u0 + grid, 1.0)
+    return u[torch.randperm(n, generator=generator, device=device)]
+
+
 def draw_timesteps(n: int, probabilities: Tensor | None, timesteps: int, generator: torch.Generator,
-                   device: torch.device | str = "cpu") -> Tensor:
+                   device: torch.device | str = "cpu", stratified: bool = False) -> Tensor:
     """n indices (n,) int64: uniform from 0..T−1 when ``probabilities`` is None (the seed's draw, unchanged),
-    else from the distribution ``probabilities`` (T,)."""
-    if probabilities is None:
+    else from the distribution ``probabilities`` (T,). ``stratified`` draws the n as one stratified set
+    (:func:`stratified_uniforms`) through the same inverse distribution function."""
+    if stratified:
+        u = stratified_uniforms(n, generator, device)
+        if probabilities is None:
+            return (u * timesteps).floor().long().clamp(max=timesteps - 1)
+    elif probabilities is None:
         return torch.randint(0, timesteps, (n,), generator=generator, device=device)
-    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    else:
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
     cum = probabilities.to(device).cumsum(0)
     return torch.searchsorted(cum, u * cum[-1], right=True).clamp(max=timesteps - 1)
 
@@ -123,7 +146,8 @@ def diffusion_loss(output: Tensor, target: Tensor, t: Tensor, weights: Tensor | 
 class Objective:
     """One run's training objective: how its timesteps are drawn and the loss of a batch.
 
-    ``t_probabilities`` (T,) None draws t uniformly (the seed's draw); ``weights`` (T,) None is the plain MSE.
+    ``t_probabilities`` (T,) None draws t uniformly (the seed's draw); ``weights`` (T,) None is the plain MSE;
+    ``stratified`` draws each batch's t as one stratified set.
     Build it with :meth:`create` from the option names; the tables live on the device given there.
     """
 
@@ -131,20 +155,21 @@ class Objective:
     prediction: str = "eps"
     t_probabilities: Tensor | None = None
     weights: Tensor | None = None
+    stratified: bool = False
 
     @classmethod
     def create(cls, schedule: Schedule, prediction: str = "eps", loss_weight: str = "none",
                gamma: float | None = None, t_sampling: str = "uniform", laplace_loc: float = 0.0,
-               laplace_scale: float = 0.5, device: torch.device | str = "cpu") -> Objective:
+               laplace_scale: float = 0.5, device: torch.device | str = "cpu", stratified: bool = False) -> Objective:
         """The objective of :func:`loss_weights` ``loss_weight`` and :func:`timestep_probabilities` ``t_sampling``."""
         probs = None if t_sampling == "uniform" else timestep_probabilities(
             schedule, t_sampling, laplace_loc, laplace_scale).to(device)
         weights = None if loss_weight == "none" else loss_weights(schedule, prediction, loss_weight, gamma).to(device)
-        return cls(schedule, prediction, probs, weights)
+        return cls(schedule, prediction, probs, weights, stratified)
 
     def draw_t(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
         """n training timesteps (n,) int64, see :func:`draw_timesteps`."""
-        return draw_timesteps(n, self.t_probabilities, self.schedule.timesteps, generator, device)
+        return draw_timesteps(n, self.t_probabilities, self.schedule.timesteps, generator, device, self.stratified)
 
     def loss(self, model: Callable[..., Tensor], x0: Tensor, t: Tensor, noise: Tensor, labels: Tensor | None = None,
              memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
