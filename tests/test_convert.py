@@ -204,6 +204,7 @@ def test_schedules_match_diffusers_tables(sched):
 @pytest.mark.parametrize("preset, kw, shape", [
     ("tiny", dict(channels=1, image_size=8), (1, 8, 8)),
     ("small", dict(channels=3, image_size=16, num_heads=2, downsample_padding="same"), (3, 16, 16)),
+    ("small", dict(channels=1, image_size=8, scale_shift_norm=True), (1, 8, 8)),
 ])
 def test_exported_models_load_in_diffusers_and_agree(tmp_path, preset, kw, shape):
     net = _random_unet(preset, **kw)
@@ -364,7 +365,8 @@ def test_convert_and_init_from_mistakes_exit_2_with_one_line(tmp_path, capsys, r
     ({"freq_shift": 0}, "freq_shift"),
     ({"act_fn": "gelu"}, "act_fn"),
     ({"norm_eps": 1e-5}, "norm_eps"),
-    ({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift"),
+    ({"resnet_time_scale_shift": "ada_group"}, "resnet_time_scale_shift"),
+    ({"resnet_time_scale_shift": "scale_shift", "attn_norm_num_groups": None}, "attn_norm_num_groups"),
     ({"class_embed_type": "timestep"}, "class_embed_type"),
     ({"num_class_embeds": 10}, "num_class_embeds"),
     ({"time_embedding_type": "fourier"}, "time_embedding_type"),
@@ -397,6 +399,9 @@ def test_unrepresentable_unet_configs_are_refused_naming_the_field(change, field
 def test_the_small_config_itself_is_accepted():
     cfg = unet_config_from_diffusers(dict(SMALL))  # the refusal tests above start from a valid config
     assert (cfg.base_channels, cfg.channel_mult, cfg.attention_resolutions) == (32, (1, 2), (4,))
+    assert cfg.scale_shift_norm is False
+    ada = {**SMALL, "resnet_time_scale_shift": "scale_shift", "attn_norm_num_groups": SMALL.get("norm_num_groups", 32)}
+    assert unet_config_from_diffusers(ada).scale_shift_norm is True
 
 
 @pytest.mark.parametrize("change, field", [

@@ -197,6 +197,39 @@ def test_t_shape_is_checked_and_fractional_t_works():
     assert (a - c).abs().max() > 1e-5  # half a step changes the output: the embedding is continuous
 
 
+def test_scale_shift_norm_is_groupnorm_times_one_plus_scale_plus_shift():
+    """Adaptive GroupNorm: a residual block built with scale_shift takes (s, b) = split(emb_proj(SiLU(emb))) and
+    computes conv2(SiLU(GN(conv1(SiLU(GN(x))))·(1 + s) + b)) + skip(x); the default block adds the projection
+    before the second GroupNorm instead."""
+    import torch.nn.functional as F
+
+    from ddpm.unet import ResBlock
+
+    torch.manual_seed(0)
+    x, emb = torch.randn(3, 8, 6, 6, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
+    for scale_shift in (True, False):
+        block = ResBlock(8, 12, 16, dropout=0.0, groups=4, scale_shift=scale_shift).double()
+        torch.nn.init.normal_(block.conv2.weight)  # zero-initialised: the branch would vanish
+        with torch.no_grad():
+            h = F.conv2d(F.silu(F.group_norm(x, 4, block.norm1.weight, block.norm1.bias, 1e-6)),
+                         block.conv1.weight, block.conv1.bias, padding=1)
+            e = F.linear(F.silu(emb), block.emb_proj.weight, block.emb_proj.bias)
+            if scale_shift:
+                assert e.shape == (3, 24)
+                s, b = e[:, :12, None, None], e[:, 12:, None, None]
+                h = F.group_norm(h, 4, block.norm2.weight, block.norm2.bias, 1e-6) * (1 + s) + b
+            else:
+                h = F.group_norm(h + e[:, :, None, None], 4, block.norm2.weight, block.norm2.bias, 1e-6)
+            expected = F.conv2d(F.silu(h), block.conv2.weight, block.conv2.bias, padding=1) + \
+                F.conv2d(x, block.skip.weight, block.skip.bias)
+            torch.testing.assert_close(block(x, emb), expected, rtol=0, atol=1e-12)
+    # The UNet passes the choice to every residual block and saves it in its config.
+    net = UNet.from_preset("tiny", scale_shift_norm=True)
+    assert all(m.scale_shift for m in net.modules() if isinstance(m, ResBlock))
+    assert UNetConfig.from_dict(json.loads(json.dumps(net.config.to_dict()))).scale_shift_norm is True
+    assert UNetConfig().scale_shift_norm is False
+
+
 def test_timestep_embedding_values():
     emb = timestep_embedding(torch.tensor([0.0, 1.0]), 8)
     assert emb.shape == (2, 8)

@@ -118,7 +118,8 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
     need("norm_eps", lambda v: isinstance(v, int | float) and math.isclose(v, NORM_EPS, rel_tol=1e-9),
          f"GroupNorm eps is {NORM_EPS}")
     need("norm_num_groups", lambda v: isinstance(v, int) and v >= 1, "GroupNorm needs a group count")
-    need("resnet_time_scale_shift", lambda v: v == "default", "the time embedding is added, not scale-shift")
+    need("resnet_time_scale_shift", lambda v: v in ("default", "scale_shift"),
+         "the time embedding is added ('default') or scales and shifts the second GroupNorm ('scale_shift')")
     need("class_embed_type", lambda v: v is None, "class embeddings are not imported")
     need("num_class_embeds", lambda v: v is None, "class embeddings are not imported")
     need("mid_block_type", lambda v: v == "UNetMidBlock2D", "the middle block is res-attention-res")
@@ -151,6 +152,9 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
         raise _refuse("sample_size", size, f"it must be divisible by 2^{len(chans) - 1}")
     groups = int(c["norm_num_groups"])
     need("attn_norm_num_groups", lambda v: v in (None, groups), "attention norms use norm_num_groups")
+    if c["resnet_time_scale_shift"] == "scale_shift":
+        need("attn_norm_num_groups", lambda v: v is not None, "with scale_shift UNet2DModel's middle attention has no "
+             "GroupNorm unless attn_norm_num_groups is set, and ours has one")
     base = chans[0]
     ted = c["time_embedding_dim"]
     if ted is not None and ted != 4 * base:
@@ -166,6 +170,7 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
         channel_mult=tuple(ch // base for ch in chans), num_res_blocks=int(c["layers_per_block"]),
         attention_resolutions=attn_sizes, dropout=float(c["dropout"]), num_heads=1, head_channels=head_dim,
         num_classes=None, groups=groups, downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
+        scale_shift_norm=c["resnet_time_scale_shift"] == "scale_shift",
     )
     try:
         cfg.validate()
@@ -211,8 +216,12 @@ def unet_config_to_diffusers(cfg: Any) -> dict[str, Any]:
         "block_out_channels": [cfg.base_channels * m for m in mult], "layers_per_block": cfg.num_res_blocks,
         "mid_block_scale_factor": 1, "downsample_padding": 0 if cfg.downsample_padding == "same" else 1,
         "downsample_type": "conv", "upsample_type": "conv", "dropout": cfg.dropout, "act_fn": "silu",
-        "attention_head_dim": head_dim, "norm_num_groups": cfg.groups, "attn_norm_num_groups": None,
-        "norm_eps": NORM_EPS, "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None,
+        "attention_head_dim": head_dim, "norm_num_groups": cfg.groups,
+        # UNet2DModel drops the middle attention's GroupNorm under scale_shift unless this is set.
+        "attn_norm_num_groups": cfg.groups if cfg.scale_shift_norm else None,
+        "norm_eps": NORM_EPS,
+        "resnet_time_scale_shift": "scale_shift" if cfg.scale_shift_norm else "default",
+        "add_attention": True, "class_embed_type": None,
         # Our label embedding has one extra row, index num_classes, for "no label" (label -1).
         "num_class_embeds": None if cfg.num_classes is None else cfg.num_classes + 1, "num_train_timesteps": None,
     }

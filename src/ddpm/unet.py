@@ -51,6 +51,10 @@ class UNetConfig:
     # older checkpoint used) or "same" (1 pixel on the right and bottom only: TensorFlow's "SAME", as in the
     # DDPM authors' model and diffusers' downsample_padding=0). Same weights, different outputs.
     downsample_padding: str = "symmetric"
+    # How each residual block takes the time (and label) embedding: added per channel after the first conv
+    # (False, the DDPM authors' and every older checkpoint's), or as a scale and shift of the second GroupNorm,
+    # h = GN(h)·(1 + s) + b ("adaptive GroupNorm", Dhariwal & Nichol 2021; diffusers' "scale_shift").
+    scale_shift_norm: bool = False
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; accept both so from_dict(to_dict()) round-trips.
@@ -158,13 +162,19 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm–SiLU–conv, + time embedding per channel, GroupNorm–SiLU–dropout–conv, + skip."""
+    """GroupNorm–SiLU–conv, + time embedding per channel, GroupNorm–SiLU–dropout–conv, + skip.
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int) -> None:
+    With ``scale_shift`` the embedding gives a scale s and a shift b per channel instead of an addend, applied
+    after the second GroupNorm: GN(h)·(1 + s) + b.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int,
+                 scale_shift: bool = False) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = _norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, out_ch)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
         self.norm2 = _norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
         # Zero-init: each block starts as the identity, so a deep net trains from step one.
@@ -174,8 +184,13 @@ class ResBlock(nn.Module):
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """x (B, in_ch, H, W), emb (B, emb_dim) -> (B, out_ch, H, W)."""
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, out_ch or 2·out_ch, 1, 1)
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -280,7 +295,7 @@ class UNet(nn.Module):
             return c // cfg.head_channels if cfg.head_channels is not None else cfg.num_heads
 
         def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, cfg.dropout, groups)
+            return ResBlock(cin, cout, emb_dim, cfg.dropout, groups, cfg.scale_shift_norm)
 
         def attn(c: int) -> AttentionBlock:
             return AttentionBlock(c, heads(c), groups)
