@@ -58,6 +58,9 @@ RECIPES: dict[str, list[str]] = {
     "b32": ["--batch-size", "32"],
     "b16": ["--batch-size", "16"],
     "lr2e-3": ["--lr", "2e-3"],
+    "adagn": ["--scale-shift-norm"],
+    "strat": ["--t-stratified"],
+    "beta2-0.99": ["--adam-beta2", "0.99"],
 }
 DIFFUSERS = "diffusers"
 

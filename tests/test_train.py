@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 
 from ddpm.checkpoint import list_checkpoints, load_checkpoint, load_training_state, state_path
 from ddpm.cli import main
+from ddpm.errors import UserError
 from ddpm.losses import Objective
 from ddpm.schedule import Schedule
 from ddpm.seeding import mix
@@ -415,7 +417,8 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     (SIGTERM after step 3) and resumed with the same --steps ends bit-identical to one that was not."""
     import ddpm.train as tr
 
-    opts = ["--loss-weight", "min-snr", "--t-sampling", "laplace", "--lr-schedule", "cosine", "--prediction", "v"]
+    opts = ["--loss-weight", "min-snr", "--t-sampling", "laplace", "--lr-schedule", "cosine", "--prediction", "v",
+            "--t-stratified", "--adam-beta2", "0.99"]
     straight, split, plain = tmp_path / "straight", tmp_path / "split", tmp_path / "plain"
     assert main(["train", *BASE, *opts, "--out", str(straight), "--steps", "6"]) == 0
     calls = []
@@ -436,6 +439,7 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     train_meta = load_checkpoint(split).meta["train"]
     assert (train_meta["loss_weight"], train_meta["t_sampling"], train_meta["lr_schedule"]) == \
         ("min-snr", "laplace", "cosine")
+    assert (train_meta["t_stratified"], train_meta["adam_beta2"]) == (True, 0.99)
     # The cosine decay runs from BASE's 3 warm-up steps to 0 at --steps; the record of step k holds the LR
     # of optimisation step k - 1.
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (split / "metrics.jsonl").read_text().splitlines())}
@@ -450,12 +454,30 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     assert "unknown --loss-weight 'snr'" in err and err.count("\n") == 1
     assert main(["train", *BASE, *opts, "--out", str(split), "--steps", "8", "--resume", "--loss-gamma", "2"]) == 2
     assert "--loss-gamma None in the checkpoint, 2.0 now" in capsys.readouterr().err
+    assert main(["train", *BASE, *opts[:-3], "--out", str(split), "--steps", "8", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--adam-beta2 0.99 in the checkpoint, 0.999 now" in err and "--t-stratified True" in err
+    assert main(["train", *BASE, "--out", str(tmp_path / "bad"), "--adam-beta2", "1"]) == 2
+    assert "--adam-beta2 must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_resume_reads_a_setting_the_checkpoint_predates_as_its_default(tmp_path):
+    """A checkpoint written before a flag existed ran with the flag's default: resuming it with the defaults is
+    allowed, and with another value refused."""
+    from ddpm.train import check_compatible
+
+    cfg = TrainConfig(out=str(tmp_path))
+    saved = {k: v for k, v in asdict(cfg).items() if k not in ("adam_beta2", "t_stratified", "scale_shift_norm")}
+    check_compatible(saved, cfg, 1, 1, tmp_path / "step-000000002.safetensors")
+    with pytest.raises(UserError, match="--adam-beta2 0.999 in the checkpoint, 0.99 now"):
+        check_compatible(saved, TrainConfig(out=str(tmp_path), adam_beta2=0.99), 1, 1, tmp_path / "x")
 
 
 def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):
     """--base-channels/--channel-mult/--res-blocks/--attention override the preset's fields; the network and the
     flags are saved, the sampler rebuilds the network from the checkpoint, and resume must keep them."""
-    shape = ["--base-channels", "16", "--channel-mult", "1,2,2", "--res-blocks", "2", "--attention", "4"]
+    shape = ["--base-channels", "16", "--channel-mult", "1,2,2", "--res-blocks", "2", "--attention", "4",
+             "--scale-shift-norm"]
     run = tmp_path / "run"
     assert main(["train", *BASE, *shape, "--out", str(run), "--steps", "2"]) == 0
     ck = load_checkpoint(run)
@@ -469,6 +491,7 @@ def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):
     assert attn == {"down.3.1", "down.4.1", "up.3.1", "up.4.1", "up.5.1"}
     assert ck.model["down.6.0.conv1.weight"].shape[0] == 32 and "down.8.0.conv1.weight" not in ck.model
     assert ck.meta["train"]["channel_mult"] == "1,2,2"
+    assert net["scale_shift_norm"] is True and ck.model["down.0.0.emb_proj.weight"].shape == (32, 64)
     assert main(["sample", "--checkpoint", str(run), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
     capsys.readouterr()
     assert main(["train", *BASE, "--out", str(run), "--steps", "4", "--resume"]) == 2

@@ -25,7 +25,7 @@ import platform
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,9 @@ class TrainConfig:
     res_blocks: int | None = _opt("residual blocks per resolution level (default: the preset's)", default=None)
     attention: str | None = _opt("feature-map sizes that get self-attention besides the middle block's, "
                                  "comma-separated, e.g. 7,8, or 'none' (default: the preset's)", default=None)
+    scale_shift_norm: bool | None = _opt("residual blocks take the time embedding as a scale and shift of their second "
+                                         "GroupNorm (adaptive GroupNorm) instead of an addend (default: the "
+                                         "preset's)", default=None)
     image_size: int | None = _opt("resize/crop images to this size (default: the data's own size)", default=None)
     skip_bad: bool = _opt("skip image files that cannot be read instead of stopping", default=False)
     flip: bool = _opt("random horizontal flips of the training images", default=False)
@@ -98,11 +101,15 @@ class TrainConfig:
                             "error, Hang et al. 2023) or 'p2' (1/(1+SNR)^gamma on the eps error, Choi et al. 2022)",
                             default="none")
     loss_gamma: float | None = _opt("gamma of --loss-weight (default: 5 for min-snr, 1 for p2)", default=None)
+    t_stratified: bool = _opt("stratified timesteps: the batch's draws of u in [0, 1) are one random shift of "
+                              "0, 1/B, ..., (B-1)/B, shuffled, so every batch covers the t-range evenly (each draw "
+                              "keeps its density)", default=False)
     t_sampling: str = _opt("how training timesteps are drawn: 'uniform' or 'laplace' (log-SNR ~ Laplace(--laplace-loc, "
                            "--laplace-scale), Hang et al. 2024)", default="uniform")
     laplace_loc: float = _opt("centre of the Laplace density on log-SNR", default=0.0)
     laplace_scale: float = _opt("scale of the Laplace density on log-SNR", default=0.5)
     weight_decay: float = _opt("AdamW weight decay", default=0.0)
+    adam_beta2: float = _opt("AdamW beta2, the decay of the squared-gradient average", default=0.999)
     grad_clip: float = _opt("clip the gradient norm to this value (0: off)", default=1.0)
     ema_decay: float = _opt("EMA decay of the weights (warmed up as min(decay, (1+n)/(10+n)))", default=0.999)
     seed: int = _opt("seed of every random draw of the run", default=0)
@@ -151,6 +158,8 @@ class TrainConfig:
             raise UserError(f"unknown --loss-weight {self.loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}")
         if self.t_sampling not in T_SAMPLINGS:
             raise UserError(f"unknown --t-sampling {self.t_sampling!r}: choose one of {', '.join(T_SAMPLINGS)}")
+        if not (math.isfinite(self.adam_beta2) and 0 <= self.adam_beta2 < 1):
+            raise UserError(f"--adam-beta2 must be in [0, 1), e.g. 0.999 or 0.99; got {self.adam_beta2}")
         if self.loss_gamma is not None and not (math.isfinite(self.loss_gamma) and self.loss_gamma > 0):
             raise UserError(f"--loss-gamma must be a positive number; got {self.loss_gamma}")
         if not (math.isfinite(self.laplace_scale) and self.laplace_scale > 0) or not math.isfinite(self.laplace_loc):
@@ -197,6 +206,8 @@ class TrainConfig:
         if self.attention is not None:
             spec = self.attention.strip().lower()
             out["attention_resolutions"] = () if spec == "none" else _int_list("--attention", spec, "e.g. 7 or none")
+        if self.scale_shift_norm is not None:
+            out["scale_shift_norm"] = self.scale_shift_norm
         return out
 
     def make_schedule(self) -> Schedule:
@@ -217,11 +228,11 @@ def _int_list(flag: str, text: str, example: str) -> tuple[int, ...]:
 
 
 # Fields that decide the run's numbers: a resumed run must keep them.
-RESUME_MUST_MATCH = ("data", "preset", "base_channels", "channel_mult", "res_blocks", "attention", "image_size",
-                     "flip", "class_cond", "label_dropout", "batch_size",
-                     "grad_accum", "lr", "warmup", "lr_schedule", "weight_decay", "grad_clip", "ema_decay", "seed",
+RESUME_MUST_MATCH = ("data", "preset", "base_channels", "channel_mult", "res_blocks", "attention", "scale_shift_norm",
+                     "image_size", "flip", "class_cond", "label_dropout", "batch_size", "grad_accum", "lr", "warmup",
+                     "lr_schedule", "weight_decay", "adam_beta2", "grad_clip", "ema_decay", "seed",
                      "timesteps", "schedule", "beta_start", "beta_end", "prediction", "dropout", "loss_weight",
-                     "loss_gamma", "t_sampling", "laplace_loc", "laplace_scale", "init_from")
+                     "loss_gamma", "t_sampling", "t_stratified", "laplace_loc", "laplace_scale", "init_from")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 HORIZON_AFTER = 20  # a --minutes run with a decaying LR measures its speed over this many steps
 
@@ -460,9 +471,14 @@ def latest_resumable(out: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def check_compatible(saved: dict[str, Any], cfg: TrainConfig, world: int, saved_world: int, path: Path) -> None:
-    """Refuse to resume with settings that would change the run's numbers, naming each difference."""
-    diffs = [f"--{k.replace('_', '-')} {saved.get(k)!r} in the checkpoint, {getattr(cfg, k)!r} now"
-             for k in RESUME_MUST_MATCH if saved.get(k) != getattr(cfg, k)]
+    """Refuse to resume with settings that would change the run's numbers, naming each difference.
+
+    A setting the checkpoint does not record (it predates the flag) counts as the flag's default, which is
+    what that run used."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    saved = {k: saved.get(k, defaults[k]) for k in RESUME_MUST_MATCH}
+    diffs = [f"--{k.replace('_', '-')} {saved[k]!r} in the checkpoint, {getattr(cfg, k)!r} now"
+             for k in RESUME_MUST_MATCH if saved[k] != getattr(cfg, k)]
     if saved_world != world:
         diffs.append(f"{saved_world} processes in the checkpoint, {world} now (the effective batch would change)")
     if diffs:
@@ -621,7 +637,7 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
             raise UserError(f"preset {cfg.preset!r} does not fit the data: {e} (flags: --image-size, "
                             f"--channel-mult)") from None
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
 
     step = 0
     bf16 = cfg.bf16 if cfg.bf16 is not None else default_bf16(device)
@@ -693,7 +709,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     px.barrier()
     schedule = cfg.make_schedule()
     objective = Objective.create(schedule, cfg.prediction, cfg.loss_weight, cfg.loss_gamma, cfg.t_sampling,
-                                 cfg.laplace_loc, cfg.laplace_scale, px.device)
+                                 cfg.laplace_loc, cfg.laplace_scale, px.device, stratified=cfg.t_stratified)
     nets = build_networks(cfg, data, px, out)
     metrics = _Metrics.open(cfg, out, nets.step) if px.main else None
     evaluator = None
