@@ -61,6 +61,7 @@ RECIPES: dict[str, list[str]] = {
     "adagn": ["--scale-shift-norm"],
     "strat": ["--t-stratified"],
     "beta2-0.99": ["--adam-beta2", "0.99"],
+    "groups8": ["--norm-groups", "8"],
 }
 DIFFUSERS = "diffusers"
 

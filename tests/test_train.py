@@ -477,7 +477,7 @@ def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):
     """--base-channels/--channel-mult/--res-blocks/--attention override the preset's fields; the network and the
     flags are saved, the sampler rebuilds the network from the checkpoint, and resume must keep them."""
     shape = ["--base-channels", "16", "--channel-mult", "1,2,2", "--res-blocks", "2", "--attention", "4",
-             "--scale-shift-norm"]
+             "--scale-shift-norm", "--norm-groups", "8"]
     run = tmp_path / "run"
     assert main(["train", *BASE, *shape, "--out", str(run), "--steps", "2"]) == 0
     ck = load_checkpoint(run)
@@ -492,6 +492,7 @@ def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):
     assert ck.model["down.6.0.conv1.weight"].shape[0] == 32 and "down.8.0.conv1.weight" not in ck.model
     assert ck.meta["train"]["channel_mult"] == "1,2,2"
     assert net["scale_shift_norm"] is True and ck.model["down.0.0.emb_proj.weight"].shape == (32, 64)
+    assert net["groups"] == 8 and ck.meta["train"]["norm_groups"] == 8
     assert main(["sample", "--checkpoint", str(run), "--num", "2", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
     capsys.readouterr()
     assert main(["train", *BASE, "--out", str(run), "--steps", "4", "--resume"]) == 2
@@ -503,7 +504,8 @@ def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):
     assert TrainConfig(out="x", attention="none").network_overrides() == {"attention_resolutions": ()}
     for bad, words in ((["--channel-mult", "1,x"], "--channel-mult takes comma-separated positive integers"),
                        (["--attention", "0"], "--attention takes comma-separated positive integers"),
-                       (["--base-channels", "0"], "--base-channels must be at least 1")):
+                       (["--base-channels", "0"], "--base-channels must be at least 1"),
+                       (["--norm-groups", "0"], "--norm-groups must be at least 1")):
         assert main(["train", *BASE, *bad, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1

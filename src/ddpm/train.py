@@ -82,6 +82,8 @@ class TrainConfig:
     res_blocks: int | None = _opt("residual blocks per resolution level (default: the preset's)", default=None)
     attention: str | None = _opt("feature-map sizes that get self-attention besides the middle block's, "
                                  "comma-separated, e.g. 7,8, or 'none' (default: the preset's)", default=None)
+    norm_groups: int | None = _opt("GroupNorm groups (fewer where a width is not divisible; default: the preset's, "
+                                   "32)", default=None)
     scale_shift_norm: bool | None = _opt("residual blocks take the time embedding as a scale and shift of their second "
                                          "GroupNorm (adaptive GroupNorm) instead of an addend (default: the "
                                          "preset's)", default=None)
@@ -191,10 +193,12 @@ class TrainConfig:
                             f"{self.eval_every}, {self.eval_num}, {self.eval_metric!r}")
 
     def network_overrides(self) -> dict[str, Any]:
-        """The UNetConfig fields that --base-channels, --channel-mult, --res-blocks and --attention set."""
+        """The UNetConfig fields that --base-channels, --channel-mult, --res-blocks, --attention, --norm-groups and
+        --scale-shift-norm set."""
         out: dict[str, Any] = {}
         for flag, value, name in (("--base-channels", self.base_channels, "base_channels"),
-                                  ("--res-blocks", self.res_blocks, "num_res_blocks")):
+                                  ("--res-blocks", self.res_blocks, "num_res_blocks"),
+                                  ("--norm-groups", self.norm_groups, "groups")):
             if value is not None:
                 if value < 1:
                     raise UserError(f"{flag} must be at least 1; got {value}")
@@ -228,11 +232,12 @@ def _int_list(flag: str, text: str, example: str) -> tuple[int, ...]:
 
 
 # Fields that decide the run's numbers: a resumed run must keep them.
-RESUME_MUST_MATCH = ("data", "preset", "base_channels", "channel_mult", "res_blocks", "attention", "scale_shift_norm",
-                     "image_size", "flip", "class_cond", "label_dropout", "batch_size", "grad_accum", "lr", "warmup",
-                     "lr_schedule", "weight_decay", "adam_beta2", "grad_clip", "ema_decay", "seed",
-                     "timesteps", "schedule", "beta_start", "beta_end", "prediction", "dropout", "loss_weight",
-                     "loss_gamma", "t_sampling", "t_stratified", "laplace_loc", "laplace_scale", "init_from")
+RESUME_MUST_MATCH = ("data", "preset", "base_channels", "channel_mult", "res_blocks", "attention", "norm_groups",
+                     "scale_shift_norm", "image_size", "flip", "class_cond", "label_dropout", "batch_size",
+                     "grad_accum", "lr", "warmup", "lr_schedule", "weight_decay", "adam_beta2", "grad_clip",
+                     "ema_decay", "seed", "timesteps", "schedule", "beta_start", "beta_end", "prediction", "dropout",
+                     "loss_weight", "loss_gamma", "t_sampling", "t_stratified", "laplace_loc", "laplace_scale",
+                     "init_from")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 HORIZON_AFTER = 20  # a --minutes run with a decaying LR measures its speed over this many steps
 
