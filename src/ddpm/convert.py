@@ -152,7 +152,8 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
         raise _refuse("sample_size", size, f"it must be divisible by 2^{len(chans) - 1}")
     groups = int(c["norm_num_groups"])
     need("attn_norm_num_groups", lambda v: v in (None, groups), "attention norms use norm_num_groups")
-    if c["resnet_time_scale_shift"] == "scale_shift":
+    scale_shift = c["resnet_time_scale_shift"] == "scale_shift"
+    if scale_shift:
         need("attn_norm_num_groups", lambda v: v is not None, "with scale_shift UNet2DModel's middle attention has no "
              "GroupNorm unless attn_norm_num_groups is set, and ours has one")
     base = chans[0]
@@ -170,7 +171,7 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
         channel_mult=tuple(ch // base for ch in chans), num_res_blocks=int(c["layers_per_block"]),
         attention_resolutions=attn_sizes, dropout=float(c["dropout"]), num_heads=1, head_channels=head_dim,
         num_classes=None, groups=groups, downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
-        scale_shift_norm=c["resnet_time_scale_shift"] == "scale_shift",
+        scale_shift_norm=scale_shift,
     )
     try:
         cfg.validate()

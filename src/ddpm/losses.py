@@ -118,14 +118,14 @@ def draw_timesteps(n: int, probabilities: Tensor | None, timesteps: int, generat
     """n indices (n,) int64: uniform from 0..T−1 when ``probabilities`` is None (the seed's draw, unchanged),
     else from the distribution ``probabilities`` (T,). ``stratified`` draws the n as one stratified set
     (:func:`stratified_uniforms`) through the same inverse distribution function."""
+    if probabilities is None and not stratified:
+        return torch.randint(0, timesteps, (n,), generator=generator, device=device)
     if stratified:
         u = stratified_uniforms(n, generator, device)
-        if probabilities is None:
-            return (u * timesteps).floor().long().clamp(max=timesteps - 1)
-    elif probabilities is None:
-        return torch.randint(0, timesteps, (n,), generator=generator, device=device)
     else:
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    if probabilities is None:
+        return (u * timesteps).floor().long().clamp(max=timesteps - 1)
     cum = probabilities.to(device).cumsum(0)
     return torch.searchsorted(cum, u * cum[-1], right=True).clamp(max=timesteps - 1)
 

@@ -481,9 +481,9 @@ def check_compatible(saved: dict[str, Any], cfg: TrainConfig, world: int, saved_
     A setting the checkpoint does not record (it predates the flag) counts as the flag's default, which is
     what that run used."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    saved = {k: saved.get(k, defaults[k]) for k in RESUME_MUST_MATCH}
-    diffs = [f"--{k.replace('_', '-')} {saved[k]!r} in the checkpoint, {getattr(cfg, k)!r} now"
-             for k in RESUME_MUST_MATCH if saved[k] != getattr(cfg, k)]
+    recorded = {k: saved.get(k, defaults[k]) for k in RESUME_MUST_MATCH}
+    diffs = [f"--{k.replace('_', '-')} {recorded[k]!r} in the checkpoint, {getattr(cfg, k)!r} now"
+             for k in RESUME_MUST_MATCH if recorded[k] != getattr(cfg, k)]
     if saved_world != world:
         diffs.append(f"{saved_world} processes in the checkpoint, {world} now (the effective batch would change)")
     if diffs:
