@@ -63,6 +63,7 @@ RECIPES: dict[str, list[str]] = {
     "beta2-0.99": ["--adam-beta2", "0.99"],
     "groups8": ["--norm-groups", "8"],
     "adagn-b2-strat": ["--scale-shift-norm", "--adam-beta2", "0.99", "--t-stratified"],
+    "b2-strat": ["--adam-beta2", "0.99", "--t-stratified"],
 }
 DIFFUSERS = "diffusers"
 
