@@ -22,9 +22,10 @@ def test_tiny_run_then_default_sampler_gives_the_pinned_numbers(tmp_path):
     then the default sampler on the saved checkpoint's EMA weights: sums at a tolerance far below any real change
     (a different draw, weight or step moves them by 1e-3 or more) yet above float reassociation across CPUs
     (weights 1e-7 relative, about 1e-4 absolute; samples 1e-4 absolute)."""
-    # The network of the pinned run: two levels (the tiny preset before issue 9 gave it a third).
+    # The settings of the pinned run: the tiny preset and the defaults before issue 9 (two levels, an additive
+    # time embedding, AdamW beta2 0.999, independent timesteps).
     cfg = TrainConfig(out=str(tmp_path / "run"), data="digits", preset="tiny", channel_mult="1,2", steps=6,
-                      batch_size=16, warmup=2,
+                      batch_size=16, warmup=2, scale_shift_norm=False, adam_beta2=0.999, t_stratified=False,
                       class_cond=True, flip=True, dropout=0.1, sample_every=0, num_samples=2, sample_steps=2,
                       device="cpu", bf16=False, progress=False)
     result = train(cfg)

@@ -418,7 +418,7 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     import ddpm.train as tr
 
     opts = ["--loss-weight", "min-snr", "--t-sampling", "laplace", "--lr-schedule", "cosine", "--prediction", "v",
-            "--t-stratified", "--adam-beta2", "0.99"]
+            "--no-t-stratified", "--adam-beta2", "0.95"]
     straight, split, plain = tmp_path / "straight", tmp_path / "split", tmp_path / "plain"
     assert main(["train", *BASE, *opts, "--out", str(straight), "--steps", "6"]) == 0
     calls = []
@@ -439,7 +439,7 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     train_meta = load_checkpoint(split).meta["train"]
     assert (train_meta["loss_weight"], train_meta["t_sampling"], train_meta["lr_schedule"]) == \
         ("min-snr", "laplace", "cosine")
-    assert (train_meta["t_stratified"], train_meta["adam_beta2"]) == (True, 0.99)
+    assert (train_meta["t_stratified"], train_meta["adam_beta2"]) == (False, 0.95)
     # The cosine decay runs from BASE's 3 warm-up steps to 0 at --steps; the record of step k holds the LR
     # of optimisation step k - 1.
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (split / "metrics.jsonl").read_text().splitlines())}
@@ -456,21 +456,26 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     assert "--loss-gamma None in the checkpoint, 2.0 now" in capsys.readouterr().err
     assert main(["train", *BASE, *opts[:-3], "--out", str(split), "--steps", "8", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "--adam-beta2 0.99 in the checkpoint, 0.999 now" in err and "--t-stratified True" in err
+    assert "--adam-beta2 0.95 in the checkpoint, 0.99 now" in err and "--t-stratified False" in err
     assert main(["train", *BASE, "--out", str(tmp_path / "bad"), "--adam-beta2", "1"]) == 2
     assert "--adam-beta2 must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_resume_reads_a_setting_the_checkpoint_predates_as_its_default(tmp_path):
-    """A checkpoint written before a flag existed ran with the flag's default: resuming it with the defaults is
-    allowed, and with another value refused."""
+    """A checkpoint written before a flag existed ran with the flag's default of the time (0.999 and no
+    stratified t for the two defaults that changed since): resuming it with those values is allowed, and with
+    today's defaults refused, naming the difference."""
     from ddpm.train import check_compatible
 
-    cfg = TrainConfig(out=str(tmp_path))
-    saved = {k: v for k, v in asdict(cfg).items() if k not in ("adam_beta2", "t_stratified", "scale_shift_norm")}
-    check_compatible(saved, cfg, 1, 1, tmp_path / "step-000000002.safetensors")
+    old = TrainConfig(out=str(tmp_path), adam_beta2=0.999, t_stratified=False)
+    saved = {k: v for k, v in asdict(old).items() if k not in ("adam_beta2", "t_stratified", "scale_shift_norm")}
+    check_compatible(saved, old, 1, 1, tmp_path / "step-000000002.safetensors")
     with pytest.raises(UserError, match="--adam-beta2 0.999 in the checkpoint, 0.99 now"):
-        check_compatible(saved, TrainConfig(out=str(tmp_path), adam_beta2=0.99), 1, 1, tmp_path / "x")
+        check_compatible(saved, TrainConfig(out=str(tmp_path)), 1, 1, tmp_path / "x")
+    with pytest.raises(UserError, match="--t-stratified False in the checkpoint, True now"):
+        check_compatible(saved, TrainConfig(out=str(tmp_path), adam_beta2=0.999), 1, 1, tmp_path / "x")
+    # A flag whose default never changed reads as today's default.
+    check_compatible({k: v for k, v in saved.items() if k != "laplace_scale"}, old, 1, 1, tmp_path / "x")
 
 
 def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):

@@ -105,13 +105,13 @@ class TrainConfig:
     loss_gamma: float | None = _opt("gamma of --loss-weight (default: 5 for min-snr, 1 for p2)", default=None)
     t_stratified: bool = _opt("stratified timesteps: the batch's draws of u in [0, 1) are one random shift of "
                               "0, 1/B, ..., (B-1)/B, shuffled, so every batch covers the t-range evenly (each draw "
-                              "keeps its density)", default=False)
+                              "keeps its density)", default=True)
     t_sampling: str = _opt("how training timesteps are drawn: 'uniform' or 'laplace' (log-SNR ~ Laplace(--laplace-loc, "
                            "--laplace-scale), Hang et al. 2024)", default="uniform")
     laplace_loc: float = _opt("centre of the Laplace density on log-SNR", default=0.0)
     laplace_scale: float = _opt("scale of the Laplace density on log-SNR", default=0.5)
     weight_decay: float = _opt("AdamW weight decay", default=0.0)
-    adam_beta2: float = _opt("AdamW beta2, the decay of the squared-gradient average", default=0.999)
+    adam_beta2: float = _opt("AdamW beta2, the decay of the squared-gradient average", default=0.99)
     grad_clip: float = _opt("clip the gradient norm to this value (0: off)", default=1.0)
     ema_decay: float = _opt("EMA decay of the weights (warmed up as min(decay, (1+n)/(10+n)))", default=0.999)
     seed: int = _opt("seed of every random draw of the run", default=0)
@@ -238,6 +238,8 @@ RESUME_MUST_MATCH = ("data", "preset", "base_channels", "channel_mult", "res_blo
                      "ema_decay", "seed", "timesteps", "schedule", "beta_start", "beta_end", "prediction", "dropout",
                      "loss_weight", "loss_gamma", "t_sampling", "t_stratified", "laplace_loc", "laplace_scale",
                      "init_from")
+# Defaults that changed after checkpoints recorded nothing for the flag: such a run used the old value.
+BEFORE_THE_FLAG: dict[str, Any] = {"adam_beta2": 0.999, "t_stratified": False}
 LR_SCHEDULES = ("constant", "cosine", "linear")
 HORIZON_AFTER = 20  # a --minutes run with a decaying LR measures its speed over this many steps
 
@@ -478,9 +480,9 @@ def latest_resumable(out: Path) -> tuple[Path, dict[str, Any]]:
 def check_compatible(saved: dict[str, Any], cfg: TrainConfig, world: int, saved_world: int, path: Path) -> None:
     """Refuse to resume with settings that would change the run's numbers, naming each difference.
 
-    A setting the checkpoint does not record (it predates the flag) counts as the flag's default, which is
-    what that run used."""
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    A setting the checkpoint does not record (it predates the flag) counts as what that run used: the flag's
+    default then, which is today's default unless :data:`BEFORE_THE_FLAG` says otherwise."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)} | BEFORE_THE_FLAG
     recorded = {k: saved.get(k, defaults[k]) for k in RESUME_MUST_MATCH}
     diffs = [f"--{k.replace('_', '-')} {recorded[k]!r} in the checkpoint, {getattr(cfg, k)!r} now"
              for k in RESUME_MUST_MATCH if recorded[k] != getattr(cfg, k)]

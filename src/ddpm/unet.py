@@ -113,9 +113,10 @@ class UNetConfig:
 # business and are set by UNet.from_preset.
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU budgets (8×8 digits, 28×28 Fashion-MNIST): three levels (28/14/7), the only attention is the middle
-    # block's at the lowest one. The third level won the 10- and 25-minute screens (BENCHMARKS.md, issue 9).
+    # block's at the lowest one. The third level won the 10- and 25-minute screens, and adaptive GroupNorm
+    # (scale_shift_norm) every comparison from 3,000 steps to 25 minutes (BENCHMARKS.md, issue 9).
     "tiny": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(),
-                 dropout=0.0, image_size=8),
+                 dropout=0.0, image_size=8, scale_shift_norm=True),
     # 28×28 / 32×32: a few M params, attention at the 7×7 / 8×8 level.
     "small": dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7, 8),
                   dropout=0.1, image_size=28),
