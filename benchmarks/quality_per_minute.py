@@ -73,6 +73,7 @@ MEASURED_BEFORE_ADAGN: dict[str, list[str]] = {
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "default-before": BEFORE_ADAGN,
+    "adagn-groups8": ["--norm-groups", "8"],
     **{name: [*BEFORE_ADAGN, *flags] for name, flags in MEASURED_BEFORE_ADAGN.items()},
 }
 DIFFUSERS = "diffusers"
