@@ -30,7 +30,9 @@ demo: install
 	$(BIN)/ddpm sample --checkpoint runs/demo --num 100 --out runs/demo/samples
 	@echo "demo grid: runs/demo/samples/grid.png"
 
-DEMO_TRAIN ?= --steps 4000 --sample-every 1000 --checkpoint-every 1000
+# 4,000 steps, or 3.5 minutes of training where the CPU is slower (no native bf16): the whole demo, install
+# included, stays near 6 minutes on a 2-core machine either way (BENCHMARKS.md, "make demo").
+DEMO_TRAIN ?= --steps 4000 --minutes 3.5 --sample-every 1000 --checkpoint-every 1000
 
 test: install
 	$(BIN)/ruff check src tests benchmarks

@@ -225,6 +225,24 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path):
     assert (out / "samples" / f"step-{last_step:09d}.png").exists()
 
 
+def test_minutes_budget_ends_the_run_early_says_so_and_resume_continues(tmp_path, capsys):
+    """--minutes ends a run before --steps: a checkpoint of the last step done, one line saying why, and the same
+    command with --resume goes on from that step. With --minutes alone the budget is the plan: no such line."""
+    out = tmp_path / "run"
+    argv = ["train", *BASE, "--out", str(out), "--steps", "100000", "--minutes", "0.01"]
+    assert main(argv) == 0
+    ((step, _),) = list_checkpoints(out)
+    assert 1 <= step < 100000
+    assert f"stopped at step {step} of 100000: the --minutes 0.01 budget ran out; the same command with --resume" \
+        in capsys.readouterr().out
+    assert main([*argv, "--resume"]) == 0
+    assert f"resuming from {out / 'checkpoints' / f'step-{step:09d}.safetensors'} at step {step}" \
+        in capsys.readouterr().out
+    assert list_checkpoints(out)[-1][0] > step
+    assert main(["train", *BASE, "--out", str(tmp_path / "alone"), "--minutes", "0.01"]) == 0
+    assert "budget ran out" not in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_sigkill_always_leaves_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"

@@ -730,6 +730,9 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
         if caught:
             print(f"stopped by signal {signal.Signals(caught[0]).name} at step {step}; "
                   f"checkpoint written, continue with --resume")
+        elif cfg.minutes is not None and cfg.steps is not None and step < cfg.steps:
+            print(f"stopped at step {step} of {cfg.steps}: the --minutes {cfg.minutes:g} budget ran out; "
+                  "the same command with --resume continues")
         if skipped:
             print(f"skipped {skipped} step(s) with a non-finite loss or gradient")
     px.barrier()
