@@ -74,6 +74,11 @@ RECIPES: dict[str, list[str]] = {
     "default": [],
     "default-before": BEFORE_ADAGN,
     "adagn-groups8": ["--norm-groups", "8"],
+    # today's defaults at batch 32, narrower (24/48/48 channels), and both: fewer FLOPs per step or per image,
+    # for a CPU without bf16, where training is compute-bound
+    "default-b32": ["--batch-size", "32"],
+    "default-w24": ["--base-channels", "24"],
+    "default-w24-b32": ["--base-channels", "24", "--batch-size", "32"],
     **{name: [*BEFORE_ADAGN, *flags] for name, flags in MEASURED_BEFORE_ADAGN.items()},
 }
 DIFFUSERS = "diffusers"
