@@ -138,6 +138,20 @@ def test_feature_net_trains_and_round_trips(tmp_path, size):
     assert torch.equal(extract_features(net2, images), f)
 
 
+
+def test_feature_net_trains_the_same_under_no_grad():
+    """The --eval-every hook samples under torch.no_grad() and trains the FeatureNet there on a cold cache: the
+    training must turn gradients back on and give the same weights as outside no_grad."""
+    images = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(32) % 2
+    outside = train_feature_net(images, labels, epochs=1, batch_size=8, seed=0, width=8)
+    with torch.no_grad():
+        inside = train_feature_net(images, labels, epochs=1, batch_size=8, seed=0, width=8)
+    for a, b in zip(outside.state_dict().values(), inside.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(
+        outside.state_dict().values(), FeatureNet(1, 2, 8).state_dict().values(), strict=True))
+
 def scipy_fd(a: torch.Tensor, b: torch.Tensor) -> float:
     """The textbook formula with scipy's general matrix square root (the reference FID implementations')."""
     scipy_linalg = pytest.importorskip("scipy.linalg")

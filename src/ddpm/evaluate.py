@@ -296,25 +296,34 @@ def train_feature_net(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps_total, pct_start=0.15)
     net.train()
     t0 = time.perf_counter()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        total, correct, loss_sum = 0, 0, 0.0
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            x, y = images[idx], labels[idx]
-            logits = net(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += loss.item() * len(idx)
-        if log is not None:
-            log(f"feature net epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.3f}, "
-                f"train acc {correct / total:.3f} ({time.perf_counter() - t0:.0f} s)")
+    with torch.enable_grad():  # callers may sample under no_grad (the --eval-every hook): training needs grads
+        for epoch in range(epochs):
+            _feature_net_epoch(net, opt, sched, images, labels, torch.randperm(n, generator=gen), batch_size,
+                               epoch, epochs, t0, log)
     return net.eval().requires_grad_(False)
+
+
+def _feature_net_epoch(net: FeatureNet, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                       images: Tensor, labels: Tensor, order: Tensor, batch_size: int, epoch: int, epochs: int,
+                       t0: float, log: Callable[[str], None] | None) -> None:
+    """One pass over ``images`` (N, C, S, S) in the order ``order`` (N,), logging loss and accuracy."""
+    n = images.shape[0]
+    total, correct, loss_sum = 0, 0, 0.0
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        x, y = images[idx], labels[idx]
+        logits = net(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += loss.item() * len(idx)
+    if log is not None:
+        log(f"feature net epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.3f}, "
+            f"train acc {correct / total:.3f} ({time.perf_counter() - t0:.0f} s)")
 
 
 @torch.no_grad()
