@@ -8,8 +8,9 @@ from PIL import Image
 from ddpm import image_generators, load_model, sample
 from ddpm.cli import main
 from ddpm.errors import ParameterError
-from ddpm.generate import Provenance, SamplerChoice, choose_sampler, generate, slerp
+from ddpm.generate import choose_sampler, generate, slerp
 from ddpm.images import read_png_metadata, save_png, to_uint8
+from ddpm.provenance import Provenance, SamplerChoice
 from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, randn
 
 CELL = 8 * 8 + 1  # an 8x8 digit enlarged 8 times, plus one pixel of padding

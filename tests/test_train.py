@@ -385,22 +385,6 @@ def test_idx_label_mismatch_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_bf16_default_follows_the_cpu(monkeypatch):
-    """bf16 autocast is the default only where the CPU has bf16 instructions (else it is slower than float32)."""
-    import ddpm.train as tr
-
-    for caps, native in (({"avx512_bf16": True, "amx_bf16": False}, True), ({"amx_bf16": True}, True),
-                         ({"avx512_bf16": False, "amx_bf16": False, "avx2": True}, False), ({}, False)):
-        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
-        monkeypatch.setattr(tr.platform, "system", lambda: "Linux")
-        monkeypatch.setattr(tr.platform, "machine", lambda: "x86_64")
-        assert tr.cpu_bf16_native() is native
-        assert tr.default_bf16(torch.device("cpu")) is native
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: 1 / 0)  # an old or odd PyTorch: assume none
-    assert tr.cpu_bf16_native() is False
-    assert tr.default_bf16(torch.device("meta")) is False
-
-
 def test_ema_is_the_closed_form_average_of_the_trained_weights():
     """After N updates, ema_N = Σ_n w_n θ_n over the weights θ_0 (the start) .. θ_N, with
     β_n = min(decay, (1+n)/(10+n)), w_0 = Π_{m<N} β_m and w_n = (1 − β_{n−1}) Π_{m=n}^{N−1} β_m; buffers are copied.

@@ -33,6 +33,7 @@ from .generate import check_sampler, choose_sampler, draw, resolve_label
 from .images import make_grid, save_png
 from .inception import Inception
 from .likelihood import bits_per_dim
+from .runtime import pick_device
 from .sampling import image_generators
 from .scoring import (
     default_cache_dir,
@@ -42,7 +43,6 @@ from .scoring import (
     subset_indices,
     to_pixels,
 )
-from .train import pick_device
 
 METRICS = ("fid", "kid", "pr", "fd")  # a new metric: add its name here and a block in _score
 INCEPTION_METRICS = ("fid", "kid", "pr")

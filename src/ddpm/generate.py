@@ -10,11 +10,9 @@ same at any batch size. Every PNG records, in ``ddpm:*`` text chunks, everything
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +39,10 @@ from .images import (
     trajectory_columns,
     trajectory_strip,
 )
+from .provenance import Provenance, SamplerChoice
+from .runtime import pick_device
 from .sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SAMPLERS, image_generators, randn, sample, sampler_options
 from .schedule import Schedule, spaced_timesteps
-from .train import pick_device
 
 TRAJECTORY_COLUMNS = 10
 PathLike = str | os.PathLike[str]
@@ -81,16 +80,6 @@ def resolve_label(label: int | str | None, guidance: float | None, meta: Mapping
 
 
 # ---------------------------------------------------------------------------- the sampling path
-
-
-@dataclass
-class SamplerChoice:
-    """A sampler with its path: name, spacing, steps and sampler options (``eta`` included where it has one)."""
-
-    name: str
-    spacing: str
-    steps: int
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 def _typed_option(key: str, value: Any, default: Any) -> Any:
@@ -164,88 +153,50 @@ def check_sampler(choice: SamplerChoice, schedule: Schedule) -> bool:
     return torch.equal(g.get_state(), before)
 
 
-# ---------------------------------------------------------------------------- provenance
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What a picture was made from, written as its PNG's ``ddpm:*`` text chunks (:meth:`text_chunks`).
-
-    ``kind`` is sample, grid, trajectory, interpolation or edit; ``index`` the image index (or a range, for a
-    grid); ``extra`` holds the kind's own keys, written last.
-    """
-
-    kind: str
-    seed: int
-    index: int | str
-    choice: SamplerChoice
-    label: int | None
-    guidance: float | None
-    clip_x0: bool
-    ema: bool
-    checkpoint_sha256: str
-    extra: Mapping[str, str] = field(default_factory=dict)
-    version: str = __version__
-
-    def text_chunks(self) -> dict[str, str]:
-        """The text chunks in a fixed order (so a reproduced file is byte-identical).
-
-        Keys: kind, seed, index, sampler, spacing, steps, eta (samplers that have one), options (JSON, when any
-        besides eta), guidance, class, clip_x0, ema, checkpoint_sha256, version, then ``extra``.
-        """
-        c = self.choice
-        meta = {"ddpm:kind": self.kind, "ddpm:seed": str(self.seed), "ddpm:index": str(self.index),
-                "ddpm:sampler": c.name, "ddpm:spacing": c.spacing, "ddpm:steps": str(c.steps)}
-        rest = {k: v for k, v in c.options.items() if k != "eta"}
-        if "eta" in c.options:
-            meta["ddpm:eta"] = repr(float(c.options["eta"]))
-        if rest:
-            meta["ddpm:options"] = json.dumps(rest, sort_keys=True)
-        meta.update({
-            "ddpm:guidance": "" if self.guidance is None else repr(float(self.guidance)),
-            "ddpm:class": "" if self.label is None else str(self.label),
-            "ddpm:clip_x0": str(bool(self.clip_x0)),
-            "ddpm:ema": str(bool(self.ema)),
-            "ddpm:checkpoint_sha256": self.checkpoint_sha256,
-            "ddpm:version": self.version,
-        })
-        meta.update({f"ddpm:{k}": v for k, v in self.extra.items()})
-        return meta
-
-    def of(self, kind: str, index: int | str, extra: Mapping[str, str] | None = None) -> Provenance:
-        """The same settings for another picture."""
-        return dataclasses.replace(self, kind=kind, index=index, extra=dict(extra or {}))
-
-    @classmethod
-    def from_text_chunks(cls, info: Mapping[str, str]) -> Provenance:
-        """Read back what :meth:`text_chunks` wrote (KeyError or ValueError when it is damaged). PNGs from
-        before spacing was recorded were sampled with sample()'s default of then, linspace."""
-        options = json.loads(info.get("ddpm:options", "{}"))
-        if "ddpm:eta" in info:
-            options["eta"] = float(info["ddpm:eta"])
-        choice = SamplerChoice(info["ddpm:sampler"], info.get("ddpm:spacing", "linspace"), int(info["ddpm:steps"]),
-                               options)
-        index = info["ddpm:index"]
-        return cls(info.get("ddpm:kind", "sample"), int(info["ddpm:seed"]), int(index) if index.isdigit() else index,
-                   choice, int(info["ddpm:class"]) if info.get("ddpm:class") else None,
-                   float(info["ddpm:guidance"]) if info.get("ddpm:guidance") else None,
-                   info.get("ddpm:clip_x0", "True") == "True", info.get("ddpm:ema", "True") == "True",
-                   info["ddpm:checkpoint_sha256"], version=info.get("ddpm:version", __version__))
-
-
 # ---------------------------------------------------------------------------- drawing
 
 
 def draw(model: Any, schedule: Schedule, meta: Mapping[str, Any], choice: SamplerChoice, seed: int,
          indices: list[int], label: int | None, guidance: float | None, clip_x0: bool, device: torch.device,
-         callback: Callable[[dict[str, Any]], None] | None = None, x_T: Tensor | None = None) -> Tensor:
-    """Images ``indices`` of ``seed``: (len(indices), C, H, W) in [-1, 1]. The one call every path shares."""
+         callback: Callable[[dict[str, Any]], None] | None = None, x_T: Tensor | None = None,
+         cycle_classes: int | None = None) -> Tensor:
+    """Images ``indices`` of ``seed``: (len(indices), C, H, W) in [-1, 1]. The one call every path shares.
+
+    ``meta`` gives channels, image_size and prediction (a checkpoint's metadata). The label of every image is
+    ``label``, or with ``cycle_classes=K`` image i's class is i mod K (one class per column of a grid).
+    """
     c, size = int(meta["channels"]), int(meta["image_size"])
-    labels = None if label is None else torch.full((len(indices),), label, dtype=torch.long)
+    labels = None
+    if cycle_classes:
+        labels = torch.tensor(indices, device=device) % cycle_classes
+    elif label is not None:
+        labels = torch.full((len(indices),), label, dtype=torch.long)
     return sample(model, (len(indices), c, size, size), schedule, sampler=choice.name, steps=choice.steps,
                   generator=image_generators(seed, indices), clip_x0=clip_x0,
                   prediction=meta.get("prediction", "eps"), labels=labels, guidance=guidance,
                   spacing=choice.spacing, callback=callback, x_T=x_T, device=device, **choice.options)
+
+
+def draw_batches(model: Any, schedule: Schedule, meta: Mapping[str, Any], choice: SamplerChoice, seed: int,
+                 num: int, *, batch_size: int, device: torch.device, label: int | None = None,
+                 cycle_classes: int | None = None, guidance: float | None = None, clip_x0: bool = True,
+                 progress: bool = False,
+                 callback_for: Callable[[list[int]], Callable[[dict[str, Any]], None] | None] | None = None,
+                 ) -> Iterator[tuple[list[int], Tensor]]:
+    """Images 0..num-1 of ``seed``, ``batch_size`` at a time: yields (indices, images (B, C, H, W) in [-1, 1]).
+
+    The batched loop of ``ddpm sample``, ``ddpm eval``, the training grids and ``--eval-every``; image i is the
+    same at any batch size. ``callback_for(indices)`` gives a batch its sampler callback (or None); see
+    :func:`draw` for the other arguments.
+    """
+    with tqdm(total=num, desc=f"sampling {choice.name}, {choice.steps} steps", unit="img", dynamic_ncols=True,
+              disable=not progress) as bar:
+        for start in range(0, num, batch_size):
+            idx = list(range(start, min(num, start + batch_size)))
+            callback = callback_for(idx) if callback_for is not None else None
+            yield idx, draw(model, schedule, meta, choice, seed, idx, label, guidance, clip_x0, device, callback,
+                            cycle_classes=cycle_classes)
+            bar.update(len(idx))
 
 
 def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
@@ -293,27 +244,26 @@ def generate(checkpoint: PathLike, out: PathLike, *, num: int = 64, seed: int = 
     out.mkdir(parents=True, exist_ok=True)
 
     images = np.empty((num, size, size, c), np.uint8)
-    bar = tqdm(total=num, desc=f"sampling {choice.name}, {choice.steps} steps", unit="img", dynamic_ncols=True,
-               disable=not progress)
-    for start in range(0, num, batch_size):
-        idx = list(range(start, min(num, start + batch_size)))
+    paths: dict[int, list[dict[str, Any]]] = {}  # batch start -> that batch's trajectory states
+
+    def recorder(idx: list[int]) -> Callable[[dict[str, Any]], None] | None:
         rows = [j for j, i in enumerate(idx) if i < n_traj]
-        path: list[dict[str, Any]] = []
+        if not rows:
+            return None
+        path = paths.setdefault(idx[0], [])
+        return lambda d: path.append({"t": int(d["t"]), "x": to_uint8(d["x"][rows]), "x0": to_uint8(d["x0"][rows])})
 
-        def record(d: dict[str, Any], rows: list[int] = rows, path: list[dict[str, Any]] = path) -> None:
-            path.append({"t": int(d["t"]), "x": to_uint8(d["x"][rows]), "x0": to_uint8(d["x0"][rows])})
-
-        x = draw(model, schedule, meta, choice, seed, idx, label_index, guidance, clip_x0, dev,
-                 callback=record if rows else None)
+    for idx, x in draw_batches(model, schedule, meta, choice, seed, num, batch_size=batch_size, device=dev,
+                               label=label_index, guidance=guidance, clip_x0=clip_x0, progress=progress,
+                               callback_for=recorder):
         batch = to_uint8(x)
         for j, i in enumerate(idx):
             images[i] = batch[j]
             save_png(out / names[i], batch[j], prov.of("sample", i).text_chunks())
-        for k, j in enumerate(rows):
+        path = paths.pop(idx[0], [])
+        for k, j in enumerate(j for j, i in enumerate(idx) if i < n_traj):
             _write_trajectory(out, idx[j], [(p["t"], p["x"][k], p["x0"][k]) for p in path], batch[j],
                               prov.of("trajectory", idx[j]).text_chunks())
-        bar.update(len(idx))
-    bar.close()
     save_png(out / "grid.png", make_grid(images, pad_value=128, scale=_scale(size)),
              prov.of("grid", f"0-{num - 1}").text_chunks())
     if npz:

@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import os
-import platform
 import signal
 import time
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from .diffusion import PREDICTIONS
 from .errors import UserError
 from .images import make_grid, plot_curve, save_png, to_uint8
 from .losses import LOSS_WEIGHTS, T_SAMPLINGS, Objective
+from .runtime import Dist, cpu_bf16_native, default_bf16, pick_device, setup_processes  # noqa: F401
 from .sampling import DEFAULT_SAMPLER, image_generators, sample
 from .schedule import Schedule
 from .scoring import TrainingEval
@@ -244,50 +244,6 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 HORIZON_AFTER = 20  # a --minutes run with a decaying LR measures its speed over this many steps
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use cpu, cuda, mps or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
-    return dev
-
-
-def cpu_bf16_native() -> bool:
-    """True when this CPU has bf16 arithmetic instructions (x86 AVX512-BF16 or AMX-BF16, Linux on Arm BF16).
-
-    Elsewhere PyTorch emulates bf16 on the CPU, and autocast makes the network slower than float32, so
-    anything unknown (macOS, Windows on Arm, an old PyTorch) answers False.
-    """
-    caps: dict[str, Any] = {}
-    with contextlib.suppress(Exception):  # torch.cpu.get_capabilities() is recent: its absence means "no"
-        caps = dict(torch.cpu.get_capabilities())
-    if caps.get("avx512_bf16") or caps.get("amx_bf16"):
-        return True
-    if platform.system() == "Linux" and platform.machine() in ("aarch64", "arm64"):
-        # Linux lists Armv8.6's BF16 instructions as the word "bf16" on the Features line of /proc/cpuinfo.
-        with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-            return any(line.lower().startswith("features") and "bf16" in line.split() for line in f)
-    return False
-
-
-def default_bf16(device: torch.device) -> bool:
-    """The bf16 autocast default for ``device``: on where the hardware computes bf16 natively."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return cpu_bf16_native()
-    return False
-
-
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     """Indices (batch_size,) of the images in ``step``'s global batch.
 
@@ -390,57 +346,6 @@ def checkpoint_meta(cfg: TrainConfig, model: UNet, data: ImageDataset, schedule:
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on any (so all ranks stop at the same step)."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
-
-    def max_int(self, value: int) -> int:
-        """The largest of every rank's ``value`` (so all ranks agree on a measured number)."""
-        if self.world == 1:
-            return value
-        t = torch.tensor([float(value)], device=self.device, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
-
-
-def setup_processes(device_name: str) -> Dist:
-    """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK), if any.
-
-    Backend nccl when the processes use CUDA GPUs, gloo otherwise (CPU, and the tests).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(0, 1, pick_device(device_name))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), device)
 
 
 # ---------------------------------------------------------------------------- run directory
