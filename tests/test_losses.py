@@ -19,7 +19,8 @@ from ddpm.losses import (
     timestep_probabilities,
 )
 from ddpm.schedule import Schedule
-from ddpm.train import TrainConfig, budget_horizon, lr_at
+from ddpm.train import TrainConfig
+from ddpm.train.schedules import budget_horizon, lr_at
 
 S = Schedule.linear(1000)
 

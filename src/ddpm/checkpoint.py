@@ -28,6 +28,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from .errors import UserError
+from .schedule import Schedule
+from .unet import UNet, UNetConfig
 
 FORMAT = "ddpm-checkpoint"
 FORMAT_VERSION = 1
@@ -121,6 +123,27 @@ def save_checkpoint(path: str | os.PathLike[str], model: dict[str, Tensor], ema:
     return save_safetensors(path, tensors, {"ddpm": json.dumps(meta)})
 
 
+def checkpoint_meta(step: int, model: UNetConfig, schedule: Schedule, prediction: str, *,
+                    class_names: list[str] | None = None, data: str | None = None, world_size: int = 1,
+                    **extra: Any) -> dict[str, Any]:
+    """Everything needed to sample from a checkpoint, as JSON-ready values: the network's config, the schedule,
+    what the network predicts, the image format and the class names; ``extra`` keys follow (training writes
+    ``bf16`` and ``train``, its settings; ``ddpm convert`` writes ``diffusers``, where the weights came from)."""
+    return {
+        "step": step,
+        "model": model.to_dict(),
+        "schedule": schedule.to_dict(),
+        "prediction": prediction,
+        "image_size": model.image_size,
+        "channels": model.channels,
+        "normalization": {"range": [-1.0, 1.0], "to_pixels": "round((x + 1) * 127.5)"},
+        "class_names": class_names,
+        "data": data,
+        "world_size": world_size,
+        **extra,
+    }
+
+
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Only the metadata of a checkpoint file (cheap: reads the header, not the weights)."""
     path = Path(path)
@@ -204,14 +227,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def load_model(path: str | os.PathLike[str], use_ema: bool = True,
-               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Checkpoint, Any]:
+               device: str | torch.device = "cpu") -> tuple[UNet, Checkpoint, Schedule]:
     """Build the network of a checkpoint (file or run directory) with its EMA (or raw) weights.
 
     Returns (the UNet in eval mode on ``device``, the Checkpoint, its Schedule).
     """
-    from .schedule import Schedule
-    from .unet import UNet, UNetConfig
-
     ckpt = load_checkpoint(path)
     try:
         model = UNet(UNetConfig.from_dict(ckpt.meta["model"]))

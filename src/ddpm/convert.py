@@ -44,7 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .checkpoint import CHECKPOINT_DIR, checkpoint_name, load_model, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, checkpoint_meta, checkpoint_name, load_model, save_checkpoint
 from .errors import UserError
 from .schedule import Schedule
 from .unet import AttentionBlock, Downsample, ResBlock, UNet, UNetConfig, Upsample
@@ -555,19 +555,7 @@ def import_diffusers(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -
     dst = Path(dst)
     _check_dst(dst)
     cfg, schedule, prediction, state, record = read_diffusers(src)
-    meta = {
-        "step": 0,
-        "model": cfg.to_dict(),
-        "schedule": schedule.to_dict(),
-        "prediction": prediction,
-        "image_size": cfg.image_size,
-        "channels": cfg.channels,
-        "normalization": {"range": [-1.0, 1.0], "to_pixels": "round((x + 1) * 127.5)"},
-        "class_names": None,
-        "data": None,
-        "world_size": 1,
-        "diffusers": record,
-    }
+    meta = checkpoint_meta(0, cfg, schedule, prediction, diffusers=record)
     ema = {k: v.clone() for k, v in state.items()}  # the same values; safetensors refuses shared memory
     if dst.suffix == ".safetensors":
         return save_checkpoint(dst, state, ema, meta)

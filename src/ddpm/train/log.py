@@ -1,0 +1,110 @@
+"""What a run shows and leaves behind besides checkpoints: metrics.jsonl (and TensorBoard), the loss and eval
+curves, the sample grids, the progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import ImageDataset
+from ..errors import ParameterError
+from ..generate import draw_batches
+from ..images import make_grid, plot_curve, save_png, to_uint8
+from ..provenance import SamplerChoice
+from ..sampling import DEFAULT_SAMPLER
+from ..schedule import Schedule
+from .config import TrainConfig
+
+
+class MetricsLog:
+    """Appends one JSON object per line to RUN_DIR/metrics.jsonl; keeps (step, loss) for the loss curve."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        self.curve: list[tuple[int, float]] = []
+        self.eval_curve: list[tuple[int, float]] = []  # (step, FD or FID) of --eval-every
+        if resume_step is not None and path.exists():
+            # Lines written after the checkpoint we resume from belong to steps that will be redone.
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+            self.curve = [(r["step"], r["loss_smooth"]) for r in map(json.loads, kept) if "loss_smooth" in r]
+            self.eval_curve = [(r["step"], v) for r in map(json.loads, kept) for k, v in r.items()
+                               if k in ("eval_fd", "eval_fid")]
+        self.tb = None
+
+    @classmethod
+    def open(cls, cfg: TrainConfig, out: Path, step: int) -> MetricsLog:
+        """The run's log at ``step``: lines after a resumed step dropped, TensorBoard opened with --tensorboard."""
+        metrics = cls(out / "metrics.jsonl", step if cfg.resume else None)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ParameterError("{tensorboard} needs the tensorboard package: pip install tensorboard") from None
+            metrics.tb = SummaryWriter(str(out / "tensorboard"))
+        return metrics
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one training record (``step``, ``loss_smooth``, ...) and keep its point of the loss curve."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.curve.append((record["step"], record["loss_smooth"]))
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step":
+                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def write_eval(self, step: int, record: dict[str, float], plot_path: Path) -> None:
+        """One ``--eval-every`` result: a metrics.jsonl line, a TensorBoard scalar, and the plot redrawn."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        name, value = next((k, v) for k, v in record.items() if k in ("eval_fd", "eval_fid"))
+        self.eval_curve.append((step, value))
+        if self.tb is not None:
+            self.tb.add_scalar(f"eval/{name[5:]}", value, step)
+        if len(self.eval_curve) >= 2:
+            xs, ys = zip(*self.eval_curve, strict=True)
+            title = f"{name[5:].upper()} of EMA samples (lower is better), log scale"
+            save_png(plot_path, plot_curve(xs, ys, title=title))
+
+    def plot(self, path: Path) -> None:
+        """Draw the smoothed loss curve (log scale) as a PNG once it has two points."""
+        if len(self.curve) >= 2:
+            xs, ys = zip(*self.curve, strict=True)
+            save_png(path, plot_curve(xs, ys, title="training loss (smoothed), log scale"))
+
+
+def write_grid(path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfig, data: ImageDataset,
+               device: torch.device) -> None:
+    """Sample cfg.num_samples images from ``model`` (seeded by cfg.seed) with the default sampler at
+    cfg.sample_steps and write them as one grid PNG, in one batch.
+
+    A class-conditional model draws image i from class i mod K, one class per column.
+    """
+    n = cfg.num_samples
+    classes = data.num_classes if cfg.class_cond and data.num_classes else None
+    meta = {"channels": data.channels, "image_size": data.image_size, "prediction": cfg.prediction}
+    (_, x), = draw_batches(model, schedule, meta, default_choice(cfg.sample_steps, schedule), cfg.seed, n,
+                           batch_size=n, device=device, cycle_classes=classes)
+    save_png(path, make_grid(to_uint8(x), nrow=classes, pad_value=128, scale=max(1, 64 // data.image_size)))
+
+
+def default_choice(steps: int, schedule: Schedule) -> SamplerChoice:
+    """The default sampler and spacing (``DEFAULT_SAMPLER``) at ``steps`` steps (at most T), with its own
+    option defaults: what the training grids and ``--eval-every`` sample with."""
+    name, spacing, _ = DEFAULT_SAMPLER
+    return SamplerChoice(name, spacing, min(steps, schedule.timesteps))
+
+
+def progress_bar(total: int | None, step: int) -> Any:
+    """A tqdm bar over optimisation steps, starting at ``step`` (a resumed run's)."""
+    return tqdm(total=total, initial=step, desc="training", unit="step", dynamic_ncols=True)

@@ -1,0 +1,310 @@
+"""The training loop: single process, or one process per GPU under ``torchrun`` (DistributedDataParallel).
+
+One step (:func:`_step`): draw t and ε for the global batch (:mod:`.draws`), form x_t = q_sample(x_0, t, ε)
+**with that ε**, minimise ‖target − net(x_t, t)‖² (the :class:`~ddpm.losses.Objective`), clip the gradient, take
+an AdamW step at the scheduled learning rate and update the EMA. Around it, :func:`_report` logs, and
+:func:`_periodic` writes grids, scores and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..checkpoint import (
+    CHECKPOINT_DIR,
+    checkpoint_meta,
+    checkpoint_name,
+    list_checkpoints,
+    save_checkpoint,
+    save_training_state,
+    state_path,
+)
+from ..data import ImageDataset, load_dataset
+from ..errors import ParameterError
+from ..losses import Objective
+from ..runtime import Dist, setup_processes
+from ..schedule import Schedule
+from ..scoring import TrainingEval
+from ..seeding import mix
+from ..unet import UNet, check_labels
+from .config import TrainConfig
+from .draws import Draws, step_draws
+from .log import MetricsLog, progress_bar, write_grid
+from .schedules import HORIZON_AFTER, budget_horizon, ema_decay_at, ema_update, lr_at
+from .setup import Networks, build_networks, prepare_run_dir
+
+DEFAULT_STEPS = 5000  # without --steps or --minutes
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or signalled) run leaves: its last checkpoint and this process's networks."""
+
+    checkpoint: Path
+    step: int
+    model: UNet
+    ema: UNet
+    stopped_by_signal: bool = False
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run training as configured; returns the last checkpoint and the trained networks.
+
+    Under torchrun every process calls this; only rank 0 writes files and shows progress.
+    """
+    cfg.validate()
+    px = setup_processes(cfg.device)
+    try:
+        return _train(cfg, px)
+    finally:
+        if px.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass
+class _Run:
+    """What the loop reads: the config, this process, the data, the objective, the networks and the logs."""
+
+    cfg: TrainConfig
+    px: Dist
+    out: Path
+    data: ImageDataset
+    schedule: Schedule
+    objective: Objective
+    nets: Networks
+    metrics: MetricsLog | None
+    evaluator: TrainingEval | None
+
+    def save(self, step: int) -> Path:
+        """Write checkpoint ``step`` (its state file first) and drop all but the newest cfg.keep."""
+        cfg, nets, data = self.cfg, self.nets, self.data
+        path = self.out / CHECKPOINT_DIR / checkpoint_name(step)
+        # The state file first: a checkpoint name that exists always has its state beside it.
+        save_training_state(state_path(path), {"step": step, "optimizer": nets.opt.state_dict()})
+        meta = checkpoint_meta(step, nets.raw.config, self.schedule, cfg.prediction,
+                               class_names=data.class_names if cfg.class_cond else None, data=data.name,
+                               world_size=self.px.world, bf16=bool(nets.bf16), train=cfg.record())
+        save_checkpoint(path, nets.raw.state_dict(), nets.ema.state_dict(), meta)
+        for _, old in list_checkpoints(self.out)[:-cfg.keep]:
+            old.unlink(missing_ok=True)
+            state_path(old).unlink(missing_ok=True)
+        return path
+
+
+def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
+    out = Path(cfg.out)
+    data = load_dataset(cfg.data, cfg.image_size, skip_bad=cfg.skip_bad)
+    if cfg.class_cond and data.labels is None:
+        raise ParameterError(f"{{class_cond}} needs labels, but {cfg.data} has none: use class subfolders, "
+                             "an IDX label file, or drop {class_cond}")
+    if cfg.class_cond:
+        check_labels(data.labels, data.num_classes)  # once: the network checks only shapes
+    if px.main:
+        prepare_run_dir(out, cfg.resume)
+        if data.skipped:
+            print(f"skipped {len(data.skipped)} unreadable file(s) (--skip-bad): {', '.join(data.skipped[:5])}")
+    px.barrier()
+    schedule = cfg.make_schedule()
+    objective = Objective.create(schedule, cfg.prediction, cfg.loss_weight, cfg.loss_gamma, cfg.t_sampling,
+                                 cfg.laplace_loc, cfg.laplace_scale, px.device, stratified=cfg.t_stratified)
+    nets = build_networks(cfg, data, px, out)
+    metrics = MetricsLog.open(cfg, out, nets.step) if px.main else None
+    evaluator = None
+    if metrics is not None and cfg.eval_every:
+        evaluator = TrainingEval(cfg.eval_metric, cfg.eval_num, data, cfg.data, cfg.seed, cfg.sample_steps, px.device)
+    run = _Run(cfg, px, out, data, schedule, objective, nets, metrics, evaluator)
+    with stop_signals() as caught:
+        step, skipped, last_path = _loop(run, caught)
+    if px.main:
+        last_path = _finish(run, step, last_path)
+        _say_why_it_stopped(cfg, step, caught, skipped)
+    px.barrier()
+    return TrainResult(last_path or out / CHECKPOINT_DIR / checkpoint_name(step), step, nets.raw, nets.ema,
+                       bool(caught))
+
+
+def _loop(run: _Run, caught: list[int]) -> tuple[int, int, Path | None]:
+    """Optimise from run.nets.step until --steps, --minutes or a signal; returns (step, skipped, last checkpoint)."""
+    cfg, px = run.cfg, run.px
+    total = cfg.steps if cfg.steps is not None else (None if cfg.minutes is not None else DEFAULT_STEPS)
+    deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes is not None else math.inf
+    horizon = total  # the LR decay's end; a --minutes run measures it after HORIZON_AFTER steps
+    pixels = run.data.pixels.to(px.device)  # (N, C, H, W), uint8 codes or float32; each batch is converted
+    labels = run.data.labels.to(px.device) if cfg.class_cond else None
+    step = start = run.nets.step
+    report = _Report(start, time.monotonic(), progress_bar(total, step) if cfg.progress and px.main else None)
+    run.nets.raw.train()
+    try:
+        while (total is None or step < total) and not px.any(bool(caught) or time.monotonic() >= deadline):
+            stats = _step(run, step, horizon, pixels, labels)
+            step += 1
+            if stats is None:  # a non-finite step skipped (--nonfinite skip)
+                report.skipped += 1
+                continue
+            elapsed = max(time.monotonic() - report.t_start, 1e-9)
+            if horizon is None and cfg.lr_schedule != "constant" and step - start == HORIZON_AFTER:
+                horizon = px.max_int(budget_horizon(step, (step - start) / elapsed, deadline - time.monotonic()))
+            _report(run, report, step, stats, horizon, None if total is not None else deadline)
+            report.last_path = _periodic(run, step) or report.last_path
+    finally:
+        if report.bar is not None:
+            report.bar.close()
+    return step, report.skipped, report.last_path
+
+
+@dataclass
+class _Stats:
+    """One optimisation step's numbers for the log."""
+
+    loss: float
+    grad_norm: float
+    ema_decay: float
+
+
+def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Tensor | None) -> _Stats | None:
+    """Optimisation step ``step`` on this rank's share of the global batch; None when it was skipped.
+
+    The global batch is batch-size x processes x grad-accum images; micro-batch a of rank r takes the slice
+    [(a·W + r)·B, (a·W + r + 1)·B) of the step's draws, so W processes compute what one process with W× the
+    batch would.
+    """
+    cfg, px, nets = run.cfg, run.px, run.nets
+    d = step_draws(step, cfg.seed, len(run.data), cfg.batch_size * px.world * cfg.grad_accum, pixels.shape[1:],
+                   run.objective, cfg.label_dropout, px.device)
+    nets.opt.zero_grad(set_to_none=True)
+    loss = sum(_micro_batch(run, step, a, d, pixels, labels) for a in range(cfg.grad_accum))
+    gnorm = float(torch.nn.utils.clip_grad_norm_(nets.raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                                 else math.inf))
+    # Every rank takes part in the vote, so all skip (or stop at) the same step.
+    if px.any(not (math.isfinite(gnorm) and math.isfinite(loss))):
+        if cfg.nonfinite == "stop":
+            raise ParameterError(f"the loss or gradient became non-finite at step {step} (loss {loss}): lower "
+                                 f"{{lr}} (now {cfg.lr}) or turn off {{bf16}}, then {{resume}}; the checkpoints on "
+                                 "disk are untouched (or pass {nonfinite} skip)")
+        nets.opt.zero_grad(set_to_none=True)
+        return None
+    for group in nets.opt.param_groups:
+        group["lr"] = lr_at(step, cfg, horizon)
+    nets.opt.step()
+    decay = ema_decay_at(step, cfg.ema_decay)
+    ema_update(nets.ema, nets.raw, decay)
+    return _Stats(loss, gnorm, decay)
+
+
+def _micro_batch(run: _Run, step: int, a: int, d: Draws, pixels: Tensor, labels: Tensor | None) -> float:
+    """Forward and backward of micro-batch ``a`` (gradients accumulate); returns its loss / grad-accum."""
+    cfg, px, nets = run.cfg, run.px, run.nets
+    B, W, A = cfg.batch_size, px.world, cfg.grad_accum
+    sl = slice((a * W + px.rank) * B, (a * W + px.rank + 1) * B)
+    torch.manual_seed(mix(cfg.seed, step, px.rank, a))  # dropout masks
+    x0 = run.data.to_unit(pixels[d.indices[sl]])  # (B, C, H, W) in [-1, 1]
+    if cfg.flip:
+        x0 = torch.where(d.flip[sl].view(-1, 1, 1, 1), x0.flip(-1), x0)
+    y = None if labels is None else torch.where(d.drop[sl], -1, labels[d.indices[sl]])
+    # DDP all-reduces gradients on the last micro-batch only.
+    sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else nets.model.no_sync()
+    with sync, torch.autocast(px.device.type, dtype=torch.bfloat16, enabled=nets.bf16):
+        loss = run.objective.loss(nets.model, x0, d.t[sl], d.noise[sl], y, nets.memory_format)
+        (loss / A).backward()
+    return loss.item() / A
+
+
+@dataclass
+class _Report:
+    """The loop's running bookkeeping: smoothed loss, speed, skipped steps, the bar, the last checkpoint."""
+
+    start_step: int
+    t_start: float
+    bar: Any
+    smooth: float | None = None
+    skipped: int = 0
+    last_path: Path | None = None
+
+
+def _report(run: _Run, r: _Report, step: int, stats: _Stats, horizon: int | None, deadline: float | None) -> None:
+    """After step ``step``: the smoothed loss and images/s on the bar, and every --log-every steps a metrics line."""
+    cfg = run.cfg
+    r.smooth = stats.loss if r.smooth is None else 0.98 * r.smooth + 0.02 * stats.loss
+    elapsed = max(time.monotonic() - r.t_start, 1e-9)
+    rate = (step - r.start_step) * cfg.batch_size * run.px.world * cfg.grad_accum / elapsed
+    if r.bar is not None:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic()) / 60
+        r.bar.set_postfix({"loss": f"{r.smooth:.4f}", "img/s": f"{rate:.0f}",
+                           **({} if left is None else {"left": f"{left:.1f}min"})}, refresh=False)
+        r.bar.update(1)
+    if run.metrics is not None and step % cfg.log_every == 0:
+        run.metrics.write({"step": step, "loss": stats.loss, "loss_smooth": r.smooth,
+                           "lr": lr_at(step - 1, cfg, horizon), "grad_norm": stats.grad_norm,
+                           "ema_decay": stats.ema_decay, "images_per_s": rate, "time_s": elapsed,
+                           "skipped_steps": r.skipped, "bf16": run.nets.bf16})
+
+
+def _periodic(run: _Run, step: int) -> Path | None:
+    """The every-K-steps work after ``step``: sample grid, --eval-every score, checkpoint (its path)."""
+    cfg, px, out = run.cfg, run.px, run.out
+    if px.main and cfg.sample_every and step % cfg.sample_every == 0:
+        write_grid(out / "samples" / f"step-{step:09d}.png", run.nets.ema, run.schedule, cfg, run.data, px.device)
+        run.metrics.plot(out / "loss.png")
+    if run.evaluator is not None and step % cfg.eval_every == 0:
+        result = run.evaluator(run.nets.ema, run.schedule, cfg.prediction,
+                               run.data.num_classes if cfg.class_cond else None)
+        run.metrics.write_eval(step, result, out / "eval.png")
+    if px.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+        return run.save(step)
+    return None
+
+
+def _finish(run: _Run, step: int, last_path: Path | None) -> Path:
+    """After the loop (rank 0): the final checkpoint and grid unless written at this step, the loss plot."""
+    found = list_checkpoints(run.out)
+    if not found or found[-1][0] != step:
+        last_path = run.save(step)
+    last_path = last_path or found[-1][1]
+    final_grid = run.out / "samples" / f"step-{step:09d}.png"
+    if not final_grid.exists():
+        write_grid(final_grid, run.nets.ema, run.schedule, run.cfg, run.data, run.px.device)
+    if run.metrics is not None:
+        run.metrics.plot(run.out / "loss.png")
+        if run.metrics.tb is not None:
+            run.metrics.tb.close()
+    return last_path
+
+
+def _say_why_it_stopped(cfg: TrainConfig, step: int, caught: list[int], skipped: int) -> None:
+    """One line each (rank 0): stopped by a signal, stopped by the --minutes budget, steps skipped."""
+    if caught:
+        print(f"stopped by signal {signal.Signals(caught[0]).name} at step {step}; "
+              f"checkpoint written, continue with --resume")
+    elif cfg.minutes is not None and cfg.steps is not None and step < cfg.steps:
+        print(f"stopped at step {step} of {cfg.steps}: the --minutes {cfg.minutes:g} budget ran out; "
+              "the same command with --resume continues")
+    if skipped:
+        print(f"skipped {skipped} step(s) with a non-finite loss or gradient")
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """SIGTERM (schedulers, `kill`) and SIGINT (Ctrl-C) are caught into the yielded list instead of stopping
+    the process: the loop finishes its step, writes a checkpoint and exits 0. The handlers are restored after.
+    Off the main thread (where signals cannot be caught) it changes nothing."""
+    caught: list[int] = []
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, lambda s, _f: caught.append(s))
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

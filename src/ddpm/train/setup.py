@@ -1,0 +1,185 @@
+"""Setting a run up: its directory, its networks (new, from --init-from, or resumed with the optimizer), and the
+checks that a resume keeps the run's numbers."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import (
+    CHECKPOINT_DIR,
+    list_checkpoints,
+    load_checkpoint,
+    load_training_state,
+    remove_partial_writes,
+    state_path,
+)
+from ..data import ImageDataset
+from ..errors import ParameterError, UserError
+from ..runtime import Dist, default_bf16
+from ..seeding import mix
+from ..unet import UNet, UNetConfig
+from .config import BEFORE_THE_FLAG, RESUME_MUST_MATCH, TrainConfig
+
+
+@dataclass
+class Networks:
+    """A run's networks at its starting step: ``raw`` (trained), ``ema``, ``model`` (what the loop calls:
+    ``raw``, or its DDP/compiled wrapper), the optimizer, and the arithmetic (bf16, memory format)."""
+
+    raw: UNet
+    ema: UNet
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    step: int
+    bf16: bool
+    memory_format: torch.memory_format
+
+
+def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) -> Networks:
+    """The networks to train: new from cfg.preset (seeded), from --init-from, or restored with their optimizer
+    from the latest checkpoint of ``out`` (--resume); on px.device, wrapped in DDP and torch.compile as asked."""
+    device = px.device
+    torch.manual_seed(mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
+    if cfg.resume:  # the run's own network, as saved, whatever the preset means today
+        path, state = latest_resumable(out)
+        ck = load_checkpoint(path)
+        check_compatible(ck.meta["train"], cfg, px.world, int(ck.meta.get("world_size", 1)), path)
+        raw = UNet(UNetConfig.from_dict(ck.meta["model"]))
+        ema = copy.deepcopy(raw).eval().requires_grad_(False)
+    elif cfg.init_from is not None:  # a new run that starts from another checkpoint's network and weights
+        raw, ema = networks_from_checkpoint(cfg, data)
+    else:
+        overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size,
+                                     "num_classes": data.num_classes if cfg.class_cond else None}
+        if cfg.dropout is not None:
+            overrides["dropout"] = cfg.dropout
+        overrides.update(cfg.network_overrides())
+        try:
+            raw = UNet.from_preset(cfg.preset, **overrides)
+        except ValueError as e:
+            raise ParameterError(f"preset {cfg.preset!r} does not fit the data: {e} (flags: {{image_size}}, "
+                                 "{channel_mult})") from None
+        ema = copy.deepcopy(raw).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+
+    step = 0
+    bf16 = cfg.bf16 if cfg.bf16 is not None else default_bf16(device)
+    if cfg.resume:
+        raw.load_state_dict(ck.model)
+        ema.load_state_dict(ck.ema)
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        if cfg.bf16 is None and "bf16" in ck.meta:
+            bf16 = bool(ck.meta["bf16"])  # keep the run's arithmetic, so a resume stays bit-exact
+        if px.main:
+            print(f"resuming from {path} at step {step}")
+
+    use_cuda = device.type == "cuda"
+    channels_last = cfg.channels_last if cfg.channels_last is not None else use_cuda
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    raw.to(device, memory_format=fmt)
+    ema.to(device)
+    _optimizer_to(opt, device)
+    model: nn.Module = raw
+    if px.world > 1:
+        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if use_cuda else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    return Networks(raw, ema, model, opt, step, bf16, fmt)
+
+
+def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet, UNet]:
+    """The (raw, EMA) networks for ``--init-from``: the checkpoint's network config and both its weight sets.
+
+    The data must fit that network (channels, image size, classes) and the run must keep its schedule and
+    prediction type; ``--dropout`` may change (it has no weights).
+    """
+    ck = load_checkpoint(cfg.init_from)
+    where = f"{{init_from}} {ck.path}"
+    try:
+        mcfg = UNetConfig.from_dict(ck.meta["model"])
+        saved_schedule, saved_prediction = ck.meta["schedule"], ck.meta.get("prediction", "eps")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ParameterError(f"{where} is damaged or from an incompatible ddpm version ({type(e).__name__})") from None
+    fixes = {"channels": "use data with that many channels",
+             "image_size": f"pass {{image_size}} {mcfg.image_size}",
+             "num_classes": "{class_cond} and the data's classes must match the checkpoint's"}
+    for name, have in (("channels", data.channels), ("image_size", data.image_size),
+                       ("num_classes", data.num_classes if cfg.class_cond else None)):
+        if getattr(mcfg, name) != have:
+            raise ParameterError(f"{where}: its network has {name}={getattr(mcfg, name)} but the data gives {have}: "
+                                 f"{fixes[name]}")
+    if cfg.make_schedule().to_dict() != saved_schedule:
+        raise ParameterError(f"{where}: it was trained with the schedule {saved_schedule}, this run has "
+                             f"{cfg.make_schedule().to_dict()}: match {{schedule}}/{{timesteps}}/{{beta_start}}/"
+                             "{beta_end} (a custom table cannot be fine-tuned)")
+    if saved_prediction != cfg.prediction:
+        raise ParameterError(f"{where}: it predicts {saved_prediction}, this run {{prediction}} {cfg.prediction}: "
+                             f"pass {{prediction}} {saved_prediction}")
+    if cfg.dropout is not None:
+        mcfg.dropout = cfg.dropout
+    raw, ema = UNet(mcfg), UNet(mcfg)
+    raw.load_state_dict(ck.model)
+    ema.load_state_dict(ck.ema)
+    return raw, ema.eval().requires_grad_(False)
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Create the run directory; refuse one that already holds a run unless resuming."""
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"{{out}} {out} is a file, not a directory: choose another {{out}}")
+    existing = list_checkpoints(out)
+    if existing and not resume:
+        raise ParameterError(f"{out} already holds a run ({len(existing)} checkpoints, latest step "
+                             f"{existing[-1][0]}): pass {{resume}} to continue it, or choose another {{out}}")
+    if resume and not existing:
+        raise ParameterError(f"nothing to resume in {out}: it holds no checkpoints (drop {{resume}} to start a new "
+                             "run)")
+    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    remove_partial_writes(out / CHECKPOINT_DIR)  # half-written files of a killed process
+
+
+def latest_resumable(out: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint of ``out`` whose weights and training state both load, with that state.
+
+    A checkpoint is renamed into place only after its state file, so the newest one is normally
+    complete; older ones are the fallback if a file was damaged after the fact.
+    """
+    problems = []
+    for _, path in reversed(list_checkpoints(out)):
+        try:
+            state = load_training_state(state_path(path))
+            return path, state
+        except UserError as e:
+            problems.append(str(e))
+    raise UserError(f"no checkpoint in {out} can be resumed: {problems[0] if problems else 'none found'}")
+
+
+def check_compatible(saved: dict[str, Any], cfg: TrainConfig, world: int, saved_world: int, path: Path) -> None:
+    """Refuse to resume with settings that would change the run's numbers, naming each difference.
+
+    A setting the checkpoint does not record (it predates the flag) counts as what that run used: the flag's
+    default then, which is today's default unless :data:`BEFORE_THE_FLAG` says otherwise."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)} | BEFORE_THE_FLAG
+    recorded = {k: saved.get(k, defaults[k]) for k in RESUME_MUST_MATCH}
+    diffs = [f"{{{k}}} {recorded[k]!r} in the checkpoint, {getattr(cfg, k)!r} now"
+             for k in RESUME_MUST_MATCH if recorded[k] != getattr(cfg, k)]
+    if saved_world != world:
+        diffs.append(f"{saved_world} processes in the checkpoint, {world} now (the effective batch would change)")
+    if diffs:
+        raise ParameterError(f"cannot resume from {path.name}: " + "; ".join(diffs) + " (use the original settings)")
+
+
+def _optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move loaded optimizer state (exp_avg, ...) to the parameters' device. `step` counters stay on CPU."""
+    for state in opt.state.values():
+        for k, v in state.items():
+            if isinstance(v, Tensor) and k != "step":
+                state[k] = v.to(device)
