@@ -83,6 +83,7 @@ save_safetensors(sys.argv[1], {"w": torch.full((64, 64), 2.0)}, {"k": "new"})
 """
 
 
+@pytest.mark.slow
 def test_a_write_killed_midway_keeps_the_old_file_and_its_leftover_is_removable(tmp_path):
     target = tmp_path / "weights.safetensors"
     save_safetensors(target, {"w": torch.ones(64, 64)}, {"k": "old"})

@@ -78,6 +78,7 @@ def test_sample_refuses_to_overwrite(run_dir, tmp_path, capsys):
     assert (out / "000000.png").read_bytes() == first
 
 
+@pytest.mark.slow
 def test_not_a_checkpoint_through_the_real_command(tmp_path):
     junk = tmp_path / "model.safetensors"
     junk.write_bytes(b"\x00" * 100)

@@ -10,7 +10,6 @@ from ddpm.cli import main
 from ddpm.errors import ParameterError
 from ddpm.generate import choose_sampler, generate, slerp
 from ddpm.images import read_png_metadata, save_png, to_uint8
-from ddpm.provenance import Provenance, SamplerChoice
 from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, randn
 
 CELL = 8 * 8 + 1  # an 8x8 digit enlarged 8 times, plus one pixel of padding
@@ -159,17 +158,6 @@ def test_library_generate_writes_the_cli_files_byte_for_byte(run_dir, tmp_path):
     assert [p.name for p in paths] == ["000000.png", "000001.png", "000002.png", "grid.png"]
     for p in paths:
         assert p.read_bytes() == (tmp_path / "cli" / p.name).read_bytes(), p.name
-
-
-def test_provenance_reads_back_what_it_writes():
-    choice = SamplerChoice("dpmpp-2m-sde", "logsnr", 7, {"eta": 0.25})
-    prov = Provenance("sample", 3, 11, choice, 2, 1.5, False, True, "ab" * 32)
-    chunks = prov.text_chunks()
-    assert list(chunks)[:6] == ["ddpm:kind", "ddpm:seed", "ddpm:index", "ddpm:sampler", "ddpm:spacing", "ddpm:steps"]
-    assert chunks["ddpm:eta"] == "0.25" and chunks["ddpm:guidance"] == "1.5" and chunks["ddpm:clip_x0"] == "False"
-    assert Provenance.from_text_chunks(chunks) == prov
-    old = {k: v for k, v in chunks.items() if k != "ddpm:spacing"}  # a PNG from before spacing was recorded
-    assert Provenance.from_text_chunks(old).choice.spacing == "linspace"
 
 
 def test_library_errors_name_parameters_and_the_cli_names_flags(run_dir, tmp_path, capsys):

@@ -204,6 +204,7 @@ def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, timeout: float = 120
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path):
     """SIGTERM mid-run: exit 0 with a checkpoint of the last step done. No scheduled checkpoint can come before
     it (--checkpoint-every is out of reach) and every step is logged, so the only checkpoint must be the one
@@ -226,6 +227,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path):
     assert (out / "samples" / f"step-{last_step:09d}.png").exists()
 
 
+@pytest.mark.slow
 def test_minutes_budget_ends_the_run_early_says_so_and_resume_continues(tmp_path, capsys):
     """--minutes ends a run before --steps: a checkpoint of the last step done, one line saying why, and the same
     command with --resume goes on from that step. With --minutes alone the budget is the plan: no such line."""
