@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ddpm.checkpoint import (
+    checkpoint_meta,
     load_checkpoint,
+    load_model,
     load_training_state,
     read_meta,
     remove_partial_writes,
@@ -18,6 +20,8 @@ from ddpm.checkpoint import (
     state_path,
 )
 from ddpm.errors import UserError
+from ddpm.schedule import Schedule
+from ddpm.unet import UNet
 
 
 def test_round_trip(tmp_path):
@@ -32,6 +36,24 @@ def test_round_trip(tmp_path):
     assert all(torch.equal(ck.ema[k], ema[k]) for k in ema)
     assert resolve_checkpoint(tmp_path) == path  # a run directory means its latest checkpoint
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left behind
+
+
+def test_one_metadata_builder_gives_what_sampling_needs(tmp_path):
+    """checkpoint_meta is what training and `ddpm convert` write: load_model rebuilds the network and schedule
+    from it alone, and the keys come in one order (the JSON is byte-stable)."""
+    net = UNet.from_preset("tiny", channels=3, image_size=16, num_classes=4)
+    schedule = Schedule.cosine(40)
+    meta = checkpoint_meta(12, net.config, schedule, "v", class_names=list("abcd"), data="folder", world_size=2,
+                           bf16=True)
+    assert list(meta) == ["step", "model", "schedule", "prediction", "image_size", "channels", "normalization",
+                          "class_names", "data", "world_size", "bf16"]
+    assert (meta["image_size"], meta["channels"], meta["prediction"]) == (16, 3, "v")
+    weights = net.state_dict()
+    path = save_checkpoint(tmp_path / "c.safetensors", weights, {k: v.clone() for k, v in weights.items()}, meta)
+    model, ck, loaded = load_model(path)
+    assert model.config == net.config and ck.meta["class_names"] == list("abcd") and ck.step == 12
+    assert torch.equal(loaded.betas, schedule.betas)
+    assert checkpoint_meta(0, net.config, schedule, "eps")["class_names"] is None
 
 
 def test_not_a_checkpoint(tmp_path):

@@ -2,11 +2,13 @@
 
 ``step-000001000.safetensors`` holds the model weights (``model.*``) and the EMA weights (``ema.*``)
 and, in its metadata under the key ``ddpm``, the JSON of everything needed to sample: model config,
-schedule, prediction type, image size and channels, normalization, class names, step, format version.
+schedule, prediction type, image size and channels, normalization, class names, step, format version
+(:func:`checkpoint_meta`), and for a training run its settings.
 Nothing in it is executable, so a downloaded checkpoint is safe to open.
 
-``step-000001000.state.pt`` holds what only resuming needs (optimizer, RNG states, data order). It
-is written by ``torch.save`` and read only with ``torch.load(weights_only=True)``.
+``step-000001000.state.pt`` holds what only resuming needs: the step and the optimizer's state. There is no
+RNG state to keep, since every random draw of training is a function of (seed, step) (:mod:`ddpm.train.draws`).
+It is written by ``torch.save`` and read only with ``torch.load(weights_only=True)``.
 
 Every file is written to a temporary name, flushed to disk and renamed, so a crash at any moment
 leaves either the old file or the new one under the real name, never half of one.
