@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .diffusion import q_posterior
-from .sampling import Callback, Generators, _model_device, make_denoiser, randn
+from .sampling import Callback, Generators, make_denoiser, model_device, randn
 from .schedule import Schedule
 
 VARIANCES = ("posterior", "beta")
@@ -231,7 +231,7 @@ def bits_per_dim(
     if labels is not None and tuple(labels.shape) != (n,):
         raise ValueError(f"labels must be a LongTensor of shape ({n},); got {tuple(labels.shape)}")
     if device is None:
-        device = _model_device(model)
+        device = model_device(model)
     dims = x0[0].numel()
     to_bits = 1.0 / (dims * math.log(2.0))
     log_variance = reverse_log_variance(schedule, variance)

@@ -656,7 +656,7 @@ def sample(
             raise ValueError(f"sampler {sampler!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
     shape = tuple(int(s) for s in shape)
     if device is None:
-        device = _model_device(model)
+        device = model_device(model)
     timesteps = spaced_timesteps(schedule, schedule.timesteps if steps is None else steps,
                                  DEFAULT_SPACING[sampler] if spacing is None else spacing)
     x = randn(shape, generator, device) if x_T is None else x_T.to(device=device, dtype=torch.float32)
@@ -668,7 +668,8 @@ def sample(
     return SAMPLERS[sampler](denoise, x, schedule, timesteps, generator, callback, **options)
 
 
-def _model_device(model: Callable[..., Tensor]) -> torch.device:
+def model_device(model: Callable[..., Tensor]) -> torch.device:
+    """The device of ``model``'s first parameter; the CPU for a callable without parameters (e.g. an oracle)."""
     params = getattr(model, "parameters", None)
     if callable(params):
         for p in params():
