@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .diffusion import PREDICTIONS, eps_from_x0, prediction_to_x0_eps
-from .schedule import Schedule, log_snr, posterior_coefficients, spaced_timesteps
+from .schedule import DEFAULT_SPACING, Schedule, log_snr, posterior_coefficients, spaced_timesteps
 from .seeding import image_seed
 from .unet import check_labels, model_num_classes
 
@@ -513,12 +513,15 @@ DETERMINISTIC_SAMPLER: tuple[str, str, int] = ("unipc", "info", 10)
 # The CLI's default (sampler, spacing, steps), chosen on a trained model (benchmarks/results/samplers_model.md):
 # a network trained on a CPU has errors that the probability-flow ODE carries to the end (every deterministic
 # sampler, even DDIM with 100 steps, turns some Fashion-MNIST seeds into speckle), while noise keeps
-# correcting them, and it needs the `logsnr` spacing's steps at high noise. SA-Solver (order 2 + corrector,
-# noise on steps from σ ≥ 0.3) on `logsnr` tied for the best FD at 20 calls with DPM-Solver++(2M) SDE on
-# `logsnr` (4,232-step Fashion-MNIST model, N = 300), and of the two only it is within 2x of 1000-step
-# ancestral on the exact oracle at 20 calls (1.46e-2). It is not the most accurate there at 10 (5.5e-2,
-# against 4.1e-3 for DETERMINISTIC_SAMPLER). ``sample()``'s own defaults stay ("ddpm", all T steps) per the
-# package contract.
+# correcting them. SA-Solver (order 2 + corrector, noise on steps from σ ≥ 0.3) on `logsnr` tied for the best
+# FD at 20 calls with DPM-Solver++(2M) SDE on `logsnr` (4,232-step Fashion-MNIST model, N = 300), and of the two
+# only it is within 2x of 1000-step ancestral on the exact oracle at 20 calls (1.46e-2).
+# Why `logsnr` here when DEFAULT_SPACING is `info`: with the trained network `logsnr` gave SA-Solver the lower FD
+# (1.37 against 2.24 on `info` at 20 calls, 1.24 against 4.88 at 10), its steps at high noise correcting the
+# network's errors there; with an exact model `info` is better (5.86e-3 against 1.46e-2 at 20), and so it is on
+# the tiny digits model (FD 0.90 against 1.25). BENCHMARKS.md, "Sampler settings on the 25-minute default model",
+# found no setting better than this default by Inception FID. ``sample()``'s own defaults stay ("ddpm", all T
+# steps) per the package contract.
 DEFAULT_SAMPLER: tuple[str, str, int] = ("sa-solver", "logsnr", 20)
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
@@ -530,13 +533,6 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "unipc": sample_unipc,
     "sa-solver": sample_sa_solver,
 }
-
-# The spacing sample() uses for steps < T when no `spacing` is given: for each sampler (default options), the
-# spacing with the lowest W2 on the Gaussian oracle at 10 and at 20 evaluations (benchmarks/results/
-# samplers_oracle.md, "sample()'s default spacing"; exact W2 for the deterministic samplers). `info` wins for
-# every sampler at both counts, except dpmpp-3m at 20 (logsnr, 6% lower exact W2; 8x higher at 10).
-# `linspace`, the default before these were measured, is the worst or second worst for every sampler at 10.
-DEFAULT_SPACING: dict[str, str] = {name: "info" for name in SAMPLERS}
 
 
 def sampler_options(name: str) -> dict[str, Any]:
@@ -575,9 +571,9 @@ def sample(
         guidance: classifier-free guidance weight w (0 unconditional, 1 conditional).
         progress: show a tqdm bar.
         callback: called after each model evaluation with a dict (i, t, x, x0).
-        spacing: how ``steps`` indices are picked (see :func:`ddpm.spaced_timesteps`); None means the
-            sampler's measured best, ``DEFAULT_SPACING[sampler]`` (``"info"``); ``"linspace"`` is the old default,
-            measured worse. Irrelevant when steps is None or T (every index is used).
+        spacing: how ``steps`` indices are picked (see :func:`ddpm.spaced_timesteps`); None means
+            ``DEFAULT_SPACING`` (``"info"``, measured best on the Gaussian oracle). Irrelevant when steps is
+            None or T (every index is used).
         x_T: starting noise (B, C, H, W); drawn from ``generator`` when None.
         threshold: dynamic-thresholding quantile (e.g. 0.995) used instead of the plain clamp.
         options: sampler-specific keywords: ``variance`` for ``"ddpm"``; ``eta`` for ``"ddim"`` and
@@ -592,7 +588,7 @@ def sample(
     shape = tuple(int(s) for s in shape)
     device = model_device(model) if device is None else device
     timesteps = spaced_timesteps(schedule, schedule.timesteps if steps is None else steps,
-                                 DEFAULT_SPACING[sampler] if spacing is None else spacing)
+                                 DEFAULT_SPACING if spacing is None else spacing)
     x = _start_noise(shape, generator, device, x_T)
     denoise = make_denoiser(model, schedule, prediction, clip_x0, labels, guidance, threshold=threshold)
     if progress:
