@@ -24,7 +24,7 @@ from ddpm.convert import (
     unet_config_from_diffusers,
     unet_config_to_diffusers,
 )
-from ddpm.errors import UserError
+from ddpm.errors import ParameterError, UserError
 from ddpm.unet import UNetConfig
 
 diffusers_logging.set_verbosity_error()
@@ -248,6 +248,13 @@ def test_export_refuses_what_unet2dmodel_cannot_hold(kw, field):
     with pytest.raises(UserError, match=f"^{field}=") as e:
         unet_config_to_diffusers(cfg)
     assert "\n" not in str(e.value)
+
+
+def test_export_names_a_bad_variance_by_its_parameter(tmp_path):
+    with pytest.raises(ParameterError, match="^variance must be one of posterior, beta; got 'small'$") as e:
+        export_diffusers(tmp_path / "run", tmp_path / "out", variance="small")
+    assert e.value.render(lambda name: "--" + name).startswith("--variance must be one of")
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------- sampling

@@ -238,7 +238,7 @@ def test_deterministic_default_beats_the_10_evaluation_target():
 @pytest.mark.parametrize("name", list(DETERMINISTIC))
 def test_sample_without_spacing_is_within_10_percent_of_the_best_spacing(name):
     """``ddpm.sample(..., steps=K)`` with no ``spacing``: its exact W2 at K = 10 and 20 is within 10% of the best
-    spacing's (benchmarks/results/samplers_oracle.md); linspace, the old default, is over 2x off at 10."""
+    spacing's (benchmarks/results/samplers_oracle.md); linspace is over 2x off at 10."""
     for k in (10, 20):
         w2 = {sp: ORACLE.w2_of(*exact_law(name, k, sp)) for sp in SPACINGS}
         default = ORACLE.w2_of(*affine_gaussian(
@@ -246,7 +246,6 @@ def test_sample_without_spacing_is_within_10_percent_of_the_best_spacing(name):
         assert default <= 1.1 * min(w2.values()), (k, default, w2)
         if k == 10:
             assert w2["linspace"] > 2 * default, (default, w2)
-    assert DEFAULT_SPACING[name] == "info"
 
 
 def test_sampler_options_are_the_keyword_only_arguments():
@@ -355,6 +354,9 @@ def test_spacings():
     assert ddpm.spaced_timesteps(SCHED, 10, "logsnr").tolist() == [999, 886, 757, 603, 410, 202, 73, 22, 5, 0]
     assert ddpm.spaced_timesteps(SCHED, 5, "trailing").tolist() == [999, 799, 599, 399, 0]
     assert ddpm.spaced_timesteps(SCHED, 10, "info").tolist() == [999, 540, 381, 231, 119, 56, 24, 9, 3, 0]
+    # one default spacing, for spaced_timesteps and for sample()
+    assert DEFAULT_SPACING == ddpm.DEFAULT_SPACING == "info"
+    assert ddpm.spaced_timesteps(SCHED, 10).tolist() == ddpm.spaced_timesteps(SCHED, 10, "info").tolist()
     # a huge data scale gives back the log-SNR-uniform points
     big = ddpm.spaced_timesteps(SCHED, 10, "info", scale=1e6)
     assert big.tolist() == ddpm.spaced_timesteps(SCHED, 10, "logsnr").tolist()

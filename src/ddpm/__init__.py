@@ -1,6 +1,7 @@
 """ddpm: denoising diffusion models trained on your own images, with exact math and fast samplers."""
 
 from .checkpoint import load_checkpoint, load_model
+from .compat import Diffusion
 from .convert import export_diffusers, import_diffusers
 from .data import ImageDataset, load_dataset
 from .diffusion import (
@@ -19,7 +20,6 @@ from .likelihood import VariationalBound, bits_per_dim
 from .losses import Objective
 from .sampling import DEFAULT_SPACING, SAMPLERS, image_generators, sample, sampler_options
 from .schedule import Schedule, spaced_timesteps
-from .study_note import Diffusion
 from .unet import PRESETS, UNet, UNetConfig
 
 __version__ = "0.1.0"

@@ -45,7 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .checkpoint import CHECKPOINT_DIR, checkpoint_meta, checkpoint_name, load_model, save_checkpoint
-from .errors import UserError
+from .errors import ParameterError, UserError
 from .schedule import Schedule
 from .unet import AttentionBlock, Downsample, ResBlock, UNet, UNetConfig, Upsample
 
@@ -98,41 +98,88 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
 
     Raises ``UserError`` naming the first field that our UNet cannot represent.
     """
+    c = _unet_fields(d)
+    _check_unet_scalars(c)
+    size, chans, downs = _unet_levels(c)
+    groups = int(c["norm_num_groups"])
+    _need(c, "attn_norm_num_groups", lambda v: v in (None, groups), "attention norms use norm_num_groups")
+    scale_shift = c["resnet_time_scale_shift"] == "scale_shift"
+    if scale_shift:
+        _need(c, "attn_norm_num_groups", lambda v: v is not None, "with scale_shift UNet2DModel's middle attention "
+              "has no GroupNorm unless attn_norm_num_groups is set, and ours has one")
+    base = chans[0]
+    ted = c["time_embedding_dim"]
+    if ted is not None and ted != 4 * base:
+        raise _refuse("time_embedding_dim", ted, f"the time embedding has 4 x block_out_channels[0] = {4 * base} units")
+    attn_sizes = tuple(size // 2**i for i, b in enumerate(downs) if b.startswith("Attn"))
+    head_dim = _unet_head_dim(c, chans, downs)
+    cfg = UNetConfig(
+        channels=int(c["in_channels"]), image_size=size, base_channels=base,
+        channel_mult=tuple(ch // base for ch in chans), num_res_blocks=int(c["layers_per_block"]),
+        attention_resolutions=attn_sizes, dropout=float(c["dropout"]), num_heads=1, head_channels=head_dim,
+        num_classes=None, groups=groups, downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
+        scale_shift_norm=scale_shift,
+    )
+    try:
+        cfg.validate()
+    except UserError as e:
+        raise UserError(f"the diffusers config gives an invalid network: {e}") from None
+    if any(ch % groups for ch in _norm_widths(cfg)):
+        raise _refuse("norm_num_groups", groups, "it must divide every normalised width")
+    return cfg
+
+
+def _unet_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """Every UNet2DModel field of config dict ``d``, with diffusers' default where ``d`` has none.
+
+    Refuses fields this ddpm does not know (a newer diffusers) and models other than UNet2DModel.
+    """
     unknown = sorted(k for k in d if not k.startswith("_") and k not in UNET_DEFAULTS)
     if unknown:
         raise UserError(f"config.json has field(s) {unknown} that this ddpm does not know (diffusers newer than "
                         f"{DIFFUSERS_VERSION}?): they cannot be checked, so the model is not imported")
     if d.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise _refuse("_class_name", d["_class_name"], "only UNet2DModel is supported")
-    c = {**UNET_DEFAULTS, **{k: v for k, v in d.items() if not k.startswith("_")}}
+    return {**UNET_DEFAULTS, **{k: v for k, v in d.items() if not k.startswith("_")}}
 
-    def need(field: str, ok: Callable[[Any], bool], why: str) -> None:
-        if not ok(c[field]):
-            raise _refuse(field, c[field], why)
 
-    need("time_embedding_type", lambda v: v == "positional", "only the sinusoidal ('positional') embedding exists")
-    need("flip_sin_to_cos", lambda v: v is False, "the time embedding is [sin, cos] (flip_sin_to_cos=false)")
-    need("freq_shift", lambda v: v == 1, "the time embedding's frequencies are exp(-ln(1e4)·i/(half-1)) (freq_shift=1)")
-    need("center_input_sample", lambda v: v is False, "inputs are used as they are")
-    need("act_fn", lambda v: v in ("silu", "swish"), "the activation is SiLU")
-    need("norm_eps", lambda v: isinstance(v, int | float) and math.isclose(v, NORM_EPS, rel_tol=1e-9),
-         f"GroupNorm eps is {NORM_EPS}")
-    need("norm_num_groups", lambda v: isinstance(v, int) and v >= 1, "GroupNorm needs a group count")
-    need("resnet_time_scale_shift", lambda v: v in ("default", "scale_shift"),
-         "the time embedding is added ('default') or scales and shifts the second GroupNorm ('scale_shift')")
-    need("class_embed_type", lambda v: v is None, "class embeddings are not imported")
-    need("num_class_embeds", lambda v: v is None, "class embeddings are not imported")
-    need("mid_block_type", lambda v: v == "UNetMidBlock2D", "the middle block is res-attention-res")
-    need("add_attention", lambda v: v is True, "the middle block has attention")
-    need("mid_block_scale_factor", lambda v: v == 1, "blocks are not rescaled")
-    need("downsample_type", lambda v: v == "conv", "downsampling is a strided conv")
-    need("upsample_type", lambda v: v == "conv", "upsampling is nearest + conv")
-    need("downsample_padding", lambda v: v in (0, 1), "the downsampling conv pads 1 ('symmetric') or right/bottom "
-         "by 1 (0, 'same')")
-    need("layers_per_block", lambda v: isinstance(v, int) and v >= 1, "need at least one residual block per level")
-    need("in_channels", lambda v: isinstance(v, int) and v >= 1, "need a positive channel count")
-    need("out_channels", lambda v: v == c["in_channels"], "the output has the input's channels (in_channels)")
-    need("dropout", lambda v: isinstance(v, int | float) and 0 <= v < 1, "dropout lies in [0, 1)")
+def _need(c: dict[str, Any], field: str, ok: Callable[[Any], bool], why: str) -> None:
+    """Refuse ``c[field]`` with ``why`` unless ``ok(c[field])``."""
+    if not ok(c[field]):
+        raise _refuse(field, c[field], why)
+
+
+def _check_unet_scalars(c: dict[str, Any]) -> None:
+    """Refuse the first single-valued field (embedding, activation, norms, block kinds, channels, dropout) whose
+    value our UNet does not have."""
+    _need(c, "time_embedding_type", lambda v: v == "positional", "only the sinusoidal ('positional') embedding exists")
+    _need(c, "flip_sin_to_cos", lambda v: v is False, "the time embedding is [sin, cos] (flip_sin_to_cos=false)")
+    _need(c, "freq_shift", lambda v: v == 1,
+          "the time embedding's frequencies are exp(-ln(1e4)·i/(half-1)) (freq_shift=1)")
+    _need(c, "center_input_sample", lambda v: v is False, "inputs are used as they are")
+    _need(c, "act_fn", lambda v: v in ("silu", "swish"), "the activation is SiLU")
+    _need(c, "norm_eps", lambda v: isinstance(v, int | float) and math.isclose(v, NORM_EPS, rel_tol=1e-9),
+          f"GroupNorm eps is {NORM_EPS}")
+    _need(c, "norm_num_groups", lambda v: isinstance(v, int) and v >= 1, "GroupNorm needs a group count")
+    _need(c, "resnet_time_scale_shift", lambda v: v in ("default", "scale_shift"),
+          "the time embedding is added ('default') or scales and shifts the second GroupNorm ('scale_shift')")
+    _need(c, "class_embed_type", lambda v: v is None, "class embeddings are not imported")
+    _need(c, "num_class_embeds", lambda v: v is None, "class embeddings are not imported")
+    _need(c, "mid_block_type", lambda v: v == "UNetMidBlock2D", "the middle block is res-attention-res")
+    _need(c, "add_attention", lambda v: v is True, "the middle block has attention")
+    _need(c, "mid_block_scale_factor", lambda v: v == 1, "blocks are not rescaled")
+    _need(c, "downsample_type", lambda v: v == "conv", "downsampling is a strided conv")
+    _need(c, "upsample_type", lambda v: v == "conv", "upsampling is nearest + conv")
+    _need(c, "downsample_padding", lambda v: v in (0, 1), "the downsampling conv pads 1 ('symmetric') or "
+          "right/bottom by 1 (0, 'same')")
+    _need(c, "layers_per_block", lambda v: isinstance(v, int) and v >= 1, "need at least one residual block per level")
+    _need(c, "in_channels", lambda v: isinstance(v, int) and v >= 1, "need a positive channel count")
+    _need(c, "out_channels", lambda v: v == c["in_channels"], "the output has the input's channels (in_channels)")
+    _need(c, "dropout", lambda v: isinstance(v, int | float) and 0 <= v < 1, "dropout lies in [0, 1)")
+
+
+def _unet_levels(c: dict[str, Any]) -> tuple[int, list[int], list[str]]:
+    """(image size, width per level, down block type per level), refusing sizes and block layouts we cannot build."""
     size = c["sample_size"]
     if isinstance(size, list | tuple) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
@@ -150,36 +197,17 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
         raise _refuse("up_block_types", ups, "attention must sit at the same resolutions going up as going down")
     if size % 2 ** (len(chans) - 1):
         raise _refuse("sample_size", size, f"it must be divisible by 2^{len(chans) - 1}")
-    groups = int(c["norm_num_groups"])
-    need("attn_norm_num_groups", lambda v: v in (None, groups), "attention norms use norm_num_groups")
-    scale_shift = c["resnet_time_scale_shift"] == "scale_shift"
-    if scale_shift:
-        need("attn_norm_num_groups", lambda v: v is not None, "with scale_shift UNet2DModel's middle attention has no "
-             "GroupNorm unless attn_norm_num_groups is set, and ours has one")
-    base = chans[0]
-    ted = c["time_embedding_dim"]
-    if ted is not None and ted != 4 * base:
-        raise _refuse("time_embedding_dim", ted, f"the time embedding has 4 x block_out_channels[0] = {4 * base} units")
-    attn_sizes = tuple(size // 2**i for i, b in enumerate(downs) if b.startswith("Attn"))
+    return size, chans, downs
+
+
+def _unet_head_dim(c: dict[str, Any], chans: list[int], downs: list[str]) -> int | None:
+    """The attention head width (None: one head per attention), refused unless it divides every attention width."""
     head_dim = c["attention_head_dim"]
     if head_dim is not None:
         widths = [chans[i] for i, b in enumerate(downs) if b.startswith("Attn")] + [chans[-1]]
         if not isinstance(head_dim, int) or head_dim < 1 or any(w % head_dim for w in widths):
             raise _refuse("attention_head_dim", head_dim, f"it must divide every attention width {sorted(set(widths))}")
-    cfg = UNetConfig(
-        channels=int(c["in_channels"]), image_size=size, base_channels=base,
-        channel_mult=tuple(ch // base for ch in chans), num_res_blocks=int(c["layers_per_block"]),
-        attention_resolutions=attn_sizes, dropout=float(c["dropout"]), num_heads=1, head_channels=head_dim,
-        num_classes=None, groups=groups, downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
-        scale_shift_norm=scale_shift,
-    )
-    try:
-        cfg.validate()
-    except UserError as e:
-        raise UserError(f"the diffusers config gives an invalid network: {e}") from None
-    if any(ch % groups for ch in _norm_widths(cfg)):
-        raise _refuse("norm_num_groups", groups, "it must divide every normalised width")
-    return cfg
+    return head_dim
 
 
 def unet_config_to_diffusers(cfg: Any) -> dict[str, Any]:
@@ -575,7 +603,7 @@ def export_diffusers(src: str | os.PathLike[str], dst: str | os.PathLike[str], u
     dst = Path(dst)
     _check_dst(dst)
     if variance is not None and variance not in VARIANCE_TO_DIFFUSERS:
-        raise UserError(f"--variance must be one of {', '.join(VARIANCE_TO_DIFFUSERS)}; got {variance!r}")
+        raise ParameterError(f"{{variance}} must be one of {', '.join(VARIANCE_TO_DIFFUSERS)}; got {variance!r}")
     net, ckpt, schedule = load_model(src, use_ema=use_ema)
     assert isinstance(net, UNet)
     cfg = net.config

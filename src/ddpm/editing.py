@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .diffusion import q_sample
-from .errors import UserError
+from .errors import ParameterError, UserError
 from .sampling import DEFAULT_SAMPLER, SAMPLERS, Callback, Denoiser, Generators, make_denoiser, randn
 from .schedule import Schedule, posterior_coefficients, spaced_timesteps
 
@@ -40,9 +40,16 @@ def edit_timesteps(schedule: Schedule, strength: float, steps: int, spacing: str
 
 
 def check_strength(strength: float) -> None:
-    """Raise a UserError unless 0 <= strength <= 1."""
+    """Raise a ParameterError naming ``strength`` unless 0 <= strength <= 1."""
     if not 0.0 <= float(strength) <= 1.0:
-        raise UserError(f"--strength must lie in [0, 1] (0 keeps the image, 1 regenerates it fully); got {strength}")
+        raise ParameterError(f"{{strength}} must lie in [0, 1] (0 keeps the image, 1 regenerates it fully); "
+                             f"got {strength}")
+
+
+def _check_resample(resample: int) -> None:
+    """Raise a ParameterError naming ``resample`` unless RePaint's R is at least 1."""
+    if int(resample) < 1:
+        raise ParameterError(f"{{resample}} must be at least 1 (1 = no resampling); got {resample}")
 
 
 def inpainting_denoiser(denoise: Denoiser, image: Tensor, mask: Tensor, schedule: Schedule,
@@ -81,8 +88,7 @@ def repaint(
     the known pixels re-imposed before every model call (the same draws, in the same order, as
     ``sample_ddpm`` with :func:`inpainting_denoiser`).
     """
-    if int(resample) < 1:
-        raise UserError(f"--resample must be at least 1 (1 = no resampling); got {resample}")
+    _check_resample(resample)
     ab = schedule.alphas_cumprod.tolist()
     ts = [int(t) for t in timesteps.tolist()]
     n = 0
@@ -150,27 +156,8 @@ def edit(
         options: sampler options (``eta`` for ``"ddim"``, ...).
     """
     check_strength(strength)
-    if int(resample) < 1:
-        raise UserError(f"--resample must be at least 1 (1 = no resampling); got {resample}")
-    if resample > 1 and mask is None:
-        raise UserError("--resample needs --mask: RePaint resampling harmonises generated and known pixels")
-    default_name, default_spacing, default_steps = DEFAULT_SAMPLER
-    if resample > 1:
-        if sampler not in (None, "ddpm"):
-            raise UserError(f"--resample uses the ancestral DDPM step: drop --sampler {sampler} or pass --sampler ddpm")
-        if options:
-            raise UserError(f"--resample takes no sampler options; got {', '.join(options)}")
-        sampler = "ddpm"
-    sampler = sampler or default_name
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    steps = min(default_steps, schedule.timesteps) if steps is None else steps
-    spacing = spacing or default_spacing
-    if image.ndim != 4:
-        raise ValueError(f"image must be (B, C, H, W); got shape {tuple(image.shape)}")
-    if mask is not None:
-        mask = mask.to(device=image.device, dtype=torch.bool)
-        torch.broadcast_shapes(mask.shape, image.shape)  # raises if they cannot be combined
+    sampler, steps, spacing = _edit_path(schedule, sampler, steps, spacing, resample, mask, options)
+    mask = _check_image_and_mask(image, mask)
     if float(strength) == 0.0:
         return image.clone()
     timesteps = edit_timesteps(schedule, strength, steps, spacing)
@@ -188,3 +175,36 @@ def edit(
         out = SAMPLERS[sampler](wrapped, x, schedule, timesteps, generator, callback, **options)
     # (3) The known pixels come from the input, exactly.
     return torch.where(mask, out, image)
+
+
+def _edit_path(schedule: Schedule, sampler: str | None, steps: int | None, spacing: str | None, resample: int,
+               mask: Tensor | None, options: dict[str, Any]) -> tuple[str, int, str]:
+    """The (sampler, steps, spacing) of an edit: ``DEFAULT_SAMPLER`` fills in what is None (steps capped at T).
+
+    RePaint (``resample`` > 1) needs a mask and takes the ancestral DDPM step, so no other sampler or options.
+    """
+    _check_resample(resample)
+    if resample > 1:
+        if mask is None:
+            raise ParameterError("{resample} needs {mask}: RePaint resampling harmonises generated and known pixels")
+        if sampler not in (None, "ddpm"):
+            raise ParameterError(f"{{resample}} uses the ancestral DDPM step: drop {{sampler}} {sampler} or pass "
+                                 "{sampler} ddpm")
+        if options:
+            raise ParameterError(f"{{resample}} takes no sampler options; got {', '.join(options)}")
+        sampler = "ddpm"
+    default_name, default_spacing, default_steps = DEFAULT_SAMPLER
+    sampler = sampler or default_name
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    return sampler, min(default_steps, schedule.timesteps) if steps is None else steps, spacing or default_spacing
+
+
+def _check_image_and_mask(image: Tensor, mask: Tensor | None) -> Tensor | None:
+    """Check that image is (B, C, H, W) and that the mask broadcasts to it; the mask as bool on image's device."""
+    if image.ndim != 4:
+        raise ValueError(f"image must be (B, C, H, W); got shape {tuple(image.shape)}")
+    if mask is not None:
+        mask = mask.to(device=image.device, dtype=torch.bool)
+        torch.broadcast_shapes(mask.shape, image.shape)  # raises if they cannot be combined
+    return mask

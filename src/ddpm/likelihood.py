@@ -21,15 +21,18 @@ Bits per dimension = nats / (D · ln 2), D = C·H·W. A model that knows nothing
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .diffusion import q_posterior
-from .sampling import Callback, Generators, _model_device, make_denoiser, randn
+from .sampling import Callback, Denoiser, Generators, make_denoiser, model_device, randn
 from .schedule import Schedule
 
 VARIANCES = ("posterior", "beta")
@@ -104,12 +107,17 @@ def reverse_log_variance(schedule: Schedule, variance: str = "posterior") -> Ten
     ``"posterior"``: σ_t² = β̃_t; ``"beta"``: σ_t² = β_t (the two choices of ``sample_ddpm``). Index 0 is the
     decoder's variance: β̃ at index 1 for both (see the module docstring; β_0 when T = 1, where β̃_1 does not exist).
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown reverse variance {variance!r}; choose 'posterior' (β̃_t, fixed small) "
-                         "or 'beta' (β_t, fixed large)")
+    _check_variance(variance)
     table = schedule.posterior_variance.clone() if variance == "posterior" else schedule.betas.clone()
     table[0] = schedule.posterior_variance[1] if schedule.timesteps > 1 else schedule.betas[0]
     return table.log()
+
+
+def _check_variance(variance: str) -> None:
+    """Reject a reverse variance other than ``VARIANCES``."""
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown reverse variance {variance!r}; choose 'posterior' (β̃_t, fixed small) "
+                         "or 'beta' (β_t, fixed large)")
 
 
 def vb_term(x0_hat: Tensor, x0: Tensor, x_t: Tensor, t: int, schedule: Schedule, log_variance: Tensor) -> Tensor:
@@ -174,18 +182,9 @@ def _check_images(x0: Tensor) -> None:
 
 @torch.no_grad()
 def bits_per_dim(
-    model: Callable[..., Tensor],
-    x0: Tensor,
-    schedule: Schedule,
-    prediction: str = "eps",
-    variance: str = "posterior",
-    clip_x0: bool = True,
-    labels: Tensor | None = None,
-    guidance: float | None = None,
-    batch_size: int = 64,
-    generator: Generators = None,
-    progress: bool = False,
-    callback: Callback = None,
+    model: Callable[..., Tensor], x0: Tensor, schedule: Schedule, prediction: str = "eps",
+    variance: str = "posterior", clip_x0: bool = True, labels: Tensor | None = None, guidance: float | None = None,
+    batch_size: int = 64, generator: Generators = None, progress: bool = False, callback: Callback = None,
     device: torch.device | str | None = None,
 ) -> VariationalBound:
     """The DDPM variational bound on −log p(x_0) of every image, in bits/dim (Ho et al. 2020, Table 1's NLL).
@@ -216,13 +215,35 @@ def bits_per_dim(
     Returns:
         :class:`VariationalBound` with ``total`` (B,), ``prior`` (B,), ``terms`` (B, T) in bits/dim.
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown reverse variance {variance!r}; choose 'posterior' (β̃_t, fixed small) "
-                         "or 'beta' (β_t, fixed large)")
+    gens = _check_bound_args(x0, variance, batch_size, generator, labels)
+    n, T = x0.shape[0], schedule.timesteps
+    device = model_device(model) if device is None else device
+    to_bits = 1.0 / (x0[0].numel() * math.log(2.0))
+    log_variance = reverse_log_variance(schedule, variance)
+    dtype = x0.dtype  # what the model sees, as in sampling
+    # The bound's own arithmetic runs in float64 on the CPU (any accelerator, MPS included, only runs the model).
+    x0 = quantize(x0.detach().to("cpu", torch.float64))
+    n_batches = (n + batch_size - 1) // batch_size
+    terms = torch.empty(n, T, dtype=torch.float64)
+    with _reporting(n_batches * T, progress, callback) as report:
+        for b in range(n_batches):
+            sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
+            denoise = make_denoiser(model, schedule, prediction, clip_x0, None if labels is None else labels[sl],
+                                    guidance)
+            terms[sl] = _batch_terms(denoise, x0[sl], generator if gens is None else gens[sl], schedule,
+                                     log_variance, dtype, device, partial(report, b)) * to_bits
+    prior = prior_kl(x0, schedule).flatten(1).sum(1) * to_bits
+    return VariationalBound(total=prior + terms.sum(1), prior=prior, terms=terms)
+
+
+def _check_bound_args(x0: Tensor, variance: str, batch_size: int, generator: Generators,
+                      labels: Tensor | None) -> list[torch.Generator] | None:
+    """Validate :func:`bits_per_dim`'s arguments for x0 (B, C, H, W); returns the per-image generators, if a list."""
+    _check_variance(variance)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
     _check_images(x0)
-    n, T = x0.shape[0], schedule.timesteps
+    n = x0.shape[0]
     gens: list[torch.Generator] | None = None
     if generator is not None and not isinstance(generator, torch.Generator):
         gens = list(generator)
@@ -230,47 +251,47 @@ def bits_per_dim(
             raise ValueError(f"got {len(gens)} generators for {n} images; pass one per image or a single one")
     if labels is not None and tuple(labels.shape) != (n,):
         raise ValueError(f"labels must be a LongTensor of shape ({n},); got {tuple(labels.shape)}")
-    if device is None:
-        device = _model_device(model)
-    dims = x0[0].numel()
-    to_bits = 1.0 / (dims * math.log(2.0))
-    log_variance = reverse_log_variance(schedule, variance)
+    return gens
+
+
+def _batch_terms(denoise: Denoiser, x0: Tensor, generator: Generators, schedule: Schedule, log_variance: Tensor,
+                 dtype: torch.dtype, device: torch.device | str, on_call: Callable[[int], None]) -> Tensor:
+    """Every term of the bound for one batch, in nats: x0 (b, C, H, W) float64 on the CPU → (b, T) float64.
+
+    Column t ≥ 1 is KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)), column 0 the decoder's −log p(x_0|x_t), each
+    with its own draw of x_t. The model runs on ``device`` with x_t in ``dtype``; ``on_call(t)`` follows each call.
+    """
     ab = schedule.alphas_cumprod.tolist()
-    dtype = x0.dtype  # what the model sees, as in sampling
-    # The bound's own arithmetic runs in float64 on the CPU (any accelerator, MPS included, only runs the model).
-    x0 = quantize(x0.detach().to("cpu", torch.float64))
+    out = torch.empty(x0.shape[0], schedule.timesteps, dtype=torch.float64)
+    for t in range(schedule.timesteps - 1, -1, -1):
+        # (1) x_t ~ q(x_t | x_0) (eq. 4), a fresh draw for every t as each term is its own expectation.
+        noise = randn(x0.shape, generator, "cpu", torch.float64)
+        x_t = (math.sqrt(ab[t]) * x0 + math.sqrt(1 - ab[t]) * noise).to(dtype)
+        # (2) the model's x̂_0 exactly as a sampler sees it (prediction type, clipping, guidance).
+        x0_hat, _ = denoise(x_t.to(device), t)
+        # (3) KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) for t ≥ 1, the decoder's −log p(x_0|x_t) at t = 0.
+        out[:, t] = vb_term(x0_hat.to("cpu", torch.float64), x0, x_t, t, schedule, log_variance)
+        on_call(t)
+    return out
 
-    n_batches = (n + batch_size - 1) // batch_size
-    total_calls = n_batches * T
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_calls, desc="variational bound", unit="call", leave=False)
-    terms = torch.empty(n, T, dtype=torch.float64)
+@contextmanager
+def _reporting(total_calls: int, progress: bool, callback: Callback) -> Iterator[Callable[[int, int], None]]:
+    """``report(batch, t)``, to call after every model call: it advances a tqdm bar (with ``progress``, closed on
+    exit) and calls ``callback`` with {"batch", "t", "calls", "total_calls"}."""
+    bar = tqdm(total=total_calls, desc="variational bound", unit="call", leave=False) if progress else None
     calls = 0
+
+    def report(batch: int, t: int) -> None:
+        nonlocal calls
+        calls += 1
+        if bar is not None:
+            bar.update(1)
+        if callback is not None:
+            callback({"batch": batch, "t": t, "calls": calls, "total_calls": total_calls})
+
     try:
-        for b in range(n_batches):
-            sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-            x0_b = x0[sl]  # (b, C, H, W) float64
-            gen_b = gens[sl] if gens is not None else generator
-            lab_b = labels[sl] if labels is not None else None
-            denoise = make_denoiser(model, schedule, prediction, clip_x0, lab_b, guidance)
-            for t in range(T - 1, -1, -1):
-                # (1) x_t ~ q(x_t | x_0) (eq. 4), a fresh draw for every t as each term is its own expectation.
-                noise = randn(x0_b.shape, gen_b, "cpu", torch.float64)
-                x_t = (math.sqrt(ab[t]) * x0_b + math.sqrt(1 - ab[t]) * noise).to(dtype)
-                # (2) the model's x̂_0 exactly as a sampler sees it (prediction type, clipping, guidance).
-                x0_hat, _ = denoise(x_t.to(device), t)
-                # (3) KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) for t ≥ 1, the decoder's −log p(x_0|x_t) at t = 0.
-                terms[sl, t] = vb_term(x0_hat.to("cpu", torch.float64), x0_b, x_t, t, schedule, log_variance) * to_bits
-                calls += 1
-                if bar is not None:
-                    bar.update(1)
-                if callback is not None:
-                    callback({"batch": b, "t": t, "calls": calls, "total_calls": total_calls})
+        yield report
     finally:
         if bar is not None:
             bar.close()
-    prior = prior_kl(x0, schedule).flatten(1).sum(1) * to_bits
-    return VariationalBound(total=prior + terms.sum(1), prior=prior, terms=terms)

@@ -1,6 +1,6 @@
 """The training objective: which timesteps are drawn, and how each one's error is weighted.
 
-The seed's objective (Ho et al. 2020, "L_simple") draws t uniformly from 0..T−1 and takes the plain
+DDPM's objective (Ho et al. 2020, "L_simple") draws t uniformly from 0..T−1 and takes the plain
 MSE between the network's output and its target (ε, x_0 or v). On the linear schedule half of those
 draws land where SNR = ᾱ/(1−ᾱ) < 0.1, where there is little left to learn. Two published remedies keep
 the forward process and change the emphasis:
@@ -15,9 +15,9 @@ the forward process and change the emphasis:
     low noise, so easy low-noise steps stop dominating the gradient.
   - ``p2`` (Choi et al. 2022, "Perception Prioritized Training"): ε-loss weight 1/(k + SNR)^γ with
     k = 1 and γ = 1 by default, i.e. w(t) = SNR/(1 + SNR)^γ.
-  - ``none``: the plain MSE of whatever the network predicts (the seed's objective for ε).
+  - ``none``: the plain MSE of whatever the network predicts (L_simple for ε).
 
-- **Timestep sampling**: ``uniform`` (the seed's), or ``laplace`` (Hang et al. 2024, "Improved Noise
+- **Timestep sampling**: ``uniform`` (DDPM's), or ``laplace`` (Hang et al. 2024, "Improved Noise
   Schedule for Diffusion Training"): log-SNR λ is drawn from a Laplace density centred at ``loc`` with
   scale ``scale``; on a discrete schedule index t gets the Laplace mass of the λ-interval that rounds to
   it (edges halfway between neighbouring λ_t, the two end intervals open), so the draw concentrates
@@ -115,7 +115,7 @@ def stratified_uniforms(n: int, generator: torch.Generator, device: torch.device
 
 def draw_timesteps(n: int, probabilities: Tensor | None, timesteps: int, generator: torch.Generator,
                    device: torch.device | str = "cpu", stratified: bool = False) -> Tensor:
-    """n indices (n,) int64: uniform from 0..T−1 when ``probabilities`` is None (the seed's draw, unchanged),
+    """n indices (n,) int64: uniform from 0..T−1 when ``probabilities`` is None (DDPM's draw),
     else from the distribution ``probabilities`` (T,). ``stratified`` draws the n as one stratified set
     (:func:`stratified_uniforms`) through the same inverse distribution function."""
     if probabilities is None and not stratified:
@@ -146,7 +146,7 @@ def diffusion_loss(output: Tensor, target: Tensor, t: Tensor, weights: Tensor | 
 class Objective:
     """One run's training objective: how its timesteps are drawn and the loss of a batch.
 
-    ``t_probabilities`` (T,) None draws t uniformly (the seed's draw); ``weights`` (T,) None is the plain MSE;
+    ``t_probabilities`` (T,) None draws t uniformly (DDPM's draw); ``weights`` (T,) None is the plain MSE;
     ``stratified`` draws each batch's t as one stratified set.
     Build it with :meth:`create` from the option names; the tables live on the device given there.
     """

@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .diffusion import PREDICTIONS, eps_from_x0, prediction_to_x0_eps
-from .schedule import Schedule, log_snr, posterior_coefficients, spaced_timesteps
+from .schedule import DEFAULT_SPACING, Schedule, log_snr, posterior_coefficients, spaced_timesteps
 from .seeding import image_seed
 from .unet import check_labels, model_num_classes
 
@@ -80,40 +80,14 @@ def make_denoiser(
         raise ValueError(f"threshold is a quantile in (0, 1] (e.g. 0.995); got {threshold!r}")
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-    if guidance is not None and labels is None:
-        raise ValueError("guidance needs labels: pass labels= (a LongTensor (B,)) with guidance=")
-    if labels is not None:
-        check_labels(labels, model_num_classes(model))  # once here: the network checks only shapes
+    call = _model_call(model, labels, guidance)
     ab = schedule.alphas_cumprod
-
-    def call(x: Tensor, t: int) -> Tensor:
-        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        if labels is None:
-            out = model(x, tt)
-        else:
-            y = labels.to(x.device)
-            if y.shape != (x.shape[0],):
-                raise ValueError(f"labels must be a LongTensor of shape ({x.shape[0]},); got {tuple(y.shape)}")
-            if guidance is None or guidance == 1:
-                out = model(x, tt, y)
-            elif guidance == 0:
-                out = model(x, tt, torch.full_like(y, -1))
-            else:
-                both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([torch.full_like(y, -1), y]))
-                out_u, out_c = both.chunk(2)
-                out = out_u + guidance * (out_c - out_u)
-        if out.shape != x.shape:
-            raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
-                             "it must return a prediction with x_t's shape")
-        return out
 
     def denoise(x: Tensor, t: int) -> tuple[Tensor, Tensor]:
         a = ab[t].item()
         x0, eps = prediction_to_x0_eps(call(x, t), x, a, prediction)
         if threshold is not None:
-            s = torch.quantile(x0.flatten(1).abs().float(), float(threshold), dim=1).to(x0.dtype).clamp(min=1.0)
-            s = s.reshape(-1, *([1] * (x0.ndim - 1)))  # (B, 1, 1, 1)
-            x0 = torch.maximum(torch.minimum(x0, s), -s) / s
+            x0 = _dynamic_threshold(x0, float(threshold))
             eps = eps_from_x0(x, x0, a)
         elif clip_x0:
             x0 = x0.clamp(-1, 1)
@@ -123,19 +97,96 @@ def make_denoiser(
     return denoise
 
 
+def _model_call(model: Callable[..., Tensor], labels: Tensor | None,
+                guidance: float | None) -> Callable[[Tensor, int], Tensor]:
+    """``call(x, t)``: the model's prediction at x (B, C, H, W) and the python int index t, guided when
+    ``labels`` (B,) are given; checks that the prediction has x's shape."""
+    if guidance is not None and labels is None:
+        raise ValueError("guidance needs labels: pass labels= (a LongTensor (B,)) with guidance=")
+    if labels is not None:
+        check_labels(labels, model_num_classes(model))  # once here: the network checks only shapes
+
+    def call(x: Tensor, t: int) -> Tensor:
+        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        out = model(x, tt) if labels is None else _guided(model, x, tt, labels.to(x.device), guidance)
+        if out.shape != x.shape:
+            raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
+                             "it must return a prediction with x_t's shape")
+        return out
+
+    return call
+
+
+def _guided(model: Callable[..., Tensor], x: Tensor, tt: Tensor, y: Tensor, guidance: float | None) -> Tensor:
+    """Classifier-free guidance: out_u + w · (out_c − out_u) for x (B, C, H, W), tt (B,), labels y (B,).
+
+    w = None or 1 is the conditional output alone and w = 0 the unconditional one (label −1), one call each;
+    any other w evaluates both halves in one batch of 2B.
+    """
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"labels must be a LongTensor of shape ({x.shape[0]},); got {tuple(y.shape)}")
+    if guidance is None or guidance == 1:
+        return model(x, tt, y)
+    if guidance == 0:
+        return model(x, tt, torch.full_like(y, -1))
+    both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([torch.full_like(y, -1), y]))
+    out_u, out_c = both.chunk(2)
+    return out_u + guidance * (out_c - out_u)
+
+
+def _dynamic_threshold(x0: Tensor, p: float) -> Tensor:
+    """Dynamic thresholding of x̂_0 (B, C, H, W): per image s = max(1, p-quantile of |x̂_0|), clamp to [−s, s], ÷ s."""
+    s = torch.quantile(x0.flatten(1).abs().float(), p, dim=1).to(x0.dtype).clamp(min=1.0)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))  # (B, 1, 1, 1)
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
 # ---------------------------------------------------------------------------- samplers
 
+Step = tuple[int, float, float, float, float]  # (t, ᾱ_t, ᾱ_s, λ_t, λ_s) of one step t -> s
 
-def sample_ddpm(
-    denoise: Denoiser,
-    x: Tensor,
-    schedule: Schedule,
-    timesteps: Tensor,
-    generator: Generators = None,
-    callback: Callback = None,
-    *,
-    variance: str = "posterior",
-) -> Tensor:
+
+def _steps(schedule: Schedule, timesteps: Tensor) -> list[Step]:
+    """One (t, ᾱ_t, ᾱ_s, λ_t, λ_s) per kept index t, s the next kept index; python floats (float64).
+
+    After the last index s is the clean image: ᾱ_s = 1 and λ_s = +inf. λ = log(α/σ) = ½ log(ᾱ/(1−ᾱ)) is
+    DPM-Solver's half log-SNR.
+    """
+    ts = [int(t) for t in timesteps.tolist()]
+    ab = schedule.alphas_cumprod.tolist()
+    a = [ab[t] for t in ts] + [1.0]
+    lam = [0.5 * log_snr(v) for v in a]
+    return [(t, a[i], a[i + 1], lam[i], lam[i + 1]) for i, t in enumerate(ts)]
+
+
+def _evaluate(denoise: Denoiser, callback: Callback, x: Tensor, i: int, t: int) -> tuple[Tensor, Tensor]:
+    """Step i's model evaluation at index t: (x̂_0, ε̂), both x's shape (B, C, H, W), shown to ``callback``."""
+    x0, eps = denoise(x, t)
+    if callback is not None:
+        callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x0, eps
+
+
+def _sigma_ratio(a_t: float, a_s: float) -> float:
+    """σ_s/σ_t = √((1−ᾱ_s)/(1−ᾱ_t)), the factor every exponential-integrator step puts on x_t."""
+    return ((1 - a_s) / (1 - a_t)) ** 0.5
+
+
+def _check_eta(eta: float, sampler: str, meaning: str) -> None:
+    """Reject a noise level η outside [0, 1], naming the sampler and what the ends mean."""
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1] ({meaning}) for {sampler}; got {eta!r}")
+
+
+def _check_order(order: int, highest: int, sampler: str) -> None:
+    """Reject a solver order outside 1..``highest``, naming the sampler."""
+    if order not in range(1, highest + 1):
+        allowed = " or ".join([", ".join(str(k) for k in range(1, highest)), str(highest)])
+        raise ValueError(f"order must be {allowed} for {sampler}; got {order!r}")
+
+
+def sample_ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
+                callback: Callback = None, *, variance: str = "posterior") -> Tensor:
     """Ancestral sampling (DDPM, Ho et al. 2020, Algorithm 2), on any decreasing subset of indices.
 
     For consecutive kept indices t > s, the step's own β is recomputed from ᾱ: β = 1 − ᾱ_t/ᾱ_s, so
@@ -145,50 +196,20 @@ def sample_ddpm(
     """
     if variance not in ("posterior", "beta"):
         raise ValueError(f"unknown variance {variance!r}; choose 'posterior' (β̃_t) or 'beta' (β_t)")
-    ab = schedule.alphas_cumprod.tolist()
-    ts = timesteps.tolist()
-    for i, t in enumerate(ts):
-        c_x0, c_xt, var_post, beta = posterior_coefficients(ab[t], ab[ts[i + 1]] if i + 1 < len(ts) else 1.0)
-        x0, _ = denoise(x, t)
+    steps = _steps(schedule, timesteps)
+    for i, (t, a_t, a_s, _, _) in enumerate(steps):
+        c_x0, c_xt, var_post, beta = posterior_coefficients(a_t, a_s)
+        x0, _ = _evaluate(denoise, callback, x, i, t)
         mean = c_x0 * x0 + c_xt * x  # DDPM eq. 7: the posterior mean, written with x̂_0
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
-        if i + 1 == len(ts):
-            x = mean
-        else:
-            var = var_post if variance == "posterior" else beta
-            x = mean + var**0.5 * randn(x.shape, generator, x.device, x.dtype)
+        if i + 1 == len(steps):
+            return mean
+        var = var_post if variance == "posterior" else beta
+        x = mean + var**0.5 * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 
-def _check_eta(eta: float, sampler: str, meaning: str) -> None:
-    """Reject a noise level η outside [0, 1], naming the sampler and what the ends mean."""
-    if not 0.0 <= float(eta) <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1] ({meaning}) for {sampler}; got {eta!r}")
-
-
-def _alphas(schedule: Schedule, timesteps: Tensor) -> tuple[list[int], list[float]]:
-    """The kept indices and their ᾱ as python floats (float64), with ᾱ = 1 (the clean image) appended."""
-    ts = [int(t) for t in timesteps.tolist()]
-    ab = schedule.alphas_cumprod.tolist()
-    return ts, [ab[t] for t in ts] + [1.0]
-
-
-def _log_snr_half(a: float) -> float:
-    """λ = log(α/σ) = ½ log(ᾱ/(1−ᾱ)) (DPM-Solver's half log-SNR); +inf at ᾱ = 1."""
-    return 0.5 * log_snr(a)
-
-
-def sample_ddim(
-    denoise: Denoiser,
-    x: Tensor,
-    schedule: Schedule,
-    timesteps: Tensor,
-    generator: Generators = None,
-    callback: Callback = None,
-    *,
-    eta: float = 0.0,
-) -> Tensor:
+def sample_ddim(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
+                callback: Callback = None, *, eta: float = 0.0) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021) on any decreasing subset of indices. x: (B, C, H, W) → (B, C, H, W).
 
     ``eta = 0`` is the deterministic sampler (a first-order solver of the probability-flow ODE);
@@ -196,13 +217,10 @@ def sample_ddim(
     The last step goes to ᾱ = 1 and returns x̂_0.
     """
     _check_eta(eta, "ddim", "0 deterministic, 1 DDPM-like")
-    ts, ab = _alphas(schedule, timesteps)
-    for i, t in enumerate(ts):
-        a_t, a_s = ab[i], ab[i + 1]
-        x0, eps = denoise(x, t)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
-        if i + 1 == len(ts):  # ᾱ_s = 1: eq. 12 reduces to x̂_0 (σ = 0, √(1−ᾱ_s) = 0)
+    steps = _steps(schedule, timesteps)
+    for i, (t, a_t, a_s, _, _) in enumerate(steps):
+        x0, eps = _evaluate(denoise, callback, x, i, t)
+        if i + 1 == len(steps):  # ᾱ_s = 1: eq. 12 reduces to x̂_0 (σ = 0, √(1−ᾱ_s) = 0)
             return x0
         # (1) DDIM eq. 16: σ_t(η) = η · √((1−ᾱ_s)/(1−ᾱ_t)) · √(1 − ᾱ_t/ᾱ_s).
         sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
@@ -213,17 +231,8 @@ def sample_ddim(
     return x
 
 
-def sample_dpmpp_2m(
-    denoise: Denoiser,
-    x: Tensor,
-    schedule: Schedule,
-    timesteps: Tensor,
-    generator: Generators = None,
-    callback: Callback = None,
-    *,
-    order: int = 2,
-    lower_order_final: bool = False,
-) -> Tensor:
+def sample_dpmpp_2m(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
+                    callback: Callback = None, *, order: int = 2, lower_order_final: bool = False) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): data-prediction multistep solver in λ = log(α/σ).
 
     x: (B, C, H, W) → (B, C, H, W). The first step is first order (no history yet). ``order=1`` is
@@ -232,23 +241,16 @@ def sample_dpmpp_2m(
     the exact limit of the first-order update, which is x̂_0 there; a second-order update has no limit
     at h = ∞ (r = h_prev/h → 0), so the final jump never uses history.
     """
-    if order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2 for dpmpp-2m; got {order!r}")
-    ts, ab = _alphas(schedule, timesteps)
+    _check_order(order, 2, "dpmpp-2m")
+    steps = _steps(schedule, timesteps)
     x0_prev: Tensor | None = None
     h_prev = 0.0
-    for i, t in enumerate(ts):
-        a_t, a_s = ab[i], ab[i + 1]
-        x0, _ = denoise(x, t)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
-        if i + 1 == len(ts):  # (4) λ_s = ∞: σ_s = 0, α_s = 1, e^{−h} = 0, so x_s = D = x̂_0
+    for i, (t, a_t, a_s, lam_t, lam_s) in enumerate(steps):
+        x0, _ = _evaluate(denoise, callback, x, i, t)
+        if i + 1 == len(steps):  # (4) λ_s = ∞: σ_s = 0, α_s = 1, e^{−h} = 0, so x_s = D = x̂_0
             return x0
-        # (1) h = λ_s − λ_t, with α = √ᾱ, σ = √(1−ᾱ).
-        lam_t, lam_s = _log_snr_half(a_t), _log_snr_half(a_s)
-        h = lam_s - lam_t
-        last_finite = i + 2 == len(ts)
-        if order == 1 or x0_prev is None or (lower_order_final and last_finite):
+        h = lam_s - lam_t  # (1) h = λ_s − λ_t, with α = √ᾱ, σ = √(1−ᾱ).
+        if order == 1 or x0_prev is None or (lower_order_final and i + 2 == len(steps)):
             d = x0
         else:
             # (2) Alg. 2 line 6: D = (1 + 1/(2r)) x̂_0(t) − 1/(2r) x̂_0(prev), r = h_prev/h.
@@ -256,21 +258,13 @@ def sample_dpmpp_2m(
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
         # (3) Lu et al. eq. 8 (first-order exponential integrator in data space):
         #     x_s = (σ_s/σ_t) x_t − α_s (e^{−h} − 1) D.
-        x = ((1 - a_s) / (1 - a_t)) ** 0.5 * x - a_s**0.5 * math.expm1(-h) * d
+        x = _sigma_ratio(a_t, a_s) * x - a_s**0.5 * math.expm1(-h) * d
         x0_prev, h_prev = x0, h
     return x
 
 
-def sample_dpmpp_3m(
-    denoise: Denoiser,
-    x: Tensor,
-    schedule: Schedule,
-    timesteps: Tensor,
-    generator: Generators = None,
-    callback: Callback = None,
-    *,
-    lower_order_final: bool = False,
-) -> Tensor:
+def sample_dpmpp_3m(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
+                    callback: Callback = None, *, lower_order_final: bool = False) -> Tensor:
     """Third-order multistep DPM-Solver++ (Lu et al. 2022, §4 with a quadratic Taylor term). x: (B, C, H, W).
 
     Exact solution of the probability-flow ODE in data-prediction form (Lu et al. eq. 7):
@@ -279,52 +273,45 @@ def sample_dpmpp_3m(
     c1 = 1 − e^{−h}, c2 = h − c1, c3 = h²/2 − c2. D' and D'' come from divided differences of the
     last three x̂_0 in λ. Orders ramp 1, 2, 3; ``lower_order_final`` uses first order into the last index.
     """
-    ts, ab = _alphas(schedule, timesteps)
+    steps = _steps(schedule, timesteps)
     hist: list[tuple[float, Tensor]] = []  # (λ, x̂_0), newest last; at most three kept
-    for i, t in enumerate(ts):
-        a_t, a_s = ab[i], ab[i + 1]
-        x0, _ = denoise(x, t)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
-        if i + 1 == len(ts):  # λ_s = ∞: the limit of every term is x̂_0 (c2, c3 multiply α_s·0 history)
+    for i, (t, a_t, a_s, lam_t, lam_s) in enumerate(steps):
+        x0, _ = _evaluate(denoise, callback, x, i, t)
+        if i + 1 == len(steps):  # λ_s = ∞: the limit of every term is x̂_0 (c2, c3 multiply α_s·0 history)
             return x0
-        lam_t, lam_s = _log_snr_half(a_t), _log_snr_half(a_s)
-        h = lam_s - lam_t
         hist = (hist + [(lam_t, x0)])[-3:]
-        # (1) the exponential-integrator weights.
-        c1 = -math.expm1(-h)
-        c2 = h - c1
-        c3 = 0.5 * h * h - c2
-        update = c1 * x0
-        order = 1 if (lower_order_final and i + 2 == len(ts)) else len(hist)
-        if order >= 2:
-            # (2) first divided difference D'(λ_t) ≈ (D_t − D_p1)/h1.
-            (l1, d1), (l0, d0) = hist[-2], hist[-1]
-            h1 = l0 - l1
-            dd0 = (d0 - d1) / h1
-            if order == 2:
-                update = update + c2 * dd0
-            else:
-                # (3) derivative of the quadratic through the last three points at λ_t:
-                #     D' = dd0 + h1 f, D'' = 2 f with f = (dd0 − dd1)/(h1 + h2).
-                l2, d2 = hist[-3]
-                h2 = l1 - l2
-                f = (dd0 - (d1 - d2) / h2) / (h1 + h2)
-                update = update + c2 * (dd0 + h1 * f) + c3 * (2 * f)
-        x = ((1 - a_s) / (1 - a_t)) ** 0.5 * x + a_s**0.5 * update
+        order = 1 if (lower_order_final and i + 2 == len(steps)) else len(hist)
+        x = _sigma_ratio(a_t, a_s) * x + a_s**0.5 * _dpmpp_3m_update(hist, lam_s - lam_t, order)
     return x
 
 
-def sample_dpmpp_2m_sde(
-    denoise: Denoiser,
-    x: Tensor,
-    schedule: Schedule,
-    timesteps: Tensor,
-    generator: Generators = None,
-    callback: Callback = None,
-    *,
-    eta: float = 1.0,
-) -> Tensor:
+def _dpmpp_3m_update(hist: list[tuple[float, Tensor]], h: float, order: int) -> Tensor:
+    """c1 D + c2 D' + c3 D'' of :func:`sample_dpmpp_3m`'s step of length h, from the Taylor terms of the newest
+    ``order`` points of ``hist`` [(λ, x̂_0 (B, C, H, W))], newest last; (B, C, H, W)."""
+    # (1) the exponential-integrator weights.
+    c1 = -math.expm1(-h)
+    c2 = h - c1
+    c3 = 0.5 * h * h - c2
+    update = c1 * hist[-1][1]
+    if order >= 2:
+        # (2) first divided difference D'(λ_t) ≈ (D_t − D_p1)/h1.
+        (l1, d1), (l0, d0) = hist[-2], hist[-1]
+        h1 = l0 - l1
+        dd0 = (d0 - d1) / h1
+        if order == 2:
+            update = update + c2 * dd0
+        else:
+            # (3) derivative of the quadratic through the last three points at λ_t:
+            #     D' = dd0 + h1 f, D'' = 2 f with f = (dd0 − dd1)/(h1 + h2).
+            l2, d2 = hist[-3]
+            h2 = l1 - l2
+            f = (dd0 - (d1 - d2) / h2) / (h1 + h2)
+            update = update + c2 * (dd0 + h1 * f) + c3 * (2 * f)
+    return update
+
+
+def sample_dpmpp_2m_sde(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor,
+                        generator: Generators = None, callback: Callback = None, *, eta: float = 1.0) -> Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, App. B): the data-prediction reverse SDE, second-order multistep.
 
     x: (B, C, H, W) → (B, C, H, W). With k = 1 + η, exact integration of the linear part with
@@ -341,19 +328,9 @@ def sample_dpmpp_2m_sde(
                             noise_sigma_min=0.0)
 
 
-def sample_sa_solver(
-    denoise: Denoiser,
-    x: Tensor,
-    schedule: Schedule,
-    timesteps: Tensor,
-    generator: Generators = None,
-    callback: Callback = None,
-    *,
-    eta: float = 1.0,
-    order: int = 2,
-    corrector: bool = True,
-    noise_sigma_min: float = 0.3,
-) -> Tensor:
+def sample_sa_solver(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor,
+                     generator: Generators = None, callback: Callback = None, *, eta: float = 1.0, order: int = 2,
+                     corrector: bool = True, noise_sigma_min: float = 0.3) -> Tensor:
     """SA-Solver (Xue et al. 2023): stochastic Adams predictor–corrector for the data-prediction SDE family.
 
     x: (B, C, H, W) → (B, C, H, W). With k = 1 + η, every step from λ_t to λ_s (h = λ_s − λ_t) is
@@ -374,34 +351,28 @@ def sample_sa_solver(
     on early Fashion-MNIST checkpoints dropping the noise below it cost no FD while dropping it higher did.
     ``noise_sigma_min=0`` puts noise on every step.
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3 for sa-solver; got {order!r}")
+    _check_order(order, 3, "sa-solver")
     if not float(noise_sigma_min) >= 0.0:
         raise ValueError(f"noise_sigma_min must be >= 0 (0: noise on every step); got {noise_sigma_min!r}")
     _check_eta(eta, "sa-solver", "0 ODE, 1 the reverse SDE")
     eta = float(eta)
-    ts, ab = _alphas(schedule, timesteps)
+    steps = _steps(schedule, timesteps)
     hist: list[tuple[float, Tensor]] = []  # (λ, x̂_0) of past evaluations, newest first
     last: tuple[Tensor, float, float, list[tuple[float, Tensor]], float, Tensor | None] | None = None
-    for i, t in enumerate(ts):
-        a_s = ab[i]
-        lam_s = _log_snr_half(a_s)
-        x0, _ = denoise(x, t)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
-        if i + 1 == len(ts):  # λ = ∞ next: σ = 0, the update reduces to x̂_0
+    for i, (t, a_t, a_s, lam_t, lam_s) in enumerate(steps):
+        x0, _ = _evaluate(denoise, callback, x, i, t)
+        if i + 1 == len(steps):  # λ = ∞ next: σ = 0, the update reduces to x̂_0
             return x0
         if corrector and last is not None:
-            # (1) corrector: redo the last step from x_t with x̂_0(λ_s) as one more node, same noise z.
-            x_t, a_t, lam_t, nodes, e, z = last
-            x = _sa_step(x_t, a_t, a_s, lam_t, lam_s, [(lam_s, x0), *nodes], e, z)
-        hist = [(lam_s, x0), *hist][:order]
-        a_next = ab[i + 1]
-        e = eta if (1 - a_s) / a_s >= noise_sigma_min**2 else 0.0  # (2) this step's η: σ_t against the window
+            # (1) corrector: redo the last step, from x_r, with x̂_0(λ_t) as one more node and the same noise z.
+            x_r, a_r, lam_r, nodes, e, z = last
+            x = _sa_step(x_r, a_r, a_t, lam_r, lam_t, [(lam_t, x0), *nodes], e, z)
+        hist = [(lam_t, x0), *hist][:order]
+        e = eta if (1 - a_t) / a_t >= noise_sigma_min**2 else 0.0  # (2) this step's η: σ_t against the window
         z = randn(x.shape, generator, x.device, x.dtype) if e > 0 else None
-        last = (x, a_s, lam_s, hist, e, z)
+        last = (x, a_t, lam_t, hist, e, z)
         # (3) predictor: extrapolate x̂_0 through the last ``order`` evaluations.
-        x = _sa_step(x, a_s, a_next, lam_s, _log_snr_half(a_next), hist, e, z)
+        x = _sa_step(x, a_t, a_s, lam_t, lam_s, hist, e, z)
     return x
 
 
@@ -446,7 +417,7 @@ def _sa_step(x: Tensor, a_t: float, a_s: float, lam_t: float, lam_s: float, node
     """One SA-Solver step from λ_t to λ_s with x̂_0 interpolated through ``nodes`` [(λ, x̂_0)]; x: (B, C, H, W)."""
     h = lam_s - lam_t
     weights = sa_weights([lam for lam, _ in nodes], lam_t, lam_s, 1.0 + eta)
-    out = ((1 - a_s) / (1 - a_t)) ** 0.5 * math.exp(-eta * h) * x
+    out = _sigma_ratio(a_t, a_s) * math.exp(-eta * h) * x
     for w, (_, d) in zip(weights, nodes, strict=True):
         out = out + (a_s**0.5 * w) * d
     if z is not None:
@@ -454,19 +425,9 @@ def _sa_step(x: Tensor, a_t: float, a_s: float, lam_t: float, lam_s: float, node
     return out
 
 
-def sample_unipc(
-    denoise: Denoiser,
-    x: Tensor,
-    schedule: Schedule,
-    timesteps: Tensor,
-    generator: Generators = None,
-    callback: Callback = None,
-    *,
-    order: int = 3,
-    variant: str = "bh2",
-    corrector: bool = True,
-    lower_order_final: bool = False,
-) -> Tensor:
+def sample_unipc(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
+                 callback: Callback = None, *, order: int = 3, variant: str = "bh2", corrector: bool = True,
+                 lower_order_final: bool = False) -> Tensor:
     """UniPC (Zhao et al. 2023): multistep predictor UniP-p with corrector UniC-p, in data prediction.
 
     x: (B, C, H, W) → (B, C, H, W). Orders ramp 1, 2, ..., ``order`` as x̂_0 history builds up. After each
@@ -479,33 +440,25 @@ def sample_unipc(
     (order 2 with bh2 is then DPM-Solver++(2M) step for step); ``lower_order_final`` makes the step into
     the last index first order. Every model call is one ``callback``; steps = model evaluations.
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3 for unipc; got {order!r}")
+    _check_order(order, 3, "unipc")
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unknown UniPC variant {variant!r}; choose 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h − 1)")
-    ts, ab = _alphas(schedule, timesteps)
+    steps = _steps(schedule, timesteps)
     hist: list[tuple[float, Tensor]] = []  # (λ, x̂_0) of past evaluations, newest last
-    last: tuple[Tensor, float, float, int] | None = None  # the last predictor step: (x_t, ᾱ_t, λ_t, order)
-    for i, t in enumerate(ts):
-        a_s = ab[i]
-        lam_s = _log_snr_half(a_s)
-        x0, _ = denoise(x, t)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
-        if i + 1 == len(ts):  # λ = ∞ next: σ = 0, every update reduces to x̂_0 (as in dpmpp-2m)
+    last: tuple[Tensor, float, float, int] | None = None  # the last predictor step: (x_r, ᾱ_r, λ_r, order)
+    for i, (t, a_t, a_s, lam_t, lam_s) in enumerate(steps):
+        x0, _ = _evaluate(denoise, callback, x, i, t)
+        if i + 1 == len(steps):  # λ = ∞ next: σ = 0, every update reduces to x̂_0 (as in dpmpp-2m)
             return x0
         if corrector and last is not None:
-            # (1) UniC-p: redo the last step from x_t with x̂_0(λ_s) as one more point, order p + 1.
-            x_t, a_t, lam_t, p = last
-            x = _unipc_update(x_t, a_t, a_s, lam_t, lam_s, hist[-p:][::-1], variant, x0)
-        hist = (hist + [(lam_s, x0)])[-3:]
-        a_next = ab[i + 1]
-        p = min(order, len(hist))
-        if lower_order_final and i + 2 == len(ts):
-            p = 1
+            # (1) UniC-p: redo the last step, from x_r, with x̂_0(λ_t) as one more point, order p + 1.
+            x_r, a_r, lam_r, p = last
+            x = _unipc_update(x_r, a_r, a_t, lam_r, lam_t, hist[-p:][::-1], variant, x0)
+        hist = (hist + [(lam_t, x0)])[-3:]
+        p = 1 if (lower_order_final and i + 2 == len(steps)) else min(order, len(hist))
         # (2) UniP-p: predict x at the next index from the last p evaluations.
-        last = (x, a_s, lam_s, p)
-        x = _unipc_update(x, a_s, a_next, lam_s, _log_snr_half(a_next), hist[-p:][::-1], variant, None)
+        last = (x, a_t, lam_t, p)
+        x = _unipc_update(x, a_t, a_s, lam_t, lam_s, hist[-p:][::-1], variant, None)
     return x
 
 
@@ -545,7 +498,7 @@ def _unipc_update(x: Tensor, a_t: float, a_s: float, lam_t: float, lam_s: float,
     else:
         mat = torch.tensor([[r**n for r in rks] for n in range(m)], dtype=torch.float64)
         weights = torch.linalg.solve(mat, torch.tensor(rhs, dtype=torch.float64)).tolist()
-    out = ((1 - a_s) / (1 - a_t)) ** 0.5 * x - a_s**0.5 * phi1 * d0
+    out = _sigma_ratio(a_t, a_s) * x - a_s**0.5 * phi1 * d0
     for w, dk in zip(weights, diffs, strict=True):
         out = out - (a_s**0.5 * b_h * w) * dk
     return out
@@ -560,12 +513,15 @@ DETERMINISTIC_SAMPLER: tuple[str, str, int] = ("unipc", "info", 10)
 # The CLI's default (sampler, spacing, steps), chosen on a trained model (benchmarks/results/samplers_model.md):
 # a network trained on a CPU has errors that the probability-flow ODE carries to the end (every deterministic
 # sampler, even DDIM with 100 steps, turns some Fashion-MNIST seeds into speckle), while noise keeps
-# correcting them, and it needs the `logsnr` spacing's steps at high noise. SA-Solver (order 2 + corrector,
-# noise on steps from σ ≥ 0.3) on `logsnr` tied for the best FD at 20 calls with DPM-Solver++(2M) SDE on
-# `logsnr` (4,232-step Fashion-MNIST model, N = 300), and of the two only it is within 2x of 1000-step
-# ancestral on the exact oracle at 20 calls (1.46e-2). It is not the most accurate there at 10 (5.5e-2,
-# against 4.1e-3 for DETERMINISTIC_SAMPLER). ``sample()``'s own defaults stay ("ddpm", all T steps) per the
-# package contract.
+# correcting them. SA-Solver (order 2 + corrector, noise on steps from σ ≥ 0.3) on `logsnr` tied for the best
+# FD at 20 calls with DPM-Solver++(2M) SDE on `logsnr` (4,232-step Fashion-MNIST model, N = 300), and of the two
+# only it is within 2x of 1000-step ancestral on the exact oracle at 20 calls (1.46e-2).
+# Why `logsnr` here when DEFAULT_SPACING is `info`: with the trained network `logsnr` gave SA-Solver the lower FD
+# (1.37 against 2.24 on `info` at 20 calls, 1.24 against 4.88 at 10), its steps at high noise correcting the
+# network's errors there; with an exact model `info` is better (5.86e-3 against 1.46e-2 at 20), and so it is on
+# the tiny digits model (FD 0.90 against 1.25). BENCHMARKS.md, "Sampler settings on the 25-minute default model",
+# found no setting better than this default by Inception FID. ``sample()``'s own defaults stay ("ddpm", all T
+# steps) per the package contract.
 DEFAULT_SAMPLER: tuple[str, str, int] = ("sa-solver", "logsnr", 20)
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
@@ -577,13 +533,6 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "unipc": sample_unipc,
     "sa-solver": sample_sa_solver,
 }
-
-# The spacing sample() uses for steps < T when no `spacing` is given: for each sampler (default options), the
-# spacing with the lowest W2 on the Gaussian oracle at 10 and at 20 evaluations (benchmarks/results/
-# samplers_oracle.md, "sample()'s default spacing"; exact W2 for the deterministic samplers). `info` wins for
-# every sampler at both counts, except dpmpp-3m at 20 (logsnr, 6% lower exact W2; 8x higher at 10).
-# `linspace`, the default before these were measured, is the worst or second worst for every sampler at 10.
-DEFAULT_SPACING: dict[str, str] = {name: "info" for name in SAMPLERS}
 
 
 def sampler_options(name: str) -> dict[str, Any]:
@@ -599,24 +548,11 @@ def sampler_options(name: str) -> dict[str, Any]:
 
 @torch.no_grad()
 def sample(
-    model: Callable[..., Tensor],
-    shape: Sequence[int],
-    schedule: Schedule,
-    sampler: str = "ddpm",
-    steps: int | None = None,
-    generator: Generators = None,
-    clip_x0: bool = True,
-    prediction: str = "eps",
-    labels: Tensor | None = None,
-    guidance: float | None = None,
-    progress: bool = False,
-    *,
-    spacing: str | None = None,
-    callback: Callback = None,
-    x_T: Tensor | None = None,
-    device: torch.device | str | None = None,
-    threshold: float | None = None,
-    **options: Any,
+    model: Callable[..., Tensor], shape: Sequence[int], schedule: Schedule, sampler: str = "ddpm",
+    steps: int | None = None, generator: Generators = None, clip_x0: bool = True, prediction: str = "eps",
+    labels: Tensor | None = None, guidance: float | None = None, progress: bool = False, *,
+    spacing: str | None = None, callback: Callback = None, x_T: Tensor | None = None,
+    device: torch.device | str | None = None, threshold: float | None = None, **options: Any,
 ) -> Tensor:
     """Draw images from a diffusion model.
 
@@ -635,9 +571,9 @@ def sample(
         guidance: classifier-free guidance weight w (0 unconditional, 1 conditional).
         progress: show a tqdm bar.
         callback: called after each model evaluation with a dict (i, t, x, x0).
-        spacing: how ``steps`` indices are picked (see :func:`ddpm.spaced_timesteps`); None means the
-            sampler's measured best, ``DEFAULT_SPACING[sampler]`` (``"info"``); ``"linspace"`` is the old default,
-            measured worse. Irrelevant when steps is None or T (every index is used).
+        spacing: how ``steps`` indices are picked (see :func:`ddpm.spaced_timesteps`); None means
+            ``DEFAULT_SPACING`` (``"info"``, measured best on the Gaussian oracle). Irrelevant when steps is
+            None or T (every index is used).
         x_T: starting noise (B, C, H, W); drawn from ``generator`` when None.
         threshold: dynamic-thresholding quantile (e.g. 0.995) used instead of the plain clamp.
         options: sampler-specific keywords: ``variance`` for ``"ddpm"``; ``eta`` for ``"ddim"`` and
@@ -648,27 +584,37 @@ def sample(
     Returns:
         Tensor (B, C, H, W), float32, the final x_0 estimate (in [-1, 1] when clipping).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    accepted = sampler_options(sampler)
-    for key in options:
-        if key not in accepted:
-            raise ValueError(f"sampler {sampler!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
+    _check_options(sampler, options)
     shape = tuple(int(s) for s in shape)
-    if device is None:
-        device = _model_device(model)
+    device = model_device(model) if device is None else device
     timesteps = spaced_timesteps(schedule, schedule.timesteps if steps is None else steps,
-                                 DEFAULT_SPACING[sampler] if spacing is None else spacing)
-    x = randn(shape, generator, device) if x_T is None else x_T.to(device=device, dtype=torch.float32)
-    if tuple(x.shape) != shape:
-        raise ValueError(f"x_T has shape {tuple(x.shape)} but shape is {shape}")
+                                 DEFAULT_SPACING if spacing is None else spacing)
+    x = _start_noise(shape, generator, device, x_T)
     denoise = make_denoiser(model, schedule, prediction, clip_x0, labels, guidance, threshold=threshold)
     if progress:
         denoise = _with_progress(denoise, len(timesteps), sampler)
     return SAMPLERS[sampler](denoise, x, schedule, timesteps, generator, callback, **options)
 
 
-def _model_device(model: Callable[..., Tensor]) -> torch.device:
+def _check_options(sampler: str, options: dict[str, Any]) -> None:
+    """Reject an unknown sampler name, or an option that sampler does not take (see :func:`sampler_options`)."""
+    accepted = sampler_options(sampler)
+    for key in options:
+        if key not in accepted:
+            raise ValueError(f"sampler {sampler!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
+
+
+def _start_noise(shape: tuple[int, ...], generator: Generators, device: torch.device | str,
+                 x_T: Tensor | None) -> Tensor:
+    """The starting x_T, ``shape`` (B, C, H, W) float32 on ``device``: ``x_T`` when given, else drawn."""
+    x = randn(shape, generator, device) if x_T is None else x_T.to(device=device, dtype=torch.float32)
+    if tuple(x.shape) != shape:
+        raise ValueError(f"x_T has shape {tuple(x.shape)} but shape is {shape}")
+    return x
+
+
+def model_device(model: Callable[..., Tensor]) -> torch.device:
+    """The device of ``model``'s first parameter; the CPU for a callable without parameters (e.g. an oracle)."""
     params = getattr(model, "parameters", None)
     if callable(params):
         for p in params():
@@ -677,6 +623,7 @@ def _model_device(model: Callable[..., Tensor]) -> torch.device:
 
 
 def _with_progress(denoise: Denoiser, total: int, name: str) -> Denoiser:
+    """``denoise`` that also advances a tqdm bar of ``total`` model calls, closed after the last one."""
     bar = tqdm(total=total, desc=f"sampling ({name})", unit="step", leave=False)
 
     def wrapped(x: Tensor, t: int) -> tuple[Tensor, Tensor]:

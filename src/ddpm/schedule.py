@@ -16,6 +16,12 @@ from torch import Tensor
 
 SPACINGS = ("leading", "linspace", "trailing", "logsnr", "info")
 
+# The spacing of spaced_timesteps, and of ddpm.sample() with steps < T, when none is given. On the Gaussian
+# oracle (an exact model) it gives the lowest W2 for every sampler at 10 and 20 model calls but one, dpmpp-3m at
+# 20, where `logsnr` is 6% lower (2.07e-3 against 2.20e-3, both near the 1.6e-3 prior floor; at 10 calls `logsnr`
+# is 8.8x higher): benchmarks/results/samplers_oracle.md, "sample()'s default spacing".
+DEFAULT_SPACING = "info"
+
 # Data scale s of the "info" spacing: an upper bound on the standard deviation of the data along the
 # directions a sampler must get right, in units where images lie in [-1, 1] (see spaced_timesteps).
 INFO_SCALE = 8.0
@@ -176,7 +182,7 @@ def _check_timesteps(timesteps: int) -> None:
         raise ValueError(f"timesteps must be an integer >= 1; got {timesteps!r}")
 
 
-def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace", *,
+def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = DEFAULT_SPACING, *,
                      scale: float = INFO_SCALE) -> Tensor:
     """Pick ``steps`` indices of the training schedule to sample with.
 
@@ -190,17 +196,20 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace", 
     - ``trailing``: T−1, T−1−c, ... with c = T / steps, the last one replaced by 0 (so its final gap is
       about 2c; kept for comparison with diffusers, measured worse than ``linspace``).
     - ``logsnr``: evenly spaced in log-SNR = log(ᾱ/(1−ᾱ)) between index T−1 and index 0, each point
-      rounded to the nearest index and nudged to keep the indices distinct (measured best for every
-      ODE sampler; see benchmarks/results/samplers_oracle.md).
-    - ``info``: evenly spaced in u = ½ log(1 + s² · SNR), SNR = ᾱ/(1−ᾱ), s = ``scale`` (default
-      :data:`INFO_SCALE` = 8), between index T−1 and index 0, rounded as for ``logsnr``. u is the mutual
-      information I(x_0; x_t) per dimension of Gaussian data with standard deviation s, so equal steps in u
-      are equal gains of information about x_0. Where σ/α = SNR^(−1/2) is below s, u ≈ ½ log SNR + log s
-      and the points are log-SNR-uniform; where the noise swamps data of scale s (σ/α ≫ s), x̂_0 hardly
-      moves and u ≈ s² · SNR / 2 packs that part of the schedule into one or two steps. s → ∞ gives
-      ``logsnr``. It depends on the schedule and on s alone, not on the data; s = 8 is 8× the largest
-      per-pixel standard deviation that data in [-1, 1] can have (1), and, like EDM's σ_max = 80, a bound
-      rather than a fitted value.
+      rounded to the nearest index and nudged to keep the indices distinct. With an exact model it is
+      second to ``info`` for every sampler but dpmpp-3m at 20 calls (benchmarks/results/samplers_oracle.md);
+      with networks trained on a CPU its steps at high noise gave the stochastic samplers a lower FD on
+      Fashion-MNIST (benchmarks/results/samplers_model.md), so the CLI's ``DEFAULT_SAMPLER`` uses it.
+    - ``info``, the default (:data:`DEFAULT_SPACING`): evenly spaced in u = ½ log(1 + s² · SNR),
+      SNR = ᾱ/(1−ᾱ), s = ``scale`` (default :data:`INFO_SCALE` = 8), between index T−1 and index 0, rounded
+      as for ``logsnr``. u is the mutual information I(x_0; x_t) per dimension of Gaussian data with
+      standard deviation s, so equal steps in u are equal gains of information about x_0. Where
+      σ/α = SNR^(−1/2) is below s, u ≈ ½ log SNR + log s and the points are log-SNR-uniform; where the noise
+      swamps data of scale s (σ/α ≫ s), x̂_0 hardly moves and u ≈ s² · SNR / 2 packs that part of the
+      schedule into one or two steps. s → ∞ gives ``logsnr``. It depends on the schedule and on s alone, not
+      on the data; s = 8 is 8× the largest per-pixel standard deviation that data in [-1, 1] can have (1),
+      and, like EDM's σ_max = 80, a bound rather than a fitted value. With an exact model it gives the lowest
+      W2 for every sampler but dpmpp-3m at 20 calls (see :data:`DEFAULT_SPACING`).
     """
     if spacing == "info" and not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale (the data scale s of the 'info' spacing) must be a number > 0; got {scale!r}")
@@ -220,22 +229,27 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "linspace", 
     elif spacing == "trailing":
         idx = (T - 1 - torch.arange(steps, dtype=torch.float64) * (T / steps)).round().long()
         idx[-1] = 0
-    elif spacing == "logsnr":
+    else:  # logsnr and info: log-SNR targets, each rounded to the index with the nearest log-SNR
         lam = log_snr(schedule.alphas_cumprod)  # decreasing in t
-        targets = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
-        idx = _nearest_unique(lam, targets)
-    else:  # info
-        lam = log_snr(schedule.alphas_cumprod)  # decreasing in t
-        # (1) u = ½ log(1 + s² SNR), computed stably as ½ softplus(log SNR + 2 log s).
-        u = 0.5 * torch.nn.functional.softplus(lam + 2 * math.log(scale))
-        u_targets = torch.linspace(u[0].item(), u[-1].item(), steps, dtype=torch.float64)
-        # (2) back to log SNR: SNR = (e^{2u} − 1)/s², then the same nearest-index rounding as logsnr.
-        targets = torch.log(torch.expm1(2 * u_targets)) - 2 * math.log(scale)
+        if spacing == "logsnr":
+            targets = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
+        else:
+            targets = _info_targets(lam, steps, scale)
         idx = _nearest_unique(lam, targets)
     idx = torch.unique(idx)  # sorted ascending
     if idx.numel() != steps:  # cannot happen for the rules above; guard against silent changes
         raise AssertionError(f"spacing {spacing!r} gave {idx.numel()} distinct indices for steps={steps}")
     return idx.flip(0)
+
+
+def _info_targets(lam: Tensor, steps: int, scale: float) -> Tensor:
+    """``steps`` log-SNR values (float64, decreasing) evenly spaced in u = ½ log(1 + s² SNR), s = ``scale``,
+    from lam[0] to lam[-1] of the decreasing log-SNR table ``lam`` (T,)."""
+    # (1) u = ½ log(1 + s² SNR), computed stably as ½ softplus(log SNR + 2 log s).
+    u = 0.5 * torch.nn.functional.softplus(lam + 2 * math.log(scale))
+    u_targets = torch.linspace(u[0].item(), u[-1].item(), steps, dtype=torch.float64)
+    # (2) back to log SNR: SNR = (e^{2u} − 1)/s².
+    return torch.log(torch.expm1(2 * u_targets)) - 2 * math.log(scale)
 
 
 def _nearest_unique(lam: Tensor, targets: Tensor) -> Tensor:

@@ -47,13 +47,15 @@ class UNetConfig:
     head_channels: int | None = None  # when set, overrides num_heads: heads = channels // head_channels
     num_classes: int | None = None
     groups: int = 32  # GroupNorm groups; reduced to a divisor of the channel count for narrow layers
-    # How each stride-2 downsampling conv pads: "symmetric" (1 pixel on every side, the default and what every
-    # older checkpoint used) or "same" (1 pixel on the right and bottom only: TensorFlow's "SAME", as in the
-    # DDPM authors' model and diffusers' downsample_padding=0). Same weights, different outputs.
+    # How each stride-2 downsampling conv pads: "symmetric" (1 pixel on every side; the default, so also what a
+    # checkpoint that does not record this field was made with) or "same" (1 pixel on the right and bottom only:
+    # TensorFlow's "SAME", as in the DDPM authors' model and diffusers' downsample_padding=0). Same weights,
+    # different outputs.
     downsample_padding: str = "symmetric"
     # How each residual block takes the time (and label) embedding: added per channel after the first conv
-    # (False, the DDPM authors' and every older checkpoint's), or as a scale and shift of the second GroupNorm,
-    # h = GN(h)·(1 + s) + b ("adaptive GroupNorm", Dhariwal & Nichol 2021; diffusers' "scale_shift").
+    # (False: the DDPM authors' choice, and what a checkpoint that does not record this field means), or as a
+    # scale and shift of the second GroupNorm, h = GN(h)·(1 + s) + b ("adaptive GroupNorm", Dhariwal & Nichol
+    # 2021; diffusers' "scale_shift").
     scale_shift_norm: bool = False
 
     def __post_init__(self) -> None:
@@ -114,7 +116,8 @@ class UNetConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU budgets (8×8 digits, 28×28 Fashion-MNIST): three levels (28/14/7), the only attention is the middle
     # block's at the lowest one. The third level won the 10- and 25-minute screens, and adaptive GroupNorm
-    # (scale_shift_norm) every comparison from 3,000 steps to 25 minutes (BENCHMARKS.md, issue 9).
+    # (scale_shift_norm) every comparison from 3,000 steps to 25 minutes (BENCHMARKS.md: "Network shape and batch
+    # size at equal wall-clock", "Adaptive GroupNorm, AdamW β2 = 0.99 and stratified timesteps").
     "tiny": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(),
                  dropout=0.0, image_size=8, scale_shift_norm=True),
     # 28×28 / 32×32: a few M params, attention at the 7×7 / 8×8 level.

@@ -1,11 +1,11 @@
-"""The study note's Diffusion class, with each of the note's bugs pinned down by a test."""
+"""ddpm.compat.Diffusion, the tutorials' class: each way the tutorial code commonly goes wrong pinned down by a test."""
 
 import math
 
 import torch
 
 import ddpm
-from ddpm.study_note import Diffusion
+from ddpm.compat import Diffusion
 
 
 def test_sample_timesteps_covers_0_and_last():
@@ -22,7 +22,7 @@ def test_noise_images_returns_the_noise_it_added():
     t = torch.arange(0, 1000, 1000 // 16)[:16]
     x_t, eps = d.noise_images(x0, t, generator=torch.Generator().manual_seed(3))
     ab = d.alpha_hat[t].view(-1, 1, 1, 1)
-    # The note's float32 tables against q_sample's float64 ones: a few float32 ulps of |ε| ≤ 5.
+    # The tutorial-style float32 tables against q_sample's float64 ones: a few float32 ulps of |ε| ≤ 5.
     assert torch.allclose(x_t, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, atol=4e-6)
     assert torch.allclose(x_t, ddpm.q_sample(x0, t, eps, d.schedule), atol=0)
 

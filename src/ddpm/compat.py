@@ -1,8 +1,13 @@
-"""The study note's ``Diffusion`` class, kept for its friendly names and made correct.
+"""``Diffusion``: the class of the popular DDPM tutorials, with their method names, on this package's functions.
 
-Fixes over the note: the model is given the timestep; the noise returned by ``noise_images`` is the
-noise that was added; timestep 0 is trained and sampled; x_0 is clipped while sampling; the device
-and image size are arguments; images are rounded, not truncated, to uint8.
+Much DDPM tutorial code keeps the whole process in one object, ``Diffusion(noise_steps, beta_start, beta_end,
+img_size, ...)``, with three methods: ``noise_images(x, t)`` (the forward process, returning x_t and the noise),
+``sample_timesteps(n)`` (training's draw of t) and ``sample(model, n)`` (generation, as uint8 images). This
+class keeps those names and keyword arguments for code written in that style, and does the work with the package's
+exact functions (:meth:`ddpm.Schedule.linear`, :func:`ddpm.q_sample`, :func:`ddpm.sample`): the model is given
+the timestep; ``noise_images`` returns the very noise it added; t runs over 0..T−1, index 0 included, in
+training and sampling; x̂_0 is clipped to [-1, 1] while sampling; the device and image size are arguments; images
+are rounded, not truncated, to uint8.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from .schedule import Schedule
 
 
 class Diffusion:
-    """DDPM with a linear β schedule, in the study note's vocabulary.
+    """DDPM with a linear β schedule, in the tutorials' vocabulary.
 
     ``beta``, ``alpha`` and ``alpha_hat`` are float32 copies (on ``device``) of the float64 tables in
-    ``self.schedule``, for code written against the note.
+    ``self.schedule``, for code written against the tutorials.
     """
 
     def __init__(self, noise_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
@@ -52,7 +57,7 @@ class Diffusion:
                generator: Generators = None, progress: bool = False) -> Tensor:
         """Generate n images with ``model(x_t, t[, labels])``: uint8 tensor (n, C, H, W), rounded.
 
-        ``cfg_scale`` is the classifier-free guidance weight (the note's name for ``guidance``).
+        ``cfg_scale`` is the classifier-free guidance weight (the tutorials' name for ``guidance``).
         """
         was_training = getattr(model, "training", False)
         if hasattr(model, "eval"):
