@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 import ddpm
-from ddpm.sampling import DEFAULT_SPACING, SAMPLERS, make_denoiser
-from ddpm.schedule import SPACINGS
+from ddpm.sampling import SAMPLERS, make_denoiser
+from ddpm.schedule import DEFAULT_SPACING, SPACINGS
 from ddpm.testing import GaussianOracle, affine_gaussian
 
 EVALS = (5, 10, 20, 50, 100, 1000)
@@ -221,13 +221,13 @@ def default_spacing(rows: dict) -> list[str]:
     samplers: no sampling noise), else on the Monte Carlo W2; the target is within 10% of the best."""
     labels = {name: label for label, name, opts, _ in CONFIGS if not opts}  # each sampler with its defaults
     out = ["", "## sample()'s default spacing", "",
-           "`ddpm.sample(..., sampler=S, steps=K)` without `spacing` uses `DEFAULT_SPACING[S]`; target: within 10% "
+           "`ddpm.sample(..., sampler=S, steps=K)` without `spacing` uses `DEFAULT_SPACING`; target: within 10% "
            "of the best spacing for S at K = 10 and 20. Score: exact W2 for deterministic samplers (Monte Carlo "
            "W2 in brackets), Monte Carlo W2 for the others.", "",
            "| sampler | default spacing | K | default | best spacing | best | default / best | within 10% |",
            "|---|---|---:|---:|---|---:|---:|---|"]
     for name, label in labels.items():
-        spacing = DEFAULT_SPACING[name]
+        spacing = DEFAULT_SPACING
         mine = {sp: rows[f"{label} / {sp}"] for sp in SPACINGS if f"{label} / {sp}" in rows}
         if spacing not in mine:
             out.append(f"| {name} | {spacing} | – | not measured | | | | |")

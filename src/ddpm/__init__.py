@@ -18,8 +18,8 @@ from .diffusion import (
 from .errors import UserError
 from .likelihood import VariationalBound, bits_per_dim
 from .losses import Objective
-from .sampling import DEFAULT_SPACING, SAMPLERS, image_generators, sample, sampler_options
-from .schedule import Schedule, spaced_timesteps
+from .sampling import SAMPLERS, image_generators, sample, sampler_options
+from .schedule import DEFAULT_SPACING, Schedule, spaced_timesteps
 from .unet import PRESETS, UNet, UNetConfig
 
 __version__ = "0.1.0"
