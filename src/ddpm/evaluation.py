@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoint import file_sha256, load_model, resolve_checkpoint
-from .data import _decode, _image_files, load_dataset
+from .data import decode_image, image_files, load_dataset
 from .errors import ParameterError, UserError, check_at_least
 from .evaluate import kid, memorization, precision_recall
 from .generate import check_sampler, choose_sampler, draw, resolve_label
@@ -124,7 +124,7 @@ def read_samples(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             raise UserError(f"{path} holds no images")
         return _from_nhwc(arr, str(path)), {"source": str(path), "format": f"npz array {key!r}"}
     files, skipped, meta = [], 0, []
-    for p in _image_files(path, recursive=False):
+    for p in image_files(path, recursive=False):
         with Image.open(p) as im:
             text = dict(getattr(im, "text", {}) or {})
         if text.get("ddpm:kind", "sample") != "sample":  # grid.png, trajectories, interpolations
@@ -144,7 +144,7 @@ def read_samples(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     arrays = []
     for p in files:
         try:
-            arrays.append(_decode(p))
+            arrays.append(decode_image(p))
         except Exception:  # noqa: BLE001 - any decoder failure means the same to the user
             raise UserError(f"{p} cannot be read as an image: remove it or fix it") from None
     shapes = {a.shape for a in arrays}
