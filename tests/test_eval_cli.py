@@ -14,6 +14,7 @@ from PIL import Image
 from ddpm.checkpoint import file_sha256, resolve_checkpoint
 from ddpm.cli import main
 from ddpm.inception import INCEPTION_SHA256
+from ddpm.reference import subset_indices
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +157,6 @@ def test_eval_nll_is_the_library_bound_with_its_protocol(run_dir, tmp_path, cach
     import torch
 
     from ddpm import bits_per_dim, image_generators, load_dataset, load_model
-    from ddpm.scoring import subset_indices
-
     out = tmp_path / "nll"
     assert run(["eval", "--checkpoint", str(run_dir), "--nll", "--nll-num", "3", "--nll-variance", "beta",
                 "--batch-size", "2", "--out", str(out)], cache) == 0

@@ -4,7 +4,7 @@ Two ways in: ``--checkpoint RUN`` samples ``--num`` images first (written as sam
 so they can be scored again with ``--samples``); ``--samples DIR|FILE.npz`` scores images that exist.
 The terminal gets a short table; ``eval.json`` gets every figure and the protocol that produced it
 (image counts, reference split and subset, extractor files and hashes, resize, sampler, seeds, checkpoint
-hash). Reference features are cached (see :mod:`ddpm.scoring`), so a second evaluation against the same
+hash). Reference features are cached (see :mod:`ddpm.reference`), so a second evaluation against the same
 data embeds only the generated images.
 """
 
@@ -28,21 +28,15 @@ from . import __version__
 from .checkpoint import file_sha256, load_model, resolve_checkpoint
 from .data import decode_image, image_files, load_dataset
 from .errors import ParameterError, UserError, check_at_least
-from .evaluate import kid, memorization, precision_recall
+from .featurenet import featurenet_for
 from .generate import check_sampler, choose_sampler, draw, resolve_label
 from .images import make_grid, save_png
 from .inception import Inception
 from .likelihood import bits_per_dim
+from .metrics import kid, memorization, precision_recall
+from .reference import default_cache_dir, fd_against, reference_features, subset_indices, to_pixels
 from .runtime import pick_device
 from .sampling import image_generators
-from .scoring import (
-    default_cache_dir,
-    fd_against,
-    featurenet_for,
-    reference_features,
-    subset_indices,
-    to_pixels,
-)
 
 METRICS = ("fid", "kid", "pr", "fd")  # a new metric: add its name here and a block in _score
 INCEPTION_METRICS = ("fid", "kid", "pr")
@@ -422,6 +416,9 @@ def _score(metrics: list[str], gen: np.ndarray, ref: np.ndarray, data_spec: str,
     if "fd" in metrics:
 
         train = load_dataset(data_spec, image_size)
+        if cfg.featurenet is None and train.labels is None:
+            raise ParameterError(f"{{metrics}} fd needs a labelled data set (FeatureNet is a classifier), and "
+                                 f"{data_spec} has no labels: use class subfolders, or {{metrics}} fid")
         fnet = featurenet_for(train.as_uint8(), train.labels, data_spec, cache_dir, cfg.featurenet,
                               device, _log)
         f_gen, f_ref, mean, cov, cache_note = _embed(fnet, gen, ref, info, cfg, cache_dir, progress)
