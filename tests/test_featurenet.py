@@ -81,9 +81,11 @@ def test_load_refuses_a_file_that_is_not_a_feature_net(tmp_path):
     save_safetensors(path, {"w": torch.zeros(2)}, {"format": "something else"})
     with pytest.raises(ValueError, match="not a FeatureNet file"):
         load_feature_net(path)
-    with pytest.raises(ParameterError) as info:
+    with pytest.raises(ValueError, match="not a FeatureNet file"):
         FeatureNetExtractor(path)
-    assert info.value.render({"path": "--featurenet"}.__getitem__).startswith(f"--featurenet {path}: {path} is not")
+    with pytest.raises(ParameterError) as info:
+        featurenet_for(np.zeros((2, 1, 4, 4), np.uint8), None, "x", tmp_path, featurenet=path)
+    assert str(info.value).startswith(f"featurenet {path}: {path} is not a FeatureNet file")
 
 
 def test_featurenet_epochs_is_about_300_steps():
@@ -113,15 +115,15 @@ def test_featurenet_for_trains_once_per_content_and_extracts_its_features(tmp_pa
     featurenet_for(pixels, 1 - labels, "halves", tmp_path, log=said.append)
     assert len(said) == 2 and len(list((tmp_path / "featurenet").iterdir())) == 2
     # A given file is used as it is.
-    assert featurenet_for(pixels, None, "halves", tmp_path / "unused", path=files[0]).sha256 == ext.sha256
+    assert featurenet_for(pixels, None, "halves", tmp_path / "unused", featurenet=files[0]).sha256 == ext.sha256
 
 
 def test_featurenet_for_errors_name_the_parameter(tmp_path):
     pixels, _ = halves(4, 8)
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(ParameterError) as info:
-        featurenet_for(pixels, None, "halves", tmp_path, path=missing)
-    assert info.value.render({"path": "--featurenet"}.__getitem__) == (
+        featurenet_for(pixels, None, "halves", tmp_path, featurenet=missing)
+    assert info.value.render(lambda name: "--" + name) == (  # the CLI's flag for it: --featurenet
         f"--featurenet {missing}: no such file; drop the flag to use (or train) the cached one")
     with pytest.raises(ParameterError, match="train_labels is None.*halves has no labels"):
         featurenet_for(pixels, None, "halves", tmp_path)

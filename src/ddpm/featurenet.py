@@ -165,10 +165,7 @@ class FeatureNetExtractor:
     name = "featurenet"
 
     def __init__(self, path: Path, device: str | torch.device = "cpu") -> None:
-        try:
-            net, self.meta = load_feature_net(path)
-        except ValueError as e:
-            raise ParameterError(f"{{path}} {path}: {e}") from None
+        net, self.meta = load_feature_net(path)  # ValueError when the file is not a FeatureNet
         self.path, self.sha256 = Path(path), file_sha256(path)
         self.device = torch.device(device)
         self.net = net.to(self.device)
@@ -198,21 +195,23 @@ def featurenet_epochs(n: int) -> int:
 
 
 def featurenet_for(train_pixels: np.ndarray, train_labels: Tensor | None, data_name: str, cache_dir: Path,
-                   path: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
+                   featurenet: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
                    log: Callable[[str], None] = print) -> FeatureNetExtractor:
-    """The FeatureNet of a data set: ``path`` if given, else the cached one for this train split's content.
+    """The FeatureNet of a data set: the file ``featurenet`` if given, else the cached one for this train split's
+    content.
 
     When none is cached it is trained once, on all of ``train_pixels`` uint8 (N, C, H, W) with their
     ``train_labels`` (N,), seeded, and saved; ``log`` says so and where. Unlabelled data (``train_labels``
-    None) raises ParameterError: the network is a classifier.
+    None) raises ParameterError: the network is a classifier. So does a file that is not a FeatureNet.
     """
-    if path is not None:
-        if not Path(path).is_file():
-            raise ParameterError(f"{{path}} {path}: no such file; drop the flag to use (or train) the cached one")
-        return FeatureNetExtractor(Path(path), device)
+    if featurenet is not None:
+        if not Path(featurenet).is_file():
+            raise ParameterError(f"{{featurenet}} {featurenet}: no such file; drop the flag to use (or train) the "
+                                 "cached one")
+        return _extractor(Path(featurenet), device)
     if train_labels is None:
         raise ParameterError(f"{{train_labels}} is None: a FeatureNet is a classifier, and {data_name} has no labels; "
-                             "use class subfolders, or pass {path} to a trained FeatureNet")
+                             "use class subfolders, or pass {featurenet}")
     key = content_sha256(train_pixels, train_labels)
     file = cache_dir / "featurenet" / f"featurenet-v{CACHE_VERSION}-{key[:20]}.safetensors"
     if not file.is_file():
@@ -226,4 +225,12 @@ def featurenet_for(train_pixels: np.ndarray, train_labels: Tensor | None, data_n
                 "train_accuracy": f"{accuracy(net, images, train_labels):.4f}",
                 "train_seconds": f"{time.perf_counter() - t0:.0f}"}
         save_feature_net(net, file, meta)
-    return FeatureNetExtractor(file, device)
+    return _extractor(file, device)
+
+
+def _extractor(file: Path, device: str | torch.device) -> FeatureNetExtractor:
+    """The extractor of a FeatureNet file; a file that is not one raises ParameterError naming ``featurenet``."""
+    try:
+        return FeatureNetExtractor(file, device)
+    except ValueError as e:
+        raise ParameterError(f"{{featurenet}} {file}: {e}") from None
