@@ -40,16 +40,9 @@ import torch
 import ddpm
 from ddpm.checkpoint import load_model
 from ddpm.data import load_dataset
-from ddpm.evaluate import (
-    accuracy,
-    extract_features,
-    frechet_distance,
-    kid,
-    load_feature_net,
-    save_feature_net,
-    train_feature_net,
-)
+from ddpm.featurenet import accuracy, extract_features, load_feature_net, save_feature_net, train_feature_net
 from ddpm.images import to_uint8 as images_to_uint8
+from ddpm.metrics import frechet_distance, kid
 from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, image_generators, sampler_options
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ddpm.data import FASHION_MNIST_CLASSES, ImageDataset, load_dataset
-from ddpm.errors import UserError
+from ddpm.errors import ParameterError, UserError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -111,13 +111,13 @@ def test_fashion_mnist():
 
 def test_fashion_mnist_not_found(tmp_path):
     msg = user_error("Fashion-MNIST was not found", "fashion-mnist", fashion_mnist_dir=tmp_path)
-    assert str(tmp_path) in msg and "apt-get install dataset-fashion-mnist" in msg and "--data PATH" in msg
+    assert str(tmp_path) in msg and "apt-get install dataset-fashion-mnist" in msg and "spec PATH" in msg
 
 
 def test_missing_path_names_known_datasets(tmp_path):
     msg = user_error("no such file or folder", str(tmp_path / "nope"))
     assert "digits" in msg and "fashion-mnist" in msg
-    user_error("--data is empty", "")
+    user_error("spec is empty", "")
 
 
 @pytest.mark.parametrize("size", [0, -3, 2.5, "32", True])
@@ -188,7 +188,7 @@ def test_idx_resize_and_non_square(tmp_path):
     px = np.zeros((1, 4, 8), np.uint8)  # H=4, W=8: columns 2..5 (the centre) are white
     px[:, :, 2:6] = 255
     path = write_idx_images(tmp_path / "wide-images-idx3-ubyte", px)
-    user_error("not square.*--image-size", str(path))
+    user_error("not square.*image_size", str(path))
     crop = load_dataset(str(path), image_size=4)  # center crop, no resampling needed
     assert crop.images.shape == (1, 1, 4, 4) and crop.images.eq(1.0).all()
     small = load_dataset(str(path), image_size=2)  # crop then antialiased downsize: still all white
@@ -394,7 +394,7 @@ def test_bad_images_with_and_without_skip_bad(tmp_path):
     for i in range(5):
         (tmp_path / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     msg = user_error("5 file.* could not be read", str(tmp_path))
-    assert "broken0.png" in msg and "and 2 more" in msg and "--skip-bad" in msg
+    assert "broken0.png" in msg and "and 2 more" in msg and "skip_bad" in msg
     ds = load_dataset(str(tmp_path), skip_bad=True)
     assert len(ds) == 1 and ds.images.eq(1.0).all()
     assert ds.skipped == [f"broken{i}.png" for i in range(5)]
@@ -407,11 +407,11 @@ def test_bad_images_with_and_without_skip_bad(tmp_path):
 def test_sizes_need_image_size(tmp_path):
     save(gray(0, (4, 4)), tmp_path / "a.png")
     save(gray(0, (6, 6)), tmp_path / "b.png")
-    user_error("different sizes.*--image-size N", str(tmp_path))
+    user_error("different sizes.*image_size N", str(tmp_path))
     assert load_dataset(str(tmp_path), image_size=3).images.shape == (2, 1, 3, 3)
     other = tmp_path / "rect"
     save(gray(0, (6, 4)), other / "c.png")
-    user_error("6x4, not square.*--image-size N", str(other))
+    user_error("6x4, not square.*image_size N", str(other))
 
 
 @pytest.mark.parametrize("wide", [True, False])
@@ -494,3 +494,31 @@ def test_splits_that_do_not_exist(tmp_path):
     user_error("has no test split", str(tmp_path), split="test")
     user_error("unknown split 'valid'", "digits", split="valid")
     assert len(load_dataset(str(tmp_path), split="train")) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# errors name the parameter; the CLI shows its flag there
+
+
+CLI_FLAGS = {"spec": "--data", "image_size": "--image-size", "skip_bad": "--skip-bad"}
+
+
+def cli_text(*args, **kwargs) -> str:
+    """The message of load_dataset's ParameterError as the CLI prints it (the flags in place of the names)."""
+    with pytest.raises(ParameterError) as info:
+        load_dataset(*args, **kwargs)
+    return info.value.render(CLI_FLAGS.__getitem__)
+
+
+def test_parameter_errors_read_as_flags_through_the_cli(tmp_path):
+    missing = str(tmp_path / "nope")
+    assert cli_text(missing) == (f"--data {missing!r}: no such file or folder, and not a known dataset name "
+                                 "(known: digits, fashion-mnist)")
+    assert cli_text(" ") == "--data is empty; pass a folder of images, a dataset file, or one of: digits, fashion-mnist"
+    save(gray(0, (4, 4)), tmp_path / "a" / "x.png")
+    save(gray(0, (6, 6)), tmp_path / "a" / "y.png")
+    assert cli_text(str(tmp_path / "a")) == (f"images in {tmp_path / 'a'} have different sizes (4x4, 6x6); pass "
+                                             "--image-size N to resize and center-crop them to NxN")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bad.png").write_bytes(b"junk")
+    assert cli_text(str(tmp_path / "b")).endswith("fix or remove them, or pass --skip-bad to skip them")

@@ -3,6 +3,8 @@
 Inception runs at ~8 images/s on one CPU thread, so the FID runs here embed a few dozen images.
 """
 
+import argparse
+import dataclasses
 import json
 import math
 
@@ -12,8 +14,10 @@ from conftest import TRAIN
 from PIL import Image
 
 from ddpm.checkpoint import file_sha256, resolve_checkpoint
-from ddpm.cli import main
+from ddpm.cli import build_parser, main
+from ddpm.evaluation import EvalSettings
 from ddpm.inception import INCEPTION_SHA256
+from ddpm.reference import subset_indices
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +119,11 @@ def test_bad_input_is_one_line_and_overwrites_nothing(run_dir, tmp_path, cache, 
         (["--samples", str(fine), "--data", "digits", "--num", "3", "--metrics", "pr"], "more than k = 3"),
         (["--samples", str(fine), "--checkpoint", str(run_dir), "--data", "digits"], "exactly one"),
         (["--checkpoint", str(run_dir), "--num", "2000", "--out", str(tmp_path / "n")], "larger than the reference"),
+        (["--samples", str(fine), "--data", str(fine), "--metrics", "fd"],
+         f"--metrics fd needs a labelled data set (FeatureNet is a classifier), and {fine} has no labels"),
+        (["--samples", str(fine), "--data", "digits", "--metrics", "fd", "--featurenet", str(tmp_path / "no.st")],
+         f"error: --featurenet {tmp_path / 'no.st'}: no such file"),
+        (["--samples", str(fine), "--data", str(tmp_path / "none")], f"error: --data '{tmp_path / 'none'}': no such"),
     ]
     for argv, match in cases:
         assert run(["eval", *argv], cache) == 2, argv
@@ -156,8 +165,6 @@ def test_eval_nll_is_the_library_bound_with_its_protocol(run_dir, tmp_path, cach
     import torch
 
     from ddpm import bits_per_dim, image_generators, load_dataset, load_model
-    from ddpm.scoring import subset_indices
-
     out = tmp_path / "nll"
     assert run(["eval", "--checkpoint", str(run_dir), "--nll", "--nll-num", "3", "--nll-variance", "beta",
                 "--batch-size", "2", "--out", str(out)], cache) == 0
@@ -173,3 +180,18 @@ def test_eval_nll_is_the_library_bound_with_its_protocol(run_dir, tmp_path, cach
     assert "NLL" in capsys.readouterr().out
     assert run(["eval", "--samples", str(out), "--data", "digits", "--nll"], cache) == 2
     assert "--nll needs --checkpoint" in capsys.readouterr().err
+
+
+def test_eval_settings_fields_declare_the_flags():
+    """Each EvalSettings field with a flag carries that flag's help, metavar, choices and default, in help order."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["eval"]
+    fields = [f for f in dataclasses.fields(EvalSettings) if f.metadata.get("cli", True)]
+    for f in fields:
+        action = sub._option_string_actions["--" + f.name.replace("_", "-")]
+        assert action.help == f.metadata["help"], f.name
+        assert action.metavar == f.metadata.get("metavar"), f.name
+        assert list(action.choices or []) == list(f.metadata.get("choices", [])), f.name
+        assert action.default == f.default, f.name
+    names = {f.name for f in fields}
+    assert [a.dest for a in sub._actions if a.dest in names] == [f.name for f in fields]

@@ -2,7 +2,9 @@
 
 Everything ends up as one :class:`ImageDataset` of square images ``(N, C, H, W)``, C = 1 (grayscale) or
 3 (colour), with optional int64 class labels ``(N,)``; ``images`` gives them as float32 in [-1, 1].
-``load_dataset`` takes the string a user gave to ``--data`` and works out which of the formats it is.
+``load_dataset`` takes the string a user gave to ``--data`` and works out which of the formats it is. Errors
+about a bad argument are :class:`~ddpm.errors.ParameterError` naming ``{spec}``, ``{image_size}`` or
+``{skip_bad}``: the CLI shows its flags there.
 
 The 8-bit mapping is x / 127.5 - 1, so 0 -> -1 and 255 -> 1 exactly (16-bit images: x / 257 first).
 The set is held as its uint8 codes (a quarter of float32's memory) wherever that is lossless: 8-bit
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from .errors import UserError
+from .errors import ParameterError, UserError
 from .images import to_uint8
 
 KNOWN_DATASETS = ("digits", "fashion-mnist")
@@ -134,6 +136,18 @@ def load_dataset(
     ``skip_bad`` skips image files that fail to decode (their names go to ``ImageDataset.skipped``)
     instead of raising. Returns images ``(N, C, S, S)`` float32 in [-1, 1]. Raises ``UserError``.
     """
+    _check_request(spec, image_size, split)
+    if spec == "digits":
+        if split == "test":
+            raise UserError("the digits set has no test split (training uses all 1797 images): use the train split")
+        return _load_digits(image_size)
+    if spec == "fashion-mnist":
+        return _load_fashion_mnist(Path(fashion_mnist_dir), image_size, split)
+    return _load_path(spec, image_size, skip_bad, Path(fashion_mnist_dir), split)
+
+
+def _check_request(spec: str, image_size: int | None, split: str) -> None:
+    """Refuse a bad ``image_size``, ``split`` or an empty ``spec`` before reading anything."""
     if image_size is not None and (
         isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1
     ):
@@ -141,27 +155,27 @@ def load_dataset(
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: choose train or test")
     if not spec or not spec.strip():
-        raise UserError(
-            f"--data is empty; pass a folder of images, a dataset file, or one of: {', '.join(KNOWN_DATASETS)}"
+        raise ParameterError(
+            f"{{spec}} is empty; pass a folder of images, a dataset file, or one of: {', '.join(KNOWN_DATASETS)}"
         )
-    if spec == "digits":
-        if split == "test":
-            raise UserError("the digits set has no test split (training uses all 1797 images): use the train split")
-        return _load_digits(image_size)
-    if spec == "fashion-mnist":
-        return _load_fashion_mnist(Path(fashion_mnist_dir), image_size, split)
 
+
+def _load_path(spec: str, image_size: int | None, skip_bad: bool, fashion_mnist_dir: Path,
+               split: str) -> ImageDataset:
+    """``spec`` as a path: an IDX file, or a folder of CIFAR batches, IDX files or images."""
     path = Path(spec).expanduser()
     if not path.exists():
         known = ", ".join(KNOWN_DATASETS)
-        raise UserError(f"--data {spec!r}: no such file or folder, and not a known dataset name (known: {known})")
+        raise ParameterError(f"{{spec}} {spec!r}: no such file or folder, and not a known dataset name "
+                             f"(known: {known})")
     if path.is_file():
         if split == "test":
-            raise UserError(f"--data {spec!r} is one IDX file, which has no test split: pass the test file itself "
-                            "as the data, with the train split")
+            raise ParameterError(f"{{spec}} {spec!r} is one IDX file, which has no test split: pass the test file "
+                                 "itself as the data, with the train split")
         return _load_idx_file(path, image_size)
     if not path.is_dir():
-        raise UserError(f"--data {spec!r} is neither a file nor a folder; pass a folder of images or a dataset file")
+        raise ParameterError(f"{{spec}} {spec!r} is neither a file nor a folder; pass a folder of images or a dataset "
+                             "file")
 
     cifar = _find_cifar(path, split)
     if cifar is not None:
@@ -169,7 +183,7 @@ def load_dataset(
     idx = _find_idx_images(path, split)
     if idx is not None:
         # the Fashion-MNIST folder given as a path still gets its class names
-        is_fashion = path.resolve() == Path(fashion_mnist_dir).expanduser().resolve()
+        is_fashion = path.resolve() == fashion_mnist_dir.expanduser().resolve()
         return _load_idx_file(idx, image_size, names=FASHION_MNIST_CLASSES if is_fashion else None)
     if split == "test":
         raise UserError(f"{spec} has no test split (no t10k/test IDX file or CIFAR test batch; a folder of images "
@@ -197,7 +211,8 @@ def _fit_codes(codes: np.ndarray, levels: int, image_size: int | None, source: s
     h, w = images.shape[-2:]
     if image_size is None:
         if h != w:
-            raise UserError(f"{source} holds {h}x{w} images, not square; pass --image-size N to center-crop them")
+            raise ParameterError(f"{source} holds {h}x{w} images, not square; pass {{image_size}} N to center-crop "
+                                 "them")
         return images
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
@@ -273,9 +288,9 @@ def _load_fashion_mnist(folder: Path, image_size: int | None, split: str = "trai
         if images_file.is_file():
             break
     else:
-        raise UserError(
+        raise ParameterError(
             f"Fashion-MNIST was not found in {folder} (no {prefix}-images-idx3-ubyte[.gz]); install it with "
-            "`apt-get install dataset-fashion-mnist`, or download the IDX files and pass --data PATH to them"
+            "`apt-get install dataset-fashion-mnist`, or download the IDX files and pass {spec} PATH to them"
         )
     if _label_file_for(images_file) is None:
         raise UserError(
@@ -325,8 +340,9 @@ def _find_idx_images(folder: Path, split: str = "train") -> Path | None:
     if split == "test":
         test = [p for p in files if p.name.lower().startswith(("t10k", "test"))]
         if len(test) != 1:
-            raise UserError(f"{folder} holds {len(test)} test IDX image files (named t10k-* or test-*) among "
-                            f"{', '.join(p.name for p in files)}; pass --data PATH to the test file, train split")
+            raise ParameterError(f"{folder} holds {len(test)} test IDX image files (named t10k-* or test-*) among "
+                                 f"{', '.join(p.name for p in files)}; pass {{spec}} PATH to the test file, "
+                                 "train split")
         return test[0]
     train = [p for p in files if p.name.lower().startswith("train")]
     if len(train) == 1:
@@ -334,7 +350,7 @@ def _find_idx_images(folder: Path, split: str = "train") -> Path | None:
     if len(files) == 1:
         return files[0]
     choices = ", ".join(p.name for p in (train or files))
-    raise UserError(f"{folder} holds several IDX image files ({choices}); pass --data PATH to the one to use")
+    raise ParameterError(f"{folder} holds several IDX image files ({choices}); pass {{spec}} PATH to the one to use")
 
 
 def _load_idx_file(
@@ -542,7 +558,8 @@ def _load_cifar(folder: Path, kind: str, files: list[Path], image_size: int | No
 # folders of images
 
 
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
+def image_files(folder: Path, recursive: bool) -> list[Path]:
+    """The image files (by extension) in ``folder``, or below it when ``recursive``, sorted; hidden ones left out."""
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         p
@@ -560,8 +577,10 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return np.rint(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
 
 
-def _decode(path: Path) -> np.ndarray:
-    """An image file as (H, W) gray or (H, W, 3) colour, values 0..255 (uint8, or float32 for 16-bit)."""
+def decode_image(path: Path) -> np.ndarray:
+    """An image file as (H, W) gray or (H, W, 3) colour, values 0..255 (uint8, or float32 for 16-bit).
+
+    Transparent pixels are composited onto white; an EXIF rotation is applied."""
     with Image.open(path) as img:
         img.load()
         img = ImageOps.exif_transpose(img)  # phone photos are often stored sideways with a rotate tag
@@ -597,8 +616,36 @@ def _list_names(paths: list[str], first: int = 3) -> str:
 
 
 def _load_image_folder(folder: Path, image_size: int | None, skip_bad: bool) -> ImageDataset:
-    top_files = _image_files(folder, recursive=False)
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p) and _image_files(p, True))
+    entries, names = _folder_entries(folder)
+    arrays, labels, bad = [], [], []
+    for path, label in entries:
+        try:
+            arr = decode_image(path)
+        except Exception:  # any decoder failure means "this file is not a readable image"
+            bad.append(str(path.relative_to(folder)))
+            continue
+        arrays.append(_fit(arr, image_size) if image_size is not None else arr)
+        labels.append(label)
+    if bad and not skip_bad:
+        raise ParameterError(
+            f"{len(bad)} file(s) in {folder} could not be read as images: {_list_names(bad)}; "
+            "fix or remove them, or pass {skip_bad} to skip them"
+        )
+    if not arrays:
+        raise UserError(f"none of the {len(entries)} image files in {folder} could be read; check the files")
+    if image_size is None:
+        _check_one_square_size(arrays, folder)
+    images = _stack(arrays)
+    labels_t = torch.tensor(labels, dtype=torch.int64) if names is not None else None
+    title = _describe(folder.name or str(folder), images, None if names is None else len(names))
+    return ImageDataset(images, labels_t, names, title, bad if skip_bad else [])
+
+
+def _folder_entries(folder: Path) -> tuple[list[tuple[Path, int]], list[str] | None]:
+    """(file, label) pairs of a folder of images and its class names: one class per subfolder (sorted by name),
+    or unlabelled (label -1, names None) when the images lie in the folder itself."""
+    top_files = image_files(folder, recursive=False)
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p) and image_files(p, True))
     if top_files and class_dirs:
         raise UserError(
             f"{folder} mixes image files ({_list_names([p.name for p in top_files])}) with class "
@@ -606,7 +653,7 @@ def _load_image_folder(folder: Path, image_size: int | None, skip_bad: bool) -> 
             "subfolder, or the subfolders out, so there is one layout"
         )
     if class_dirs:
-        entries = [(p, k) for k, d in enumerate(class_dirs) for p in _image_files(d, recursive=True)]
+        entries = [(p, k) for k, d in enumerate(class_dirs) for p in image_files(d, recursive=True)]
         names: list[str] | None = [d.name for d in class_dirs]
     else:
         entries = [(p, -1) for p in top_files]
@@ -616,53 +663,35 @@ def _load_image_folder(folder: Path, image_size: int | None, skip_bad: bool) -> 
             f"no images found in {folder}: expected PNG/JPEG/BMP/GIF/WebP files, one subfolder of them "
             "per class, IDX files, or a CIFAR-10/100 folder"
         )
+    return entries, names
 
-    arrays, labels, bad = [], [], []
-    for path, label in entries:
-        try:
-            arr = _decode(path)
-        except Exception:  # any decoder failure means "this file is not a readable image"
-            bad.append(str(path.relative_to(folder)))
-            continue
-        arrays.append(_fit(arr, image_size) if image_size is not None else arr)
-        labels.append(label)
-    if bad and not skip_bad:
-        raise UserError(
-            f"{len(bad)} file(s) in {folder} could not be read as images: {_list_names(bad)}; "
-            "fix or remove them, or pass --skip-bad to skip them"
+
+def _check_one_square_size(arrays: list[np.ndarray], folder: Path) -> None:
+    """Without ``image_size`` the images must share one square size."""
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        examples = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3])
+        raise ParameterError(
+            f"images in {folder} have different sizes ({examples}"
+            f"{', ...' if len(sizes) > 3 else ''}); pass {{image_size}} N to resize and center-crop "
+            "them to NxN"
         )
-    if not arrays:
-        raise UserError(f"none of the {len(entries)} image files in {folder} could be read; check the files")
+    ((h, w),) = sizes
+    if h != w:
+        raise ParameterError(
+            f"images in {folder} are {w}x{h}, not square; pass {{image_size}} N to resize and center-crop them to NxN"
+        )
 
-    if image_size is None:
-        sizes = {a.shape[:2] for a in arrays}
-        if len(sizes) > 1:
-            examples = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3])
-            raise UserError(
-                f"images in {folder} have different sizes ({examples}"
-                f"{', ...' if len(sizes) > 3 else ''}); pass --image-size N to resize and center-crop "
-                "them to NxN"
-            )
-        ((h, w),) = sizes
-        if h != w:
-            raise UserError(
-                f"images in {folder} are {w}x{h}, not square; pass --image-size N to resize and center-crop them to NxN"
-            )
 
+def _stack(arrays: list[np.ndarray]) -> Tensor:
+    """Decoded images of one size, (S, S) gray or (S, S, 3) colour -> ``ImageDataset.pixels`` (N, C, S, S).
+
+    Gray images among colour ones are broadcast to 3 channels. 8-bit files stay uint8; 16-bit ones (float32
+    0..255, not on the 8-bit grid) become float32 in [-1, 1]."""
     channels = 1 if all(a.ndim == 2 for a in arrays) else 3
     size = arrays[0].shape[0]
-    # 8-bit files stay uint8; 16-bit ones (float32 0..255, not on the 8-bit grid) become float32 in [-1, 1].
     eight_bit = all(a.dtype == np.uint8 for a in arrays)
     pixels = np.empty((len(arrays), channels, size, size), np.uint8 if eight_bit else np.float32)  # (N, C, S, S)
     for i, a in enumerate(arrays):
-        pixels[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # gray broadcasts to 3 channels
-    images = torch.from_numpy(pixels) if eight_bit else torch.from_numpy(pixels).div_(127.5).sub_(1.0)
-    labels_t = torch.tensor(labels, dtype=torch.int64) if names is not None else None
-    skipped = bad if skip_bad else []
-    return ImageDataset(
-        images,
-        labels_t,
-        names,
-        _describe(folder.name or str(folder), images, None if names is None else len(names)),
-        skipped,
-    )
+        pixels[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return torch.from_numpy(pixels) if eight_bit else torch.from_numpy(pixels).div_(127.5).sub_(1.0)

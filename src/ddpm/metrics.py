@@ -1,4 +1,4 @@
-"""Sample-quality measures: Fréchet distance and KID between feature sets, and a small feature network.
+"""Sample-quality measures between feature sets: Fréchet distance, KID, precision/recall, memorization.
 
 - :func:`frechet_distance` (FD, the measure behind FID, Heusel et al. 2017): the 2-Wasserstein distance
   between the Gaussians fitted to two feature sets (N, D) and (M, D).
@@ -10,27 +10,18 @@
   generated set's balls (recall: is the data's variety covered?).
 - :func:`nearest_neighbours` and :func:`memorization`: each generated sample's nearest training image,
   against the same distance for held-out real images (a model that copies is closer than real data is).
-- :class:`FeatureNet`: a compact CNN classifier for small grayscale images (28×28 Fashion-MNIST, 8×8
-  digits). Inception-v3 features make no sense at these sizes (and need a download), so the benchmark
-  trains this network on the real training split and uses its penultimate layer (the global-average-pooled
-  last convolution, like Inception's pool3) as the feature space. Numbers are therefore comparable only
-  between runs that use the same FeatureNet weights.
 
+The features come from :mod:`ddpm.inception` (FID's network) or :mod:`ddpm.featurenet` (a small classifier).
 Everything is computed in float64; random subsets take a ``torch.Generator``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-
-from .checkpoint import save_safetensors
+from torch import Tensor
 
 ArrayLike = Tensor | np.ndarray
 
@@ -234,132 +225,3 @@ def memorization(generated: ArrayLike, train: ArrayLike, held_out: ArrayLike | N
     threshold = float(torch.quantile(base, quantile))
     return {"distances": dist, "indices": idx, "baseline": base, "baseline_kind": kind, "threshold": threshold,
             "share_closer": float((dist < threshold).double().mean()), "quantile": quantile}
-
-
-# ---------------------------------------------------------------------------- feature network
-
-
-class FeatureNet(nn.Module):
-    """Compact CNN classifier for (B, C, S, S) images in [-1, 1]; ``features`` is its penultimate layer.
-
-    conv3×3(C→w) BN ReLU, maxpool 2 → conv3×3(w→2w) BN ReLU, maxpool 2 → conv3×3(2w→2w) BN ReLU →
-    global average pool → ``feature_dim`` = 2w features → linear → ``num_classes`` logits.
-    For 28×28 with w = 32: about 5.6M multiply-adds per image (28→14→7); 8×8 goes 8→4→2.
-    """
-
-    def __init__(self, channels: int = 1, num_classes: int = 10, width: int = 32):
-        super().__init__()
-        self.config = {"channels": int(channels), "num_classes": int(num_classes), "width": int(width)}
-        w = width
-        # BatchNorm makes the few CPU epochs count (without it: 80% test accuracy on Fashion-MNIST after 2).
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),  # (B, w, S/2, S/2)
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),  # (B, 2w, S/4, S/4)
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),  # (B, 2w, S/4, S/4)
-        )
-        self.head = nn.Linear(2 * w, num_classes)
-        self.feature_dim = 2 * w
-
-    def features(self, x: Tensor) -> Tensor:
-        """(B, C, S, S) → (B, feature_dim): the global-average-pooled last convolution (non-negative)."""
-        return self.body(x).mean(dim=(2, 3))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, S, S) → (B, num_classes) logits."""
-        return self.head(self.features(x))
-
-
-def train_feature_net(
-    images: Tensor,
-    labels: Tensor,
-    epochs: int = 2,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    seed: int = 0,
-    width: int = 32,
-    log: Callable[[str], None] | None = None,
-) -> FeatureNet:
-    """Train a :class:`FeatureNet` on ``images`` (N, C, S, S) in [-1, 1] and ``labels`` (N,) with Adam.
-
-    Seeded (init and batch order come from ``seed``), so the same data and thread count give the same
-    weights. Light augmentation is left out on purpose: the features should describe the data as it is.
-    """
-    if images.ndim != 4 or labels.shape != (images.shape[0],):
-        raise ValueError(f"want images (N, C, S, S) and labels (N,); "
-                         f"got {tuple(images.shape)} and {tuple(labels.shape)}")
-    torch.manual_seed(seed)
-    net = FeatureNet(images.shape[1], int(labels.max()) + 1, width)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    n = images.shape[0]
-    steps_total = epochs * math.ceil(n / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps_total, pct_start=0.15)
-    net.train()
-    t0 = time.perf_counter()
-    with torch.enable_grad():  # callers may sample under no_grad (the --eval-every hook): training needs grads
-        for epoch in range(epochs):
-            _feature_net_epoch(net, opt, sched, images, labels, torch.randperm(n, generator=gen), batch_size,
-                               epoch, epochs, t0, log)
-    return net.eval().requires_grad_(False)
-
-
-def _feature_net_epoch(net: FeatureNet, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                       images: Tensor, labels: Tensor, order: Tensor, batch_size: int, epoch: int, epochs: int,
-                       t0: float, log: Callable[[str], None] | None) -> None:
-    """One pass over ``images`` (N, C, S, S) in the order ``order`` (N,), logging loss and accuracy."""
-    n = images.shape[0]
-    total, correct, loss_sum = 0, 0, 0.0
-    for i in range(0, n, batch_size):
-        idx = order[i : i + batch_size]
-        x, y = images[idx], labels[idx]
-        logits = net(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += len(idx)
-        correct += int((logits.argmax(1) == y).sum())
-        loss_sum += loss.item() * len(idx)
-    if log is not None:
-        log(f"feature net epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.3f}, "
-            f"train acc {correct / total:.3f} ({time.perf_counter() - t0:.0f} s)")
-
-
-@torch.no_grad()
-def extract_features(net: FeatureNet, images: Tensor, batch_size: int = 500) -> Tensor:
-    """Features (N, feature_dim) float64 of images (N, C, S, S) in [-1, 1]."""
-    net.eval()
-    out = [net.features(images[i : i + batch_size].float()) for i in range(0, images.shape[0], batch_size)]
-    return torch.cat(out).double()
-
-
-@torch.no_grad()
-def accuracy(net: FeatureNet, images: Tensor, labels: Tensor, batch_size: int = 500) -> float:
-    """Share of ``images`` (N, C, S, S) that ``net`` classifies as ``labels`` (N,)."""
-    net.eval()
-    hits = sum(int((net(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
-               for i in range(0, images.shape[0], batch_size))
-    return hits / images.shape[0]
-
-
-def save_feature_net(net: FeatureNet, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
-    """Atomically write the weights and config to a safetensors file (no pickle)."""
-    meta = {k: str(v) for k, v in net.config.items()}
-    meta.update(metadata or {})
-    save_safetensors(path, net.state_dict(), meta)
-
-
-def load_feature_net(path: str | os.PathLike[str]) -> tuple[FeatureNet, dict[str, str]]:
-    """Read a file written by :func:`save_feature_net`: (network in eval mode, its metadata)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    try:
-        net = FeatureNet(int(meta["channels"]), int(meta["num_classes"]), int(meta["width"]))
-    except KeyError as e:
-        raise ValueError(f"{path} is not a FeatureNet file (metadata lacks {e})") from None
-    net.load_state_dict(load_file(str(path)))
-    return net.eval().requires_grad_(False), meta

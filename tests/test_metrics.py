@@ -1,23 +1,20 @@
+"""Tests for ddpm.metrics: FD, KID/MMD, precision/recall and memorization against closed forms and references."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from ddpm.evaluate import (
-    FeatureNet,
-    extract_features,
+from ddpm.metrics import (
     frechet_distance,
     gaussian_frechet_distance,
     kid,
-    load_feature_net,
     memorization,
     mmd2_unbiased,
     nearest_neighbours,
     polynomial_kernel,
     precision_recall,
-    save_feature_net,
-    train_feature_net,
 )
 
 
@@ -116,41 +113,6 @@ def test_kid_rejects_bad_subset_size():
     with pytest.raises(ValueError, match="subset_size"):
         kid(a, a, subset_size=21)
 
-
-@pytest.mark.parametrize("size", [8, 28])
-def test_feature_net_trains_and_round_trips(tmp_path, size):
-    g = torch.Generator().manual_seed(0)
-    # Two easy classes: bright top half vs bright bottom half.
-    labels = torch.arange(64) % 2
-    images = torch.full((64, 1, size, size), -1.0)
-    for i, y in enumerate(labels.tolist()):
-        half = slice(0, size // 2) if y == 0 else slice(size // 2, size)
-        images[i, 0, half] = 1.0
-    images += 0.1 * torch.randn(images.shape, generator=g)
-    net = train_feature_net(images, labels, epochs=8, batch_size=16, lr=5e-3, seed=0, width=8)
-    assert (net(images).argmax(1) == labels).float().mean() > 0.9
-    f = extract_features(net, images)
-    assert f.shape == (64, 16) and f.dtype == torch.float64
-    path = tmp_path / "feat.safetensors"
-    save_feature_net(net, path, {"note": "test"})
-    net2, meta = load_feature_net(path)
-    assert meta["note"] == "test" and isinstance(net2, FeatureNet)
-    assert torch.equal(extract_features(net2, images), f)
-
-
-
-def test_feature_net_trains_the_same_under_no_grad():
-    """The --eval-every hook samples under torch.no_grad() and trains the FeatureNet there on a cold cache: the
-    training must turn gradients back on and give the same weights as outside no_grad."""
-    images = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    labels = torch.arange(32) % 2
-    outside = train_feature_net(images, labels, epochs=1, batch_size=8, seed=0, width=8)
-    with torch.no_grad():
-        inside = train_feature_net(images, labels, epochs=1, batch_size=8, seed=0, width=8)
-    for a, b in zip(outside.state_dict().values(), inside.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    assert any(not torch.equal(a, b) for a, b in zip(
-        outside.state_dict().values(), FeatureNet(1, 2, 8).state_dict().values(), strict=True))
 
 def scipy_fd(a: torch.Tensor, b: torch.Tensor) -> float:
     """The textbook formula with scipy's general matrix square root (the reference FID implementations')."""
