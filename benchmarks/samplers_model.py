@@ -3,7 +3,7 @@
 Every configuration (sampler × timestep spacing × evaluations) draws images 0..N-1 from the same
 per-image seeds (``image_generators(seed, range(N))``), so rows differ only by the sampler. The reference
 is 1000-step ancestral DDPM from the same seeds. Samples are rounded to uint8 (as real images are) and
-scored in the feature space of a small CNN classifier (``ddpm.evaluate.FeatureNet``) trained on the real
+scored in the feature space of a small CNN classifier (``ddpm.featurenet.FeatureNet``) trained on the real
 training split against the real test split:
 
 - FD: Fréchet distance of Gaussians fitted to the features (FID's formula, our features). Biased upwards

@@ -190,7 +190,8 @@ def test_eval_settings_fields_declare_the_flags():
     for f in fields:
         action = sub._option_string_actions["--" + f.name.replace("_", "-")]
         assert action.help == f.metadata["help"], f.name
-        assert action.metavar == f.metadata.get("metavar"), f.name
+        plain = "choices" in f.metadata or f.type in ("bool", bool)  # argparse shows {a,b} or nothing
+        assert action.metavar == f.metadata.get("metavar", None if plain else f.name.upper()), f.name
         assert list(action.choices or []) == list(f.metadata.get("choices", [])), f.name
         assert action.default == f.default, f.name
     names = {f.name for f in fields}

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "edit": cmd_edit, "convert": cmd_convert, "eval": cmd_eval}
 # Per command: library parameter -> flag, where the flag is not "--" + the name with dashes.
-FLAG_NAMES = {"sample": SAMPLE_FLAGS, "edit": FLAGS, "eval": {**FLAGS, "path": "--inception"}}
+FLAG_NAMES = {"train": {"spec": "--data", "metric": "--eval-metric"}, "sample": SAMPLE_FLAGS, "edit": FLAGS,
+              "eval": {**FLAGS, "path": "--inception", "spec": "--data"}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,11 +35,11 @@ from ..errors import ParameterError
 from ..losses import Objective
 from ..runtime import Dist, setup_processes
 from ..schedule import Schedule
-from ..scoring import TrainingEval
 from ..seeding import mix
 from ..unet import UNet, check_labels
 from .config import TrainConfig
 from .draws import Draws, step_draws
+from .eval_hook import TrainingEval
 from .log import MetricsLog, progress_bar, write_grid
 from .schedules import HORIZON_AFTER, budget_horizon, ema_decay_at, ema_update, lr_at
 from .setup import Networks, build_networks, prepare_run_dir

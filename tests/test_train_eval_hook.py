@@ -1,4 +1,4 @@
-"""Tests for ddpm.eval_hook: ``ddpm train --eval-every``'s score is a function of the weights alone."""
+"""Tests for ddpm.train.eval_hook: ``ddpm train --eval-every``'s score is a function of the weights alone."""
 
 import numpy as np
 import pytest
@@ -8,12 +8,12 @@ from torch import nn
 import ddpm.featurenet as featurenet_module
 from ddpm.data import ImageDataset
 from ddpm.errors import ParameterError
-from ddpm.eval_hook import TrainingEval
 from ddpm.generate import draw
 from ddpm.provenance import SamplerChoice
 from ddpm.reference import fd_against, to_pixels
 from ddpm.sampling import DEFAULT_SAMPLER
 from ddpm.schedule import Schedule
+from ddpm.train.eval_hook import TrainingEval
 
 CPU = torch.device("cpu")
 

@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ParameterError
-from .featurenet import featurenet_for
-from .generate import draw_batches
-from .inception import Inception, find_inception
-from .provenance import SamplerChoice
-from .reference import FID_TRAIN_REF_NUM, default_cache_dir, fd_against, reference_features, subset_indices, to_pixels
-from .sampling import DEFAULT_SAMPLER
+from ..errors import ParameterError
+from ..featurenet import featurenet_for
+from ..generate import draw_batches
+from ..inception import Inception, find_inception
+from ..reference import FID_TRAIN_REF_NUM, default_cache_dir, fd_against, reference_features, subset_indices, to_pixels
+from .log import default_choice
 
 BATCH_SIZE = 256  # images per sampling batch; image i is the same at any batch size
 
@@ -73,8 +72,7 @@ class TrainingEval:
         ext, mean, cov, ref_num = self._prepare()
         was_training = model.training
         model.eval()
-        name, spacing, _ = DEFAULT_SAMPLER
-        choice = SamplerChoice(name, spacing, min(self.steps, schedule.timesteps))  # the sampler's default options
+        choice = default_choice(self.steps, schedule)
         meta = {"channels": self.data.channels, "image_size": self.data.image_size, "prediction": prediction}
         pixels = [to_pixels(x) for _, x in draw_batches(model, schedule, meta, choice, self.seed, self.num,
                                                         batch_size=BATCH_SIZE, device=self.device,
