@@ -19,8 +19,6 @@ from ddpm.losses import (
     timestep_probabilities,
 )
 from ddpm.schedule import Schedule
-from ddpm.train import TrainConfig
-from ddpm.train.schedules import budget_horizon, lr_at
 
 S = Schedule.linear(1000)
 
@@ -134,21 +132,6 @@ def test_stratified_draws_put_one_in_each_slice_and_keep_each_draws_density():
     torch.testing.assert_close(freq, p, atol=1.0 / n + 1e-12, rtol=0)
     objective = Objective.create(S, stratified=True)
     assert torch.equal(objective.draw_t(1000, torch.Generator().manual_seed(2)).sort().values, torch.arange(1000))
-
-
-def test_lr_schedules_against_their_closed_forms():
-    cfg = TrainConfig(out="x", lr=1e-3, warmup=10, lr_schedule="cosine")
-    assert lr_at(4, cfg, 110) == pytest.approx(1e-3 * 5 / 10)  # warm-up is unchanged
-    assert lr_at(10, cfg, 110) == pytest.approx(1e-3)
-    assert lr_at(60, cfg, 110) == pytest.approx(0.5e-3)  # halfway in cosine
-    assert lr_at(35, cfg, 110) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.25)))
-    assert lr_at(110, cfg, 110) == 0.0 and lr_at(500, cfg, 110) == 0.0
-    assert lr_at(60, cfg, None) == pytest.approx(1e-3)  # horizon not measured yet: no decay
-    lin = TrainConfig(out="x", lr=1e-3, warmup=0, lr_schedule="linear")
-    assert lr_at(25, lin, 100) == pytest.approx(0.75e-3)
-    const = TrainConfig(out="x", lr=1e-3, warmup=0)
-    assert lr_at(99, const, 100) == 1e-3
-    assert budget_horizon(20, 2.5, 100.0) == 270 and budget_horizon(20, 2.5, -5) == 21
 
 
 def test_bad_objective_values_are_refused():

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,7 @@ from PIL import Image
 
 from ddpm.checkpoint import list_checkpoints, load_checkpoint, load_training_state, state_path
 from ddpm.cli import main
-from ddpm.errors import ParameterError, UserError
-from ddpm.losses import Objective
-from ddpm.schedule import Schedule
-from ddpm.seeding import mix
 from ddpm.train import TrainConfig, train
-from ddpm.train.draws import batch_indices, step_draws
 
 REPO = Path(__file__).resolve().parents[1]
 # Dropout, flips and label dropout on, so every kind of random draw is exercised by the resume test.
@@ -54,42 +48,6 @@ def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
-def test_batches_cover_each_epoch_once():
-    n, b = 50, 16
-    seen = torch.cat([batch_indices(s, n, b, seed=1) for s in range(3)])  # 3 batches = one epoch of 48
-    assert seen.unique().numel() == 48
-    assert torch.equal(batch_indices(5, n, b, seed=1), batch_indices(5, n, b, seed=1))
-    assert not torch.equal(batch_indices(3, n, b, seed=1), batch_indices(0, n, b, seed=1))
-
-
-@pytest.mark.parametrize("t_sampling", ["uniform", "laplace"])
-def test_step_draws_are_a_pure_function_in_the_order_training_has_always_used(t_sampling):
-    """Step k's draws depend on (step, seed, sizes, objective) only, not on global RNG state or cached epochs,
-    and come in the order runs made before the loop was split up used (images, then t, ε, label drops,
-    flips from one generator seeded by (seed, step)): a different order would break resuming old runs."""
-    import ddpm.train.draws as draws
-
-    s = Schedule.linear(100)
-    objective = Objective.create(s, t_sampling=t_sampling)
-    args = (7, 3, 50, 12, (1, 4, 4), objective, 0.25)
-    first = step_draws(*args)
-    torch.manual_seed(123)
-    torch.rand(5)
-    draws._epoch_order.cache_clear()
-    again = step_draws(*args)
-    for name in ("indices", "t", "noise", "drop", "flip"):
-        assert torch.equal(getattr(first, name), getattr(again, name)), name
-    g = torch.Generator().manual_seed(mix(3, 7))
-    assert torch.equal(first.indices, batch_indices(7, 50, 12, 3))
-    assert torch.equal(first.t, objective.draw_t(12, g))
-    assert torch.equal(first.noise, torch.randn((12, 1, 4, 4), generator=g))
-    assert torch.equal(first.drop, torch.rand(12, generator=g) < 0.25)
-    assert torch.equal(first.flip, torch.rand(12, generator=g) < 0.5)
-    assert first.drop.any() and first.flip.any() and not first.flip.all()
-    other = step_draws(8, *args[1:])
-    assert not torch.equal(other.noise, first.noise) and not torch.equal(other.indices, first.indices)
 
 
 @pytest.mark.parametrize("bf16", ["--bf16", "--no-bf16"])
@@ -388,35 +346,6 @@ def test_idx_label_mismatch_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_ema_is_the_closed_form_average_of_the_trained_weights():
-    """After N updates, ema_N = Σ_n w_n θ_n over the weights θ_0 (the start) .. θ_N, with
-    β_n = min(decay, (1+n)/(10+n)), w_0 = Π_{m<N} β_m and w_n = (1 − β_{n−1}) Π_{m=n}^{N−1} β_m; buffers are copied.
-    The decay cap binds from n = 35 on, so both parts of the warm-up are covered."""
-    from ddpm.train.schedules import ema_decay_at, ema_update
-
-    decay, n_steps = 0.8, 60
-    assert ema_decay_at(0, decay) == 0.1 and ema_decay_at(34, decay) < decay == ema_decay_at(35, decay)
-    gen = torch.Generator().manual_seed(0)
-    thetas = [torch.randn(3, 4, generator=gen, dtype=torch.float64) for _ in range(n_steps + 1)]
-    raw = torch.nn.Linear(4, 3, bias=False).double()
-    raw.register_buffer("count", torch.zeros(()))
-    ema = torch.nn.Linear(4, 3, bias=False).double()
-    ema.register_buffer("count", torch.zeros(()))
-    with torch.no_grad():
-        raw.weight.copy_(thetas[0])
-        ema.weight.copy_(thetas[0])
-        for n in range(n_steps):
-            raw.weight.copy_(thetas[n + 1])
-            raw.count.fill_(n + 1)
-            ema_update(ema, raw, ema_decay_at(n, decay))
-    betas = [min(decay, (1 + m) / (10 + m)) for m in range(n_steps)]
-    weights = [float(np.prod(betas))] + [(1 - betas[n - 1]) * float(np.prod(betas[n:])) for n in range(1, n_steps + 1)]
-    assert sum(weights) == pytest.approx(1.0, abs=1e-12)
-    expected = sum(w * th for w, th in zip(weights, thetas, strict=True))
-    torch.testing.assert_close(ema.weight, expected, rtol=0, atol=1e-12)
-    assert float(ema.count) == n_steps
-
-
 def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path, capsys, monkeypatch):
     """Min-SNR weights, Laplace timesteps and a cosine LR decay are saved with the run, and a run interrupted
     (SIGTERM after step 3) and resumed with the same --steps ends bit-identical to one that was not."""
@@ -464,25 +393,6 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     assert "--adam-beta2 0.95 in the checkpoint, 0.99 now" in err and "--t-stratified False" in err
     assert main(["train", *BASE, "--out", str(tmp_path / "bad"), "--adam-beta2", "1"]) == 2
     assert "--adam-beta2 must be in [0, 1)" in capsys.readouterr().err
-
-
-def test_resume_reads_a_setting_the_checkpoint_predates_as_its_default(tmp_path):
-    """A checkpoint written before a flag existed ran with the flag's default of the time (0.999 and no
-    stratified t for the two defaults that changed since): resuming it with those values is allowed, and with
-    today's defaults refused, naming the difference."""
-    from ddpm.train.setup import check_compatible
-
-    old = TrainConfig(out=str(tmp_path), adam_beta2=0.999, t_stratified=False)
-    saved = {k: v for k, v in asdict(old).items() if k not in ("adam_beta2", "t_stratified", "scale_shift_norm")}
-    check_compatible(saved, old, 1, 1, tmp_path / "step-000000002.safetensors")
-    # The library names the setting; the CLI shows it as its flag (--adam-beta2).
-    with pytest.raises(ParameterError, match="adam_beta2 0.999 in the checkpoint, 0.99 now") as e:
-        check_compatible(saved, TrainConfig(out=str(tmp_path)), 1, 1, tmp_path / "x")
-    assert "--adam-beta2 0.999 in the checkpoint" in e.value.render(lambda n: "--" + n.replace("_", "-"))
-    with pytest.raises(UserError, match="t_stratified False in the checkpoint, True now"):
-        check_compatible(saved, TrainConfig(out=str(tmp_path), adam_beta2=0.999), 1, 1, tmp_path / "x")
-    # A flag whose default never changed reads as today's default.
-    check_compatible({k: v for k, v in saved.items() if k != "laplace_scale"}, old, 1, 1, tmp_path / "x")
 
 
 def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):
