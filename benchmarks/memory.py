@@ -22,7 +22,8 @@ memory (every step after the first), at batch b; its peak is the most memory hel
   autocast lists. tests/test_memory_benchmark.py checks that shapes and real agree exactly on a small preset.
 
 Per image = (forward-backward peak at b2 − at b1) / (b2 − b1), over batches large enough that the activations make
-the peak (8 and 16 by default); fixed = the b1 peak − b1 × per image (weights, EMA, moments, and what does not grow
+the peak (32 and 64 by default in shapes mode, where a batch costs no memory; 8 and 16 when the step is computed);
+fixed = the b1 peak − b1 × per image (weights, EMA, moments, and what does not grow
 with the batch). The optimizer step's peak (weights, EMA, moments, gradients and AdamW's temporaries; no activations)
 does not grow with the batch. The batch that fits in G GiB = ⌊(G − 1 GiB − fixed) / per image⌋, or 0 where the
 optimizer step alone does not fit; 1 GiB is left for the CUDA context and the cuBLAS/cuDNN workspaces. On a CPU these
@@ -285,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--mode", default=None, choices=["real", "shapes"],
                         help="real (compute the step) or shapes (FakeTensors, CPU only; default on the CPU)")
-    parser.add_argument("--batches", default="8,16", help="the two batch sizes of the fit")
+    parser.add_argument("--batches", default=None,
+                        help="the two batch sizes of the fit (default: 32,64 in shapes mode, 8,16 in real mode)")
     parser.add_argument("--precisions", default="float32,bf16", help="comma-separated: float32, bf16 (autocast)")
     parser.add_argument("--checkpointing", default="off,on", help="comma-separated: off, on (--grad-checkpoint)")
     parser.add_argument("--json", default=None, help="also append one JSON line per row to this file")
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(presets) - set(PRESETS))
     if unknown:
         parser.error(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
-    b1, b2 = (int(b) for b in args.batches.split(","))
+    b1, b2 = (int(b) for b in (args.batches or ("32,64" if mode == "shapes" else "8,16")).split(","))
     if not 0 < b1 < b2:
         parser.error(f"--batches {args.batches!r}: two sizes, the first smaller, e.g. 2,4")
     if args.device.startswith("cuda"):
