@@ -309,7 +309,7 @@ def paper_count(name: str, classes: int | None, out_channels: int) -> int:
 def diffusers_count(name: str, classes: int | None, out_channels: int) -> int:
     """The parameter count of diffusers' UNet2DModel built (on the meta device) to the preset's paper configuration:
     an implementation written independently of ours."""
-    from diffusers import UNet2DModel
+    UNet2DModel = pytest.importorskip("diffusers").UNet2DModel  # noqa: N806
 
     p = {**PRESETS[name]}
     size, mult, updown = p["image_size"], p["channel_mult"], p.get("resblock_updown", False)
@@ -332,8 +332,12 @@ def diffusers_count(name: str, classes: int | None, out_channels: int) -> int:
 @pytest.mark.parametrize("name,classes,out_channels,published,precision", PUBLISHED)
 def test_published_presets_have_the_published_parameter_counts(name, classes, out_channels, published, precision):
     ours = paper_count(name, classes, out_channels)
-    assert ours == diffusers_count(name, classes, out_channels)
     assert round(ours / precision) * precision == pytest.approx(published)
+
+
+@pytest.mark.parametrize("name,classes,out_channels", [row[:3] for row in PUBLISHED])
+def test_published_preset_counts_equal_diffusers_unet2dmodel_of_the_same_configuration(name, classes, out_channels):
+    assert paper_count(name, classes, out_channels) == diffusers_count(name, classes, out_channels)
 
 
 def test_published_preset_counts_are_pinned():
@@ -363,9 +367,9 @@ def test_auto_presets_reach_8_px_with_attention_at_16():
 def test_residual_resampling_matches_diffusers(resample):
     """A ResBlock with resample "down"/"up" computes what diffusers' ResnetBlock2D(down/up=True) does with the same
     weights (average pool / nearest upsample of both branches, adaptive GroupNorm)."""
-    from diffusers.models.resnet import ResnetBlock2D
-
     from ddpm.unet import ResBlock
+
+    ResnetBlock2D = pytest.importorskip("diffusers.models.resnet").ResnetBlock2D  # noqa: N806
 
     torch.manual_seed(0)
     ours = randomize(ResBlock(16, 16, 32, 0.0, 4, scale_shift=True, resample=resample)).eval()
