@@ -17,7 +17,8 @@ ones; :func:`preset_for_size` picks one from the image size (``ddpm train`` with
 
 With ``grad_checkpoint`` set on a network, training keeps only the inputs of its residual and attention blocks and
 recomputes the rest during the backward pass (``torch.utils.checkpoint``, the same dropout masks): the same loss and
-gradients for about a third more compute and a fraction of the activation memory (BENCHMARKS.md, "memory.py").
+gradients in a fraction of the activation memory (BENCHMARKS.md, "memory.py"), for a second forward pass of those
+blocks.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class TrainConfig:
                              "(the same step in 1/grad-accum of the activation memory)", default=1, resume=True)
     grad_checkpoint: bool = option("recompute each residual and attention block's activations in the backward pass "
                                    "instead of keeping them: the same loss and gradients in a fraction of the "
-                                   "activation memory, for about a third more compute per step", default=False)
+                                   "activation memory, for a second forward pass of those blocks", default=False)
     lr: float = option("AdamW learning rate after warm-up", default=1e-3, resume=True)
     warmup: int = option("linear learning-rate warm-up steps", default=200, resume=True)
     lr_schedule: str = option("after warm-up: 'constant', or 'cosine'/'linear' decay to 0 at --steps (with --minutes "
