@@ -3,7 +3,10 @@
 Usage::
 
     python benchmarks/throughput.py [--presets tiny,small,ddpm-cifar10] [--seconds S] [--threads N]
-                                    [--precisions float32,bf16] [--cases tiny:1:28:128:128,...]
+                                    [--precisions float32,bf16] [--cases tiny:1:28:128:128,... | --set 64px]
+
+``--set 64px`` measures every preset for colour images at 3×64×64 (the size of the note's images), the published
+networks at a small batch (on a CPU they run at a few images per second).
 
 ``--compile`` adds a ``torch.compile`` row for each case (TorchInductor, which on a CPU builds C++ kernels with
 the system compiler) and reports the one-off compile time next to the steady speed, so the time it costs
@@ -41,6 +44,11 @@ CASES: list[tuple[str, int, int, int, int]] = [
     ("small", 1, 28, 32, 64),
     ("ddpm-cifar10", 3, 32, 8, 16),
 ]
+# Named sets of cases (--set): every preset for colour images at 64×64, batches sized for a CPU.
+CASE_SETS: dict[str, list[tuple[str, int, int, int, int]]] = {
+    "64px": [("tiny-32", 3, 64, 32, 64), ("tiny-64", 3, 64, 32, 64), ("ddpm-cifar10", 3, 64, 8, 16),
+             ("adm-64", 3, 64, 2, 4), ("adm-128", 3, 64, 2, 4), ("ddpm-256", 3, 64, 2, 4)],
+}
 
 
 def cpu_model() -> str:
@@ -166,11 +174,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", default=None,
                         help="comma-separated preset:channels:size:train_batch:sample_batch (default: the built-in "
                              "list, filtered by --presets)")
+    parser.add_argument("--set", default=None, choices=sorted(CASE_SETS), help="a named list of cases instead")
     args = parser.parse_args(argv)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     if not precisions or set(precisions) - {"float32", "bf16"}:
         parser.error(f"--precisions {args.precisions!r}: choose from float32, bf16")
     cases = CASES
+    if args.set:
+        cases = CASE_SETS[args.set]
+        args.presets = ",".join(dict.fromkeys(c[0] for c in cases))
     if args.cases:
         try:
             cases = [(f[0], int(f[1]), int(f[2]), int(f[3]), int(f[4]))
@@ -197,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
               f"-> peak {peaks[name]:.1f} GFLOP/s")
     print("- command: python benchmarks/throughput.py " + " ".join(
         f"--{k} {v}" for k, v in (("presets", args.presets), ("seconds", args.seconds), ("threads", args.threads),
-                                  ("precisions", args.precisions), ("cases", args.cases)) if v is not None)
+                                  ("precisions", args.precisions), ("cases", args.cases), ("set", args.set))
+        if v is not None)
         + (" --compile" if args.compile else ""))
     print()
     print("| preset | shape | precision | compiled (first steps s) | params | GFLOP/fwd/img | train batch "

@@ -160,7 +160,8 @@ def test_edit_mistakes_exit_2_with_one_line(run_dir, tmp_path, capsys):
     save_png(tmp_path / "exists.png", np.zeros((8, 8, 1), np.uint8))
     base = ["edit", "--checkpoint", str(run_dir), "--out"]
     cases = [
-        ([*base, str(tmp_path / "o1.png"), "--image", str(big), "--strength", "0.5"], "resize it to 8x8"),
+        ([*base, str(tmp_path / "o1.png"), "--image", str(big), "--strength", "0.5", "--no-resize"],
+         "resize it to 8x8"),
         ([*base, str(tmp_path / "o2.png"), "--image", str(good), "--mask", str(big)], "make the mask 8x8"),
         ([*base, str(tmp_path / "o3.png"), "--image", str(good), "--strength", "1.5"], "[0, 1]"),
         ([*base, str(tmp_path / "o4.png"), "--image", str(good)], "--strength is required"),
@@ -173,3 +174,38 @@ def test_edit_mistakes_exit_2_with_one_line(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and needle in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "exists.png", "good.png"]
+
+
+def test_edit_brings_a_photo_of_any_size_to_the_model_as_training_does(tmp_path, capsys):
+    """A 32x32 colour model edits a 90x60 JPEG: resized and cropped as `ddpm train --image-size 32` reads it (with
+    --strength 0 the edit is that picture exactly), said in one line and recorded in the PNG."""
+    from ddpm.data import load_dataset
+
+    rng = np.random.default_rng(1)
+    train_dir, photo_dir = tmp_path / "train", tmp_path / "photo"
+    train_dir.mkdir()
+    photo_dir.mkdir()
+    for i in range(2):
+        _write(train_dir / f"{i}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    photo = photo_dir / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(photo)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(train_dir), "--out", str(run), "--steps", "1", "--batch-size", "2",
+                 "--sample-every", "0", "--sample-steps", "1", "--num-samples", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "edited.png"
+    assert main(["edit", "--checkpoint", str(run), "--image", str(photo), "--strength", "0", "--out", str(out)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == (f"resized {photo} from 90x60 to the model's 32x32 as training does (shorter side, centre crop, "
+                       "Lanczos; --no-resize refuses instead)")
+    trained = load_dataset(str(photo_dir), image_size=32).pixels[0].permute(1, 2, 0).numpy()  # (32, 32, 3) uint8
+    assert np.array_equal(np.asarray(Image.open(out)), trained)
+    assert read_png_metadata(out)["ddpm:resized_from"] == "90x60"
+    # Inpainting with a mask drawn on the photo (its own size): the kept pixels are the resized photo's.
+    mask = np.zeros((60, 90), np.uint8)
+    mask[:, 45:] = 255
+    _write(photo_dir / "mask.png", mask)
+    out = tmp_path / "inpainted.png"
+    assert main(["edit", "--checkpoint", str(run), "--image", str(photo), "--mask", str(photo_dir / "mask.png"),
+                 "--out", str(out)]) == 0
+    assert np.array_equal(np.asarray(Image.open(out))[:, :8], trained[:, :8])

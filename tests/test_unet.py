@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ddpm import Schedule, sample
-from ddpm.unet import PRESETS, UNet, UNetConfig, check_labels, timestep_embedding
+from ddpm.unet import PRESETS, UNet, UNetConfig, check_labels, preset_for_size, timestep_embedding
 
 
 def small_config(**kw) -> UNetConfig:
@@ -278,3 +278,177 @@ def test_tiny_preset_fits_a_fixed_target():
     end = sum(losses[-10:]) / 10
     assert abs(start - target.pow(2).mean().item()) < 1e-6  # zero-init output: the first loss is E[target²]
     assert end < 0.02 * start, (start, end)  # typically ~0.1% after 150 steps
+
+
+# ---------------------------------------------------------------------------- presets by resolution
+
+# Published parameter counts: (preset, as the paper counts it: classes, output channels, published count, precision).
+# Ho et al. (2020): "35.7 million" (CIFAR-10), "114 million" (LSUN, CelebA-HQ 256×256); Dhariwal & Nichol (2021):
+# 296M (ImageNet 64×64) and 422M (ImageNet 128×128), both class-conditional on 1000 classes with 6 output
+# channels (the learned variance).
+PUBLISHED = [
+    ("ddpm-cifar10", None, 3, 35.7e6, 0.1e6),
+    ("ddpm-256", None, 3, 114e6, 1e6),
+    ("adm-64", 1000, 6, 296e6, 1e6),
+    ("adm-128", 1000, 6, 422e6, 1e6),
+]
+
+
+def paper_count(name: str, classes: int | None, out_channels: int) -> int:
+    """Our preset's parameter count, adjusted to what its paper counts: our label embedding has one extra row (the
+    "no label" of guidance), and the paper's output conv may have more channels (the learned variance)."""
+    with torch.device("meta"):
+        net = UNet.from_preset(name, num_classes=classes)
+    cfg = net.config
+    count = n_params(net)
+    if classes is not None:
+        count -= 4 * cfg.base_channels  # the extra embedding row
+    return count + (out_channels - cfg.channels) * (cfg.base_channels * 9 + 1)  # the output conv's extra channels
+
+
+def diffusers_count(name: str, classes: int | None, out_channels: int) -> int:
+    """The parameter count of diffusers' UNet2DModel built (on the meta device) to the preset's paper configuration:
+    an implementation written independently of ours."""
+    UNet2DModel = pytest.importorskip("diffusers").UNet2DModel  # noqa: N806
+
+    p = {**PRESETS[name]}
+    size, mult, updown = p["image_size"], p["channel_mult"], p.get("resblock_updown", False)
+    attn = [size // 2**i in p["attention_resolutions"] for i in range(len(mult))]
+    plain_down, plain_up = ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if updown else ("DownBlock2D",
+                                                                                                 "UpBlock2D")
+    shift = p.get("scale_shift_norm", False)
+    with torch.device("meta"):
+        theirs = UNet2DModel(
+            sample_size=size, in_channels=3, out_channels=out_channels,
+            block_out_channels=[p["base_channels"] * m for m in mult], layers_per_block=p["num_res_blocks"],
+            down_block_types=["AttnDownBlock2D" if a else plain_down for a in attn],
+            up_block_types=["AttnUpBlock2D" if a else plain_up for a in reversed(attn)],
+            downsample_type="resnet" if updown else "conv", upsample_type="resnet" if updown else "conv",
+            resnet_time_scale_shift="scale_shift" if shift else "default", attn_norm_num_groups=32 if shift else None,
+            attention_head_dim=p.get("head_channels") or 32, norm_num_groups=32, num_class_embeds=classes)
+    return n_params(theirs)
+
+
+@pytest.mark.parametrize("name,classes,out_channels,published,precision", PUBLISHED)
+def test_published_presets_have_the_published_parameter_counts(name, classes, out_channels, published, precision):
+    ours = paper_count(name, classes, out_channels)
+    assert round(ours / precision) * precision == pytest.approx(published)
+
+
+@pytest.mark.parametrize("name,classes,out_channels", [row[:3] for row in PUBLISHED])
+def test_published_preset_counts_equal_diffusers_unet2dmodel_of_the_same_configuration(name, classes, out_channels):
+    assert paper_count(name, classes, out_channels) == diffusers_count(name, classes, out_channels)
+
+
+def test_published_preset_counts_are_pinned():
+    counts = {}
+    for name in ("adm-64", "adm-128", "ddpm-256", "tiny-32", "tiny-64"):
+        with torch.device("meta"):
+            counts[name] = n_params(UNet.from_preset(name))
+    assert counts == {"adm-64": 295_131_267, "adm-128": 420_498_691, "ddpm-256": 113_673_219,
+                      "tiny-32": 1_192_387, "tiny-64": 1_628_611}
+
+
+@pytest.mark.parametrize("size,name", [(8, "tiny"), (28, "tiny"), (32, "tiny"), (48, "adm-64"), (64, "adm-64"),
+                                       (96, "adm-128"), (128, "adm-128"), (256, "ddpm-256"), (512, "ddpm-256")])
+def test_preset_for_size(size, name):
+    assert preset_for_size(size) == name
+
+
+def test_auto_presets_reach_8_px_with_attention_at_16():
+    for size in (64, 128, 256):
+        cfg = UNetConfig(**PRESETS[preset_for_size(size)])
+        assert cfg.image_size == size
+        assert size // 2 ** (len(cfg.channel_mult) - 1) == 8  # the lowest level is 8 px
+        assert 16 in cfg.attention_resolutions
+
+
+@pytest.mark.parametrize("resample", ["down", "up"])
+def test_residual_resampling_matches_diffusers(resample):
+    """A ResBlock with resample "down"/"up" computes what diffusers' ResnetBlock2D(down/up=True) does with the same
+    weights (average pool / nearest upsample of both branches, adaptive GroupNorm)."""
+    from ddpm.unet import ResBlock
+
+    ResnetBlock2D = pytest.importorskip("diffusers.models.resnet").ResnetBlock2D  # noqa: N806
+
+    torch.manual_seed(0)
+    ours = randomize(ResBlock(16, 16, 32, 0.0, 4, scale_shift=True, resample=resample)).eval()
+    theirs = ResnetBlock2D(in_channels=16, out_channels=16, temb_channels=32, groups=4, eps=1e-6,
+                           time_embedding_norm="scale_shift", down=resample == "down", up=resample == "up").eval()
+    theirs.load_state_dict({"norm1.weight": ours.norm1.weight, "norm1.bias": ours.norm1.bias,
+                            "conv1.weight": ours.conv1.weight, "conv1.bias": ours.conv1.bias,
+                            "time_emb_proj.weight": ours.emb_proj.weight, "time_emb_proj.bias": ours.emb_proj.bias,
+                            "norm2.weight": ours.norm2.weight, "norm2.bias": ours.norm2.bias,
+                            "conv2.weight": ours.conv2.weight, "conv2.bias": ours.conv2.bias})
+    x, emb = torch.randn(2, 16, 8, 8), torch.randn(2, 32)
+    with torch.no_grad():
+        y = ours(x, emb)
+        assert y.shape == (2, 16, 4, 4) if resample == "down" else (2, 16, 16, 16)
+        torch.testing.assert_close(y, theirs(x, emb), rtol=1e-5, atol=1e-5)
+
+
+def test_resblock_updown_network_runs_and_has_no_strided_conv():
+    net = UNet(small_config(channel_mult=(1, 2, 2), image_size=16, resblock_updown=True, scale_shift_norm=True))
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in net.modules())
+    x = torch.randn(2, 1, 16, 16)
+    assert randomize(net)(x, torch.tensor([1, 500])).shape == x.shape
+
+
+# ---------------------------------------------------------------------------- gradient checkpointing
+
+
+def _loss_and_grads(net: UNet, x: torch.Tensor, t: torch.Tensor, target: torch.Tensor, seed: int):
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the dropout masks
+    loss = (net(x, t) - target).pow(2).mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("updown", [False, True])
+def test_grad_checkpoint_gives_the_same_loss_and_gradients_with_dropout(updown):
+    cfg = small_config(image_size=16, channel_mult=(1, 2, 2), attention_resolutions=(8,), dropout=0.3,
+                       scale_shift_norm=True, resblock_updown=updown)
+    net = randomize(UNet(cfg)).train()
+    x, t, target = torch.randn(3, 1, 16, 16), torch.tensor([3, 400, 999]), torch.randn(3, 1, 16, 16)
+    loss, grads = _loss_and_grads(net, x, t, target, seed=7)
+    other_seed, _ = _loss_and_grads(net, x, t, target, seed=8)
+    assert not torch.equal(loss, other_seed)  # dropout is active: another seed gives another loss
+
+    net.grad_checkpoint = True
+    calls, block_forward = [], net.mid[0].forward
+    net.mid[0].forward = lambda *args: calls.append(1) or block_forward(*args)
+    loss_ck, grads_ck = _loss_and_grads(net, x, t, target, seed=7)
+    assert len(calls) == 2  # the block ran again in the backward pass
+    torch.testing.assert_close(loss_ck, loss, rtol=1e-6, atol=1e-7)
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_ck[name], g, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _saved_bytes(net: UNet, x: torch.Tensor, t: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward."""
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        net(x, t).sum()
+    return sum(seen.values())
+
+
+def test_grad_checkpoint_keeps_far_fewer_activations_and_nothing_without_grad():
+    net = UNet(small_config(image_size=32, channel_mult=(1, 2, 2), attention_resolutions=(16,))).train()
+    x, t = torch.randn(4, 1, 32, 32), torch.tensor([1, 2, 3, 4])
+    params = sum(p.numel() * p.element_size() for p in net.parameters())
+    full = _saved_bytes(net, x, t) - params
+    net.grad_checkpoint = True
+    kept = _saved_bytes(net, x, t) - params
+    assert kept * 2 < full
+    with torch.no_grad():  # sampling: no checkpoint machinery, the same output
+        net.grad_checkpoint = False
+        y = net(x, t)
+        net.grad_checkpoint = True
+        assert torch.equal(net(x, t), y)

@@ -31,6 +31,7 @@ from .images import (
     load_image,
     load_mask,
     make_grid,
+    picture_size,
     read_png_metadata,
     save_gif,
     save_png,
@@ -404,10 +405,14 @@ def edit_image(checkpoint: PathLike, image: PathLike, out: PathLike, *, strength
                spacing: str | None = None, steps: int | None = None, eta: float | None = None,
                options: Mapping[str, Any] | None = None, label: int | str | None = None,
                guidance: float | None = None, ema: bool = True, clip_x0: bool = True, device: str = "auto",
-               overwrite: bool = False) -> tuple[Path, Provenance]:
+               overwrite: bool = False, resize: bool = True) -> tuple[Path, Provenance]:
     """SDEdit (no ``mask``) or inpaint (white pixels of ``mask`` regenerated, RePaint with ``resample`` > 1) the
     picture ``image`` with a checkpoint; writes the PNG ``out`` with its :class:`Provenance`. ``steps`` counts
     the full path; an edit uses those below round(strength·(T−1)). ``strength`` defaults to 1 with a mask.
+
+    A picture of another size than the model's is brought to it as training does (shorter side to the model's size,
+    centre crop, Lanczos: :func:`ddpm.images.fit_square`), and its provenance records ``resized_from`` (WxH); a mask
+    may then have the picture's size or the model's. ``resize=False`` refuses such a picture instead.
     Returns (the path, its provenance)."""
     if strength is None:
         if mask is None:
@@ -435,8 +440,10 @@ def edit_image(checkpoint: PathLike, image: PathLike, out: PathLike, *, strength
     meta = ckpt.meta
     label_index = resolve_label(label, guidance, meta)
     c, size = int(meta["channels"]), int(meta["image_size"])
-    picture = from_uint8(load_image(image, c, size)[None]).to(dev)  # (1, C, H, W)
-    mask_t = None if mask is None else torch.from_numpy(load_mask(mask, size))[None, None].to(dev)  # (1, 1, H, W)
+    picture = from_uint8(load_image(image, c, size, resize=resize)[None]).to(dev)  # (1, C, H, W)
+    given = picture_size(image)
+    fitted = given if resize and given != (size, size) else None
+    mask_t = None if mask is None else torch.from_numpy(load_mask(mask, size, fitted))[None, None].to(dev)  # (1,1,H,W)
     labels = None if label_index is None else torch.tensor([label_index], dtype=torch.long)
     x = edit(model, picture, schedule, strength, mask_t, sampler=choice.name, steps=choice.steps,
              spacing=choice.spacing, resample=resample, generator=image_generators(seed, [0]),
@@ -444,6 +451,8 @@ def edit_image(checkpoint: PathLike, image: PathLike, out: PathLike, *, strength
              **choice.options)
     extra = {"strength": repr(float(strength)), "resample": str(resample), "image_sha256": file_sha256(image),
              "mask_sha256": file_sha256(mask) if mask else ""}
+    if fitted is not None:
+        extra["resized_from"] = f"{fitted[0]}x{fitted[1]}"
     prov = Provenance("edit", seed, 0, choice, label_index, guidance, clip_x0, ema, file_sha256(ckpt.path), extra)
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_png(out, to_uint8(x)[0], prov.text_chunks()), prov

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import UserError
@@ -125,35 +125,97 @@ def plot_curve(xs: Sequence[float], ys: Sequence[float], width: int = 640, heigh
 
 # ---------------------------------------------------------------------------- reading user images
 
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})  # plus every "I;16*" variant
 
-def load_image(path: str | os.PathLike[str], channels: int, size: int) -> np.ndarray:
-    """Read a picture as uint8 (H, W, C) with C = ``channels`` (1: grayscale, 3: RGB), any input mode.
 
-    The picture must already be ``size``×``size``: resizing would silently change what the user edits,
-    so a mismatch is a :class:`~ddpm.errors.UserError` that says to resize.
+def decode_picture(im: Image.Image) -> np.ndarray:
+    """An opened picture as training reads it: (H, W) gray or (H, W, 3) colour, values 0..255 (uint8, or float32
+    for 16-bit and wider gray). The EXIF orientation is applied (phone photos are often stored sideways with a rotate
+    tag), and transparent pixels are composited onto white."""
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):  # 16-bit (or wider) grayscale: scale, don't clip
+        wide = np.asarray(im, dtype=np.float64) / 257.0  # 65535 -> 255 exactly
+        return np.clip(wide, 0.0, 255.0).astype(np.float32)
+    if "transparency" in im.info or mode in ("PA", "RGBa", "La"):
+        im = im.convert("LA" if mode in _GRAY_MODES else "RGBA")
+        mode = im.mode
+    if mode in ("LA", "RGBA"):
+        rgba = np.asarray(im)
+        colour, alpha = rgba[..., :-1].astype(np.float32), rgba[..., -1:].astype(np.float32) / 255.0
+        out = np.rint(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        return out[..., 0] if mode == "LA" else out
+    return np.asarray(im.convert("L" if mode in _GRAY_MODES else "RGB"))
+
+
+def fit_square(array: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W[, C]) picture so that its shorter side is ``size`` and centre-crop it to (size, size[, C]), in
+    one Lanczos resize of the centred square (a crop alone where no resize is needed): what training does to a
+    folder of images with ``--image-size``. uint8 in, uint8 out; float32 (0..255) in, float32 out."""
+    h, w = array.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) / 2, (w - side) / 2
+    if side == size and top == int(top) and left == int(left):
+        return array[int(top) : int(top) + size, int(left) : int(left) + size]
+    img = Image.fromarray(array, mode="F") if array.dtype == np.float32 else Image.fromarray(array)
+    box = (left, top, left + side, top + side)
+    out = np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, box=box))
+    return np.clip(out, 0.0, 255.0).astype(np.float32) if array.dtype == np.float32 else out
+
+
+def load_image(path: str | os.PathLike[str], channels: int, size: int, resize: bool = False) -> np.ndarray:
+    """Read a picture as uint8 (size, size, C) with C = ``channels`` (1: grayscale, 3: RGB), any input mode, decoded
+    as training decodes it (:func:`decode_picture`; 16-bit levels are rounded to 8 bits).
+
+    A picture of another size is brought to ``size`` as training does (:func:`fit_square`) with ``resize``; without
+    it, a mismatch is a :class:`~ddpm.errors.UserError` that says to resize.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3; got {channels!r}")
     im = _open_user_image(path, "image")
     with im:
-        if im.size != (size, size):
-            raise UserError(f"{path} is {im.size[0]}x{im.size[1]} but the model makes {size}x{size} images: "
-                            f"resize it to {size}x{size} first")
-        array = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    return array[:, :, None] if channels == 1 else array
+        array = decode_picture(im)
+    h, w = array.shape[:2]
+    if (w, h) != (size, size):
+        if not resize:
+            raise UserError(f"{path} is {w}x{h} but the model makes {size}x{size} images: resize it to "
+                            f"{size}x{size} first, or let ddpm do it as training does (drop --no-resize)")
+        array = fit_square(array, size)
+    array = np.rint(array).astype(np.uint8) if array.dtype != np.uint8 else array
+    if channels == 1:
+        gray = array if array.ndim == 2 else np.asarray(Image.fromarray(array).convert("L"))
+        return gray[:, :, None]
+    return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
 
 
-def load_mask(path: str | os.PathLike[str], size: int) -> np.ndarray:
-    """Read an inpainting mask as bool (H, W): True (white, level >= 128 in grayscale) = regenerate.
+def picture_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of a picture as training sees it (after its EXIF orientation)."""
+    im = _open_user_image(path, "image")
+    with im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)  # 5-8: rotated by a quarter turn
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
-    Any mode is accepted (converted to grayscale first); it must be ``size``×``size``.
+
+def load_mask(path: str | os.PathLike[str], size: int, picture: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an inpainting mask as bool (size, size): True (white, level >= 128 in grayscale) = regenerate.
+
+    Any mode is accepted (converted to grayscale first). It must be ``size``×``size``, or, where ``picture`` gives the
+    (width, height) of a picture that is brought to ``size`` (:func:`load_image` with ``resize``), that picture's
+    size, and is then brought to ``size`` the same way before the threshold.
     """
     im = _open_user_image(path, "mask")
     with im:
-        if im.size != (size, size):
-            raise UserError(f"mask {path} is {im.size[0]}x{im.size[1]} but the image is {size}x{size}: "
-                            f"make the mask {size}x{size} (white = regenerate, black = keep)")
-        return np.asarray(im.convert("L"), dtype=np.uint8) >= 128
+        gray = np.asarray(ImageOps.exif_transpose(im).convert("L"), dtype=np.uint8)
+    h, w = gray.shape
+    if (w, h) == (size, size):
+        return gray >= 128
+    if picture is not None and (w, h) == tuple(picture):
+        return fit_square(gray, size) >= 128
+    also = f" or {picture[0]}x{picture[1]} (the picture's size)" if picture is not None and \
+        tuple(picture) != (size, size) else ""
+    raise UserError(f"mask {path} is {w}x{h} but the image is {size}x{size}: make the mask {size}x{size}{also} "
+                    "(white = regenerate, black = keep)")
 
 
 def _open_user_image(path: str | os.PathLike[str], what: str) -> Image.Image:

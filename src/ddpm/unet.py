@@ -12,7 +12,13 @@ Layout, for ``channel_mult=(1, 2, 2)`` and 32×32 input::
 
 Every down-path output is saved and concatenated onto the input of one up-path block, as in the
 reference implementation of Ho et al. (2020), whose CIFAR-10 net (35.7M parameters) is the
-``ddpm-cifar10`` preset here.
+``ddpm-cifar10`` preset here. :data:`PRESETS` holds the published networks for 32 to 256 px and small CPU-budget
+ones; :func:`preset_for_size` picks one from the image size (``ddpm train`` without ``--preset``).
+
+With ``grad_checkpoint`` set on a network, training keeps only the inputs of its residual and attention blocks and
+recomputes the rest during the backward pass (``torch.utils.checkpoint``, the same dropout masks): the same loss and
+gradients in a fraction of the activation memory (BENCHMARKS.md, "memory.py"), for a second forward pass of those
+blocks.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .errors import UserError
 
-__all__ = ["PRESETS", "UNet", "UNetConfig", "timestep_embedding"]
+__all__ = ["AUTO_PRESET", "PRESETS", "UNet", "UNetConfig", "preset_for_size", "timestep_embedding"]
 
 DOWNSAMPLE_PADDINGS = ("symmetric", "same")
 
@@ -57,6 +64,11 @@ class UNetConfig:
     # scale and shift of the second GroupNorm, h = GN(h)·(1 + s) + b ("adaptive GroupNorm", Dhariwal & Nichol
     # 2021; diffusers' "scale_shift").
     scale_shift_norm: bool = False
+    # How the resolution changes between levels: a strided conv down and nearest-×2-then-conv up (False: DDPM's, and
+    # what a checkpoint that does not record this field means), or a residual block that average-pools (down) or
+    # nearest-upsamples (up) both its branches between its first activation and first conv ("BigGAN" up/down,
+    # Dhariwal & Nichol 2021's resblock_updown; diffusers' downsample_type / upsample_type "resnet").
+    resblock_updown: bool = False
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; accept both so from_dict(to_dict()) round-trips.
@@ -112,7 +124,9 @@ class UNetConfig:
 
 
 # name -> UNetConfig keyword arguments. `channels`, `image_size` and `num_classes` are the data's
-# business and are set by UNet.from_preset.
+# business and are set by UNet.from_preset. Each published network's parameter count, as its paper gives it, is
+# checked in tests/test_unet.py (with the paper's class count and output channels, against diffusers' UNet2DModel
+# built to the same configuration).
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU budgets (8×8 digits, 28×28 Fashion-MNIST): three levels (28/14/7), the only attention is the middle
     # block's at the lowest one. The third level won the 10- and 25-minute screens, and adaptive GroupNorm
@@ -120,13 +134,53 @@ PRESETS: dict[str, dict[str, Any]] = {
     # size at equal wall-clock", "Adaptive GroupNorm, AdamW β2 = 0.99 and stratified timesteps").
     "tiny": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(),
                  dropout=0.0, image_size=8, scale_shift_norm=True),
+    # CPU budgets for colour images, in tiny's spirit (width 32, one residual block per level, adaptive GroupNorm, no
+    # dropout), with the published networks' attention at 16 px: 32/16/8 (tiny-32) and 64/32/16/8 (tiny-64).
+    # Not yet compared with the published networks at equal wall-clock.
+    "tiny-32": dict(channels=3, image_size=32, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                    attention_resolutions=(16,), dropout=0.0, scale_shift_norm=True),
+    "tiny-64": dict(channels=3, image_size=64, base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
+                    attention_resolutions=(16,), dropout=0.0, scale_shift_norm=True),
     # 28×28 / 32×32: a few M params, attention at the 7×7 / 8×8 level.
     "small": dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7, 8),
                   dropout=0.1, image_size=28),
-    # Ho et al. (2020), CIFAR-10: 35.7M params.
+    # Ho et al. (2020), CIFAR-10 32×32: 35.7M params.
     "ddpm-cifar10": dict(channels=3, image_size=32, base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
                          attention_resolutions=(16,), dropout=0.1, num_heads=1, groups=32),
+    # Dhariwal & Nichol (2021, "Diffusion Models Beat GANs", the ImageNet 64×64 model of guided-diffusion): width
+    # 192, 3 blocks, (1,2,3,4), attention at 32/16/8 px with 64-channel heads, adaptive GroupNorm, residual up/down,
+    # dropout 0.1. 296M params as published (class-conditional on 1000 classes, 6 output channels for the learned
+    # variance: 295,904,454); without those, as here, 295,131,267.
+    "adm-64": dict(channels=3, image_size=64, base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
+                   attention_resolutions=(32, 16, 8), dropout=0.1, head_channels=64, scale_shift_norm=True,
+                   resblock_updown=True),
+    # Dhariwal & Nichol (2021), the ImageNet 128×128 model: width 256, 2 blocks, (1,1,2,3,4), attention at 32/16/8
+    # px with 4 heads, adaptive GroupNorm, residual up/down, no dropout. 422M params as published (1000 classes,
+    # 6 output channels: 421,529,606); 420,498,691 here.
+    "adm-128": dict(channels=3, image_size=128, base_channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2,
+                    attention_resolutions=(32, 16, 8), dropout=0.0, num_heads=4, scale_shift_norm=True,
+                    resblock_updown=True),
+    # Ho et al. (2020), the LSUN / CelebA-HQ 256×256 model: width 128, 2 blocks, (1,1,2,2,4,4), attention at 16 px
+    # with one head, no dropout: 114M params (113,673,219).
+    "ddpm-256": dict(channels=3, image_size=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4, 4),
+                     num_res_blocks=2, attention_resolutions=(16,), dropout=0.0, num_heads=1),
 }
+
+# `ddpm train` without --preset: the network for the image size, the first row whose size is at least the data's
+# (larger images get the last). `tiny` up to 32 px keeps the CPU-budget default (the digits demo and the 25-minute
+# Fashion-MNIST figures); from 64 px the published networks, whose levels go down to 8 px with attention at 16 px.
+AUTO_PRESET = "auto"
+PRESET_BY_SIZE: tuple[tuple[int, str], ...] = ((32, "tiny"), (64, "adm-64"), (128, "adm-128"), (256, "ddpm-256"))
+# The CPU-budget network of the same resolution as a published one, named where the published one is chosen.
+CPU_BUDGET_PRESET = {"adm-64": "tiny-64", "ddpm-cifar10": "tiny-32"}
+
+
+def preset_for_size(image_size: int) -> str:
+    """The preset `ddpm train` uses without --preset for square images of ``image_size`` px (PRESET_BY_SIZE)."""
+    for size, name in PRESET_BY_SIZE:
+        if image_size <= size:
+            return name
+    return PRESET_BY_SIZE[-1][1]
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -165,17 +219,29 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
+def _resample(x: Tensor, how: str | None) -> Tensor:
+    """(B, C, H, W) -> (B, C, H/2, W/2) for "down" (2×2 average), (B, C, 2H, 2W) for "up" (nearest), else x."""
+    if how == "down":
+        return F.avg_pool2d(x, 2)
+    if how == "up":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return x
+
+
 class ResBlock(nn.Module):
     """GroupNorm–SiLU–conv, + time embedding per channel, GroupNorm–SiLU–dropout–conv, + skip.
 
     With ``scale_shift`` the embedding gives a scale s and a shift b per channel instead of an addend, applied
-    after the second GroupNorm: GN(h)·(1 + s) + b.
+    after the second GroupNorm: GN(h)·(1 + s) + b. With ``resample`` "down" or "up" the block also halves or doubles
+    the resolution: both the branch (after its first activation) and the skip are average-pooled or
+    nearest-upsampled (the residual up/down of Dhariwal & Nichol 2021).
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int,
-                 scale_shift: bool = False) -> None:
+                 scale_shift: bool = False, resample: str | None = None) -> None:
         super().__init__()
         self.scale_shift = scale_shift
+        self.resample = resample
         self.norm1 = _norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
@@ -186,8 +252,11 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        """x (B, in_ch, H, W), emb (B, emb_dim) -> (B, out_ch, H, W)."""
-        h = self.conv1(F.silu(self.norm1(x)))
+        """x (B, in_ch, H, W), emb (B, emb_dim) -> (B, out_ch, H', W'): H' = H, H/2 ("down") or 2H ("up")."""
+        h = F.silu(self.norm1(x))
+        if self.resample is not None:
+            h, x = _resample(h, self.resample), _resample(x, self.resample)
+        h = self.conv1(h)
         e = self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, out_ch or 2·out_ch, 1, 1)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
@@ -285,12 +354,19 @@ def model_num_classes(model: object) -> int | None:
 
 
 class UNet(nn.Module):
-    """DDPM-style UNet: ``forward(x (B, C, H, W), t (B,), labels (B,) | None) -> (B, C, H, W)``."""
+    """DDPM-style UNet: ``forward(x (B, C, H, W), t (B,), labels (B,) | None) -> (B, C, H, W)``.
+
+    ``grad_checkpoint`` (an attribute, False by default, not part of the config: it changes memory and time, not
+    the numbers): while gradients are recorded, each residual and attention block keeps only its inputs and is
+    recomputed in the backward pass (``torch.utils.checkpoint``, non-reentrant, restoring the RNG state so that
+    dropout draws the same masks).
+    """
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         config.validate()
         self.config = config
+        self.grad_checkpoint = False
         cfg = config
         ch, groups = cfg.base_channels, cfg.groups
         emb_dim = 4 * ch
@@ -298,8 +374,8 @@ class UNet(nn.Module):
         def heads(c: int) -> int:
             return c // cfg.head_channels if cfg.head_channels is not None else cfg.num_heads
 
-        def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, cfg.dropout, groups, cfg.scale_shift_norm)
+        def res(cin: int, cout: int, resample: str | None = None) -> ResBlock:
+            return ResBlock(cin, cout, emb_dim, cfg.dropout, groups, cfg.scale_shift_norm, resample)
 
         def attn(c: int) -> AttentionBlock:
             return AttentionBlock(c, heads(c), groups)
@@ -323,7 +399,8 @@ class UNet(nn.Module):
                 self.down.append(layers)
                 skip_chs.append(cur)
             if level != len(cfg.channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(cur, cfg.downsample_padding)]))
+                down = res(cur, cur, "down") if cfg.resblock_updown else Downsample(cur, cfg.downsample_padding)
+                self.down.append(nn.ModuleList([down]))
                 skip_chs.append(cur)
                 size //= 2
 
@@ -338,7 +415,7 @@ class UNet(nn.Module):
                 if size in cfg.attention_resolutions:
                     layers.append(attn(cur))
                 if level != 0 and i == cfg.num_res_blocks:
-                    layers.append(Upsample(cur))
+                    layers.append(res(cur, cur, "up") if cfg.resblock_updown else Upsample(cur))
                     size *= 2
                 self.up.append(layers)
         assert not skip_chs
@@ -411,15 +488,23 @@ class UNet(nn.Module):
         skips = [h]
         for layers in self.down:
             for layer in layers:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+                h = self._block(layer, h, emb)
             skips.append(h)
 
         for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = self._block(layer, h, emb)
 
         for layers in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
             for layer in layers:
-                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+                h = self._block(layer, h, emb)
 
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _block(self, layer: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
+        """One layer of the path on h (B, C, H, W); residual and attention blocks are checkpointed with
+        ``grad_checkpoint`` while gradients are recorded."""
+        args = (h, emb) if isinstance(layer, ResBlock) else (h,)
+        if self.grad_checkpoint and torch.is_grad_enabled() and isinstance(layer, (ResBlock, AttentionBlock)):
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)

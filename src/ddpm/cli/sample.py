@@ -10,6 +10,7 @@ from typing import Any
 from .. import __version__
 from ..errors import UserError
 from ..generate import default_sampler, edit_image, generate, interpolate, reproduce
+from ..images import picture_size
 from ..sampling import SAMPLERS, sampler_options
 from ..schedule import SPACINGS
 
@@ -80,19 +81,23 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``ddpm edit`` and its flags."""
     s = sub.add_parser(
         "edit", help="edit an image with a checkpoint (SDEdit, inpainting)",
-        description="Edit a picture the size of the model's images. Without --mask: SDEdit (noise the picture "
-                    "to step round(strength*(T-1)) and denoise it). With --mask: regenerate the white pixels "
-                    "and keep the black ones exactly (RePaint resampling with --resample).")
+        description="Edit a picture with a model. A picture of another size is brought to the model's as training "
+                    "does (shorter side to its size, centre crop, Lanczos), said in one line. Without --mask: SDEdit "
+                    "(noise the picture to step round(strength*(T-1)) and denoise it). With --mask: regenerate the "
+                    "white pixels and keep the black ones exactly (RePaint resampling with --resample).")
     add_sampler_flags(s, " of the full path; an edit uses those below round(strength*(T-1))")
     s.add_argument("--image", required=True, help="the picture to edit (any mode; converted to the model's channels)")
     s.add_argument("--out", required=True, help="the edited PNG to write")
     s.add_argument("--strength", type=float, default=None,
                    help="in [0, 1]: 0 keeps the picture, 1 regenerates it from noise (required without --mask; "
                         "default 1 with --mask)")
-    s.add_argument("--mask", default=None, help="same-size picture: white (>= 128 gray) = regenerate, black = keep")
+    s.add_argument("--mask", default=None, help="a picture of the image's size or the model's: white (>= 128 gray) = "
+                                                "regenerate, black = keep")
     s.add_argument("--resample", type=int, default=1, metavar="R",
                    help="with --mask: RePaint, redo every ancestral step R times (uses the ddpm sampler; default 1)")
     s.add_argument("--seed", type=int, default=0, help="the edit depends only on the seed (default: 0)")
+    s.add_argument("--no-resize", action="store_true",
+                   help="refuse a picture whose size is not the model's instead of resizing and cropping it")
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, str]:
@@ -155,7 +160,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_edit(args: argparse.Namespace) -> int:
     """``ddpm edit``: SDEdit or inpaint one picture; writes one PNG with metadata."""
     path, made = edit_image(args.checkpoint, args.image, args.out, strength=args.strength, mask=args.mask,
-                            resample=args.resample, seed=args.seed, **sampler_args(args))
+                            resample=args.resample, seed=args.seed, resize=not args.no_resize, **sampler_args(args))
+    if "resized_from" in made.extra:
+        w, h = picture_size(path)
+        print(f"resized {args.image} from {made.extra['resized_from']} to the model's {w}x{h} as training does "
+              "(shorter side, centre crop, Lanczos; --no-resize refuses instead)")
     what = "inpainted" if args.mask is not None else f"SDEdit at strength {args.strength:g}"
     print(f"wrote {path} ({what}, {made.choice.name})")
     return 0

@@ -16,7 +16,7 @@ from ..errors import ParameterError, UserError
 from ..fields import marked, option
 from ..losses import LOSS_WEIGHTS, T_SAMPLINGS
 from ..schedule import Schedule
-from ..unet import PRESETS
+from ..unet import AUTO_PRESET, PRESET_BY_SIZE, PRESETS
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
@@ -32,7 +32,10 @@ class TrainConfig:
     steps: int | None = option("total optimisation steps, counting those before a resume (default 5000 when "
                                "--minutes is not given)", default=None)
     minutes: float | None = option("stop after this many minutes of training (and at --steps if given)", default=None)
-    preset: str = option(f"network preset: {', '.join(PRESETS)}", default="tiny", resume=True)
+    preset: str = option(f"network preset: {', '.join(PRESETS)}, or {AUTO_PRESET}: chosen from the image size ("
+                         + ", ".join(f"{name} up to {size} px" for size, name in PRESET_BY_SIZE[:-1])
+                         + f", {PRESET_BY_SIZE[-1][1]} above; said at start; a resumed run keeps its own)",
+                         default=AUTO_PRESET, resume=True, before_flag="tiny")
     init_from: str | None = option("start a new run from this checkpoint's weights, EMA and raw (a file or run "
                                    "directory, e.g. one made by `ddpm convert`); its network is used, not --preset",
                                    default=None, resume=True)
@@ -59,8 +62,11 @@ class TrainConfig:
     label_dropout: float = option("with --class-cond, the share of labels dropped to 'no label'",
                                   default=0.1, resume=True)
     batch_size: int = option("images per optimisation step per process", default=64, resume=True)
-    grad_accum: int = option("micro-batches per step: effective batch = batch-size x processes x grad-accum",
-                             default=1, resume=True)
+    grad_accum: int = option("micro-batches per step: effective batch = batch-size x processes x grad-accum "
+                             "(the same step in 1/grad-accum of the activation memory)", default=1, resume=True)
+    grad_checkpoint: bool = option("recompute each residual and attention block's activations in the backward pass "
+                                   "instead of keeping them: the same loss and gradients in a fraction of the "
+                                   "activation memory, for a second forward pass of those blocks", default=False)
     lr: float = option("AdamW learning rate after warm-up", default=1e-3, resume=True)
     warmup: int = option("linear learning-rate warm-up steps", default=200, resume=True)
     lr_schedule: str = option("after warm-up: 'constant', or 'cosine'/'linear' decay to 0 at --steps (with --minutes "
@@ -119,8 +125,8 @@ class TrainConfig:
         """Raise a ParameterError (a UserError) naming the first bad setting."""
         if not self.out:
             raise ParameterError("{out} is required: the run directory to write checkpoints and samples into")
-        if self.preset not in PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        if self.preset not in PRESETS and self.preset != AUTO_PRESET:
+            raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}, or {AUTO_PRESET}")
         if self.prediction not in PREDICTIONS:
             raise UserError(f"unknown prediction {self.prediction!r}: choose one of {', '.join(PREDICTIONS)}")
         if self.schedule not in ("linear", "cosine"):

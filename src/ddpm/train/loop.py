@@ -9,6 +9,7 @@ an AdamW step at the scheduled learning rate and update the EMA. Around it, :fun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -119,6 +120,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     objective = Objective.create(schedule, cfg.prediction, cfg.loss_weight, cfg.loss_gamma, cfg.t_sampling,
                                  cfg.laplace_loc, cfg.laplace_scale, px.device, stratified=cfg.t_stratified)
     nets = build_networks(cfg, data, px, out)
+    cfg = dataclasses.replace(cfg, preset=nets.preset)  # "auto" resolved: what the checkpoints record
     metrics = MetricsLog.open(cfg, out, nets.step) if px.main else None
     evaluator = None
     if metrics is not None and cfg.eval_every:

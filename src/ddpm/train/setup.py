@@ -4,7 +4,7 @@ checks that a resume keeps the run's numbers."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,15 @@ from ..data import ImageDataset
 from ..errors import ParameterError, UserError
 from ..runtime import Dist, default_bf16
 from ..seeding import mix
-from ..unet import UNet, UNetConfig
+from ..unet import AUTO_PRESET, CPU_BUDGET_PRESET, UNet, UNetConfig, preset_for_size
 from .config import BEFORE_THE_FLAG, RESUME_MUST_MATCH, TrainConfig
 
 
 @dataclass
 class Networks:
     """A run's networks at its starting step: ``raw`` (trained), ``ema``, ``model`` (what the loop calls:
-    ``raw``, or its DDP/compiled wrapper), the optimizer, and the arithmetic (bf16, memory format)."""
+    ``raw``, or its DDP/compiled wrapper), the optimizer, the arithmetic (bf16, memory format), and the preset the
+    run records (``auto`` resolved: from the image size for a new run, the checkpoint's on resume)."""
 
     raw: UNet
     ema: UNet
@@ -39,33 +40,51 @@ class Networks:
     step: int
     bf16: bool
     memory_format: torch.memory_format
+    preset: str
 
 
 def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) -> Networks:
-    """The networks to train: new from cfg.preset (seeded), from --init-from, or restored with their optimizer
-    from the latest checkpoint of ``out`` (--resume); on px.device, wrapped in DDP and torch.compile as asked."""
+    """The networks to train: new from cfg.preset (seeded; ``auto``: the size's, :func:`ddpm.unet.preset_for_size`),
+    from --init-from, or restored with their optimizer from the latest checkpoint of ``out`` (--resume); on
+    px.device, wrapped in DDP and torch.compile as asked. A new run says in one line which network it trains."""
     device = px.device
+    preset = cfg.preset
     torch.manual_seed(mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
     if cfg.resume:  # the run's own network, as saved, whatever the preset means today
         path, state = latest_resumable(out)
         ck = load_checkpoint(path)
-        check_compatible(ck.meta["train"], cfg, px.world, int(ck.meta.get("world_size", 1)), path)
+        if preset == AUTO_PRESET:  # no --preset: the run's own (checkpoints before "auto" record "tiny" or more)
+            preset = ck.meta["train"].get("preset", BEFORE_THE_FLAG["preset"])
+        check_compatible(ck.meta["train"], replace(cfg, preset=preset), px.world, int(ck.meta.get("world_size", 1)),
+                         path)
         raw = UNet(UNetConfig.from_dict(ck.meta["model"]))
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
     elif cfg.init_from is not None:  # a new run that starts from another checkpoint's network and weights
         raw, ema = networks_from_checkpoint(cfg, data)
+        if px.main:
+            print(f"network: {cfg.init_from}'s ({describe_network(raw)})")
     else:
+        chosen = preset == AUTO_PRESET
+        if chosen:
+            preset = preset_for_size(data.image_size)
         overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size,
                                      "num_classes": data.num_classes if cfg.class_cond else None}
         if cfg.dropout is not None:
             overrides["dropout"] = cfg.dropout
         overrides.update(cfg.network_overrides())
         try:
-            raw = UNet.from_preset(cfg.preset, **overrides)
+            raw = UNet.from_preset(preset, **overrides)
         except ValueError as e:
-            raise ParameterError(f"preset {cfg.preset!r} does not fit the data: {e} (flags: {{image_size}}, "
-                                 "{channel_mult})") from None
+            raise ParameterError(f"preset {preset!r} does not fit the data: {e} (flags: {{image_size}}, "
+                                 "{preset}, {channel_mult})") from None
+        if px.main:
+            how = f"chosen for {data.image_size}x{data.image_size} images; --preset names another" if chosen else \
+                "--preset"
+            cpu = CPU_BUDGET_PRESET.get(preset) if device.type == "cpu" else None
+            tip = f"; on a CPU, --preset {cpu} is the small network for this size" if cpu else ""
+            print(f"network: {preset} ({how}): {describe_network(raw)}{tip}")
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
+    raw.grad_checkpoint = cfg.grad_checkpoint
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
 
     step = 0
@@ -91,7 +110,19 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if use_cuda else None)
     if cfg.compile:
         model = torch.compile(model)
-    return Networks(raw, ema, model, opt, step, bf16, fmt)
+    return Networks(raw, ema, model, opt, step, bf16, fmt, preset)
+
+
+def describe_network(net: UNet) -> str:
+    """One phrase: the levels' sizes, where attention is, and the parameter count, e.g. "levels 64→32→16→8 px,
+    attention at 16 px and the middle, 1.63M parameters"."""
+    cfg = net.config
+    sizes = [cfg.image_size // 2**i for i in range(len(cfg.channel_mult))]
+    attn = [s for s in sizes if s in cfg.attention_resolutions]
+    where = f"at {', '.join(map(str, attn))} px and the middle" if attn else "in the middle block only"
+    count = sum(p.numel() for p in net.parameters())
+    return f"levels {'→'.join(map(str, sizes))} px, attention {where}, {count / 1e6:.{1 if count >= 1e8 else 2}f}M " \
+           "parameters"
 
 
 def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet, UNet]:

@@ -1,0 +1,336 @@
+"""Peak training memory per image for each preset at its resolution, with and without --grad-checkpoint, in float32
+and under bf16 autocast; and from it the batch that fits in 16, 24 and 80 GiB.
+
+Usage::
+
+    python benchmarks/memory.py [--presets tiny-32,tiny-64,ddpm-cifar10,adm-64,adm-128,ddpm-256]
+                                [--device cpu|cuda] [--mode shapes|real] [--batches 2,4]
+                                [--precisions float32,bf16] [--json PATH]
+
+What one measurement is: one training step as ``ddpm train`` takes it (forward, the MSE to the noise, backward,
+gradient clipping, AdamW, the EMA update), with the raw weights, the EMA weights and AdamW's two moments already in
+memory (every step after the first), at batch b; its peak is the most memory held at any point of the step.
+
+- ``--device cuda``: ``torch.cuda.max_memory_allocated``, PyTorch's caching allocator's count of the bytes its
+  tensors hold (the CUDA context, about 0.5 GiB, and memory the allocator reserves but has not handed out are extra).
+- ``--device cpu --mode real``: PyTorch's accounting of its own tensors, taken by a dispatch mode that adds up the
+  bytes of every tensor storage alive after each operator (storages are followed by weak reference, so a freed one
+  leaves the sum). What a kernel allocates and frees inside one operator is not seen.
+- ``--mode shapes`` (CPU only): the same count on FakeTensors: the step runs on shapes and dtypes alone, nothing is
+  computed, so a 400M-parameter network at 256 px takes seconds on any machine. AdamW is written out in its foreach
+  form (CUDA's default: the square root of the second moment of every parameter at once), and bf16 follows the CPU's
+  autocast lists. tests/test_memory_benchmark.py checks that shapes and real agree exactly on a small preset.
+
+Per image = (forward-backward peak at b2 − at b1) / (b2 − b1), over batches large enough that the activations make
+the peak (32 and 64 by default in shapes mode, where a batch costs no memory; 8 and 16 when the step is computed);
+fixed = the b1 peak − b1 × per image (weights, EMA, moments, and what does not grow
+with the batch). The optimizer step's peak (weights, EMA, moments, gradients and AdamW's temporaries; no activations)
+does not grow with the batch. The batch that fits in G GiB = ⌊(G − 1 GiB − fixed) / per image⌋, or 0 where the
+optimizer step alone does not fit; 1 GiB is left for the CUDA context and the cuBLAS/cuDNN workspaces. On a CPU these
+are estimates until a GPU measures the step (``benchmarks/gpu_check.sh`` runs this script with ``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from ddpm.train.schedules import ema_update  # noqa: E402
+from ddpm.unet import PRESETS, UNet  # noqa: E402
+
+GIB = 2**30
+MIB = 2**20
+BUDGETS_GIB = (16, 24, 80)
+RESERVED_GIB = 1.0  # the CUDA context and library workspaces, outside PyTorch's count
+DEFAULT_PRESETS = ("tiny-32", "tiny-64", "ddpm-cifar10", "adm-64", "adm-128", "ddpm-256")
+LR, BETAS, EPS, WEIGHT_DECAY = 1e-4, (0.9, 0.99), 1e-8, 0.0  # ddpm train's AdamW (betas as --adam-beta2's default)
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of the tensor storages alive, after every operator, and keeps the peak.
+
+    Storages are keyed by their C++ object and followed by weak reference: views and in-place results add nothing,
+    and a storage that was freed leaves the count. The count is swept for freed storages only when it would set a
+    new peak (it can only overstate what is alive), so the peak is exact and most operators cost no sweep.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: dict[int, StorageWeakRef] = {}  # keeps the weak references alive while their keys are checked
+        self.sizes: dict[int, int] = {}
+        self.live = 0
+        self.peak = 0
+
+    def add(self, tensor: Tensor) -> None:
+        """Count ``tensor``'s storage (once however many tensors view it)."""
+        storage = tensor.untyped_storage()
+        ref = StorageWeakRef(storage)
+        if ref.cdata not in self.refs:
+            self.refs[ref.cdata], self.sizes[ref.cdata] = ref, storage.nbytes()
+            self.live += storage.nbytes()
+            if self.live > self.peak:
+                self._sweep()
+                self.peak = max(self.peak, self.live)
+
+    def reset_peak(self) -> None:
+        """Start a new peak from what is alive now."""
+        self._sweep()
+        self.peak = self.live
+
+    def _sweep(self) -> None:
+        expired = torch.UntypedStorage._expired
+        for key in [k for k in self.refs if expired(k)]:
+            del self.refs[key]
+            self.live -= self.sizes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, Tensor):
+                self.add(leaf)
+        return out
+
+
+@dataclass
+class Peak:
+    """One measured step: the bytes held before it (weights, EMA, moments, the batch), the peak during the forward
+    and backward, and the peak during the optimizer step and EMA update."""
+
+    before: int
+    forward_backward: int
+    optimizer: int
+
+    @property
+    def peak(self) -> int:
+        return max(self.forward_backward, self.optimizer)
+
+
+def _foreach_adamw(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                   step: int) -> None:
+    """AdamW's foreach form (torch.optim.AdamW on CUDA) with its temporaries, for shapes mode, where the optimizer's
+    own step counters cannot be read."""
+    b1, b2 = BETAS
+    torch._foreach_mul_(params, 1 - LR * WEIGHT_DECAY)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - b1)
+    torch._foreach_mul_(exp_avg_sqs, b2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - b2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, math.sqrt(1 - b2**step))
+    torch._foreach_add_(denom, EPS)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, -LR / (1 - b1**step))
+
+
+@contextmanager
+def _fake(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        yield
+
+
+def measure_step(preset: str, size: int, batch: int, *, bf16: bool = False, checkpointing: bool = False,
+                 device: str = "cpu", mode: str = "real", channels: int = 3, **overrides: Any) -> Peak:
+    """The memory of one training step of ``preset`` (with UNetConfig ``overrides``) at ``size`` px on ``batch``
+    images of ``channels`` channels (see the module docstring).
+
+    ``mode`` "real" computes the step (on ``device``); "shapes" runs it on FakeTensors on the CPU.
+    """
+    if mode not in ("real", "shapes"):
+        raise ValueError(f"mode must be real or shapes; got {mode!r}")
+    if mode == "shapes" and device != "cpu":
+        raise ValueError("shapes mode runs on the CPU's FakeTensors: pass --device cpu")
+    cuda = device.startswith("cuda")
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    with _fake(mode == "shapes"), dev if cuda else nullcontext():  # (the device context slows every CPU op)
+        net = UNet.from_preset(preset, channels=channels, image_size=size, **overrides)
+        if cuda:
+            net = net.to(memory_format=torch.channels_last)  # ddpm train's default on CUDA
+        ema = UNet(net.config).requires_grad_(False)
+        net.train()
+        net.grad_checkpoint = checkpointing
+        params = list(net.parameters())
+        x_t = torch.randn(batch, channels, size, size, device=dev)
+        t = torch.randint(0, 1000, (batch,), device=dev)
+        noise = torch.randn(batch, channels, size, size, device=dev)
+        if mode == "real":  # ddpm train's AdamW; a first step creates its moments, as in every later step
+            opt = torch.optim.AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
+            moments = []
+        else:
+            moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+
+        def forward_backward() -> None:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = (net(x_t, t).float() - noise).pow(2).mean()
+            loss.backward()
+
+        def update() -> None:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if mode == "real":
+                opt.step()
+            else:
+                with torch.no_grad():
+                    _foreach_adamw(params, [p.grad for p in params], [m for m, _ in moments],
+                                   [v for _, v in moments], 2)
+            ema_update(ema, net, 0.999)
+            for p in params:
+                p.grad = None
+
+        if mode == "real":
+            forward_backward()
+            update()
+            moments = [(opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]) for p in params]
+        held = [*params, *ema.parameters(), *(m for pair in moments for m in pair), x_t, t, noise]
+        if cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            before = torch.cuda.memory_allocated(dev)
+            forward_backward()
+            torch.cuda.synchronize(dev)
+            fb = torch.cuda.max_memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            update()
+            torch.cuda.synchronize(dev)
+            return Peak(before, fb, torch.cuda.max_memory_allocated(dev))
+        counter = LiveBytes()
+        with counter:
+            for tensor in held:
+                counter.add(tensor)
+            before = counter.live
+            forward_backward()
+            fb = counter.peak
+            counter.reset_peak()
+            update()
+            return Peak(before, fb, counter.peak)
+
+
+@dataclass
+class Row:
+    """One preset, precision and checkpointing setting: the fitted per-image and fixed memory, and batches that fit."""
+
+    preset: str
+    size: int
+    params: int
+    precision: str
+    checkpointing: bool
+    batches: tuple[int, int]
+    peaks: tuple[int, int]  # the whole step's, at each batch
+    per_image: float
+    fixed: float
+    optimizer_peak: int
+    fits: dict[str, int]
+    device: str
+    mode: str
+
+
+def fit(preset: str, size: int, b1: int, b2: int, *, bf16: bool, checkpointing: bool, device: str,
+        mode: str) -> Row:
+    """Measure batches b1 < b2 and fit the forward-backward peak = fixed + per_image × batch."""
+    s1, s2 = (measure_step(preset, size, b, bf16=bf16, checkpointing=checkpointing, device=device, mode=mode)
+              for b in (b1, b2))
+    per_image = (s2.forward_backward - s1.forward_backward) / (b2 - b1)
+    fixed = s1.forward_backward - b1 * per_image
+    optimizer_peak = max(s1.optimizer, s2.optimizer)
+
+    def batch_in(gib: int) -> int:
+        room = (gib - RESERVED_GIB) * GIB
+        return 0 if optimizer_peak > room else max(0, math.floor((room - fixed) / per_image))
+
+    fits = {f"{g}GiB": batch_in(g) for g in BUDGETS_GIB}
+    with torch.device("meta"):
+        params = sum(p.numel() for p in UNet.from_preset(preset, channels=3, image_size=size).parameters())
+    return Row(preset, size, params, "bf16" if bf16 else "float32", checkpointing, (b1, b2), (s1.peak, s2.peak),
+               per_image, fixed, optimizer_peak, fits, device, mode)
+
+
+def machine() -> str:
+    """The CPU model and its bf16-relevant flags, or the GPU's name."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    marks = [name for name, flag in (("AVX2", "avx2"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
+             if flag in flags]
+    return f"{model} ({os.cpu_count()} logical cores; {', '.join(marks) or 'no AVX2'})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, measure, print a Markdown table (and JSON lines with --json)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated, each at its own size")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--mode", default=None, choices=["real", "shapes"],
+                        help="real (compute the step) or shapes (FakeTensors, CPU only; default on the CPU)")
+    parser.add_argument("--batches", default=None,
+                        help="the two batch sizes of the fit (default: 32,64 in shapes mode, 8,16 in real mode)")
+    parser.add_argument("--precisions", default="float32,bf16", help="comma-separated: float32, bf16 (autocast)")
+    parser.add_argument("--checkpointing", default="off,on", help="comma-separated: off, on (--grad-checkpoint)")
+    parser.add_argument("--json", default=None, help="also append one JSON line per row to this file")
+    args = parser.parse_args(argv)
+    mode = args.mode or ("shapes" if args.device == "cpu" else "real")
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    unknown = sorted(set(presets) - set(PRESETS))
+    if unknown:
+        parser.error(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+    b1, b2 = (int(b) for b in (args.batches or ("32,64" if mode == "shapes" else "8,16")).split(","))
+    if not 0 < b1 < b2:
+        parser.error(f"--batches {args.batches!r}: two sizes, the first smaller, e.g. 2,4")
+    if args.device.startswith("cuda"):
+        where = f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).total_memory / GIB:.0f} GiB)"
+    else:
+        where = machine()
+
+    print("# Training memory per image\n")
+    print(f"- device: {args.device}, {where}; torch {torch.__version__}")
+    cuda = args.device.startswith("cuda")
+    print(f"- accounting: {'torch.cuda.max_memory_allocated' if cuda else 'live tensor storages'} ({mode}); fit over "
+          f"batches {b1} and {b2}; batches that fit leave {RESERVED_GIB:g} GiB for the CUDA context"
+          + ("" if cuda else " (estimates until a GPU measures them)"))
+    print("- command: python benchmarks/memory.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])))
+    print()
+    print("| preset | size | params | precision | grad checkpoint | MiB per image | fixed GiB | optimizer step GiB "
+          f"| peak at {b1} / {b2} (GiB) | batch in 16 / 24 / 80 GiB |")
+    print("|---|---:|---:|---|---|---:|---:|---:|---:|---:|")
+    for preset in presets:
+        size = int(PRESETS[preset].get("image_size", 32))
+        for precision in (p.strip() for p in args.precisions.split(",") if p.strip()):
+            for ck in (c.strip() == "on" for c in args.checkpointing.split(",") if c.strip()):
+                row = fit(preset, size, b1, b2, bf16=precision == "bf16", checkpointing=ck, device=args.device,
+                          mode=mode)
+                fits = " / ".join(str(row.fits[f"{g}GiB"]) for g in BUDGETS_GIB)
+                print(f"| {preset} | {size} | {row.params / 1e6:.1f}M | {precision} | {'on' if ck else 'off'} "
+                      f"| {row.per_image / MIB:.1f} | {row.fixed / GIB:.2f} | {row.optimizer_peak / GIB:.2f} "
+                      f"| {row.peaks[0] / GIB:.2f} / "
+                      f"{row.peaks[1] / GIB:.2f} | {fits} |", flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps({**asdict(row), "machine": where, "torch": torch.__version__}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The network a run trains: chosen from the image size without --preset (and said), kept on resume, each preset
+trained a step and sampled on the CPU, and --grad-checkpoint giving the same run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm import Schedule, sample
+from ddpm.checkpoint import load_checkpoint, save_checkpoint
+from ddpm.cli import main
+from ddpm.errors import UserError
+from ddpm.train import TrainConfig
+from ddpm.train.setup import check_compatible
+from ddpm.unet import PRESETS, UNet
+
+QUICK = ["--batch-size", "2", "--warmup", "1", "--sample-every", "0", "--checkpoint-every", "0", "--sample-steps", "1",
+         "--num-samples", "1", "--log-every", "1", "--quiet"]
+
+
+def _photos(folder: Path, n: int = 2, size: tuple[int, int] = (90, 70)) -> Path:
+    """``n`` colour pictures of ``size`` (not square, not the model's size) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_default_preset_is_chosen_from_the_image_size_and_said(tmp_path, capsys):
+    run = tmp_path / "digits"
+    assert main(["train", "--data", "digits", "--out", str(run), "--steps", "1", *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "network: tiny (chosen for 8x8 images; --preset names another): levels 8→4→2 px" in out
+    ck = load_checkpoint(run)
+    assert ck.meta["train"]["preset"] == "tiny"  # the resolved name is what the run records
+    assert ck.meta["model"]["base_channels"] == 32 and ck.meta["model"]["channel_mult"] == [1, 2, 2]
+    # At 64 px: adm-64 (narrowed here so that the test is quick), and the CPU-budget network is named.
+    run = tmp_path / "photos"
+    assert main(["train", "--data", str(_photos(tmp_path / "p")), "--image-size", "64", "--base-channels", "64",
+                 "--channel-mult", "1,1,1,1", "--res-blocks", "1", "--out", str(run), "--steps", "1", "--device", "cpu",
+                 *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert ("network: adm-64 (chosen for 64x64 images; --preset names another): levels 64→32→16→8 px, attention at "
+            "32, 16, 8 px and the middle") in out
+    assert "on a CPU, --preset tiny-64 is the small network for this size" in out
+    model = load_checkpoint(run).meta["model"]
+    assert model["resblock_updown"] is True and model["head_channels"] == 64 and model["dropout"] == 0.1
+    assert load_checkpoint(run).meta["train"]["preset"] == "adm-64"
+
+
+def test_named_preset_is_said_too(tmp_path, capsys):
+    assert main(["train", "--data", "digits", "--preset", "tiny-32", "--out", str(tmp_path / "r"), "--steps", "1",
+                 *QUICK]) == 0
+    assert "network: tiny-32 (--preset): levels 8→4→2 px, attention in the middle block only" in \
+        capsys.readouterr().out
+
+
+def test_resume_without_preset_keeps_the_runs_own(tmp_path, capsys):
+    """A run recorded with any preset (or none: checkpoints from before the field) resumes without --preset; a
+    --preset that differs from the run's is refused as before."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--preset", "tiny-32", "--out", str(run), "--steps", "1", *QUICK]) == 0
+    assert main(["train", "--data", "digits", "--out", str(run), "--steps", "2", "--resume", *QUICK]) == 0
+    assert load_checkpoint(run).meta["train"]["preset"] == "tiny-32"
+    capsys.readouterr()
+    assert main(["train", "--data", "digits", "--preset", "tiny", "--out", str(run), "--steps", "3", "--resume",
+                 *QUICK]) == 2
+    assert "--preset 'tiny-32' in the checkpoint, 'tiny' now" in capsys.readouterr().err
+    # A checkpoint written before "auto" records "tiny", the default then; one older still records nothing.
+    ck = load_checkpoint(run)
+    for steps, record in ((3, {**ck.meta["train"], "preset": "tiny"}),
+                          (4, {k: v for k, v in ck.meta["train"].items() if k != "preset"})):
+        save_checkpoint(ck.path, ck.model, ck.ema, {**ck.meta, "train": record})
+        assert main(["train", "--data", "digits", "--out", str(run), "--steps", str(steps), "--resume", *QUICK]) == 0
+        ck = load_checkpoint(run)
+        assert ck.step == steps and ck.meta["train"]["preset"] == "tiny"
+    with pytest.raises(UserError, match="preset 'tiny' in the checkpoint, 'auto' now"):
+        check_compatible({"preset": "tiny"}, TrainConfig(out="x"), 1, 1, tmp_path / "x")  # only build_networks adopts
+
+
+def test_grad_checkpoint_trains_the_same_run(tmp_path):
+    """--grad-checkpoint changes memory and time, not the numbers: with dropout, the weights, EMA and AdamW state
+    after a few steps are those of the run without it."""
+    runs = {}
+    for flag in ("--no-grad-checkpoint", "--grad-checkpoint"):
+        out = tmp_path / flag
+        assert main(["train", "--data", "digits", "--preset", "tiny-32", "--dropout", "0.2", "--out", str(out),
+                     "--steps", "3", "--no-bf16", flag, *QUICK]) == 0
+        ck = load_checkpoint(out)
+        runs[flag] = {**{f"model.{k}": v for k, v in ck.model.items()}, **{f"ema.{k}": v for k, v in ck.ema.items()}}
+        assert ck.meta["train"]["grad_checkpoint"] is (flag == "--grad-checkpoint")
+    a, b = runs.values()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+
+
+SMALL = [name for name in PRESETS if name in ("tiny", "tiny-32", "tiny-64", "small")]
+BIG = [name for name in PRESETS if name not in SMALL]
+
+
+def _step_and_sample(name: str) -> None:
+    """One AdamW step on two images of the preset's own size, then two sampling steps for one image."""
+    torch.manual_seed(0)
+    net = UNet.from_preset(name, channels=3)
+    size = net.config.image_size
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x, t = torch.randn(2, 3, size, size), torch.tensor([10, 900])
+    loss = (net(x, t) - torch.randn_like(x)).pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    with torch.no_grad():
+        out = sample(net.eval(), (1, 3, size, size), Schedule.linear(1000), sampler="ddim", steps=2,
+                     generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, size, size) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_small_presets_train_a_step_and_sample(name):
+    _step_and_sample(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BIG)
+def test_big_presets_train_a_step_and_sample(name):
+    _step_and_sample(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size,name", [(64, "adm-64"), (128, "adm-128"), (256, "ddpm-256")])
+def test_train_without_preset_trains_the_resolutions_network(tmp_path, capsys, size, name):
+    """`ddpm train --data FOLDER --image-size N` alone: the published network for N px, said in the first lines,
+    trained a step (one image per step: these are hundreds of millions of parameters on a CPU)."""
+    run = tmp_path / "run"
+    photos = _photos(tmp_path / "photos", n=1, size=(size + 30, size + 10))
+    quick = [a for a in QUICK if a not in ("--batch-size", "2")]
+    assert main(["train", "--data", str(photos), "--image-size", str(size), "--out", str(run), "--steps", "1",
+                 "--batch-size", "1", "--grad-checkpoint", "--device", "cpu", *quick]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"network: {name} (chosen for {size}x{size} images")
+    ck = load_checkpoint(run)
+    assert ck.meta["train"]["preset"] == name and ck.meta["model"]["base_channels"] == PRESETS[name]["base_channels"]
