@@ -435,3 +435,9 @@ def test_a_bin_that_is_not_plain_tensors_is_refused(tmp_path):
     with pytest.raises(UserError, match="weights only"):
         import_diffusers(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_residual_up_down_networks_are_refused_on_export_not_written_wrong():
+    cfg = ddpm.UNetConfig(**ddpm.PRESETS["adm-64"])
+    with pytest.raises(UserError, match="residual up/down blocks"):
+        unet_config_to_diffusers(cfg)

@@ -215,6 +215,10 @@ def unet_config_to_diffusers(cfg: Any) -> dict[str, Any]:
 
     Raises ``UserError`` naming the first of our fields that UNet2DModel cannot represent.
     """
+    if getattr(cfg, "resblock_updown", False):
+        raise UserError("a network with residual up/down blocks (resblock_updown: the adm-64 and adm-128 presets) "
+                        "cannot be exported: diffusers' ResnetDownsampleBlock2D/ResnetUpsampleBlock2D are not mapped "
+                        "yet")
     mult, size = list(cfg.channel_mult), cfg.image_size
     if mult[0] != 1:
         raise UserError(f"channel_mult={tuple(mult)} cannot be exported: UNet2DModel's first level has the width of "

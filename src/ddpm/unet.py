@@ -24,6 +24,7 @@ blocks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -386,39 +387,9 @@ class UNet(nn.Module):
 
         self.conv_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
 
-        # Down path. `skip_chs` records the channels of every tensor saved for the up path.
-        self.down = nn.ModuleList()
-        skip_chs = [ch]
-        cur, size = ch, cfg.image_size
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers = nn.ModuleList([res(cur, ch * mult)])
-                cur = ch * mult
-                if size in cfg.attention_resolutions:
-                    layers.append(attn(cur))
-                self.down.append(layers)
-                skip_chs.append(cur)
-            if level != len(cfg.channel_mult) - 1:
-                down = res(cur, cur, "down") if cfg.resblock_updown else Downsample(cur, cfg.downsample_padding)
-                self.down.append(nn.ModuleList([down]))
-                skip_chs.append(cur)
-                size //= 2
-
+        self.down, skip_chs, cur, size = _down_path(cfg, res, attn)
         self.mid = nn.ModuleList([res(cur, cur), attn(cur), res(cur, cur)])
-
-        # Up path: num_res_blocks + 1 blocks per level, each eating one saved skip.
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = nn.ModuleList([res(cur + skip_chs.pop(), ch * mult)])
-                cur = ch * mult
-                if size in cfg.attention_resolutions:
-                    layers.append(attn(cur))
-                if level != 0 and i == cfg.num_res_blocks:
-                    layers.append(res(cur, cur, "up") if cfg.resblock_updown else Upsample(cur))
-                    size *= 2
-                self.up.append(layers)
-        assert not skip_chs
+        self.up, cur = _up_path(cfg, res, attn, skip_chs, cur, size)
 
         self.norm_out = _norm(cur, groups)
         # Zero-init output: a fresh network predicts exactly 0 (the mean of eps), a calm starting point.
@@ -508,3 +479,46 @@ class UNet(nn.Module):
         if self.grad_checkpoint and torch.is_grad_enabled() and isinstance(layer, (ResBlock, AttentionBlock)):
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
+
+
+def _down_path(cfg: UNetConfig, res: Callable[..., nn.Module], attn: Callable[[int], nn.Module],
+               ) -> tuple[nn.ModuleList, list[int], int, int]:
+    """The down path's blocks, the channels of every tensor it saves for the up path, and the channels and size
+    it ends at."""
+    ch = cfg.base_channels
+    down = nn.ModuleList()
+    skip_chs = [ch]
+    cur, size = ch, cfg.image_size
+    for level, mult in enumerate(cfg.channel_mult):
+        for _ in range(cfg.num_res_blocks):
+            layers = nn.ModuleList([res(cur, ch * mult)])
+            cur = ch * mult
+            if size in cfg.attention_resolutions:
+                layers.append(attn(cur))
+            down.append(layers)
+            skip_chs.append(cur)
+        if level != len(cfg.channel_mult) - 1:
+            resample = res(cur, cur, "down") if cfg.resblock_updown else Downsample(cur, cfg.downsample_padding)
+            down.append(nn.ModuleList([resample]))
+            skip_chs.append(cur)
+            size //= 2
+    return down, skip_chs, cur, size
+
+
+def _up_path(cfg: UNetConfig, res: Callable[..., nn.Module], attn: Callable[[int], nn.Module], skip_chs: list[int],
+             cur: int, size: int) -> tuple[nn.ModuleList, int]:
+    """The up path: num_res_blocks + 1 blocks per level, each eating one saved skip; and its last channels."""
+    ch = cfg.base_channels
+    up = nn.ModuleList()
+    for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+        for i in range(cfg.num_res_blocks + 1):
+            layers = nn.ModuleList([res(cur + skip_chs.pop(), ch * mult)])
+            cur = ch * mult
+            if size in cfg.attention_resolutions:
+                layers.append(attn(cur))
+            if level != 0 and i == cfg.num_res_blocks:
+                layers.append(res(cur, cur, "up") if cfg.resblock_updown else Upsample(cur))
+                size *= 2
+            up.append(layers)
+    assert not skip_chs
+    return up, cur

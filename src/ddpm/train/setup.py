@@ -64,25 +64,7 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
         if px.main:
             print(f"network: {cfg.init_from}'s ({describe_network(raw)})")
     else:
-        chosen = preset == AUTO_PRESET
-        if chosen:
-            preset = preset_for_size(data.image_size)
-        overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size,
-                                     "num_classes": data.num_classes if cfg.class_cond else None}
-        if cfg.dropout is not None:
-            overrides["dropout"] = cfg.dropout
-        overrides.update(cfg.network_overrides())
-        try:
-            raw = UNet.from_preset(preset, **overrides)
-        except ValueError as e:
-            raise ParameterError(f"preset {preset!r} does not fit the data: {e} (flags: {{image_size}}, "
-                                 "{preset}, {channel_mult})") from None
-        if px.main:
-            how = f"chosen for {data.image_size}x{data.image_size} images; --preset names another" if chosen else \
-                "--preset"
-            cpu = CPU_BUDGET_PRESET.get(preset) if device.type == "cpu" else None
-            tip = f"; on a CPU, --preset {cpu} is the small network for this size" if cpu else ""
-            print(f"network: {preset} ({how}): {describe_network(raw)}{tip}")
+        raw, preset = new_network(cfg, data, device, px.main)
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
     raw.grad_checkpoint = cfg.grad_checkpoint
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
@@ -123,6 +105,32 @@ def describe_network(net: UNet) -> str:
     count = sum(p.numel() for p in net.parameters())
     return f"levels {'→'.join(map(str, sizes))} px, attention {where}, {count / 1e6:.{1 if count >= 1e8 else 2}f}M " \
            "parameters"
+
+
+def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, announce: bool) -> tuple[UNet, str]:
+    """A new run's network (seeded by the caller) and the preset it records: cfg.preset, or with ``auto`` the one
+    for the data's image size; with ``announce`` one line says which network it is and why."""
+    preset = cfg.preset
+    chosen = preset == AUTO_PRESET
+    if chosen:
+        preset = preset_for_size(data.image_size)
+    overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size,
+                                 "num_classes": data.num_classes if cfg.class_cond else None}
+    if cfg.dropout is not None:
+        overrides["dropout"] = cfg.dropout
+    overrides.update(cfg.network_overrides())
+    try:
+        raw = UNet.from_preset(preset, **overrides)
+    except ValueError as e:
+        raise ParameterError(f"preset {preset!r} does not fit the data: {e} (flags: {{image_size}}, "
+                             "{preset}, {channel_mult})") from None
+    if announce:
+        how = f"chosen for {data.image_size}x{data.image_size} images; --preset names another" if chosen else \
+            "--preset"
+        cpu = CPU_BUDGET_PRESET.get(preset) if device.type == "cpu" else None
+        tip = f"; on a CPU, --preset {cpu} is the small network for this size" if cpu else ""
+        print(f"network: {preset} ({how}): {describe_network(raw)}{tip}")
+    return raw, preset
 
 
 def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet, UNet]:
