@@ -58,13 +58,13 @@ from .data import (
     _check_request,
     _find_cifar,
     _find_idx_images,
-    _folder_entries,
     _label_file_for,
     _list_names,
     _visible,
     decode_fitted,
     decode_image,
     describe_shape,
+    folder_listing,
     load_dataset,
 )
 from .errors import ParameterError, UserError
@@ -93,7 +93,7 @@ class _Source:
     label: str  # the folder's or file's name, or the built-in set's: names the prepared folder
     fingerprint: str  # SHA-256 of the file list: relative names, sizes, mtimes (and labels)
     files: int
-    entries: list[tuple[Path, int]] = field(default_factory=list)  # images: (file, label -1..K-1), in load order
+    entries: list[tuple[str, int]] = field(default_factory=list)  # images: (file, label -1..K-1), in load order
     class_names: list[str] | None = None
 
 
@@ -120,12 +120,13 @@ def _sha256(lines: list[str]) -> str:
     return h.hexdigest()
 
 
-def _stat_lines(files: list[tuple[Path, int]], root: Path) -> list[str]:
-    """One line per file: relative name, size, mtime in ns and label; changing any of them changes the set."""
-    out = []
+def _stat_lines(files: list[tuple[str, int]] | list[tuple[Path, int]], root: Path) -> list[str]:
+    """One line per file: name relative to ``root``, size, mtime in ns and label; changing any changes the set."""
+    out, cut = [], len(os.fspath(root).rstrip(os.sep)) + 1
     for path, label in files:
-        st = path.stat()
-        out.append(f"{path.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\t{label}")
+        name = os.fspath(path)
+        st = os.stat(name)
+        out.append(f"{name[cut:].replace(os.sep, '/')}\t{st.st_size}\t{st.st_mtime_ns}\t{label}")
     return out
 
 
@@ -133,7 +134,7 @@ def _describe_source(spec: str, kind: str) -> _Source:
     """The source ``spec`` names, listed and fingerprinted (a folder of 200,000 images: about a second)."""
     if kind == "images":
         folder = Path(spec).expanduser().resolve()
-        entries, names = _folder_entries(folder)
+        entries, names = folder_listing(folder)
         lines = _stat_lines(entries, folder) + ["classes\t" + "\t".join(names or [])]
         return _Source(spec, kind, folder, folder.name or "data", _sha256(lines), len(entries), entries, names)
     if spec == "digits":
@@ -699,7 +700,7 @@ def _native_size(source: _Source) -> int:
     """S of a folder used at its own size: the first readable image's, which must be square."""
     for path, _ in source.entries:
         try:
-            arr = decode_image(path)
+            arr = decode_image(Path(path))
         except Exception:  # unreadable: reported with the others when the blocks are decoded
             continue
         h, w = arr.shape[:2]
@@ -729,7 +730,7 @@ def _build_images(folder: Path, source: _Source, settings: dict[str, Any], skip_
         with open(journal, "w", encoding="utf-8") as f:
             f.write(json.dumps(head) + "\n")
     offset = _npy_header(partial)[3]
-    files = [str(p) for p, _ in source.entries]
+    files = [p for p, _ in source.entries]
     tasks = [(str(partial), offset, start, size, image_size, files[start:start + BLOCK_ROWS])
              for start in range(0, n, BLOCK_ROWS) if start not in done]
     bar = tqdm(total=n, initial=sum(r["n"] for r in done.values()), desc=f"preparing {source.label}", unit="img",
@@ -764,7 +765,7 @@ def _finish_images(folder: Path, source: _Source, settings: dict[str, Any], skip
     _check_sizes(records, _npy_header(partial)[0][-1], source.path)
     kinds = "".join(r["kinds"] for r in records)
     bad = [(r["start"] + i, reason) for r in records for i, reason in r["bad"]]
-    names = [source.entries[i][0].relative_to(source.path).as_posix() for i, _ in bad]
+    names = [Path(source.entries[i][0]).relative_to(source.path).as_posix() for i, _ in bad]
     if bad and not skip_bad:
         raise ParameterError(f"{len(bad)} file(s) in {source.path} could not be read as images: {_list_names(names)}; "
                              "fix or remove them, or pass {skip_bad} to skip them")
