@@ -67,7 +67,7 @@ from .data import (
     folder_listing,
     load_dataset,
 )
-from .errors import ParameterError, UserError
+from .errors import ParameterError, UserError, check_at_least
 from .reference import default_cache_dir
 from .runtime import Dist
 
@@ -390,6 +390,8 @@ def prepare_dataset(spec: str, image_size: int | None = None, *, skip_bad: bool 
     line saying where the set is and how big (None: silent); ``progress`` shows a bar with images/s and the time
     left. Unreadable images stop it with their names unless ``skip_bad``. Raises UserError/ParameterError."""
     _check_request(spec, image_size, "train")
+    if workers is not None:
+        check_at_least("workers", workers, 1)
     say = say or (lambda _line: None)
     kind = _source_kind(spec)
     if kind == "prepared":
