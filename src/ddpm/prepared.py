@@ -217,7 +217,7 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
         return tuple(shape), dtype, fortran, f.tell()
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
     """The folder's manifest, or None when there is none; _Unusable when it is not one this version reads."""
     path = folder / PREPARED_MANIFEST
     try:
@@ -366,10 +366,12 @@ def _check_current(folder: Path, m: dict[str, Any]) -> None:
     spec = src["path"] if src.get("path") else src["spec"]
     if src.get("path") and not Path(src["path"]).exists():
         return  # prepared elsewhere, or the source was moved away: the set stands on its own
-    kind = _source_kind(spec)
-    if kind == "prepared":
+    try:
+        kind = _source_kind(spec)
+        current = None if kind == "prepared" else _describe_source(spec, kind).fingerprint
+    except UserError:  # a built-in set not installed here, say: the set stands on its own
         return
-    if _describe_source(spec, kind).fingerprint != src["fingerprint"]:
+    if current is not None and current != src["fingerprint"]:
         raise ParameterError(f"{{spec}} {folder} was prepared from {spec}, which has changed since (files added, "
                              f"removed or changed): prepare it again, or pass {{spec}} {spec} itself")
 
@@ -837,6 +839,10 @@ def training_data(spec: str, image_size: int | None, skip_bad: bool, prepared_di
                                progress=progress and px.main, say=print if px.main else None)
 
     folder = prepare() if px.world == 1 else _from_main(px, prepare)
+    if not (folder / PREPARED_MANIFEST).is_file():  # another machine's rank 0 made it, on a disk this one lacks
+        raise ParameterError(f"rank {px.rank} cannot see the prepared set {folder} that rank 0 made: keep it on a "
+                             "file system every machine sees ({prepared_dir} DIR), or run `ddpm prepare` with the same "
+                             "flags on each machine first")
     return open_prepared(folder, image_size=image_size, check_source=False)
 
 
