@@ -48,7 +48,6 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from . import __version__
 from .data import (
     FASHION_MNIST_DIR,
     KNOWN_DATASETS,
@@ -543,6 +542,8 @@ def _finish(folder: Path, m: dict[str, Any], keep: set[str]) -> dict[str, Any]:
 def _manifest(source: _Source, settings: dict[str, Any], shape: tuple[int, int, int, int], levels: int,
               pixels: dict[str, Any], labels: dict[str, Any] | None, names: list[str] | None,
               skipped: list[dict[str, str]]) -> dict[str, Any]:
+    from . import __version__  # here: the package imports this module before it sets its version
+
     n, c, s, _ = shape
     title = source.label if source.kind == "images" or source.path is None else source.path.name
     return {
