@@ -522,3 +522,24 @@ def test_parameter_errors_read_as_flags_through_the_cli(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "bad.png").write_bytes(b"junk")
     assert cli_text(str(tmp_path / "b")).endswith("fix or remove them, or pass --skip-bad to skip them")
+
+
+def test_image_files_lists_what_the_pathlib_listing_did_in_its_order(tmp_path):
+    """The os.scandir listing against the Path.rglob one it replaced: same files, same order (by path parts, so
+    "a/z.png" before "a-b/x.png"), hidden files and folders left out, symlinked folders not followed."""
+    for name in ("a/z.png", "a-b/x.png", "a/b/c.JPG", "a.png", "b.txt", ".h/x.png", "a/.y.png", "dir.png/q.gif"):
+        if name.endswith(".txt"):
+            (tmp_path / name).write_text("not an image")
+        else:
+            save(gray(0), tmp_path / name)
+    (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
+    (tmp_path / "l.png").symlink_to(tmp_path / "a.png")
+    from ddpm.data import image_files
+
+    for recursive in (True, False):
+        found = tmp_path.rglob("*") if recursive else tmp_path.iterdir()
+        before = sorted(p for p in found if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+                        and p.is_file() and not any(part.startswith(".") for part in p.relative_to(tmp_path).parts))
+        assert image_files(tmp_path, recursive) == before
+    assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path, True)] == [
+        "a/b/c.JPG", "a/z.png", "a-b/x.png", "a.png", "dir.png/q.gif", "l.png"]

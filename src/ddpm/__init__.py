@@ -18,6 +18,7 @@ from .diffusion import (
 from .errors import UserError
 from .likelihood import VariationalBound, bits_per_dim
 from .losses import Objective
+from .prepared import open_prepared, prepare_dataset
 from .sampling import SAMPLERS, image_generators, sample, sampler_options
 from .schedule import DEFAULT_SPACING, Schedule, spaced_timesteps
 from .unet import PRESETS, UNet, UNetConfig
@@ -40,6 +41,8 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_model",
+    "open_prepared",
+    "prepare_dataset",
     "eps_from_v",
     "export_diffusers",
     "import_diffusers",

@@ -12,6 +12,10 @@ files and digits' 17 levels (x / 8 - 1) kept at their own size or center-cropped
 resampled (``image_size`` other than the source's) or read from 16-bit files are not on a grid of
 levels, and are held as float32 in [-1, 1], exactly the values they had before.
 
+Training reads a folder of images through a prepared copy (:mod:`ddpm.prepared`): decoded once by
+:func:`decode_fitted` into one uint8 array on disk that every process memory-maps; ``load_dataset`` also
+opens such a prepared folder when ``spec`` names one.
+
 CIFAR's "python version" is a pickle. It is read with :class:`_NumpyOnlyUnpickler`, which rebuilds
 numpy arrays and nothing else: a downloaded file must never be able to run code on load.
 """
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import gzip
 import numbers
+import os
 import pickle
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +58,22 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
+PREPARED_MANIFEST = "manifest.json"  # the file that marks a finished prepared set (ddpm.prepared)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dims (N, H, W)
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dim (N,)
 _CIFAR_PIXELS = 3 * 32 * 32  # one record's image: R plane, then G, then B, each 32x32 row-major
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})  # plus every "I;16*" variant
+_ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+# A JPEG whose shorter side is at least JPEG_DRAFT_MARGIN x s x the target size (s = 2, 4 or 8) is decoded at 1/s
+# scale (libjpeg's DCT scaling, Pillow's Image.draft), then resized like any other image. The margin keeps the
+# final Lanczos reduction at 4x or more, where the two paths differ by at most a few levels (BENCHMARKS.md,
+# "data_scale.py"); CelebA-sized files at --image-size 64 are below it and decode exactly as without a draft.
+JPEG_DRAFT_MARGIN = 4
+# What a prepared set records as its resize method; a prepared copy made by another method is stale.
+RESIZE_METHOD = f"pillow-lanczos-centre-crop;jpeg-draft-margin-{JPEG_DRAFT_MARGIN}"
 
 
 @dataclass
@@ -70,6 +86,9 @@ class ImageDataset:
     set to float32 (a new tensor each call); :meth:`to_unit` converts a batch of ``pixels``.
     ``labels`` is int64 ``(N,)`` with values in 0..K-1, or None when unlabelled; ``class_names`` has K
     entries when labelled.
+
+    A prepared set (:func:`ddpm.prepared.open_prepared`) holds ``pixels`` as a read-only memory map of its file,
+    with ``row_check`` set: :meth:`gather` checks each block of rows against its checksum on first use.
     """
 
     pixels: Tensor  # (N, C, H, W) uint8 codes in 0..levels, or float32 in [-1, 1]
@@ -78,6 +97,21 @@ class ImageDataset:
     name: str  # e.g. "digits (1797 images, 8x8, 1 channel, 10 classes)"
     skipped: list[str] = field(default_factory=list)  # files skipped as unreadable (skip_bad=True)
     levels: int = 255  # the largest code of uint8 ``pixels``
+    row_check: Callable[[Tensor], None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def memory_mapped(self) -> bool:
+        """True when ``pixels`` is a memory map of a prepared file: read rows with :meth:`gather`, don't copy it."""
+        return self.row_check is not None
+
+    def gather(self, indices: Tensor) -> Tensor:
+        """Rows ``indices`` (B,) int64 of ``pixels`` as stored: (B, C, H, W), a new CPU tensor.
+
+        For a memory-mapped set every block of rows is checked against the prepared file's checksums the first
+        time it is read (UserError when it does not match)."""
+        if self.row_check is not None:
+            self.row_check(indices)
+        return self.pixels[indices]
 
     def to_unit(self, pixels: Tensor) -> Tensor:
         """Some of this set's ``pixels`` (any shape, e.g. a batch ``(B, C, H, W)``) as float32 in [-1, 1]."""
@@ -124,7 +158,8 @@ def load_dataset(
     """Load what ``--data`` names: ``"digits"``, ``"fashion-mnist"``, an IDX file, or a folder.
 
     A folder may hold IDX files (the train split is used), a CIFAR-10/100 binary or python batch set,
-    or images (flat: unlabelled; one subfolder per class: labelled by sorted subfolder name).
+    or images (flat: unlabelled; one subfolder per class: labelled by sorted subfolder name), or be a prepared
+    set (:mod:`ddpm.prepared`), which is memory-mapped rather than read.
 
     ``split`` is ``"train"`` (what training uses) or ``"test"``: Fashion-MNIST's t10k files, an IDX
     folder's ``t10k-*``/``test-*`` file, CIFAR's ``test_batch`` (CIFAR-100: ``test``). The digits set and
@@ -177,6 +212,13 @@ def _load_path(spec: str, image_size: int | None, skip_bad: bool, fashion_mnist_
         raise ParameterError(f"{{spec}} {spec!r} is neither a file nor a folder; pass a folder of images or a dataset "
                              "file")
 
+    if (path / PREPARED_MANIFEST).is_file():
+        from .prepared import open_prepared  # imported here: ddpm.prepared builds on this module
+
+        if split == "test":
+            raise ParameterError(f"{{spec}} {spec!r} is a prepared set, which holds a train split only: pass the "
+                                 "held-out data itself, with the train split")
+        return open_prepared(path, image_size=image_size)
     cifar = _find_cifar(path, split)
     if cifar is not None:
         return _load_cifar(path, *cifar, image_size=image_size)
@@ -196,7 +238,12 @@ def _load_path(spec: str, image_size: int | None, skip_bad: bool, fashion_mnist_
 
 
 def _describe(title: str, images: Tensor, num_classes: int | None) -> str:
-    n, c, h, w = images.shape
+    return describe_shape(title, tuple(images.shape), num_classes)
+
+
+def describe_shape(title: str, shape: tuple[int, ...], num_classes: int | None) -> str:
+    """A data set's name for logs and checkpoints, from its images' shape (N, C, H, W): "title (N images, HxW, ...)"."""
+    n, c, h, w = shape
     classes = "unlabelled" if num_classes is None else f"{num_classes} classes"
     return f"{title} ({n} images, {h}x{w}, {c} channel{'s' if c != 1 else ''}, {classes})"
 
@@ -327,14 +374,10 @@ def _find_idx_images(folder: Path, split: str = "train") -> Path | None:
 
     With ``split="test"``: the one whose name starts with t10k or test (UserError when the folder holds
     IDX files but no such one)."""
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file()
-        and _visible(p)
-        and p.suffix.lower() not in IMAGE_EXTENSIONS
-        and _head_magic(p) == _IDX_IMAGES_MAGIC
-    )
+    with os.scandir(folder) as found:  # names first: a folder of 200,000 images costs no stat or read per image
+        candidates = [Path(e.path) for e in found
+                      if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS]
+    files = sorted(p for p in candidates if p.is_file() and _head_magic(p) == _IDX_IMAGES_MAGIC)
     if not files:
         return None
     if split == "test":
@@ -411,7 +454,9 @@ def _load_idx_file(
 
 
 def _numbered(folder: Path, pattern: str) -> list[Path]:
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := re.fullmatch(pattern, p.name)) and p.is_file()]
+    rx = re.compile(pattern)
+    with os.scandir(folder) as entries:
+        found = [(int(m.group(1)), Path(e.path)) for e in entries if (m := rx.fullmatch(e.name)) and e.is_file()]
     return [p for _, p in sorted(found)]
 
 
@@ -559,15 +604,28 @@ def _load_cifar(folder: Path, kind: str, files: list[Path], image_size: int | No
 
 
 def image_files(folder: Path, recursive: bool) -> list[Path]:
-    """The image files (by extension) in ``folder``, or below it when ``recursive``, sorted; hidden ones left out."""
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p
-        for p in found
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    """The image files (by extension) in ``folder``, or below it when ``recursive``, sorted by their path's parts;
+    hidden ones (any part starting with ".") left out, symlinked folders not followed (as ``Path.rglob``)."""
+    return [Path(name) for name in _image_names(os.fspath(folder), recursive)]
+
+
+def _image_names(folder: str, recursive: bool) -> list[str]:
+    """:func:`image_files` as strings, from one ``os.scandir`` pass (200,000 files list in a fraction of a second)."""
+    found: list[tuple[tuple[str, ...], str]] = []
+
+    def scan(directory: str, parts: tuple[str, ...]) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if recursive and entry.is_dir(follow_symlinks=False):
+                    scan(entry.path, (*parts, entry.name))
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                    found.append(((*parts, entry.name), entry.path))
+
+    scan(folder, ())
+    found.sort()
+    return [name for _, name in found]
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -582,19 +640,50 @@ def decode_image(path: Path) -> np.ndarray:
 
     Transparent pixels are composited onto white; an EXIF rotation is applied."""
     with Image.open(path) as img:
-        img.load()
-        img = ImageOps.exif_transpose(img)  # phone photos are often stored sideways with a rotate tag
+        return _decoded(img)
+
+
+def decode_fitted(path: Path, size: int) -> np.ndarray:
+    """An image file resized so its shorter side is ``size`` and center-cropped: (S, S) gray or (S, S, 3) colour,
+    values 0..255 (uint8, or float32 for 16-bit), S = ``size``.
+
+    ``_fit(decode_image(path), size)``, except that a JPEG at least :data:`JPEG_DRAFT_MARGIN` x 2 x ``size`` on its
+    shorter side is decoded at 1/2, 1/4 or 1/8 scale first (the largest that keeps that margin), then cropped and
+    resized by the same Lanczos filter from the same box in its own pixels: a phone photo costs a small fraction of
+    a full decode, and the pixels differ by the measured few levels stated in BENCHMARKS.md."""
+    with Image.open(path) as img:
+        w, h = img.size
+        scale = next((s for s in (8, 4, 2) if min(w, h) >= s * JPEG_DRAFT_MARGIN * size), 1)
+        if scale == 1 or img.format not in ("JPEG", "MPO"):
+            return _fit(_decoded(img), size)
+        rotated = img.getexif().get(0x0112) in _ROTATED
+        drafted = img.draft(img.mode, (w // scale, h // scale))
+        if drafted is None or w / drafted[1][2] != scale:  # no reduced decode on offer: decode it whole
+            return _fit(_decoded(img), size)
+        arr = _decoded(img)
+    if rotated:
+        w, h = h, w
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2  # the full-size box, in the reduced image's pixels below
+    box = (left / scale, top / scale, (left + side) / scale, (top + side) / scale)
+    return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.LANCZOS, box=box))
+
+
+def _decoded(img: Image.Image) -> np.ndarray:
+    """``decode_image`` of an opened file: its pixels, EXIF rotation applied, alpha composited onto white."""
+    img.load()
+    img = ImageOps.exif_transpose(img)  # phone photos are often stored sideways with a rotate tag
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):  # 16-bit (or wider) grayscale: scale, don't clip
+        wide = np.asarray(img, dtype=np.float64) / 257.0  # 65535 -> 255 exactly
+        return np.clip(wide, 0.0, 255.0).astype(np.float32)
+    if "transparency" in img.info or mode in ("PA", "RGBa", "La"):
+        img = img.convert("LA" if mode in _GRAY_MODES else "RGBA")
         mode = img.mode
-        if mode.startswith("I;16") or mode in ("I", "F"):  # 16-bit (or wider) grayscale: scale, don't clip
-            wide = np.asarray(img, dtype=np.float64) / 257.0  # 65535 -> 255 exactly
-            return np.clip(wide, 0.0, 255.0).astype(np.float32)
-        if "transparency" in img.info or mode in ("PA", "RGBa", "La"):
-            img = img.convert("LA" if mode in _GRAY_MODES else "RGBA")
-            mode = img.mode
-        if mode in ("LA", "RGBA"):
-            arr = _composite_on_white(np.asarray(img))
-            return arr[..., 0] if mode == "LA" else arr
-        return np.asarray(img.convert("L" if mode in _GRAY_MODES else "RGB"))
+    if mode in ("LA", "RGBA"):
+        arr = _composite_on_white(np.asarray(img))
+        return arr[..., 0] if mode == "LA" else arr
+    return np.asarray(img.convert("L" if mode in _GRAY_MODES else "RGB"))
 
 
 def _fit(arr: np.ndarray, size: int) -> np.ndarray:
@@ -644,17 +733,26 @@ def _load_image_folder(folder: Path, image_size: int | None, skip_bad: bool) -> 
 def _folder_entries(folder: Path) -> tuple[list[tuple[Path, int]], list[str] | None]:
     """(file, label) pairs of a folder of images and its class names: one class per subfolder (sorted by name),
     or unlabelled (label -1, names None) when the images lie in the folder itself."""
-    top_files = image_files(folder, recursive=False)
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p) and image_files(p, True))
-    if top_files and class_dirs:
+    entries, names = folder_listing(folder)
+    return [(Path(name), label) for name, label in entries], names
+
+
+def folder_listing(folder: Path) -> tuple[list[tuple[str, int]], list[str] | None]:
+    """:func:`_folder_entries` with the files' paths as strings: the files ``load_dataset`` reads from a folder of
+    images, in its order, with their labels (-1 when unlabelled) and the class names (None when unlabelled)."""
+    top_files = _image_names(os.fspath(folder), recursive=False)
+    with os.scandir(folder) as found:
+        subfolders = sorted(e.name for e in found if not e.name.startswith(".") and e.is_dir())
+    classes = [(name, files) for name in subfolders if (files := _image_names(os.path.join(folder, name), True))]
+    if top_files and classes:
         raise UserError(
-            f"{folder} mixes image files ({_list_names([p.name for p in top_files])}) with class "
-            f"subfolders ({_list_names([p.name for p in class_dirs])}); move the files into a class "
+            f"{folder} mixes image files ({_list_names([os.path.basename(p) for p in top_files])}) with class "
+            f"subfolders ({_list_names([name for name, _ in classes])}); move the files into a class "
             "subfolder, or the subfolders out, so there is one layout"
         )
-    if class_dirs:
-        entries = [(p, k) for k, d in enumerate(class_dirs) for p in image_files(d, recursive=True)]
-        names: list[str] | None = [d.name for d in class_dirs]
+    if classes:
+        entries = [(p, k) for k, (_, files) in enumerate(classes) for p in files]
+        names: list[str] | None = [name for name, _ in classes]
     else:
         entries = [(p, -1) for p in top_files]
         names = None

@@ -2,7 +2,8 @@
 
 One module per subcommand: ``train`` in :mod:`ddpm.cli.train` (its flags derived from
 :class:`ddpm.train.TrainConfig` by :mod:`ddpm.cli.flags`, so a new config field is a new flag), ``sample`` and
-``edit`` in :mod:`ddpm.cli.sample`, ``eval`` in :mod:`ddpm.cli.eval`, ``convert`` in :mod:`ddpm.cli.convert`.
+``edit`` in :mod:`ddpm.cli.sample`, ``prepare`` in :mod:`ddpm.cli.prepare`, ``eval`` in :mod:`ddpm.cli.eval`,
+``convert`` in :mod:`ddpm.cli.convert`.
 User mistakes print one ``error: ...`` line and exit with status 2, without a traceback; a
 :class:`~ddpm.errors.ParameterError` is shown with flags in place of the library's parameter names.
 """
@@ -19,6 +20,7 @@ from .. import __version__
 from ..errors import ParameterError, UserError
 from .convert import add_convert_parser, cmd_convert
 from .eval import add_eval_parser, cmd_eval
+from .prepare import add_prepare_parser, cmd_prepare
 from .sample import FLAGS, SAMPLE_FLAGS, add_edit_parser, add_sample_parser, cmd_edit, cmd_sample
 from .train import add_train_parser, cmd_train
 
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     add_train_parser(sub)
+    add_prepare_parser(sub)
     add_sample_parser(sub)
     add_edit_parser(sub)
     add_convert_parser(sub)
@@ -37,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "edit": cmd_edit, "convert": cmd_convert, "eval": cmd_eval}
+COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample,
+            "edit": cmd_edit, "convert": cmd_convert, "eval": cmd_eval}
 # Per command: library parameter -> flag, where the flag is not "--" + the name with dashes.
-FLAG_NAMES = {"train": {"spec": "--data", "metric": "--eval-metric"}, "sample": SAMPLE_FLAGS, "edit": FLAGS,
+FLAG_NAMES = {"train": {"spec": "--data", "metric": "--eval-metric"}, "prepare": {"spec": "--data"},
+              "sample": SAMPLE_FLAGS, "edit": FLAGS,
               "eval": {**FLAGS, "path": "--inception", "spec": "--data"}}
 
 

@@ -56,6 +56,8 @@ class TrainConfig:
     image_size: int | None = option("resize/crop images to this size (default: the data's own size)",
                                     default=None, resume=True)
     skip_bad: bool = option("skip image files that cannot be read instead of stopping", default=False)
+    prepared_dir: str | None = option("where to keep the prepared copy of an image folder (default: .ddpm inside "
+                                      "the folder, else the cache, $DDPM_CACHE or ~/.cache/ddpm)", default=None)
     flip: bool = option("random horizontal flips of the training images", default=False, resume=True)
     class_cond: bool = option("condition on the dataset's labels (for classifier-free guidance)",
                               default=False, resume=True)

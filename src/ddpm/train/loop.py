@@ -31,15 +31,16 @@ from ..checkpoint import (
     save_training_state,
     state_path,
 )
-from ..data import ImageDataset, load_dataset
+from ..data import ImageDataset
 from ..errors import ParameterError
 from ..losses import Objective
+from ..prepared import training_data
 from ..runtime import Dist, setup_processes
 from ..schedule import Schedule
 from ..seeding import mix
 from ..unet import UNet, check_labels
 from .config import TrainConfig
-from .draws import Draws, step_draws
+from .draws import Draws, batch_indices, step_draws
 from .eval_hook import TrainingEval
 from .log import MetricsLog, progress_bar, write_grid
 from .schedules import HORIZON_AFTER, budget_horizon, ema_decay_at, ema_update, lr_at
@@ -105,7 +106,7 @@ class _Run:
 
 def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     out = Path(cfg.out)
-    data = load_dataset(cfg.data, cfg.image_size, skip_bad=cfg.skip_bad)
+    data = training_data(cfg.data, cfg.image_size, cfg.skip_bad, cfg.prepared_dir, px, progress=cfg.progress)
     if cfg.class_cond and data.labels is None:
         raise ParameterError(f"{{class_cond}} needs labels, but {cfg.data} has none: use class subfolders, "
                              "an IDX label file, or drop {class_cond}")
@@ -142,7 +143,9 @@ def _loop(run: _Run, caught: list[int]) -> tuple[int, int, Path | None]:
     total = cfg.steps if cfg.steps is not None else (None if cfg.minutes is not None else DEFAULT_STEPS)
     deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes is not None else math.inf
     horizon = total  # the LR decay's end; a --minutes run measures it after HORIZON_AFTER steps
-    pixels = run.data.pixels.to(px.device)  # (N, C, H, W), uint8 codes or float32; each batch is converted
+    # (N, C, H, W) uint8 codes or float32, each batch converted on the device: held there, or (a prepared set)
+    # left in its memory map, each batch's rows gathered on the CPU
+    pixels = run.data.pixels if run.data.memory_mapped else run.data.pixels.to(px.device)
     labels = run.data.labels.to(px.device) if cfg.class_cond else None
     step = start = run.nets.step
     report = _Report(start, time.monotonic(), progress_bar(total, step) if cfg.progress and px.main else None)
@@ -210,7 +213,7 @@ def _micro_batch(run: _Run, step: int, a: int, d: Draws, pixels: Tensor, labels:
     B, W, A = cfg.batch_size, px.world, cfg.grad_accum
     sl = slice((a * W + px.rank) * B, (a * W + px.rank + 1) * B)
     torch.manual_seed(mix(cfg.seed, step, px.rank, a))  # dropout masks
-    x0 = run.data.to_unit(pixels[d.indices[sl]])  # (B, C, H, W) in [-1, 1]
+    x0 = run.data.to_unit(_rows(run, step, d, sl, pixels))  # (B, C, H, W) in [-1, 1]
     if cfg.flip:
         x0 = torch.where(d.flip[sl].view(-1, 1, 1, 1), x0.flip(-1), x0)
     y = None if labels is None else torch.where(d.drop[sl], -1, labels[d.indices[sl]])
@@ -220,6 +223,17 @@ def _micro_batch(run: _Run, step: int, a: int, d: Draws, pixels: Tensor, labels:
         loss = run.objective.loss(nets.model, x0, d.t[sl], d.noise[sl], y, nets.memory_format)
         (loss / A).backward()
     return loss.item() / A
+
+
+def _rows(run: _Run, step: int, d: Draws, sl: slice, pixels: Tensor) -> Tensor:
+    """The stored rows (B, C, H, W) of micro-batch ``sl`` of step ``step`` on the device: indexed there for a set held
+    on the device; gathered from a prepared set's memory map on the CPU (the same indices, so the same batch) and
+    only the batch moved."""
+    if not run.data.memory_mapped:
+        return pixels[d.indices[sl]]
+    cfg, px = run.cfg, run.px
+    indices = batch_indices(step, len(run.data), cfg.batch_size * px.world * cfg.grad_accum, cfg.seed)[sl]  # d.indices
+    return run.data.gather(indices).to(px.device)
 
 
 @dataclass
