@@ -22,8 +22,7 @@ from .prepared import open_prepared, prepare_dataset
 from .sampling import SAMPLERS, image_generators, sample, sampler_options
 from .schedule import DEFAULT_SPACING, Schedule, spaced_timesteps
 from .unet import PRESETS, UNet, UNetConfig
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "DEFAULT_SPACING",
