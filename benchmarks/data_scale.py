@@ -161,7 +161,8 @@ print(json.dumps({"s": s, "n": len(ds), "peak_rss_mb": resource.getrusage(resour
 
 PREPARE = """
 import json, resource, sys, time
-from ddpm.prepared import prepare_dataset, open_prepared
+from ddpm.prepared import open_prepared
+from ddpm.preparing import prepare_dataset
 t = time.perf_counter()
 folder = prepare_dataset(sys.argv[1], int(sys.argv[2]), prepared_dir=sys.argv[3], workers=int(sys.argv[4]),
                          progress=False)
@@ -284,9 +285,10 @@ def ddp_memory(out: Path, data: Path, size: int, steps: int, prepared: Path | No
 def pixel_difference(files: list[Path], size: int) -> dict:
     """The draft path against today's full decode + Lanczos, over ``files``: max and mean |difference| in levels."""
     sys.path.insert(0, str(SRC))
-    from ddpm.data import _fit, decode_fitted, decode_image
+    from ddpm.folders import decode_fitted, decode_image
+    from ddpm.images import fit_square
 
-    diffs = [np.abs(decode_fitted(p, size).astype(np.int16) - _fit(decode_image(p), size).astype(np.int16))
+    diffs = [np.abs(decode_fitted(p, size).astype(np.int16) - fit_square(decode_image(p), size).astype(np.int16))
              for p in files]
     d = np.stack(diffs)
     return {"images": len(files), "max": int(d.max()), "mean": float(d.mean()),
@@ -385,7 +387,8 @@ def main() -> None:
 import json, sys
 import numpy as np
 from ddpm.data import load_dataset
-from ddpm.prepared import prepare_dataset, open_prepared
+from ddpm.prepared import open_prepared
+from ddpm.preparing import prepare_dataset
 a = open_prepared(prepare_dataset(sys.argv[1], int(sys.argv[2]), prepared_dir=sys.argv[3], progress=False, say=None))
 b = load_dataset(sys.argv[1], int(sys.argv[2])).as_uint8()
 print(json.dumps({"images": len(b), "identical": bool(np.array_equal(a.pixels.numpy(), b))}))

@@ -76,18 +76,18 @@ def _pictures(folder):
 
 def test_decode_and_fit_are_what_training_does(tmp_path):
     """decode_picture and fit_square give, value for value, what `ddpm train` reads from a folder of images."""
-    from ddpm.data import _decode, _fit
+    from ddpm.folders import decode_fitted, decode_image
     from ddpm.images import decode_picture, fit_square
 
     for path in _pictures(tmp_path / "pics"):
         with Image.open(path) as im:
             im.load()
             ours = decode_picture(im)
-        theirs = _decode(path)
+        theirs = decode_image(path)
         assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), path.name
         for size in (8, 16, 33):
-            assert np.array_equal(fit_square(ours, size), _fit(theirs, size)), (path.name, size)
-    assert _decode(tmp_path / "pics" / "sideways.jpg").shape[:2] == (70, 30)  # the rotate tag is applied
+            assert np.array_equal(fit_square(ours, size), decode_fitted(path, size)), (path.name, size)
+    assert decode_image(tmp_path / "pics" / "sideways.jpg").shape[:2] == (70, 30)  # the rotate tag is applied
 
 
 def test_load_image_resizes_as_training_or_refuses(tmp_path):

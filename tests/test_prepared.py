@@ -1,5 +1,6 @@
-"""Tests for ddpm.prepared: a prepared set holds exactly what load_dataset gives, is rebuilt when its source or
-settings change, is never used unfinished or damaged, and trains bit for bit like the in-memory data."""
+"""Tests for ddpm.prepared and ddpm.preparing: a prepared set holds exactly what load_dataset gives, is rebuilt
+when its source or settings change, is never used unfinished or damaged, and trains bit for bit like the in-memory
+data."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-import ddpm.prepared as P
+import ddpm.preparing as P
 from ddpm.cli import main
-from ddpm.data import JPEG_DRAFT_MARGIN, decode_fitted, decode_image, load_dataset
+from ddpm.data import load_dataset
 from ddpm.errors import ParameterError, UserError
+from ddpm.folders import JPEG_DRAFT_MARGIN, decode_fitted, decode_image
+from ddpm.prepared import prepared_locations
 from ddpm.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +167,7 @@ def test_a_killed_preparation_is_never_used_and_resumes(tmp_path, small_blocks, 
     src = tmp_path / "k"
     for i in range(10):
         save(noise_image(i, (7, 7)), src / f"{i:02d}.png")
-    killer = ("import os, sys\nimport ddpm.prepared as P\nP.BLOCK_ROWS, P.SYNC_EVERY_S = 2, 0.0\ncalls = [0]\n"
+    killer = ("import os, sys\nimport ddpm.preparing as P\nP.BLOCK_ROWS, P.SYNC_EVERY_S = 2, 0.0\ncalls = [0]\n"
               "real = P.decode_fitted\ndef dying(path, size):\n    calls[0] += 1\n"
               "    if calls[0] == 7:\n        os._exit(9)  # like kill -9: no cleanup, nothing flushed\n"
               "    return real(path, size)\nP.decode_fitted = dying\n"
@@ -297,7 +300,7 @@ def test_unwritable_beside_the_data_goes_to_the_cache_and_prepared_dir_chooses(t
     folder = P.prepare_dataset(str(src), progress=False)
     assert folder.parent == tmp_path / "cache" / "prepared" and folder.name.startswith("ro-")
     assert folder.name.endswith("-native") and str(folder) in capsys.readouterr().out
-    assert P.prepared_locations(str(src))[-1] == folder
+    assert prepared_locations(str(src))[-1] == folder
     chosen = P.prepare_dataset(str(src), prepared_dir=tmp_path / "mine", progress=False, say=None)
     assert chosen.parent == tmp_path / "mine" and (chosen / "manifest.json").is_file()
     # the same flag through ddpm prepare and ddpm train finds the same set
@@ -383,6 +386,6 @@ def test_torchrun_prepares_once_resumes_exactly_and_matches_one_process(tmp_path
 
 def test_decode_image_is_unchanged_for_files_below_the_margin(tmp_path):
     path = save(noise_image(3, (100, 60)), tmp_path / "a.jpg")
-    from ddpm.data import _fit
+    from ddpm.images import fit_square
 
-    assert np.array_equal(decode_fitted(path, 16), _fit(decode_image(path), 16))  # 60 < 2 * 4 * 16
+    assert np.array_equal(decode_fitted(path, 16), fit_square(decode_image(path), 16))  # 60 < 2 * 4 * 16

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import ddpm.featurenet as featurenet_module
-from ddpm.data import ImageDataset
+from ddpm.dataset import ImageDataset
 from ddpm.errors import ParameterError
 from ddpm.generate import draw
 from ddpm.provenance import SamplerChoice

@@ -3,7 +3,8 @@
 from .checkpoint import load_checkpoint, load_model
 from .compat import Diffusion
 from .convert import export_diffusers, import_diffusers
-from .data import ImageDataset, load_dataset
+from .data import load_dataset
+from .dataset import ImageDataset
 from .diffusion import (
     eps_from_v,
     eps_from_x0,
@@ -18,7 +19,8 @@ from .diffusion import (
 from .errors import UserError
 from .likelihood import VariationalBound, bits_per_dim
 from .losses import Objective
-from .prepared import open_prepared, prepare_dataset
+from .prepared import open_prepared
+from .preparing import prepare_dataset
 from .sampling import SAMPLERS, image_generators, sample, sampler_options
 from .schedule import DEFAULT_SPACING, Schedule, spaced_timesteps
 from .unet import PRESETS, UNet, UNetConfig

@@ -27,10 +27,11 @@ from PIL import Image
 
 from . import __version__
 from .checkpoint import file_sha256, load_model, resolve_checkpoint
-from .data import decode_image, image_files, load_dataset
+from .data import load_dataset
 from .errors import ParameterError, UserError, check_at_least
 from .featurenet import featurenet_for
 from .fields import option
+from .folders import decode_image, image_files
 from .generate import check_sampler, choose_sampler, draw_batches, resolve_label
 from .images import make_grid, save_png
 from .inception import Inception

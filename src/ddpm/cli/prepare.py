@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..prepared import prepare_dataset
+from ..preparing import prepare_dataset
 from ..train import TrainConfig
 
 # The flags ddpm prepare shares with ddpm train, with train's help: the same flags find the same prepared set.

@@ -19,7 +19,7 @@ from ..checkpoint import (
     remove_partial_writes,
     state_path,
 )
-from ..data import ImageDataset
+from ..dataset import ImageDataset
 from ..errors import ParameterError, UserError
 from ..runtime import Dist, default_bf16
 from ..seeding import mix
