@@ -145,8 +145,9 @@ def test_train_without_preset_trains_the_resolutions_network(tmp_path, capsys, s
     quick = [a for a in QUICK if a not in ("--batch-size", "2")]
     assert main(["train", "--data", str(photos), "--image-size", str(size), "--out", str(run), "--steps", "1",
                  "--batch-size", "1", "--grad-checkpoint", "--device", "cpu", *quick]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith(f"network: {name} (chosen for {size}x{size} images")
+    # The first lines: where the folder was prepared, then the network.
+    first = [line for line in capsys.readouterr().out.splitlines()[:2] if line.startswith("network: ")]
+    assert first and first[0].startswith(f"network: {name} (chosen for {size}x{size} images")
     ck = load_checkpoint(run)
     assert ck.meta["train"]["preset"] == name and ck.meta["model"]["base_channels"] == PRESETS[name]["base_channels"]
     assert (run / "samples" / "step-000000001.png").is_file()
