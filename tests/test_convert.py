@@ -115,6 +115,7 @@ def test_same_padding_is_a_one_pixel_shift_and_old_configs_default_to_symmetric(
 # ---------------------------------------------------------------------------- import
 
 
+@pytest.mark.slow
 def test_import_the_paper_cifar10_layout_bin_and_2022_attention_names(tmp_path):
     """google/ddpm-cifar10-32 as published: its config.json, a .bin with the old attention names, fixed_large."""
     torch.manual_seed(0)

@@ -73,6 +73,7 @@ def test_eval_checkpoint_then_samples_file_with_every_metric(run_dir, tmp_path, 
     assert "training the FeatureNet" not in capsys.readouterr().err  # trained once, never again
 
 
+@pytest.mark.slow
 def test_eval_folder_of_pngs(run_dir, tmp_path, cache):
     folder = tmp_path / "s"
     assert main(["sample", "--checkpoint", str(run_dir), "--num", "6", "--steps", "3", "--out", str(folder),

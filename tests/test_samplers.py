@@ -54,6 +54,7 @@ def ancestral_1000() -> torch.Tensor:
     return run64("ddpm", 1000, 20000, seed=21)
 
 
+@pytest.mark.slow
 def test_ancestral_full_chain_reproduces_mean_and_covariance():
     x = ancestral_1000()
     n = len(x)

@@ -259,6 +259,7 @@ def test_batch_independence_in_eval_mode():
     assert torch.allclose(full[2:3], alone, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_preset_fits_a_fixed_target():
     """Regress fixed noise targets from 8 fixed 8×8 images at random timesteps: the loss must collapse."""
     torch.manual_seed(0)
