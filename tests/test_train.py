@@ -230,14 +230,14 @@ def _nan_at_call(monkeypatch, k: int) -> None:
     import ddpm.losses as losses
 
     calls = []
-    real = losses.Objective.loss
+    real = losses.Objective.losses
 
-    def loss(self, *args, **kwargs):
+    def with_nan(self, *args, **kwargs):
         calls.append(1)
-        value = real(self, *args, **kwargs)
-        return value * float("nan") if len(calls) == k else value
+        value, per_image = real(self, *args, **kwargs)
+        return (value * float("nan") if len(calls) == k else value), per_image
 
-    monkeypatch.setattr(losses.Objective, "loss", loss)
+    monkeypatch.setattr(losses.Objective, "losses", with_nan)
 
 
 def test_nonfinite_loss_stops_without_touching_checkpoints(tmp_path, capsys, monkeypatch):

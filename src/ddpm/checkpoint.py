@@ -127,10 +127,13 @@ def save_checkpoint(path: str | os.PathLike[str], model: dict[str, Tensor], ema:
 
 def checkpoint_meta(step: int, model: UNetConfig, schedule: Schedule, prediction: str, *,
                     class_names: list[str] | None = None, data: str | None = None, world_size: int = 1,
-                    **extra: Any) -> dict[str, Any]:
+                    variance: str = "fixed-small", **extra: Any) -> dict[str, Any]:
     """Everything needed to sample from a checkpoint, as JSON-ready values: the network's config, the schedule,
-    what the network predicts, the image format and the class names; ``extra`` keys follow (training writes
-    ``bf16`` and ``train``, its settings; ``ddpm convert`` writes ``diffusers``, where the weights came from)."""
+    what the network predicts, its reverse variance (recorded when not ``fixed-small``: see :func:`model_variance`),
+    the image format and the class names; ``extra`` keys follow (training writes ``bf16`` and ``train``, its
+    settings; ``ddpm convert`` writes ``diffusers``, where the weights came from)."""
+    if variance != "fixed-small":
+        extra = {"variance": variance, **extra}
     return {
         "step": step,
         "model": model.to_dict(),
@@ -144,6 +147,11 @@ def checkpoint_meta(step: int, model: UNetConfig, schedule: Schedule, prediction
         "world_size": world_size,
         **extra,
     }
+
+
+def model_variance(meta: dict[str, Any]) -> str:
+    """The reverse variance a checkpoint's network was trained for (``fixed-small`` when not recorded)."""
+    return str(meta.get("variance", "fixed-small"))
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -12,7 +12,12 @@ from torch import Tensor
 
 from .schedule import Schedule, posterior_coefficients
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "mean")
+# The reverse process's variance Σ_θ(x_t, t) = σ² I: fixed at β̃_t ("fixed-small") or β_t ("fixed-large") as in DDPM,
+# or predicted by the network in C extra output channels, either as log σ² itself ("learned") or as v ∈ [-1, 1]
+# interpolating log β̃_t and log β_t (Nichol & Dhariwal 2021, eq. 15: "learned-range").
+VARIANCES = ("fixed-small", "fixed-large", "learned", "learned-range")
+LEARNED_VARIANCES = ("learned", "learned-range")
 
 
 def extract(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
@@ -84,16 +89,36 @@ def eps_from_v(x_t: Tensor, v: Tensor, alpha_bar: Tensor | float) -> Tensor:
     return (1 - alpha_bar) ** 0.5 * x_t + alpha_bar**0.5 * v
 
 
+def x0_from_mean(x_t: Tensor, mean: Tensor, alpha_bar: Tensor | float, alpha_bar_prev: Tensor | float) -> Tensor:
+    """x_0 from the posterior mean μ̃ = c_x0 x_0 + c_xt x_t of the step t → t−1 (DDPM eq. 7): (μ̃ − c_xt x_t) / c_x0.
+
+    ``alpha_bar_prev`` is ᾱ_{t−1} (1 at index 0, where μ̃ = x_0). c_x0 = √ᾱ_{t−1} β_t/(1−ᾱ_t) is about 1e-4 at the
+    noisiest steps of the linear schedule, so an error in μ̃ there is an error 1e4 times larger in x_0: the reason
+    the DDPM paper found μ̃ prediction worse than ε prediction (its Table 2).
+    """
+    c_x0, c_xt, _, _ = posterior_coefficients(alpha_bar, alpha_bar_prev)
+    return (mean - c_xt * x_t) / c_x0
+
+
 def prediction_to_x0_eps(
-    pred: Tensor, x_t: Tensor, alpha_bar: Tensor | float, prediction: str = "eps"
+    pred: Tensor, x_t: Tensor, alpha_bar: Tensor | float, prediction: str = "eps",
+    alpha_bar_prev: Tensor | float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Turn a network output of kind ``prediction`` ('eps', 'x0' or 'v') into (x_0, ε), both x_t's shape."""
+    """Turn a network output of kind ``prediction`` ('eps', 'x0', 'v' or 'mean') into (x_0, ε), both x_t's shape.
+
+    ``mean`` (μ̃ of the step t → t−1) also needs ``alpha_bar_prev`` = ᾱ_{t−1} of the training schedule.
+    """
     if prediction == "eps":
         return x0_from_eps(x_t, pred, alpha_bar), pred
     if prediction == "x0":
         return pred, eps_from_x0(x_t, pred, alpha_bar)
     if prediction == "v":
         return x0_from_v(x_t, pred, alpha_bar), eps_from_v(x_t, pred, alpha_bar)
+    if prediction == "mean":
+        if alpha_bar_prev is None:
+            raise ValueError("a mean prediction needs alpha_bar_prev (ᾱ_{t−1}) to give x_0")
+        x0 = x0_from_mean(x_t, pred, alpha_bar, alpha_bar_prev)
+        return x0, eps_from_x0(x_t, x0, alpha_bar)
     raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
@@ -105,4 +130,46 @@ def training_target(x0: Tensor, noise: Tensor, t: Tensor, schedule: Schedule, pr
         return x0
     if prediction == "v":
         return v_from_eps_x0(noise, x0, extract(schedule.table("alphas_cumprod", x0.device), t, x0))
+    if prediction == "mean":
+        return q_posterior(x0, q_sample(x0, t, noise, schedule), t, schedule)[0]
     raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
+# ---------------------------------------------------------------------------- the reverse variance
+
+
+def check_variance(variance: str) -> None:
+    """Reject a reverse variance other than :data:`VARIANCES`."""
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+
+
+def output_channels(channels: int, variance: str) -> int:
+    """The network's output channels for images of ``channels``: twice as many when it learns its variance."""
+    check_variance(variance)
+    return 2 * channels if variance in LEARNED_VARIANCES else channels
+
+
+def split_output(out: Tensor, variance: str) -> tuple[Tensor, Tensor | None]:
+    """(prediction (B, C, H, W), variance output (B, C, H, W) or None) of a network output (B, C or 2C, H, W)."""
+    if variance not in LEARNED_VARIANCES:
+        return out, None
+    pred, var_out = out.chunk(2, dim=1)
+    return pred, var_out
+
+
+def learned_log_variance(var_out: Tensor, variance: str, log_small: Tensor | float,
+                         log_large: Tensor | float) -> Tensor:
+    """log σ² of p_θ(x_{t−1} | x_t) from the network's variance output (B, C, H, W), x_t's shape.
+
+    ``learned``: the output is log σ² itself. ``learned-range`` (improved DDPM eq. 15): v ∈ [-1, 1] mapped to
+    frac = (v + 1)/2 and log σ² = frac · log β_t + (1 − frac) · log β̃_t, with ``log_small`` = log β̃_t and
+    ``log_large`` = log β_t of the step taken (broadcastable to the output), so a respaced chain interpolates its
+    own bounds. v is not clamped: the network may leave the range, as in improved-diffusion.
+    """
+    if variance == "learned":
+        return var_out
+    if variance != "learned-range":
+        raise ValueError(f"{variance!r} is not a learned variance; choose one of {', '.join(LEARNED_VARIANCES)}")
+    frac = (var_out + 1) / 2
+    return frac * log_large + (1 - frac) * log_small

@@ -137,6 +137,7 @@ def edit(
     labels: Tensor | None = None,
     guidance: float | None = None,
     callback: Callback = None,
+    learned_variance: str | None = None,
     **options: Any,
 ) -> Tensor:
     """SDEdit an image, or inpaint it where ``mask`` is True. Returns (B, C, H, W) in [-1, 1] (when clipping).
@@ -153,6 +154,8 @@ def edit(
         generator: None, one generator or one per image; all noise (start, known pixels, steps) comes from it.
         prediction, clip_x0, labels, guidance: as for :func:`ddpm.sample`.
         callback: called after every model evaluation with a dict (i, t, x, x0).
+        learned_variance: as for :func:`ddpm.sample`; edits follow the model's mean (the ancestral step takes its
+            ``variance`` option, β̃ by default).
         options: sampler options (``eta`` for ``"ddim"``, ...).
     """
     check_strength(strength)
@@ -164,7 +167,7 @@ def edit(
     # (1) SDEdit: x_{t0} ~ q(x_{t0} | x_0 = image).
     t0 = torch.full((image.shape[0],), int(timesteps[0]), dtype=torch.long, device=image.device)
     x = q_sample(image, t0, randn(image.shape, generator, image.device, image.dtype), schedule)
-    denoise = make_denoiser(model, schedule, prediction, clip_x0, labels, guidance)
+    denoise = make_denoiser(model, schedule, prediction, clip_x0, labels, guidance, learned_variance=learned_variance)
     if mask is None:
         # (2) ... and solve the reverse process from t0 with an ordinary sampler.
         return SAMPLERS[sampler](denoise, x, schedule, timesteps, generator, callback, **options)

@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .checkpoint import file_sha256, load_model, resolve_checkpoint
+from .checkpoint import file_sha256, load_model, model_variance, resolve_checkpoint
 from .data import load_dataset
+from .diffusion import LEARNED_VARIANCES
 from .errors import ParameterError, UserError, check_at_least
 from .featurenet import featurenet_for
 from .fields import option
@@ -78,9 +79,10 @@ class EvalSettings:
                        "2020, Table 1), of --nll-num images of the test split (train where there is none); "
                        "T model calls per batch", default=False)
     nll_num: int = option("images for --nll (default: 100)", default=100, metavar="N")
-    nll_variance: str = option("the reverse variance of the bound: posterior (beta-tilde, the ddpm sampler's "
-                               "default) or beta (the paper's fixed_large, --option variance=beta)",
-                               default="posterior", choices=("posterior", "beta"))
+    nll_variance: str | None = option("the reverse variance of the bound: posterior (beta-tilde, the ddpm sampler's "
+                                      "default), beta (the paper's fixed_large, --option variance=beta) or learned "
+                                      "(the network's own; default: the one the checkpoint was trained for)",
+                                      default=None, choices=("posterior", "beta", "learned"))
     memorization: bool = option("also find each sample's nearest training image (features and pixels), compare "
                                 "with real held-out images, and draw memorization.png", default=False)
     out: str | None = option("where eval.json goes (default: beside --samples; RUN/eval/<checkpoint> with "
@@ -450,14 +452,17 @@ def _nll(ckpt: _Checkpoint, cfg: EvalSettings, data_spec: str, image_size: int |
     idx = subset_indices(len(ds), n, seed=3)
     x0 = ds.images[torch.as_tensor(idx)]
     _log(f"variational bound of {n} {split} images: {schedule.timesteps} model calls per batch of {cfg.batch_size}")
+    trained = model_variance(meta)
+    learned = trained if trained in LEARNED_VARIANCES else None
+    variance = cfg.nll_variance or {"fixed-large": "beta"}.get(trained, "learned" if learned else "posterior")
     try:
-        vb = bits_per_dim(model, x0, schedule, prediction=meta.get("prediction", "eps"), variance=cfg.nll_variance,
-                          clip_x0=cfg.clip_x0, batch_size=cfg.batch_size,
-                          generator=image_generators(cfg.seed, range(n)), progress=cfg.progress, device=device)
+        vb = bits_per_dim(model, x0, schedule, prediction=meta.get("prediction", "eps"), variance=variance,
+                          clip_x0=cfg.clip_x0, batch_size=cfg.batch_size, progress=cfg.progress, device=device,
+                          generator=image_generators(cfg.seed, range(n)), learned_variance=learned)
     except ValueError as e:
         raise ParameterError(f"{{nll}}: {e}") from None
     protocol["nll"] = {"data": data_spec, "split": split, "num": n, "subset": "seeded random subset (seed 3)",
-                       "variance": cfg.nll_variance, "clip_x0": cfg.clip_x0, "timesteps": schedule.timesteps,
+                       "variance": variance, "clip_x0": cfg.clip_x0, "timesteps": schedule.timesteps,
                        "ema": cfg.ema, "noise": f"image i's x_t from (seed {cfg.seed}, i)",
                        "units": "bits/dim, 8-bit data in [-1, 1], discretized Gaussian decoder (Ho et al. 2020)",
                        "labels": "none (the unconditional bound)", "checkpoint_sha256": file_sha256(ckpt.path)}

@@ -23,7 +23,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import file_sha256, load_model, resolve_checkpoint
+from .checkpoint import file_sha256, load_model, model_variance, resolve_checkpoint
+from .diffusion import LEARNED_VARIANCES
 from .editing import check_strength, edit
 from .errors import ParameterError, UserError, check_at_least
 from .images import (
@@ -42,7 +43,16 @@ from .images import (
 )
 from .provenance import Provenance, SamplerChoice
 from .runtime import pick_device
-from .sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SAMPLERS, image_generators, randn, sample, sampler_options
+from .sampling import (
+    DEFAULT_SAMPLER,
+    DETERMINISTIC_SAMPLER,
+    SAMPLERS,
+    Denoised,
+    image_generators,
+    randn,
+    sample,
+    sampler_options,
+)
 from .schedule import Schedule, spaced_timesteps
 
 TRAJECTORY_COLUMNS = 10
@@ -146,8 +156,8 @@ def check_sampler(choice: SamplerChoice, schedule: Schedule) -> bool:
     before = g.get_state()
     try:
         timesteps = spaced_timesteps(schedule, choice.steps, choice.spacing)
-        SAMPLERS[choice.name](lambda x, t: (torch.zeros_like(x), x), torch.zeros(1, 1, 1, 1), schedule,
-                              timesteps, g, None, **choice.options)
+        SAMPLERS[choice.name](lambda x, t: Denoised(torch.zeros_like(x), x, torch.zeros_like(x), "learned-range"),
+                              torch.zeros(1, 1, 1, 1), schedule, timesteps, g, None, **choice.options)
     except (ValueError, TypeError) as e:
         raise ParameterError(f"sampler {choice.name!r} refuses these settings ({e}): "
                              "fix {options}/{eta}/{steps}") from None
@@ -173,9 +183,21 @@ def draw(model: Any, schedule: Schedule, meta: Mapping[str, Any], choice: Sample
     elif label is not None:
         labels = torch.full((len(indices),), label, dtype=torch.long)
     return sample(model, (len(indices), c, size, size), schedule, sampler=choice.name, steps=choice.steps,
-                  generator=image_generators(seed, indices), clip_x0=clip_x0,
-                  prediction=meta.get("prediction", "eps"), labels=labels, guidance=guidance,
-                  spacing=choice.spacing, callback=callback, x_T=x_T, device=device, **choice.options)
+                  generator=image_generators(seed, indices), clip_x0=clip_x0, labels=labels, guidance=guidance,
+                  spacing=choice.spacing, callback=callback, x_T=x_T, device=device, **model_kind(meta, choice))
+
+
+def model_kind(meta: Mapping[str, Any], choice: SamplerChoice) -> dict[str, Any]:
+    """What sampling needs to know of a checkpoint's network, as keywords of :func:`ddpm.sample`: its prediction,
+    its learned variance (if any), and ``choice``'s options, where the ancestral sampler's ``variance`` defaults to
+    the one the network was trained for (β for ``fixed-large``; the network's own for a learned one). Edits pass a
+    choice named ``edit``: they keep the sampler's own default."""
+    variance = model_variance(dict(meta))
+    options = dict(choice.options)
+    if choice.name == "ddpm" and variance == "fixed-large":
+        options.setdefault("variance", "beta")
+    return {"prediction": meta.get("prediction", "eps"),
+            "learned_variance": variance if variance in LEARNED_VARIANCES else None, **options}
 
 
 def draw_batches(model: Any, schedule: Schedule, meta: Mapping[str, Any], choice: SamplerChoice, seed: int,
@@ -446,9 +468,8 @@ def edit_image(checkpoint: PathLike, image: PathLike, out: PathLike, *, strength
     mask_t = None if mask is None else torch.from_numpy(load_mask(mask, size, fitted))[None, None].to(dev)  # (1,1,H,W)
     labels = None if label_index is None else torch.tensor([label_index], dtype=torch.long)
     x = edit(model, picture, schedule, strength, mask_t, sampler=choice.name, steps=choice.steps,
-             spacing=choice.spacing, resample=resample, generator=image_generators(seed, [0]),
-             prediction=meta.get("prediction", "eps"), clip_x0=clip_x0, labels=labels, guidance=guidance,
-             **choice.options)
+             spacing=choice.spacing, resample=resample, generator=image_generators(seed, [0]), clip_x0=clip_x0,
+             labels=labels, guidance=guidance, **model_kind(meta, dataclasses.replace(choice, name="edit")))
     extra = {"strength": repr(float(strength)), "resample": str(resample), "image_sha256": file_sha256(image),
              "mask_sha256": file_sha256(mask) if mask else ""}
     if fitted is not None:

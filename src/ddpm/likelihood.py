@@ -35,7 +35,7 @@ from .diffusion import q_posterior
 from .sampling import Callback, Denoiser, Generators, make_denoiser, model_device, randn
 from .schedule import Schedule
 
-VARIANCES = ("posterior", "beta")
+VARIANCES = ("posterior", "beta", "learned")
 BINS = 256  # 8-bit data: pixel k in 0..255 sits at k/127.5 − 1
 HALF_BIN = 1.0 / (BINS - 1)  # half the distance between neighbouring levels in [-1, 1]
 
@@ -58,8 +58,12 @@ def quantize(x: Tensor) -> Tensor:
 
 
 def _log_sub_exp(log_big: Tensor, log_small: Tensor) -> Tensor:
-    """log(e^log_big − e^log_small) for log_big ≥ log_small, without cancelling digits when they are close."""
-    return log_big + torch.log(-torch.expm1(log_small - log_big))
+    """log(e^log_big − e^log_small) for log_big ≥ log_small, without cancelling digits when they are close.
+
+    Where the two are equal (both edges of a bin so deep in one tail that their log-CDFs round to the same number)
+    the difference is taken as e^−69 of e^log_big instead of 0: finite, so that a gradient through the branch of
+    ``torch.where`` that is not selected stays 0 instead of NaN (as a training loss needs)."""
+    return log_big + torch.log(-torch.expm1((log_small - log_big).clamp(max=-1e-30)))
 
 
 def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor | float) -> Tensor:
@@ -113,32 +117,56 @@ def reverse_log_variance(schedule: Schedule, variance: str = "posterior") -> Ten
     return table.log()
 
 
+def learned_variance_bounds(schedule: Schedule) -> tuple[Tensor, Tensor]:
+    """(log β̃_t with index 0 clipped to β̃_1, log β_t), float64 (T,) each: the two ends a ``learned-range`` network
+    interpolates at step t (improved DDPM eq. 15, and improved-diffusion's tables)."""
+    return reverse_log_variance(schedule, "posterior"), schedule.betas.log()
+
+
 def _check_variance(variance: str) -> None:
     """Reject a reverse variance other than ``VARIANCES``."""
     if variance not in VARIANCES:
         raise ValueError(f"unknown reverse variance {variance!r}; choose 'posterior' (β̃_t, fixed small) "
-                         "or 'beta' (β_t, fixed large)")
+                         "or 'beta' (β_t, fixed large), or 'learned' for a network that predicts its variance")
+
+
+def vlb_terms(x0: Tensor, x_t: Tensor, t: Tensor, model_mean: Tensor, model_log_variance: Tensor | float,
+              schedule: Schedule) -> Tensor:
+    """The bound's term L_t of each image at its own index, in nats summed over dimensions: (B,).
+
+    x0: the data (on the 8-bit grid), x_t: a draw of q(x_t | x_0), model_mean: the mean μ_θ(x_t, t) of
+    p_θ(x_{t−1} | x_t), all (B, C, H, W); t (B,) indices; ``model_log_variance`` log σ² broadcastable to x0 (a
+    number, (B, 1, 1, 1) from a table, or (B, C, H, W) from a network). For t ≥ 1 KL(q(x_{t−1} | x_t, x_0) ‖
+    N(μ_θ, σ²)); for t = 0 the discretized decoder −log p_θ(x_0 | x_t) with mean μ_θ (= x̂_0 there). Computed in
+    x0's dtype: float64 for ``ddpm eval --nll``, float32 as a training loss (differentiable in μ_θ and σ²).
+    """
+    log_var = torch.as_tensor(model_log_variance, dtype=x0.dtype, device=x0.device).expand_as(x0)
+    first = t == 0
+    out = torch.empty(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    # Each row takes one of the two formulas, computed on its rows only: the other one's value there may be
+    # infinite (β̃_0 = 0; a decoder bin far in a tail), and its gradient, though multiplied by zero, would be NaN.
+    if bool(first.any()):
+        out[first] = -discretized_gaussian_log_likelihood(x0[first], model_mean[first], 0.5 * log_var[first]
+                                                          ).flatten(1).sum(1)
+    rest = ~first
+    if bool(rest.any()):
+        true_mean, true_var = q_posterior(x0[rest], x_t[rest], t[rest], schedule)
+        out[rest] = normal_kl(true_mean, true_var.log(), model_mean[rest], log_var[rest]).flatten(1).sum(1)
+    return out
 
 
 def vb_term(x0_hat: Tensor, x0: Tensor, x_t: Tensor, t: int, schedule: Schedule, log_variance: Tensor) -> Tensor:
-    """One term of the bound for every image, in nats summed over dimensions: (B,) float64.
+    """One term of the bound for every image at one index t, in nats summed over dimensions: (B,) float64.
 
     x0_hat: the model's x̂_0 at (x_t, t), x0: the data (on the 8-bit grid), x_t: a draw of q(x_t | x_0), all
-    (B, C, H, W); ``log_variance`` is :func:`reverse_log_variance` (T,). For t ≥ 1 the KL between the true
-    posterior q(x_{t−1} | x_t, x_0) and p_θ(x_{t−1} | x_t) = N(μ̃_t(x̂_0, x_t), σ_t²); for t = 0 the decoder's
-    −log p_θ(x_0 | x_t) with mean x̂_0.
+    (B, C, H, W); ``log_variance`` is :func:`reverse_log_variance` (T,), or log σ² of a network that predicts it
+    (B, C, H, W). The model's mean is the posterior mean μ̃_t(x̂_0, x_t) (x̂_0 itself at t = 0); see :func:`vlb_terms`.
     """
     x0_hat, x0, x_t = (v.to(torch.float64) for v in (x0_hat, x0, x_t))
-    log_var = log_variance[t].item()
-    if t == 0:
-        nll = -discretized_gaussian_log_likelihood(x0, x0_hat, 0.5 * log_var)
-        return nll.flatten(1).sum(1)
     tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
-    true_mean, true_var = q_posterior(x0, x_t, tt, schedule)
-    model_mean, _ = q_posterior(x0_hat, x_t, tt, schedule)
-    kl = normal_kl(true_mean, true_var.log(), model_mean, torch.tensor(log_var, dtype=torch.float64,
-                                                                        device=x0.device))
-    return kl.flatten(1).sum(1)
+    log_var = log_variance[t].item() if log_variance.ndim == 1 else log_variance.to(torch.float64)
+    model_mean = x0_hat if t == 0 else q_posterior(x0_hat, x_t, tt, schedule)[0]
+    return vlb_terms(x0, x_t, tt, model_mean, log_var, schedule)
 
 
 @dataclass
@@ -183,9 +211,9 @@ def _check_images(x0: Tensor) -> None:
 @torch.no_grad()
 def bits_per_dim(
     model: Callable[..., Tensor], x0: Tensor, schedule: Schedule, prediction: str = "eps",
-    variance: str = "posterior", clip_x0: bool = True, labels: Tensor | None = None, guidance: float | None = None,
+    variance: str | None = None, clip_x0: bool = True, labels: Tensor | None = None, guidance: float | None = None,
     batch_size: int = 64, generator: Generators = None, progress: bool = False, callback: Callback = None,
-    device: torch.device | str | None = None,
+    device: torch.device | str | None = None, learned_variance: str | None = None,
 ) -> VariationalBound:
     """The DDPM variational bound on −log p(x_0) of every image, in bits/dim (Ho et al. 2020, Table 1's NLL).
 
@@ -197,9 +225,10 @@ def bits_per_dim(
             so the bound is that of the 8-bit image (e.g. what a PNG of it holds); data already on the grid,
             like every 8-bit image set, are unchanged. The model sees x_t in x0's floating dtype.
         schedule: the training schedule (all T steps are used; a subset would not be the paper's bound).
-        prediction: what the model predicts, ``"eps"``, ``"x0"`` or ``"v"``.
+        prediction: what the model predicts, ``"eps"``, ``"x0"``, ``"v"`` or ``"mean"``.
         variance: the reverse variance σ_t², ``"posterior"`` (β̃_t) or ``"beta"`` (β_t): use the one the
-            model is sampled with (``sample_ddpm``'s ``variance``; ``"posterior"`` is its default).
+            model is sampled with (``sample_ddpm``'s ``variance``); ``"learned"`` the network's own (the default
+            when ``learned_variance`` is given, else ``"posterior"``).
         clip_x0: clamp x̂_0 to [-1, 1] as the samplers do (default). The bound is then that of the chain the
             ancestral sampler draws from; any function of x_t gives a valid reverse chain, so both are upper
             bounds of their own chain's NLL, and improved-diffusion's ``calc_bpd_loop`` clips too.
@@ -211,15 +240,18 @@ def bits_per_dim(
         callback: called after every model call with {"batch", "t", "calls", "total_calls"}.
         device: where the model runs (default: the model's parameters' device). The bound's own arithmetic
             (x_t draws, KL terms, decoder) is done in float64 on the CPU whatever the device.
+        learned_variance: ``"learned"`` or ``"learned-range"`` for a network that predicts its variance (2C
+            output channels), as for :func:`ddpm.sample`.
 
     Returns:
         :class:`VariationalBound` with ``total`` (B,), ``prior`` (B,), ``terms`` (B, T) in bits/dim.
     """
-    gens = _check_bound_args(x0, variance, batch_size, generator, labels)
+    variance = variance or ("learned" if learned_variance is not None else "posterior")
+    gens = _check_bound_args(x0, variance, batch_size, generator, labels, learned_variance)
     n, T = x0.shape[0], schedule.timesteps
     device = model_device(model) if device is None else device
     to_bits = 1.0 / (x0[0].numel() * math.log(2.0))
-    log_variance = reverse_log_variance(schedule, variance)
+    log_variance = None if variance == "learned" else reverse_log_variance(schedule, variance)
     dtype = x0.dtype  # what the model sees, as in sampling
     # The bound's own arithmetic runs in float64 on the CPU (any accelerator, MPS included, only runs the model).
     x0 = quantize(x0.detach().to("cpu", torch.float64))
@@ -229,7 +261,7 @@ def bits_per_dim(
         for b in range(n_batches):
             sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
             denoise = make_denoiser(model, schedule, prediction, clip_x0, None if labels is None else labels[sl],
-                                    guidance)
+                                    guidance, learned_variance=learned_variance)
             terms[sl] = _batch_terms(denoise, x0[sl], generator if gens is None else gens[sl], schedule,
                                      log_variance, dtype, device, partial(report, b)) * to_bits
     prior = prior_kl(x0, schedule).flatten(1).sum(1) * to_bits
@@ -237,9 +269,11 @@ def bits_per_dim(
 
 
 def _check_bound_args(x0: Tensor, variance: str, batch_size: int, generator: Generators,
-                      labels: Tensor | None) -> list[torch.Generator] | None:
+                      labels: Tensor | None, learned_variance: str | None) -> list[torch.Generator] | None:
     """Validate :func:`bits_per_dim`'s arguments for x0 (B, C, H, W); returns the per-image generators, if a list."""
     _check_variance(variance)
+    if variance == "learned" and learned_variance is None:
+        raise ValueError("variance='learned' needs a network that predicts its variance: pass learned_variance=")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
     _check_images(x0)
@@ -254,23 +288,28 @@ def _check_bound_args(x0: Tensor, variance: str, batch_size: int, generator: Gen
     return gens
 
 
-def _batch_terms(denoise: Denoiser, x0: Tensor, generator: Generators, schedule: Schedule, log_variance: Tensor,
-                 dtype: torch.dtype, device: torch.device | str, on_call: Callable[[int], None]) -> Tensor:
+def _batch_terms(denoise: Denoiser, x0: Tensor, generator: Generators, schedule: Schedule,
+                 log_variance: Tensor | None, dtype: torch.dtype, device: torch.device | str,
+                 on_call: Callable[[int], None]) -> Tensor:
     """Every term of the bound for one batch, in nats: x0 (b, C, H, W) float64 on the CPU → (b, T) float64.
 
     Column t ≥ 1 is KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)), column 0 the decoder's −log p(x_0|x_t), each
-    with its own draw of x_t. The model runs on ``device`` with x_t in ``dtype``; ``on_call(t)`` follows each call.
+    with its own draw of x_t. ``log_variance`` (T,) is the fixed σ² table, or None for the network's own. The model
+    runs on ``device`` with x_t in ``dtype``; ``on_call(t)`` follows each call.
     """
     ab = schedule.alphas_cumprod.tolist()
+    log_small, log_large = learned_variance_bounds(schedule)
     out = torch.empty(x0.shape[0], schedule.timesteps, dtype=torch.float64)
     for t in range(schedule.timesteps - 1, -1, -1):
         # (1) x_t ~ q(x_t | x_0) (eq. 4), a fresh draw for every t as each term is its own expectation.
         noise = randn(x0.shape, generator, "cpu", torch.float64)
         x_t = (math.sqrt(ab[t]) * x0 + math.sqrt(1 - ab[t]) * noise).to(dtype)
         # (2) the model's x̂_0 exactly as a sampler sees it (prediction type, clipping, guidance).
-        x0_hat, _ = denoise(x_t.to(device), t)
+        denoised = denoise(x_t.to(device), t)
+        log_var = log_variance if log_variance is not None else denoised.log_variance(
+            log_small[t].item(), log_large[t].item()).to("cpu", torch.float64)
         # (3) KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) for t ≥ 1, the decoder's −log p(x_0|x_t) at t = 0.
-        out[:, t] = vb_term(x0_hat.to("cpu", torch.float64), x0, x_t, t, schedule, log_variance)
+        out[:, t] = vb_term(denoised[0].to("cpu", torch.float64), x0, x_t, t, schedule, log_var)
         on_call(t)
     return out
 

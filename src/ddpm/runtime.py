@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from .errors import ParameterError, UserError
 
@@ -84,6 +85,14 @@ class Dist:
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
+
+    def gather(self, rows: Tensor) -> Tensor:
+        """Every rank's ``rows`` (same shape on each) stacked in rank order: (world, *rows.shape)."""
+        if self.world == 1:
+            return rows[None]
+        parts = [torch.empty_like(rows) for _ in range(self.world)]
+        dist.all_gather(parts, rows.contiguous())
+        return torch.stack(parts)
 
     def max_int(self, value: int) -> int:
         """The largest of every rank's ``value`` (so all ranks agree on a measured number)."""

@@ -5,7 +5,9 @@ Every sampler has the same signature (k-diffusion style)::
     fn(denoise, x, schedule, timesteps, generator, callback, **options) -> x0_batch
 
 - ``denoise(x, t) -> (x0, eps)`` wraps the network: guidance, prediction type and x_0 clipping are
-  already applied, ``t`` is a python int index into the *training* schedule.
+  already applied, ``t`` is a python int index into the *training* schedule. A network that also predicts its
+  reverse variance returns a :class:`Denoised` pair whose ``log_variance`` gives it; only the ancestral sampler
+  uses it, every other sampler follows the mean (the probability-flow ODE and its SDEs have no use for Σ_θ).
 - ``x`` (B, C, H, W) is the starting noise x_T; ``timesteps`` a LongTensor of decreasing indices that
   ends at 0. Multistep memory lives in local variables, never on an object.
 - ``generator`` is None, one ``torch.Generator``, or a list with one per image (so image *i* is the
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .diffusion import PREDICTIONS, eps_from_x0, prediction_to_x0_eps
+from .diffusion import LEARNED_VARIANCES, PREDICTIONS, eps_from_x0, learned_log_variance, prediction_to_x0_eps
 from .schedule import DEFAULT_SPACING, Schedule, log_snr, posterior_coefficients, spaced_timesteps
 from .seeding import image_seed
 from .unet import check_labels, model_num_classes
@@ -55,6 +57,20 @@ def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]
     return [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
 
 
+class Denoised(tuple):
+    """(x̂_0, ε̂), both (B, C, H, W), from a network that also predicts its variance: ``variance_output`` (B, C, H, W)
+    is that part of its output, read by :meth:`log_variance`. Unpacks like the plain pair."""
+
+    def __new__(cls, x0: Tensor, eps: Tensor, variance_output: Tensor, variance: str) -> Denoised:
+        self = super().__new__(cls, (x0, eps))
+        self.variance_output, self.variance = variance_output, variance
+        return self
+
+    def log_variance(self, log_small: Tensor | float, log_large: Tensor | float) -> Tensor:
+        """log σ² (B, C, H, W) of the step whose fixed choices are log β̃ = ``log_small`` and log β = ``log_large``."""
+        return learned_log_variance(self.variance_output, self.variance, log_small, log_large)
+
+
 def make_denoiser(
     model: Callable[..., Tensor],
     schedule: Schedule,
@@ -64,6 +80,7 @@ def make_denoiser(
     guidance: float | None = None,
     *,
     threshold: float | None = None,
+    learned_variance: str | None = None,
 ) -> Denoiser:
     """Wrap ``model(x_t, t[, labels])`` into ``denoise(x, t) -> (x0, eps)`` (both (B, C, H, W)).
 
@@ -75,32 +92,42 @@ def make_denoiser(
     With ``threshold=p`` (e.g. 0.995), dynamic thresholding (Imagen, Saharia et al. 2022, §2.3) is used
     instead, whatever ``clip_x0`` says: per image, s = max(1, p-quantile of |x̂_0|), and x̂_0 is clamped
     to [−s, s] and divided by s.
+    ``learned_variance`` (``"learned"`` or ``"learned-range"``) says that the model returns 2C channels, the
+    prediction and then its variance output; the denoiser returns a :class:`Denoised` pair then.
     """
     if threshold is not None and not 0.0 < float(threshold) <= 1.0:
         raise ValueError(f"threshold is a quantile in (0, 1] (e.g. 0.995); got {threshold!r}")
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-    call = _model_call(model, labels, guidance)
-    ab = schedule.alphas_cumprod
+    if learned_variance is not None and learned_variance not in LEARNED_VARIANCES:
+        raise ValueError(f"learned_variance must be None or one of {', '.join(LEARNED_VARIANCES)}; "
+                         f"got {learned_variance!r}")
+    call = _model_call(model, labels, guidance, learned_variance is not None)
+    ab, ab_prev = schedule.alphas_cumprod, schedule.alphas_cumprod_prev
 
     def denoise(x: Tensor, t: int) -> tuple[Tensor, Tensor]:
         a = ab[t].item()
-        x0, eps = prediction_to_x0_eps(call(x, t), x, a, prediction)
+        out = call(x, t)
+        pred = out if learned_variance is None else out[:, :x.shape[1]]
+        x0, eps = prediction_to_x0_eps(pred, x, a, prediction, ab_prev[t].item())
         if threshold is not None:
             x0 = _dynamic_threshold(x0, float(threshold))
             eps = eps_from_x0(x, x0, a)
         elif clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = eps_from_x0(x, x0, a)
-        return x0, eps
+        if learned_variance is None:
+            return x0, eps
+        return Denoised(x0, eps, out[:, x.shape[1]:], learned_variance)
 
     return denoise
 
 
-def _model_call(model: Callable[..., Tensor], labels: Tensor | None,
-                guidance: float | None) -> Callable[[Tensor, int], Tensor]:
+def _model_call(model: Callable[..., Tensor], labels: Tensor | None, guidance: float | None,
+                learned_variance: bool = False) -> Callable[[Tensor, int], Tensor]:
     """``call(x, t)``: the model's prediction at x (B, C, H, W) and the python int index t, guided when
-    ``labels`` (B,) are given; checks that the prediction has x's shape."""
+    ``labels`` (B,) are given; checks that the prediction has x's shape (twice its channels with a
+    ``learned_variance``)."""
     if guidance is not None and labels is None:
         raise ValueError("guidance needs labels: pass labels= (a LongTensor (B,)) with guidance=")
     if labels is not None:
@@ -108,20 +135,26 @@ def _model_call(model: Callable[..., Tensor], labels: Tensor | None,
 
     def call(x: Tensor, t: int) -> Tensor:
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        out = model(x, tt) if labels is None else _guided(model, x, tt, labels.to(x.device), guidance)
-        if out.shape != x.shape:
+        out = model(x, tt) if labels is None else _guided(model, x, tt, labels.to(x.device), guidance,
+                                                          x.shape[1] if learned_variance else None)
+        want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if learned_variance else tuple(x.shape)
+        if tuple(out.shape) != want:
             raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
-                             "it must return a prediction with x_t's shape")
+                             f"it must return {want} (" + ("the prediction, then its variance output)"
+                                                           if learned_variance else "a prediction with x_t's shape)"))
         return out
 
     return call
 
 
-def _guided(model: Callable[..., Tensor], x: Tensor, tt: Tensor, y: Tensor, guidance: float | None) -> Tensor:
+def _guided(model: Callable[..., Tensor], x: Tensor, tt: Tensor, y: Tensor, guidance: float | None,
+            guided_channels: int | None = None) -> Tensor:
     """Classifier-free guidance: out_u + w · (out_c − out_u) for x (B, C, H, W), tt (B,), labels y (B,).
 
     w = None or 1 is the conditional output alone and w = 0 the unconditional one (label −1), one call each;
-    any other w evaluates both halves in one batch of 2B.
+    any other w evaluates both halves in one batch of 2B. With ``guided_channels`` only the first that many
+    output channels (the prediction) are combined, and the rest (a learned variance) is the conditional one's, as
+    in GLIDE.
     """
     if y.shape != (x.shape[0],):
         raise ValueError(f"labels must be a LongTensor of shape ({x.shape[0]},); got {tuple(y.shape)}")
@@ -131,7 +164,10 @@ def _guided(model: Callable[..., Tensor], x: Tensor, tt: Tensor, y: Tensor, guid
         return model(x, tt, torch.full_like(y, -1))
     both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([torch.full_like(y, -1), y]))
     out_u, out_c = both.chunk(2)
-    return out_u + guidance * (out_c - out_u)
+    if guided_channels is None:
+        return out_u + guidance * (out_c - out_u)
+    k = guided_channels
+    return torch.cat([out_u[:, :k] + guidance * (out_c[:, :k] - out_u[:, :k]), out_c[:, k:]], dim=1)
 
 
 def _dynamic_threshold(x0: Tensor, p: float) -> Tensor:
@@ -161,10 +197,10 @@ def _steps(schedule: Schedule, timesteps: Tensor) -> list[Step]:
 
 def _evaluate(denoise: Denoiser, callback: Callback, x: Tensor, i: int, t: int) -> tuple[Tensor, Tensor]:
     """Step i's model evaluation at index t: (x̂_0, ε̂), both x's shape (B, C, H, W), shown to ``callback``."""
-    x0, eps = denoise(x, t)
+    out = denoise(x, t)
     if callback is not None:
-        callback({"i": i, "t": t, "x": x, "x0": x0})
-    return x0, eps
+        callback({"i": i, "t": t, "x": x, "x0": out[0]})
+    return out
 
 
 def _sigma_ratio(a_t: float, a_s: float) -> float:
@@ -185,26 +221,36 @@ def _check_order(order: int, highest: int, sampler: str) -> None:
         raise ValueError(f"order must be {allowed} for {sampler}; got {order!r}")
 
 
+ANCESTRAL_VARIANCES = ("posterior", "beta", "learned")
+
+
 def sample_ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
                 callback: Callback = None, *, variance: str = "posterior") -> Tensor:
     """Ancestral sampling (DDPM, Ho et al. 2020, Algorithm 2), on any decreasing subset of indices.
 
     For consecutive kept indices t > s, the step's own β is recomputed from ᾱ: β = 1 − ᾱ_t/ᾱ_s, so
     the subset defines a valid shorter Markov chain (Nichol & Dhariwal 2021, respacing).
-    ``variance='posterior'`` uses σ² = β̃ = (1−ᾱ_s)/(1−ᾱ_t) β, ``'beta'`` uses σ² = β.
-    The last step (to ᾱ = 1) adds no noise and returns the posterior mean, which is x̂_0.
+    ``variance='posterior'`` uses σ² = β̃ = (1−ᾱ_s)/(1−ᾱ_t) β, ``'beta'`` uses σ² = β, ``'learned'`` the
+    network's own σ² (a :class:`Denoised` output; a ``learned-range`` network interpolates the step's own β̃ and β,
+    as improved DDPM respaces). The last step (to ᾱ = 1) adds no noise and returns the posterior mean, which is x̂_0.
     """
-    if variance not in ("posterior", "beta"):
-        raise ValueError(f"unknown variance {variance!r}; choose 'posterior' (β̃_t) or 'beta' (β_t)")
+    if variance not in ANCESTRAL_VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose 'posterior' (β̃_t), 'beta' (β_t) or 'learned' (the "
+                         "network's own, for a network that predicts it)")
     steps = _steps(schedule, timesteps)
     for i, (t, a_t, a_s, _, _) in enumerate(steps):
         c_x0, c_xt, var_post, beta = posterior_coefficients(a_t, a_s)
-        x0, _ = _evaluate(denoise, callback, x, i, t)
-        mean = c_x0 * x0 + c_xt * x  # DDPM eq. 7: the posterior mean, written with x̂_0
+        out = _evaluate(denoise, callback, x, i, t)
+        mean = c_x0 * out[0] + c_xt * x  # DDPM eq. 7: the posterior mean, written with x̂_0
         if i + 1 == len(steps):
             return mean
-        var = var_post if variance == "posterior" else beta
-        x = mean + var**0.5 * randn(x.shape, generator, x.device, x.dtype)
+        noise = randn(x.shape, generator, x.device, x.dtype)
+        if variance == "learned":
+            if not isinstance(out, Denoised):
+                raise ValueError("variance='learned' needs a network that predicts its variance (learned_variance=)")
+            x = mean + (0.5 * out.log_variance(math.log(var_post), math.log(beta))).exp() * noise
+        else:
+            x = mean + (var_post if variance == "posterior" else beta) ** 0.5 * noise
     return x
 
 
@@ -552,7 +598,8 @@ def sample(
     steps: int | None = None, generator: Generators = None, clip_x0: bool = True, prediction: str = "eps",
     labels: Tensor | None = None, guidance: float | None = None, progress: bool = False, *,
     spacing: str | None = None, callback: Callback = None, x_T: Tensor | None = None,
-    device: torch.device | str | None = None, threshold: float | None = None, **options: Any,
+    device: torch.device | str | None = None, threshold: float | None = None, learned_variance: str | None = None,
+    **options: Any,
 ) -> Tensor:
     """Draw images from a diffusion model.
 
@@ -576,6 +623,9 @@ def sample(
             None or T (every index is used).
         x_T: starting noise (B, C, H, W); drawn from ``generator`` when None.
         threshold: dynamic-thresholding quantile (e.g. 0.995) used instead of the plain clamp.
+        learned_variance: ``"learned"`` or ``"learned-range"`` for a model that also predicts its reverse variance
+            (2C output channels): the ``"ddpm"`` sampler then draws with the model's own σ² unless ``variance`` is
+            given; the other samplers use the mean part only.
         options: sampler-specific keywords: ``variance`` for ``"ddpm"``; ``eta`` for ``"ddim"`` and
             ``"dpmpp-2m-sde"``; ``order`` / ``lower_order_final`` for ``"dpmpp-2m"``; ``lower_order_final``
             for ``"dpmpp-3m"``; ``order`` / ``variant`` / ``corrector`` / ``lower_order_final`` for
@@ -590,7 +640,10 @@ def sample(
     timesteps = spaced_timesteps(schedule, schedule.timesteps if steps is None else steps,
                                  DEFAULT_SPACING if spacing is None else spacing)
     x = _start_noise(shape, generator, device, x_T)
-    denoise = make_denoiser(model, schedule, prediction, clip_x0, labels, guidance, threshold=threshold)
+    denoise = make_denoiser(model, schedule, prediction, clip_x0, labels, guidance, threshold=threshold,
+                            learned_variance=learned_variance)
+    if sampler == "ddpm" and learned_variance is not None:
+        options = {"variance": "learned", **options}
     if progress:
         denoise = _with_progress(denoise, len(timesteps), sampler)
     return SAMPLERS[sampler](denoise, x, schedule, timesteps, generator, callback, **options)

@@ -70,6 +70,9 @@ class UNetConfig:
     # nearest-upsamples (up) both its branches between its first activation and first conv ("BigGAN" up/down,
     # Dhariwal & Nichol 2021's resblock_updown; diffusers' downsample_type / upsample_type "resnet").
     resblock_updown: bool = False
+    # Output channels: None means `channels` (the prediction alone); 2 × channels for a network that also predicts
+    # its reverse variance (ddpm.diffusion.LEARNED_VARIANCES; improved-diffusion's learn_sigma).
+    out_channels: int | None = None
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; accept both so from_dict(to_dict()) round-trips.
@@ -77,10 +80,13 @@ class UNetConfig:
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists)."""
+        """Plain JSON-ready dict (tuples become lists; ``out_channels`` only when set, so a network without a learned
+        variance is described as before the field existed)."""
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
+        if d["out_channels"] is None:
+            del d["out_channels"]
         return d
 
     @classmethod
@@ -96,6 +102,8 @@ class UNetConfig:
         """Raise a ``UserError`` (a ``ValueError``) naming the bad value."""
         if self.channels < 1:
             raise UserError(f"channels must be >= 1, got {self.channels}")
+        if self.out_channels is not None and self.out_channels < 1:
+            raise UserError(f"out_channels must be None or >= 1, got {self.out_channels}")
         if self.base_channels < 1:
             raise UserError(f"base_channels must be >= 1, got {self.base_channels}")
         if not self.channel_mult or any(m < 1 for m in self.channel_mult):
@@ -393,7 +401,7 @@ class UNet(nn.Module):
 
         self.norm_out = _norm(cur, groups)
         # Zero-init output: a fresh network predicts exactly 0 (the mean of eps), a calm starting point.
-        self.conv_out = _zero(nn.Conv2d(cur, cfg.channels, 3, padding=1))
+        self.conv_out = _zero(nn.Conv2d(cur, cfg.out_channels or cfg.channels, 3, padding=1))
 
     @classmethod
     def from_preset(cls, name: str, channels: int | None = None, image_size: int | None = None,

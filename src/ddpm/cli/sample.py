@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
+from ..checkpoint import model_variance, read_meta, resolve_checkpoint
+from ..diffusion import LEARNED_VARIANCES
 from ..errors import UserError
 from ..generate import default_sampler, edit_image, generate, interpolate, reproduce
 from ..images import picture_size
@@ -154,7 +156,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
              progress=not args.quiet, **sampler_args(args))
     extra = f", {min(num, args.trajectory_count)} trajectories" if args.trajectory else ""
     print(f"wrote {num} images and grid.png to {args.out}{extra}" + (f", and {args.npz}" if args.npz else ""))
+    _say_what_uses_the_variance(args)
     return 0
+
+
+def _say_what_uses_the_variance(args: argparse.Namespace) -> None:
+    """One line when the network learned its variance but the sampler does not use it (all but ``ddpm``)."""
+    variance = model_variance(read_meta(resolve_checkpoint(args.checkpoint)))
+    sampler = args.sampler or default_sampler()[0]
+    if variance in LEARNED_VARIANCES and sampler != "ddpm":
+        print(f"note: the network learned its variance ({variance}); the ddpm sampler draws with it, {sampler} "
+              "follows the network's mean")
 
 
 def cmd_edit(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from ..diffusion import PREDICTIONS
 from ..errors import ParameterError, UserError
 from ..fields import marked, option
-from ..losses import LOSS_WEIGHTS, T_SAMPLINGS
+from ..losses import DEFAULT_VLB_WEIGHT, LOSS_WEIGHTS, T_SAMPLINGS, check_objective
 from ..schedule import Schedule
 from ..unet import AUTO_PRESET, PRESET_BY_SIZE, PRESETS
 
@@ -82,8 +82,9 @@ class TrainConfig:
     t_stratified: bool = option("stratified timesteps: the batch's draws of u in [0, 1) are one random shift of "
                                 "0, 1/B, ..., (B-1)/B, shuffled, so every batch covers the t-range evenly (each draw "
                                 "keeps its density)", default=True, resume=True, before_flag=False)
-    t_sampling: str = option("how training timesteps are drawn: 'uniform' or 'laplace' (log-SNR ~ "
-                             "Laplace(--laplace-loc, --laplace-scale), Hang et al. 2024)", default="uniform",
+    t_sampling: str = option("how training timesteps are drawn: 'uniform', 'laplace' (log-SNR ~ "
+                             "Laplace(--laplace-loc, --laplace-scale), Hang et al. 2024) or 'importance' (with --loss "
+                             "vlb/hybrid: p_t from the history of each t's loss, improved DDPM)", default="uniform",
                              resume=True)
     laplace_loc: float = option("centre of the Laplace density on log-SNR", default=0.0, resume=True)
     laplace_scale: float = option("scale of the Laplace density on log-SNR", default=0.5, resume=True)
@@ -98,7 +99,16 @@ class TrainConfig:
     schedule: str = option("beta schedule: linear or cosine", default="linear", resume=True)
     beta_start: float = option("first beta of the linear schedule", default=1e-4, resume=True)
     beta_end: float = option("last beta of the linear schedule", default=0.02, resume=True)
-    prediction: str = option("what the network predicts: eps, x0 or v", default="eps", resume=True)
+    prediction: str = option("what the network predicts: eps, x0, v or mean (the posterior mean, the DDPM paper's "
+                             "baseline)", default="eps", resume=True)
+    variance: str = option("the reverse process's variance: fixed-small (beta-tilde), fixed-large (beta), learned "
+                           "(the network predicts log sigma^2) or learned-range (it interpolates beta-tilde and beta, "
+                           "improved DDPM); learned ones double the network's output channels and need --loss hybrid "
+                           "or vlb", default="fixed-small", resume=True)
+    loss: str = option("training objective: simple (MSE of the prediction, DDPM's L_simple), vlb (the true "
+                       "variational bound) or hybrid (simple + --vlb-weight x the bound, which then trains only the "
+                       "variance; improved DDPM)", default="simple", resume=True)
+    vlb_weight: float = option("lambda of --loss hybrid", default=DEFAULT_VLB_WEIGHT, resume=True)
     dropout: float | None = option("dropout in residual blocks (default: the preset's)", default=None, resume=True)
     nonfinite: str = option("on a NaN/inf loss or gradient: 'stop' (no checkpoint is written) or 'skip' the step",
                             default="stop")
@@ -142,6 +152,7 @@ class TrainConfig:
         if self.t_sampling not in T_SAMPLINGS:
             raise ParameterError(f"unknown {{t_sampling}} {self.t_sampling!r}: choose one of "
                                  f"{', '.join(T_SAMPLINGS)}")
+        check_objective(self.loss, self.variance, self.t_sampling, self.loss_weight, self.vlb_weight)
         if not (math.isfinite(self.adam_beta2) and 0 <= self.adam_beta2 < 1):
             raise ParameterError(f"{{adam_beta2}} must be in [0, 1), e.g. 0.999 or 0.99; got {self.adam_beta2}")
         if self.loss_gamma is not None and not (math.isfinite(self.loss_gamma) and self.loss_gamma > 0):

@@ -64,7 +64,7 @@ class TrainingEval:
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, schedule: Any, prediction: str,
-                 num_classes: int | None = None) -> dict[str, float]:
+                 num_classes: int | None = None, variance: str = "fixed-small") -> dict[str, float]:
         """Sample with ``model`` (in eval mode) and score: {"eval_<metric>", "eval_num", "eval_ref_num", "eval_s"}.
 
         With ``num_classes`` image i is of class i mod num_classes, so every class is scored."""
@@ -73,7 +73,8 @@ class TrainingEval:
         was_training = model.training
         model.eval()
         choice = default_choice(self.steps, schedule)
-        meta = {"channels": self.data.channels, "image_size": self.data.image_size, "prediction": prediction}
+        meta = {"channels": self.data.channels, "image_size": self.data.image_size, "prediction": prediction,
+                "variance": variance}
         pixels = [to_pixels(x) for _, x in draw_batches(model, schedule, meta, choice, self.seed, self.num,
                                                         batch_size=BATCH_SIZE, device=self.device,
                                                         cycle_classes=num_classes)]

@@ -92,7 +92,8 @@ def write_grid(path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfi
     """
     n = cfg.num_samples
     classes = data.num_classes if cfg.class_cond and data.num_classes else None
-    meta = {"channels": data.channels, "image_size": data.image_size, "prediction": cfg.prediction}
+    meta = {"channels": data.channels, "image_size": data.image_size, "prediction": cfg.prediction,
+            "variance": cfg.variance}
     (_, x), = draw_batches(model, schedule, meta, default_choice(cfg.sample_steps, schedule), cfg.seed, n,
                            batch_size=n, device=device, cycle_classes=classes)
     save_png(path, make_grid(to_uint8(x), nrow=classes, pad_value=128, scale=max(1, 64 // data.image_size)))

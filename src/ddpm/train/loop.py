@@ -93,8 +93,11 @@ class _Run:
         cfg, nets, data = self.cfg, self.nets, self.data
         path = self.out / CHECKPOINT_DIR / checkpoint_name(step)
         # The state file first: a checkpoint name that exists always has its state beside it.
-        save_training_state(state_path(path), {"step": step, "optimizer": nets.opt.state_dict()})
-        meta = checkpoint_meta(step, nets.raw.config, self.schedule, cfg.prediction,
+        state = {"step": step, "optimizer": nets.opt.state_dict()}
+        if self.objective.history is not None:
+            state["loss_history"] = self.objective.history.state_dict()
+        save_training_state(state_path(path), state)
+        meta = checkpoint_meta(step, nets.raw.config, self.schedule, cfg.prediction, variance=cfg.variance,
                                class_names=data.class_names if cfg.class_cond else None, data=data.name,
                                world_size=self.px.world, bf16=bool(nets.bf16), train=cfg.record())
         save_checkpoint(path, nets.raw.state_dict(), nets.ema.state_dict(), meta)
@@ -119,8 +122,11 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     px.barrier()
     schedule = cfg.make_schedule()
     objective = Objective.create(schedule, cfg.prediction, cfg.loss_weight, cfg.loss_gamma, cfg.t_sampling,
-                                 cfg.laplace_loc, cfg.laplace_scale, px.device, stratified=cfg.t_stratified)
+                                 cfg.laplace_loc, cfg.laplace_scale, px.device, stratified=cfg.t_stratified,
+                                 loss_type=cfg.loss, variance=cfg.variance, vlb_weight=cfg.vlb_weight)
     nets = build_networks(cfg, data, px, out)
+    if objective.history is not None and nets.state.get("loss_history") is not None:
+        objective.history.load_state_dict(nets.state["loss_history"])
     cfg = dataclasses.replace(cfg, preset=nets.preset)  # "auto" resolved: what the checkpoints record
     metrics = MetricsLog.open(cfg, out, nets.step) if px.main else None
     evaluator = None
@@ -188,7 +194,8 @@ def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Ten
     d = step_draws(step, cfg.seed, len(run.data), cfg.batch_size * px.world * cfg.grad_accum, pixels.shape[1:],
                    run.objective, cfg.label_dropout, px.device)
     nets.opt.zero_grad(set_to_none=True)
-    loss = sum(_micro_batch(run, step, a, d, pixels, labels) for a in range(cfg.grad_accum))
+    parts = [_micro_batch(run, step, a, d, pixels, labels) for a in range(cfg.grad_accum)]
+    loss = sum(value for value, _ in parts)
     gnorm = float(torch.nn.utils.clip_grad_norm_(nets.raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0
                                                  else math.inf))
     # Every rank takes part in the vote, so all skip (or stop at) the same step.
@@ -199,6 +206,9 @@ def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Ten
                                  "disk are untouched (or pass {nonfinite} skip)")
         nets.opt.zero_grad(set_to_none=True)
         return None
+    if run.objective.history is not None:  # every rank records the global batch's losses, in its order
+        per_image = px.gather(torch.stack([p for _, p in parts]))  # (W, A, B): rank r's micro-batch a
+        run.objective.history.update(d.t.cpu(), per_image.transpose(0, 1).reshape(-1).cpu())
     for group in nets.opt.param_groups:
         group["lr"] = lr_at(step, cfg, horizon)
     nets.opt.step()
@@ -207,8 +217,10 @@ def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Ten
     return _Stats(loss, gnorm, decay)
 
 
-def _micro_batch(run: _Run, step: int, a: int, d: Draws, pixels: Tensor, labels: Tensor | None) -> float:
-    """Forward and backward of micro-batch ``a`` (gradients accumulate); returns its loss / grad-accum."""
+def _micro_batch(run: _Run, step: int, a: int, d: Draws, pixels: Tensor,
+                 labels: Tensor | None) -> tuple[float, Tensor | None]:
+    """Forward and backward of micro-batch ``a`` (gradients accumulate); returns its loss / grad-accum and, for the
+    loss-aware timestep sampler, each image's loss (B,)."""
     cfg, px, nets = run.cfg, run.px, run.nets
     B, W, A = cfg.batch_size, px.world, cfg.grad_accum
     sl = slice((a * W + px.rank) * B, (a * W + px.rank + 1) * B)
@@ -220,9 +232,9 @@ def _micro_batch(run: _Run, step: int, a: int, d: Draws, pixels: Tensor, labels:
     # DDP all-reduces gradients on the last micro-batch only.
     sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else nets.model.no_sync()
     with sync, torch.autocast(px.device.type, dtype=torch.bfloat16, enabled=nets.bf16):
-        loss = run.objective.loss(nets.model, x0, d.t[sl], d.noise[sl], y, nets.memory_format)
+        loss, per_image = run.objective.losses(nets.model, x0, d.t[sl], d.noise[sl], y, nets.memory_format)
         (loss / A).backward()
-    return loss.item() / A
+    return loss.item() / A, per_image
 
 
 def _rows(run: _Run, step: int, d: Draws, sl: slice, pixels: Tensor) -> Tensor:
@@ -274,7 +286,7 @@ def _periodic(run: _Run, step: int) -> Path | None:
         run.metrics.plot(out / "loss.png")
     if run.evaluator is not None and step % cfg.eval_every == 0:
         result = run.evaluator(run.nets.ema, run.schedule, cfg.prediction,
-                               run.data.num_classes if cfg.class_cond else None)
+                               run.data.num_classes if cfg.class_cond else None, cfg.variance)
         run.metrics.write_eval(step, result, out / "eval.png")
     if px.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
         return run.save(step)

@@ -20,6 +20,7 @@ from ..checkpoint import (
     state_path,
 )
 from ..dataset import ImageDataset
+from ..diffusion import LEARNED_VARIANCES, output_channels
 from ..errors import ParameterError, UserError
 from ..runtime import Dist, default_bf16
 from ..seeding import mix
@@ -41,6 +42,7 @@ class Networks:
     bf16: bool
     memory_format: torch.memory_format
     preset: str
+    state: dict[str, Any]  # the resumed training state's other entries (e.g. the loss-aware sampler's history)
 
 
 def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) -> Networks:
@@ -69,9 +71,10 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
     raw.grad_checkpoint = cfg.grad_checkpoint
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
 
-    step = 0
+    step, extra = 0, {}
     bf16 = cfg.bf16 if cfg.bf16 is not None else default_bf16(device)
     if cfg.resume:
+        extra = {k: v for k, v in state.items() if k not in ("step", "optimizer")}
         raw.load_state_dict(ck.model)
         ema.load_state_dict(ck.ema)
         opt.load_state_dict(state["optimizer"])
@@ -92,7 +95,7 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if use_cuda else None)
     if cfg.compile:
         model = torch.compile(model)
-    return Networks(raw, ema, model, opt, step, bf16, fmt, preset)
+    return Networks(raw, ema, model, opt, step, bf16, fmt, preset, extra)
 
 
 def describe_network(net: UNet) -> str:
@@ -118,6 +121,8 @@ def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, anno
                                  "num_classes": data.num_classes if cfg.class_cond else None}
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
+    if cfg.variance in LEARNED_VARIANCES:
+        overrides["out_channels"] = output_channels(data.channels, cfg.variance)
     overrides.update(cfg.network_overrides())
     try:
         raw = UNet.from_preset(preset, **overrides)
@@ -158,6 +163,10 @@ def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet
         raise ParameterError(f"{where}: it was trained with the schedule {saved_schedule}, this run has "
                              f"{cfg.make_schedule().to_dict()}: match {{schedule}}/{{timesteps}}/{{beta_start}}/"
                              "{beta_end} (a custom table cannot be fine-tuned)")
+    if (mcfg.out_channels or mcfg.channels) != output_channels(mcfg.channels, cfg.variance):
+        raise ParameterError(f"{where}: its network has {mcfg.out_channels or mcfg.channels} output channels, "
+                             f"{{variance}} {cfg.variance} needs {output_channels(mcfg.channels, cfg.variance)}: pass "
+                             f"{{variance}} {ck.meta.get('variance', 'fixed-small')}")
     if saved_prediction != cfg.prediction:
         raise ParameterError(f"{where}: it predicts {saved_prediction}, this run {{prediction}} {cfg.prediction}: "
                              f"pass {{prediction}} {saved_prediction}")
