@@ -80,11 +80,13 @@ def _random_unet(preset, **kw):
     return net
 
 
-def _save_ours(path, net, schedule=None, prediction="eps"):
+def _save_ours(path, net, schedule=None, prediction="eps", variance=None):
     schedule = schedule or ddpm.Schedule.linear(1000)
     cfg = net.config
     meta = {"step": 5, "model": cfg.to_dict(), "schedule": schedule.to_dict(), "prediction": prediction,
             "image_size": cfg.image_size, "channels": cfg.channels, "class_names": None}
+    if variance is not None:  # the reverse variance the network was trained for (none recorded: fixed-small)
+        meta["variance"] = variance
     ema = {k: v.clone() + 0.01 for k, v in net.state_dict().items()}  # EMA differs from raw: export must pick it
     save_checkpoint(path, {k: v.clone() for k, v in net.state_dict().items()}, ema, meta)
     return path
@@ -181,6 +183,48 @@ def test_import_pipeline_layout_safetensors_cosine_v_prediction_and_round_trip(t
     assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
     for key in ("model", "schedule", "prediction", "image_size", "channels"):
         assert a.meta[key] == b.meta[key]
+
+
+def test_import_learned_range_samples_as_ddpm_pipeline_and_round_trips(tmp_path):
+    """out_channels = 2 × in_channels with variance_type learned_range is a learned-range checkpoint: its 2C outputs
+    are diffusers', ``ddpm sample`` with the flags ``ddpm convert`` prints draws DDPMPipeline's images (here on 10
+    respaced steps, where both interpolate the step's own β̃ and β), and exporting it gives the folder back."""
+    torch.manual_seed(0)
+    theirs = UNet2DModel(**dict(SMALL, out_channels=2)).eval()
+    sched = DDPMScheduler(variance_type="learned_range")
+    DDPMPipeline(unet=theirs, scheduler=sched).save_pretrained(tmp_path / "pipe")
+
+    path = import_diffusers(tmp_path / "pipe", tmp_path / "a.safetensors")
+    ours, ckpt, schedule = load_model(path)
+    assert ckpt.meta["variance"] == "learned-range" and ckpt.meta["model"]["out_channels"] == 2
+    assert pipeline_flags(ckpt.meta) == "--sampler ddpm --steps 1000"
+    _agree(theirs, ours, (1, 8, 8), [(0, 999), (1, 250), (500, 750)])  # prediction and variance halves
+
+    assert main(["sample", "--checkpoint", str(path), "--num", "2", "--seed", "3", "--out", str(tmp_path / "s"),
+                 "--npz", str(tmp_path / "s.npz"), "--quiet", "--sampler", "ddpm", "--steps", "10",
+                 "--spacing", "leading"]) == 0
+    pipe = DDPMPipeline(unet=theirs, scheduler=DDPMScheduler(variance_type="learned_range"))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler.alphas_cumprod = schedule.alphas_cumprod  # float64, as ours
+    ref = pipe(2, generator=ddpm.image_generators(3, range(2)), num_inference_steps=10).images  # PIL, rounded
+    ref = np.stack([np.asarray(im) for im in ref]).astype(int)
+    got = np.load(tmp_path / "s.npz")["images"][..., 0].astype(int)
+    assert np.array_equal(got, ref) and ref.std() > 20
+    # The learned variance counts: the fixed β̃ draws other images from the same noise.
+    fixed = ddpm.sample(ours, (2, 1, 8, 8), schedule, sampler="ddpm", steps=10, spacing="leading",
+                        learned_variance="learned-range", variance="posterior",
+                        generator=ddpm.image_generators(3, range(2)))
+    assert ((fixed[:, 0] / 2 + 0.5).clamp(0, 1) * 255 - torch.from_numpy(ref)).abs().max() > 10
+
+    export_diffusers(path, tmp_path / "back")
+    for sub, name in (("unet", "config.json"), ("scheduler", "scheduler_config.json")):
+        back = json.loads((tmp_path / "back" / sub / name).read_text())
+        saved = json.loads((tmp_path / "pipe" / sub / name).read_text())
+        assert {k: v for k, v in back.items() if k[0] != "_"} == {k: v for k, v in saved.items() if k[0] != "_"}
+    assert back["variance_type"] == "learned_range"
+    w_back = load_file(tmp_path / "back" / "unet" / "diffusion_pytorch_model.safetensors")
+    w_saved = load_file(tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert w_back.keys() == w_saved.keys() and all(torch.equal(w_back[k], w_saved[k]) for k in w_saved)
 
 
 @pytest.mark.parametrize("sched", [
@@ -285,6 +329,37 @@ def test_ddpm_pipeline_and_our_ancestral_sampler_draw_the_same_images(tmp_path):
     assert (same_tables - ours).abs().max() < 1e-6
     # Images, not a constant, and each image its own: the match is not an accident of a degenerate model.
     assert ours.std() > 0.1 and (ours[0] - ours[1]).abs().max() > 0.1
+
+
+@pytest.mark.slow
+def test_ddpm_pipeline_draws_a_learned_range_network_as_our_ancestral_sampler_does(tmp_path):
+    """A network that predicts its variance (improved DDPM's learned range, out_channels 2C) exported as
+    variance_type learned_range: DDPMPipeline interpolates log β̃_t and log β_t with the network's second half as our
+    ddpm sampler does with ``learned_variance="learned-range"``, so the two draw the same images, within the
+    tolerances of the fixed-variance test above."""
+    net = _random_unet("tiny", channels=1, image_size=8, base_channels=16, groups=8, out_channels=2)
+    schedule = ddpm.Schedule.linear(1000)
+    src = _save_ours(tmp_path / "c.safetensors", net, schedule, variance="learned-range")
+    export_diffusers(src, tmp_path / "d")
+    model, _, _ = load_model(src)
+    pipe = _pipe(tmp_path / "d")
+    assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.variance_type == "learned_range"
+    seed, n = 7, 2
+
+    def ours(**options):
+        x = ddpm.sample(model, (n, 1, 8, 8), schedule, sampler="ddpm", learned_variance="learned-range",
+                        generator=ddpm.image_generators(seed, range(n)), **options)
+        return (x / 2 + 0.5).clamp(0, 1)  # DDPMPipeline's output scaling
+
+    learned = ours()
+    float32_tables = pipe(n, generator=ddpm.image_generators(seed, range(n)), output_type="pt").images
+    assert (float32_tables - learned).abs().max() < 1e-4
+    pipe.scheduler.alphas_cumprod = schedule.alphas_cumprod.clone()
+    same_tables = pipe(n, generator=ddpm.image_generators(seed, range(n)), output_type="pt").images
+    assert (same_tables - learned).abs().max() < 1e-6
+    assert learned.std() > 0.1 and (learned[0] - learned[1]).abs().max() > 0.1
+    # The network's variance is what both used: the fixed β̃ draws other images from the same noise.
+    assert (ours(variance="posterior") - learned).abs().max() > 1e-3
 
 
 # ---------------------------------------------------------------------------- the command
@@ -413,7 +488,8 @@ def test_the_small_config_itself_is_accepted():
 
 
 @pytest.mark.parametrize("change, field", [
-    ({"variance_type": "learned_range"}, "variance_type"),
+    ({"variance_type": "learned"}, "variance_type"),  # σ² there, log σ² in ddpm
+    ({"variance_type": "fixed_tiny"}, "variance_type"),
     ({"prediction_type": "flow"}, "prediction_type"),
     ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
     ({"clip_sample_range": 2.0}, "clip_sample_range"),
@@ -426,6 +502,55 @@ def test_unrepresentable_schedulers_are_refused_naming_the_field(change, field):
     with pytest.raises(UserError, match=field) as e:
         schedule_from_diffusers(change)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("unet, variance_type, field", [
+    ({"out_channels": 2}, "fixed_small", "out_channels"),  # 2C is a learned variance: the scheduler must say so
+    ({"out_channels": 2}, "fixed_large", "out_channels"),
+    ({}, "learned_range", "out_channels"),  # learned_range needs the variance half
+    ({"out_channels": 3}, "learned_range", "out_channels"),
+    ({"out_channels": 2}, "learned", "variance_type"),  # σ² in diffusers, log σ² in ddpm
+])
+def test_learned_variance_imports_must_pair_out_channels_with_learned_range(tmp_path, unet, variance_type, field):
+    src = tmp_path / "hub"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({**SMALL, **unet}))
+    (src / "scheduler_config.json").write_text(json.dumps({"variance_type": variance_type}))
+    with pytest.raises(UserError, match=f"field {field}=") as e:
+        import_diffusers(src, tmp_path / "out")
+    assert "\n" not in str(e.value) and variance_type in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_learned_variance_exports_refuse_what_diffusers_would_sample_otherwise(tmp_path, capsys):
+    net = _random_unet("tiny", channels=1, image_size=8, out_channels=2)
+    learned = _save_ours(tmp_path / "learned.safetensors", net, variance="learned")
+    with pytest.raises(UserError, match="^the checkpoint's variance 'learned' .*variance_type 'learned'") as e:
+        export_diffusers(learned, tmp_path / "a")
+    assert "\n" not in str(e.value) and "log σ²" in str(e.value)
+    ranged = _save_ours(tmp_path / "ranged.safetensors", net, variance="learned-range")
+    with pytest.raises(ParameterError, match="^variance cannot be chosen .*predicts its variance") as e:
+        export_diffusers(ranged, tmp_path / "b", variance="beta")
+    assert "\n" not in str(e.value)
+    assert main(["convert", str(ranged), str(tmp_path / "b"), "--variance", "posterior"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --variance cannot be chosen") and err.count("\n") == 1
+    narrow = _save_ours(tmp_path / "narrow.safetensors", _random_unet("tiny", channels=1, image_size=8),
+                        variance="learned-range")
+    with pytest.raises(UserError, match="out_channels=1 but its variance 'learned-range' needs 2"):
+        export_diffusers(narrow, tmp_path / "c")
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_export_variance_follows_the_variance_the_network_was_trained_for(tmp_path):
+    net = _random_unet("tiny", channels=1, image_size=8)
+    src = _save_ours(tmp_path / "large.safetensors", net, variance="fixed-large")
+    export_diffusers(src, tmp_path / "default")
+    export_diffusers(src, tmp_path / "chosen", variance="posterior")
+    kinds = [json.loads((tmp_path / d / "scheduler" / "scheduler_config.json").read_text())["variance_type"]
+             for d in ("default", "chosen")]
+    assert kinds == ["fixed_large", "fixed_small"]
+    assert pipeline_flags(load_checkpoint(src).meta) == "--sampler ddpm --steps 1000 --option variance=beta"
 
 
 def test_a_bin_that_is_not_plain_tensors_is_refused(tmp_path):

@@ -19,14 +19,20 @@ The two networks are the same up to names, with three correspondences:
 - downsampling: diffusers' ``downsample_padding=0`` (TensorFlow's "SAME", the DDPM authors' choice) is
   ``UNetConfig.downsample_padding="same"``; ``downsample_padding=1`` is our ``"symmetric"``.
 
-Whatever has no counterpart (other embeddings, activations, norm eps, block types, class embeddings, learned
-variances, ...) is refused with one line that names the field.
+Whatever has no counterpart (other embeddings, activations, norm eps, block types, class embeddings, ...) is
+refused with one line that names the field.
 
 Scheduler ↔ checkpoint: ``linear`` ↔ ``Schedule.linear``, ``squaredcos_cap_v2`` ↔ ``Schedule.cosine`` (s = 0.008,
 max β 0.999), other tables ↔ ``trained_betas``; ``epsilon``/``sample``/``v_prediction`` ↔ ``eps``/``x0``/``v``.
 The sampling settings (``variance_type``, ``clip_sample``) are what ``ddpm sample`` flags choose:
 ``fixed_small`` is ``--option variance=posterior`` (the default), ``fixed_large`` (the DDPM paper's CIFAR-10
 choice) is ``--option variance=beta``, ``clip_sample=false`` is ``--no-clip``; see :func:`pipeline_flags`.
+
+Learned variances: diffusers' ``learned_range`` is ddpm's ``learned-range`` (improved DDPM eq. 15: the network's
+second C output channels v give log σ² = frac·log β_t + (1 − frac)·log β̃_t, frac = (v + 1)/2), both ways: a
+UNet2DModel with ``out_channels = 2 × in_channels`` and that scheduler imports as a checkpoint whose variance is
+``learned-range`` (``UNetConfig.out_channels = 2C``), and such a checkpoint exports as one. diffusers' ``learned``
+reads the second half as σ² itself, ddpm's ``learned`` as log σ²: neither is converted into the other.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .checkpoint import CHECKPOINT_DIR, checkpoint_meta, checkpoint_name, load_model, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, checkpoint_meta, checkpoint_name, load_model, model_variance, save_checkpoint
+from .diffusion import VARIANCES, output_channels
 from .errors import ParameterError, UserError
 from .schedule import Schedule
 from .unet import AttentionBlock, Downsample, ResBlock, UNet, UNetConfig, Upsample
@@ -60,6 +67,9 @@ PREDICTION_FROM_DIFFUSERS = {v: k for k, v in PREDICTION_TO_DIFFUSERS.items()}
 VARIANCE_FROM_DIFFUSERS = {"fixed_small": "posterior", "fixed_small_log": "posterior",
                            "fixed_large": "beta", "fixed_large_log": "beta"}
 VARIANCE_TO_DIFFUSERS = {"posterior": "fixed_small", "beta": "fixed_large"}
+# diffusers' variance_type of a network that predicts its variance -> the checkpoint's variance (ddpm.diffusion).
+LEARNED_FROM_DIFFUSERS = {"learned_range": "learned-range"}
+LEARNED_TO_DIFFUSERS = {v: k for k, v in LEARNED_FROM_DIFFUSERS.items()}
 
 # The defaults of UNet2DModel's constructor (diffusers 0.42.1): a config.json that omits a key means this value.
 UNET_DEFAULTS: dict[str, Any] = {
@@ -93,13 +103,17 @@ def _refuse(field: str, value: Any, why: str) -> UserError:
 # ---------------------------------------------------------------------------- configs
 
 
-def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
-    """A ``UNetConfig`` for a diffusers ``UNet2DModel`` config dict (missing keys take diffusers' defaults).
+def unet_config_from_diffusers(d: dict[str, Any], variance_type: str = "fixed_small") -> Any:
+    """A ``UNetConfig`` for a diffusers ``UNet2DModel`` config dict (missing keys take diffusers' defaults), read
+    with a ``DDPMScheduler`` of ``variance_type``: ``learned_range`` needs ``out_channels = 2 × in_channels`` (the
+    prediction, then the variance), which becomes ``UNetConfig.out_channels``; a fixed variance needs
+    ``out_channels = in_channels``.
 
     Raises ``UserError`` naming the first field that our UNet cannot represent.
     """
     c = _unet_fields(d)
     _check_unet_scalars(c)
+    out_channels = _unet_out_channels(c, variance_type)
     size, chans, downs = _unet_levels(c)
     groups = int(c["norm_num_groups"])
     _need(c, "attn_norm_num_groups", lambda v: v in (None, groups), "attention norms use norm_num_groups")
@@ -118,7 +132,7 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> Any:
         channel_mult=tuple(ch // base for ch in chans), num_res_blocks=int(c["layers_per_block"]),
         attention_resolutions=attn_sizes, dropout=float(c["dropout"]), num_heads=1, head_channels=head_dim,
         num_classes=None, groups=groups, downsample_padding="same" if c["downsample_padding"] == 0 else "symmetric",
-        scale_shift_norm=scale_shift,
+        scale_shift_norm=scale_shift, out_channels=out_channels,
     )
     try:
         cfg.validate()
@@ -174,8 +188,26 @@ def _check_unet_scalars(c: dict[str, Any]) -> None:
           "right/bottom by 1 (0, 'same')")
     _need(c, "layers_per_block", lambda v: isinstance(v, int) and v >= 1, "need at least one residual block per level")
     _need(c, "in_channels", lambda v: isinstance(v, int) and v >= 1, "need a positive channel count")
-    _need(c, "out_channels", lambda v: v == c["in_channels"], "the output has the input's channels (in_channels)")
     _need(c, "dropout", lambda v: isinstance(v, int | float) and 0 <= v < 1, "dropout lies in [0, 1)")
+
+
+def _unet_out_channels(c: dict[str, Any], variance_type: str) -> int | None:
+    """``UNetConfig.out_channels`` of the UNet2DModel fields ``c`` read with a scheduler of ``variance_type``: None
+    (the image's channels) for a fixed variance, 2 × in_channels for ``learned_range``; any other out_channels is
+    refused, naming it."""
+    cin, out = c["in_channels"], c["out_channels"]
+    learned = variance_type in LEARNED_FROM_DIFFUSERS
+    if out == (2 * cin if learned else cin):
+        return out if learned else None
+    if learned:
+        why = (f"with the scheduler's variance_type {variance_type!r} the network outputs its prediction and its "
+               f"variance, out_channels = 2 x in_channels = {2 * cin}")
+    elif out == 2 * cin:
+        why = ("2 x in_channels is a network that predicts its variance too, which needs the scheduler's "
+               f"variance_type 'learned_range' (it is {variance_type!r})")
+    else:
+        why = "the output has the input's channels (in_channels), or twice as many with variance_type 'learned_range'"
+    raise _refuse("out_channels", out, why)
 
 
 def _unet_levels(c: dict[str, Any]) -> tuple[int, list[int], list[str]]:
@@ -240,7 +272,7 @@ def unet_config_to_diffusers(cfg: Any) -> dict[str, Any]:
                         f"attention_head_dim, and the attention widths {sorted(set(widths))} differ")
     return {
         "_class_name": "UNet2DModel", "_diffusers_version": DIFFUSERS_VERSION,
-        "sample_size": size, "in_channels": cfg.channels, "out_channels": cfg.channels,
+        "sample_size": size, "in_channels": cfg.channels, "out_channels": cfg.out_channels or cfg.channels,
         "center_input_sample": False, "time_embedding_type": "positional", "time_embedding_dim": None,
         "freq_shift": 1, "flip_sin_to_cos": False,
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
@@ -275,9 +307,7 @@ def schedule_from_diffusers(d: dict[str, Any]) -> tuple[Any, str]:
     if c["rescale_betas_zero_snr"]:
         raise UserError("scheduler field rescale_betas_zero_snr=true cannot be represented: it makes the last ᾱ zero "
                         "(β_T = 1), which a ddpm Schedule does not allow")
-    if c["variance_type"] not in VARIANCE_FROM_DIFFUSERS:
-        raise UserError(f"scheduler field variance_type={c['variance_type']!r} cannot be represented: the network "
-                        f"would have to predict its variance; ddpm samples with {', '.join(VARIANCE_FROM_DIFFUSERS)}")
+    variance_from_diffusers(c)
     if c["prediction_type"] not in PREDICTION_FROM_DIFFUSERS:
         raise UserError(f"scheduler field prediction_type={c['prediction_type']!r} cannot be represented: choose one "
                         f"of {', '.join(PREDICTION_FROM_DIFFUSERS)}")
@@ -310,17 +340,36 @@ def schedule_from_diffusers(d: dict[str, Any]) -> tuple[Any, str]:
     return schedule, PREDICTION_FROM_DIFFUSERS[c["prediction_type"]]
 
 
+def variance_from_diffusers(d: dict[str, Any]) -> str:
+    """The reverse variance (:data:`ddpm.diffusion.VARIANCES`) that the network of a ``DDPMScheduler`` config dict
+    was trained for: ``learned-range`` for variance_type ``learned_range``, ``fixed-small`` for the fixed ones (which
+    are sampling choices, see :func:`pipeline_flags`). Refuses ``learned`` (σ² there, log σ² in ddpm) and unknowns."""
+    vt = d.get("variance_type", SCHEDULER_DEFAULTS["variance_type"])
+    if vt in LEARNED_FROM_DIFFUSERS:
+        return LEARNED_FROM_DIFFUSERS[vt]
+    if vt in VARIANCE_FROM_DIFFUSERS:
+        return "fixed-small"
+    if vt == "learned":
+        raise UserError("scheduler field variance_type='learned' cannot be represented: diffusers takes the "
+                        "network's second half as the variance σ² itself, ddpm's learned variance as log σ²; of the "
+                        "learned variances only 'learned_range' (improved DDPM's interpolation) is imported")
+    known = [*VARIANCE_FROM_DIFFUSERS, *LEARNED_FROM_DIFFUSERS]
+    raise UserError(f"scheduler field variance_type={vt!r} cannot be represented: ddpm reads {', '.join(known)}")
+
+
 def scheduler_config_to_diffusers(schedule: Any, prediction: str, variance: str = "posterior", clip: bool = True,
                                   sampling: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``DDPMScheduler`` scheduler_config.json dict for a ddpm schedule and prediction type.
 
+    ``variance`` is the sampler's choice for a fixed variance, ``posterior`` (fixed_small) or ``beta``
+    (fixed_large), or ``learned-range`` for a network that predicts its variance (learned_range).
     ``sampling`` holds diffusers-only settings to keep (timestep_spacing, thresholding, ... of an imported model).
     """
     c = {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION, **SCHEDULER_DEFAULTS,
          **(sampling or {})}
     p = schedule.params
     c.update(num_train_timesteps=schedule.timesteps, trained_betas=None, prediction_type=PREDICTION_TO_DIFFUSERS[
-        prediction], variance_type=VARIANCE_TO_DIFFUSERS[variance], clip_sample=bool(clip),
+        prediction], variance_type={**VARIANCE_TO_DIFFUSERS, **LEARNED_TO_DIFFUSERS}[variance], clip_sample=bool(clip),
         rescale_betas_zero_snr=False, beta_start=SCHEDULER_DEFAULTS["beta_start"],
         beta_end=SCHEDULER_DEFAULTS["beta_end"], beta_schedule="linear")
     if schedule.kind == "linear":
@@ -333,15 +382,52 @@ def scheduler_config_to_diffusers(schedule: Any, prediction: str, variance: str 
 
 
 def pipeline_flags(meta: dict[str, Any]) -> str:
-    """The ``ddpm sample`` flags that reproduce ``DDPMPipeline`` (all T steps) for a checkpoint's metadata."""
+    """The ``ddpm sample`` flags that reproduce ``DDPMPipeline`` (all T steps) for a checkpoint's metadata, with the
+    scheduler that :func:`export_diffusers` writes by default (or that the checkpoint was imported with). A network
+    that predicts its variance needs no variance flag: the ddpm sampler draws with the learned one by default.
+    Refuses what :func:`export_variance` refuses (a ``learned`` network has no DDPMPipeline)."""
     sched = (meta.get("diffusers") or {}).get("scheduler_config") or {}
     T = _timesteps(meta)
     flags = f"--sampler ddpm --steps {T}"
-    if VARIANCE_FROM_DIFFUSERS.get(sched.get("variance_type", "fixed_small")) == "beta":
+    if export_variance(meta) == "beta":
         flags += " --option variance=beta"
     if sched.get("clip_sample", True) is False:
         flags += " --no-clip"
     return flags
+
+
+def export_variance(meta: dict[str, Any], variance: str | None = None) -> str:
+    """The :func:`scheduler_config_to_diffusers` variance of a checkpoint's metadata: ``learned-range`` for a
+    learned-range network; for a fixed variance ``variance`` ('posterior' or 'beta') or, when None, the imported
+    scheduler's choice, else ``beta`` for a network trained for ``fixed-large`` and ``posterior`` otherwise.
+
+    Refuses a ``learned`` network (its log σ² would be read as σ² by diffusers' ``learned``), a ``variance`` for a
+    learned-range one (``ParameterError``), and a network whose output channels disagree with its variance.
+    """
+    trained = model_variance(meta)
+    if trained == "learned":
+        raise UserError("the checkpoint's variance 'learned' (the network outputs log σ²) cannot be exported: "
+                        "diffusers' variance_type 'learned' reads that output as σ² itself, so DDPMPipeline would "
+                        "draw with another variance; a network trained with variance learned-range can be exported")
+    if trained not in VARIANCES:
+        raise UserError(f"the checkpoint's variance {trained!r} is unknown to this ddpm (it knows "
+                        f"{', '.join(VARIANCES)}): the checkpoint is from a newer ddpm")
+    model = meta["model"]
+    out, want = model.get("out_channels") or model["channels"], output_channels(model["channels"], trained)
+    if out != want:
+        raise UserError(f"the checkpoint's network has out_channels={out} but its variance {trained!r} needs {want}: "
+                        "the checkpoint is inconsistent")
+    if trained in LEARNED_TO_DIFFUSERS:
+        if variance is not None:
+            raise ParameterError(f"{{variance}} cannot be chosen for this checkpoint: its network predicts its "
+                                 f"variance ({trained}), exported as variance_type {LEARNED_TO_DIFFUSERS[trained]!r}")
+        return trained
+    if variance is not None:
+        return variance
+    imported = ((meta.get("diffusers") or {}).get("scheduler_config") or {}).get("variance_type")
+    if imported in VARIANCE_FROM_DIFFUSERS:
+        return VARIANCE_FROM_DIFFUSERS[imported]
+    return "beta" if trained == "fixed-large" else "posterior"
 
 
 def _timesteps(meta: dict[str, Any]) -> int:
@@ -521,8 +607,9 @@ def _read_weights(folder: Path) -> tuple[dict[str, Tensor], Path]:
                     "read): download the full-precision weights")
 
 
-def read_diffusers(src: str | os.PathLike[str]) -> tuple[Any, Any, str, dict[str, Tensor], dict[str, Any]]:
-    """Read a diffusers folder: (UNetConfig, Schedule, prediction, our EMA/raw state dict, record for the metadata).
+def read_diffusers(src: str | os.PathLike[str]) -> tuple[Any, Any, str, str, dict[str, Tensor], dict[str, Any]]:
+    """Read a diffusers folder: (UNetConfig, Schedule, prediction, variance (``fixed-small`` or ``learned-range``),
+    our EMA/raw state dict, record for the metadata).
 
     Layouts: files at the root (config.json, weights, scheduler_config.json) or a pipeline folder with
     ``unet/`` and ``scheduler/``.
@@ -538,7 +625,8 @@ def read_diffusers(src: str | os.PathLike[str]) -> tuple[Any, Any, str, dict[str
                         "the model was trained with is needed")
     unet_cfg, sched_cfg = _read_json(unet_dir / "config.json"), _read_json(sched_path)
     try:
-        cfg = unet_config_from_diffusers(unet_cfg)
+        variance = variance_from_diffusers(sched_cfg)  # first: a refused variance_type is named as such
+        cfg = unet_config_from_diffusers(unet_cfg, sched_cfg.get("variance_type", SCHEDULER_DEFAULTS["variance_type"]))
         schedule, prediction = schedule_from_diffusers(sched_cfg)
     except UserError:
         raise
@@ -552,7 +640,7 @@ def read_diffusers(src: str | os.PathLike[str]) -> tuple[Any, Any, str, dict[str
               "unet_config": unet_cfg,
               "scheduler_config": {**SCHEDULER_DEFAULTS, **{k: v for k, v in sched_cfg.items()
                                                             if not k.startswith("_")}}}
-    return cfg, schedule, prediction, state, record
+    return cfg, schedule, prediction, variance, state, record
 
 
 def _check_dst(dst: Path) -> None:
@@ -586,8 +674,8 @@ def import_diffusers(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -
     """
     dst = Path(dst)
     _check_dst(dst)
-    cfg, schedule, prediction, state, record = read_diffusers(src)
-    meta = checkpoint_meta(0, cfg, schedule, prediction, diffusers=record)
+    cfg, schedule, prediction, variance, state, record = read_diffusers(src)
+    meta = checkpoint_meta(0, cfg, schedule, prediction, variance=variance, diffusers=record)
     ema = {k: v.clone() for k, v in state.items()}  # the same values; safetensors refuses shared memory
     if dst.suffix == ".safetensors":
         return save_checkpoint(dst, state, ema, meta)
@@ -601,7 +689,9 @@ def export_diffusers(src: str | os.PathLike[str], dst: str | os.PathLike[str], u
     """Write a ddpm checkpoint (file or run directory) as a diffusers pipeline folder ``dst``.
 
     ``variance`` ('posterior' or 'beta') sets the scheduler's variance_type; by default the imported model's own,
-    else 'posterior' (fixed_small, the ancestral sampler's default). Returns (dst, a note or None): a
+    else 'beta' (fixed_large) for a network trained for ``fixed-large`` and 'posterior' (fixed_small) otherwise. A
+    ``learned-range`` network exports as variance_type learned_range (out_channels 2C) and refuses ``variance``; a
+    ``learned`` one is refused (see :func:`export_variance`). Returns (dst, a note or None): a
     class-conditional model is written without model_index.json, since DDPMPipeline cannot pass labels.
     """
     dst = Path(dst)
@@ -611,14 +701,13 @@ def export_diffusers(src: str | os.PathLike[str], dst: str | os.PathLike[str], u
     net, ckpt, schedule = load_model(src, use_ema=use_ema)
     assert isinstance(net, UNet)
     cfg = net.config
+    variance = export_variance(ckpt.meta, variance)
     unet_json = unet_config_to_diffusers(cfg)
     weights = state_dict_to_diffusers(net.state_dict(), net)
     imported = (ckpt.meta.get("diffusers") or {}).get("scheduler_config") or {}
     keep = {k: v for k, v in imported.items() if k in ("timestep_spacing", "steps_offset", "thresholding",
                                                        "dynamic_thresholding_ratio", "sample_max_value",
                                                        "clip_sample_range")}
-    if variance is None:
-        variance = VARIANCE_FROM_DIFFUSERS.get(imported.get("variance_type", "fixed_small"), "posterior")
     sched_json = scheduler_config_to_diffusers(schedule, ckpt.meta.get("prediction", "eps"), variance,
                                                bool(imported.get("clip_sample", True)), keep)
     note = None

@@ -30,7 +30,9 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-ema", action="store_true", help="export: the raw weights instead of the EMA weights")
     s.add_argument("--variance", default=None, choices=list(VARIANCE_TO_DIFFUSERS),
                    help="export: the scheduler's variance_type, posterior = fixed_small, beta = fixed_large "
-                        "(default: the imported model's own, else posterior)")
+                        "(default: the imported model's own, else beta for a network trained with the fixed-large "
+                        "variance and posterior otherwise); a network that predicts its variance (learned-range) "
+                        "is exported as learned_range and takes no --variance")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
