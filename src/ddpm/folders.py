@@ -76,6 +76,8 @@ def decode_fitted(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as img:
         w, h = img.size
         scale = next((s for s in (8, 4, 2) if min(w, h) >= s * JPEG_DRAFT_MARGIN * size), 1)
+        if scale == 1 and _plain(img) and min(w, h) != size:
+            return _fitted(img, size)
         if scale == 1 or img.format not in ("JPEG", "MPO"):
             return fit_square(_decoded(img), size)
         rotated = img.getexif().get(0x0112) in _ROTATED
@@ -89,6 +91,22 @@ def decode_fitted(path: Path, size: int) -> np.ndarray:
     left, top = (w - side) / 2, (h - side) / 2  # the full-size box, in the reduced image's pixels below
     box = (left / scale, top / scale, (left + side) / scale, (top + side) / scale)
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.LANCZOS, box=box))
+
+
+def _plain(img: Image.Image) -> bool:
+    """An 8-bit gray or RGB picture without transparency or EXIF rotation: one that ``decode_picture`` returns as its
+    own pixels, so it can be resized as it is."""
+    return img.mode in ("L", "RGB") and "transparency" not in img.info and img.getexif().get(0x0112, 1) == 1
+
+
+def _fitted(img: Image.Image, size: int) -> np.ndarray:
+    """``fit_square(decode_picture(img), size)`` for a :func:`_plain` picture that needs a resize, without the copies
+    of the general path (measured 15% of a CelebA-sized JPEG's time): the same Lanczos resize of the same box of the
+    same pixels, so the same numbers (tested against the general path)."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side)))
 
 
 def _decoded(img: Image.Image) -> np.ndarray:
