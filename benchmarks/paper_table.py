@@ -77,16 +77,16 @@ def _checkpoint_step(run: Path) -> int | None:
 
 def train_row(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
     """Train (or reuse) one row; its steps, loss curve and whether it diverged."""
-    wall = math.nan
+    wall, rc = math.nan, 0
     if _checkpoint_step(run) != args.steps:
         rc, wall = _run([str(BIN / "ddpm"), "train", "--data", args.data, "--steps", str(args.steps), "--out",
                          str(run), "--log-every", "10", "--sample-every", "0", "--checkpoint-every",
                          str(args.steps), "--nonfinite", "stop", "--quiet", "--seed", str(args.train_seed), *flags,
                          *(["--resume"] if (run / "checkpoints").exists() else [])], args.threads, check=False)
-        if rc not in (0, 2):
-            raise SystemExit(f"training {run.name} failed with exit code {rc}")
     log = run / "metrics.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    if _checkpoint_step(run) != args.steps and not (rc == 2 and records):  # exit 2 after logging: non-finite
+        raise SystemExit(f"training {run.name} failed with exit code {rc} before it trained (see its message above)")
     curve = [(r["step"], r["loss"]) for r in records]
     finished = _checkpoint_step(run) == args.steps
     return {"steps": records[-1]["step"] if records else 0, "diverged": not finished, "train_wall_s": wall,
@@ -202,13 +202,13 @@ def main() -> None:
         unknown = [n for n in names if n not in ROWS]
         if unknown:
             sys.exit(f"error: unknown row {unknown[0]!r}: choose from {', '.join(ROWS)}")
-        for name in names:  # every row trains first, so a long run has all its rows before any scoring
-            train_row(Path(args.runs) / f"{name}-{args.steps}", ROWS[name][0], args)
+        # every row trains first, so a long run has all its rows before any scoring
+        trained = {name: train_row(Path(args.runs) / f"{name}-{args.steps}", ROWS[name][0], args) for name in names}
         for name in names:
             flags, paper = ROWS[name]
             run = Path(args.runs) / f"{name}-{args.steps}"
             t0 = time.perf_counter()
-            row = {"row": name, "flags": flags, "paper": paper, **train_row(run, flags, args)}
+            row = {"row": name, "flags": flags, "paper": paper, **trained[name]}
             if not row["diverged"]:
                 row.update(measure(run, name, args))
             append_row(results, {**row, "measure_wall_s": time.perf_counter() - t0, "num": args.num,
