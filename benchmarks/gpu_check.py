@@ -386,14 +386,11 @@ def _datasheet_peak(name: str) -> float | None:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name: throughput.py's, imported here so that this script imports torch only where it needs it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from throughput import cpu_model
+
+    return cpu_model()
 
 
 def probe_dist(device: str) -> None:

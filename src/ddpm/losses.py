@@ -233,6 +233,8 @@ class Objective:
     variance: str = "fixed-small"
     vlb_weight: float = DEFAULT_VLB_WEIGHT
     history: LossHistory | None = None
+    # log σ² of p_θ at each t, (T,) float64 each: the fixed table twice, or a learned variance's two ends (β̃_t, β_t)
+    log_variances: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def create(cls, schedule: Schedule, prediction: str = "eps", loss_weight: str = "none",
@@ -247,7 +249,13 @@ class Objective:
             schedule, t_sampling, laplace_loc, laplace_scale).to(device)
         weights = None if loss_weight == "none" else loss_weights(schedule, prediction, loss_weight, gamma).to(device)
         history = LossHistory(schedule.timesteps) if t_sampling == "importance" else None
-        return cls(schedule, prediction, probs, weights, stratified, loss_type, variance, vlb_weight, history)
+        log_variances = None
+        if loss_type != "simple":  # the bound's σ² tables, on the device once
+            tables = learned_variance_bounds(schedule) if variance in LEARNED_VARIANCES else (reverse_log_variance(
+                schedule, "posterior" if variance == "fixed-small" else "beta"),) * 2
+            log_variances = (tables[0].to(device), tables[1].to(device))
+        return cls(schedule, prediction, probs, weights, stratified, loss_type, variance, vlb_weight, history,
+                   log_variances)
 
     def draw_t(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
         """n training timesteps (n,) int64, see :func:`draw_timesteps`."""
@@ -269,11 +277,12 @@ class Objective:
         x_t = q_sample(x0, t, noise, self.schedule).contiguous(memory_format=memory_format)
         output = model(x_t, t) if labels is None else model(x_t, t, labels)
         pred, var_out = split_output(output, self.variance)
-        target = training_target(x0, noise, t, self.schedule, self.prediction)
         if self.loss_type == "simple" and self.history is None:
-            return diffusion_loss(pred, target, t, self.weights), None
+            return diffusion_loss(pred, training_target(x0, noise, t, self.schedule, self.prediction), t,
+                                  self.weights), None
         per_image = torch.zeros(x0.shape[0], dtype=torch.float32, device=x0.device)
         if self.loss_type in ("simple", "hybrid"):
+            target = training_target(x0, noise, t, self.schedule, self.prediction)
             mse = (pred.float() - target.float()).square().flatten(1).mean(1)  # (B,)
             per_image = per_image + (mse if self.weights is None else extract(self.weights, t, mse) * mse)
         if self.loss_type in ("vlb", "hybrid"):
@@ -297,12 +306,8 @@ class Objective:
             ab_prev = extract(self.schedule.table("alphas_cumprod_prev", x0.device), t, x0)
             x0_hat, _ = prediction_to_x0_eps(pred, x_t, ab, self.prediction, ab_prev)
             model_mean = q_posterior(x0_hat, x_t, t, self.schedule)[0]
-        if self.variance in LEARNED_VARIANCES:
-            small, large = (extract(v.to(x0.device), t, x0) for v in learned_variance_bounds(self.schedule))
-            log_var = learned_log_variance(var_out.float(), self.variance, small, large)
-        else:
-            table = reverse_log_variance(self.schedule, "posterior" if self.variance == "fixed-small" else "beta")
-            log_var = extract(table.to(x0.device), t, x0)
+        small, large = (extract(v, t, x0) for v in self.log_variances)
+        log_var = learned_log_variance(var_out.float(), self.variance, small, large) if var_out is not None else small
         return vlb_terms(x0, x_t, t, model_mean, log_var, self.schedule) / (x0[0].numel() * math.log(2.0))
 
 
