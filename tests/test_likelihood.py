@@ -308,6 +308,7 @@ def test_model_called_like_a_sampler_and_batches_do_not_change_numbers():
     summary = a.summary()
     assert summary["bits_per_dim"] == pytest.approx(a.total.mean().item())
     assert summary["num_images"] == n and summary["timesteps"] == T
+    assert summary["per_image_bits_per_dim"] == a.total.tolist() and len(summary["per_image_bits_per_dim"]) == n
 
 
 def test_labels_follow_their_images_through_batches():
