@@ -18,6 +18,7 @@ import torch
 
 from .. import __version__
 from ..errors import ParameterError, UserError
+from ..runtime import hold_freed_memory
 from .convert import add_convert_parser, cmd_convert
 from .eval import add_eval_parser, cmd_eval
 from .prepare import add_prepare_parser, cmd_prepare
@@ -56,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     torch.set_float32_matmul_precision("high")
+    hold_freed_memory()  # glibc: keep freed tensor memory (CPU sampling 1.4x faster); DDPM_MALLOC=system opts out
     flags = FLAG_NAMES.get(args.command, {})
     try:
         return COMMANDS[args.command](args)
