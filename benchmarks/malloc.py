@@ -20,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,74 +52,63 @@ def weights(run: Path) -> dict[str, np.ndarray]:
     return load_file(str(sorted((run / "checkpoints").glob("*.safetensors"))[-1]))
 
 
-def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
-    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-
-
-def bench_train(out: Path, args: argparse.Namespace) -> dict:
+def alternate(args: argparse.Namespace, command: Callable[[str, int], list[str]],
+              result: Callable[[str, int], dict[str, np.ndarray]]) -> dict:
+    """Run ``command(way, i)`` for each repeat i, both ways in turn; stop unless every ``result(way, i)`` (named
+    arrays) equals the first run's bit for bit. Wall times and peak memory by way."""
     walls: dict[str, list[float]] = {w: [] for w in WAYS}
     peaks: dict[str, list[float]] = {w: [] for w in WAYS}
-    speed: dict[str, list[float]] = {w: [] for w in WAYS}
     first: dict[str, np.ndarray] | None = None
     for i in range(args.repeats):
         for way in WAYS:
-            run = out / f"train-{way}-{i}"
-            shutil.rmtree(run, ignore_errors=True)
-            cmd = [str(BIN / "ddpm"), "train", "--data", "fashion-mnist", "--steps", str(args.steps), "--out",
-                   str(run), "--quiet"]
-            walls[way].append(timed(cmd, way, args.threads, peaks))
-            last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-            speed[way].append(last["images_per_s"])
-            w = weights(run)
-            if first is None:
-                first = w
-            elif not same(first, w):
-                raise SystemExit(f"train-{way}-{i} trained other weights than the first run: allocator changed maths")
-    return {"command": f"ddpm train --data fashion-mnist --steps {args.steps}", "wall_s": walls, "peak_rss_mb": peaks,
-            "images_per_s": speed, "identical": True}
+            walls[way].append(timed(command(way, i), way, args.threads, peaks))
+            got = result(way, i)
+            first = got if first is None else first
+            if got.keys() != first.keys() or not all(np.array_equal(got[k], first[k]) for k in got):
+                raise SystemExit(f"{way} run {i} computed other numbers than the first run: allocator changed maths")
+    return {"wall_s": walls, "peak_rss_mb": peaks, "identical": True}
+
+
+def bench_train(out: Path, args: argparse.Namespace) -> dict:
+    def command(way: str, i: int) -> list[str]:
+        shutil.rmtree(out / f"train-{way}-{i}", ignore_errors=True)
+        return [str(BIN / "ddpm"), "train", "--data", "fashion-mnist", "--steps", str(args.steps), "--out",
+                str(out / f"train-{way}-{i}"), "--quiet"]
+
+    row = alternate(args, command, lambda way, i: weights(out / f"train-{way}-{i}"))
+    speed = {w: [json.loads((out / f"train-{w}-{i}" / "metrics.jsonl").read_text().splitlines()[-1])["images_per_s"]
+                 for i in range(args.repeats)] for w in WAYS}
+    return {"command": f"ddpm train --data fashion-mnist --steps {args.steps}", **row, "images_per_s": speed}
 
 
 def bench_sample(out: Path, args: argparse.Namespace) -> dict:
-    walls: dict[str, list[float]] = {w: [] for w in WAYS}
-    peaks: dict[str, list[float]] = {w: [] for w in WAYS}
-    first: np.ndarray | None = None
-    for i in range(args.repeats):
-        for way in WAYS:
-            npz = out / f"sample-{way}-{i}.npz"
-            cmd = [str(BIN / "ddpm"), "sample", "--checkpoint", str(out / "train-held-0"), "--num", str(args.num),
-                   "--batch-size", str(args.num), "--out", str(out / f"sample-{way}-{i}"), "--npz", str(npz),
-                   "--overwrite", "--quiet"]
-            walls[way].append(timed(cmd, way, args.threads, peaks))
-            with np.load(npz) as z:
-                images = z[z.files[0]]
-            if first is None:
-                first = images
-            elif not np.array_equal(first, images):
-                raise SystemExit(f"{npz} differs from the first run's images: allocator changed maths")
+    def command(way: str, i: int) -> list[str]:
+        return [str(BIN / "ddpm"), "sample", "--checkpoint", str(out / "train-held-0"), "--num", str(args.num),
+                "--batch-size", str(args.num), "--out", str(out / f"sample-{way}-{i}"), "--npz",
+                str(out / f"sample-{way}-{i}.npz"), "--overwrite", "--quiet"]
+
+    def images(way: str, i: int) -> dict[str, np.ndarray]:
+        with np.load(out / f"sample-{way}-{i}.npz") as z:
+            return {"images": z["images"]}
+
     return {"command": f"ddpm sample --num {args.num} --batch-size {args.num} (default sampler, 20 steps)",
-            "wall_s": walls, "peak_rss_mb": peaks, "identical": True}
+            **alternate(args, command, images)}
 
 
 def bench_eval(out: Path, args: argparse.Namespace) -> dict:
     npz = out / "eval-samples.npz"
     base = [str(BIN / "ddpm"), "eval", "--data", "fashion-mnist", "--ref-split", "test", "--ref-num", "2000",
-            "--metrics", "fid", "--cache-dir", str(out / "cache"), "--quiet"]
+            "--metrics", "fid", "--cache-dir", str(out / "cache"), "--quiet", "--samples", str(npz), "--overwrite"]
     timed([str(BIN / "ddpm"), "sample", "--checkpoint", str(out / "train-held-0"), "--num", "1000", "--out",
            str(out / "eval-samples"), "--npz", str(npz), "--overwrite", "--quiet"], "held", args.threads)
-    timed([*base, "--samples", str(npz), "--out", str(out / "eval-warm")], "held", args.threads)  # cache
-    walls: dict[str, list[float]] = {w: [] for w in WAYS}
-    peaks: dict[str, list[float]] = {w: [] for w in WAYS}
-    fids = set()
-    for i in range(args.repeats):
-        for way in WAYS:
-            result = out / f"eval-{way}-{i}"
-            walls[way].append(timed([*base, "--samples", str(npz), "--out", str(result), "--overwrite"], way,
-                                    args.threads, peaks))
-            fids.add(json.loads((result / "eval.json").read_text())["metrics"]["fid"])
-    if len(fids) != 1:
-        raise SystemExit(f"FID differs between runs ({sorted(fids)}): allocator changed maths")
-    return {"command": "ddpm eval --samples (1,000) --metrics fid --ref-num 2000 (reference cached)",
-            "wall_s": walls, "peak_rss_mb": peaks, "fid": fids.pop(), "identical": True}
+    timed([*base, "--out", str(out / "eval-warm")], "held", args.threads)  # the reference's features, cached
+
+    def fid(way: str, i: int) -> dict[str, np.ndarray]:
+        return {"fid": np.array(json.loads((out / f"eval-{way}-{i}" / "eval.json").read_text())["metrics"]["fid"])}
+
+    row = alternate(args, lambda way, i: [*base, "--out", str(out / f"eval-{way}-{i}")], fid)
+    return {"command": "ddpm eval --samples (1,000) --metrics fid --ref-num 2000 (reference cached)", **row,
+            "fid": float(fid("held", 0)["fid"])}
 
 
 def main() -> None:

@@ -94,7 +94,8 @@ def hold_freed_memory() -> bool:
     except (AttributeError, OSError, ValueError):  # no confstr name, no such symbol, no C library to open
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in HELD_MALLOC)
+    taken = [mallopt(param, value) for param, value in HELD_MALLOC]  # each setting tried, whatever the others did
+    return all(ok == 1 for ok in taken)
 
 
 @dataclass
