@@ -11,7 +11,7 @@ sample photos (``sklearn.datasets.load_sample_images``, two 640×427 photos): Ce
 scales and places, quality 90) for each of ``--sizes`` and ``--ddp-sizes`` (the sets share files by hard links),
 and ``--phone`` phone-sized 4032×3024 ones (a crop upscaled with bicubic filtering plus sensor-like noise σ = 3, so
 the files are the size of a phone's, quality 92). Then, on this machine, against today's in-memory loader
-(``ddpm.data.load_dataset``) in the same run:
+(``ddpm.data.load.load_dataset``) in the same run:
 
 1. **First preparation**: ``prepare_dataset`` with one worker per core (a fresh process; the time inside it, and the
    whole command's) against ``load_dataset`` of the same folder at ``--image-size`` (its time and peak RSS). The
@@ -152,7 +152,7 @@ def _python(code: str, *args: str) -> dict:
 
 TODAY = """
 import json, resource, sys, time
-from ddpm.data import load_dataset
+from ddpm.data.load import load_dataset
 t = time.perf_counter()
 ds = load_dataset(sys.argv[1], int(sys.argv[2]))
 s = time.perf_counter() - t
@@ -161,8 +161,8 @@ print(json.dumps({"s": s, "n": len(ds), "peak_rss_mb": resource.getrusage(resour
 
 PREPARE = """
 import json, resource, sys, time
-from ddpm.prepared import open_prepared
-from ddpm.preparing import prepare_dataset
+from ddpm.data.prepared import open_prepared
+from ddpm.data.preparing import prepare_dataset
 t = time.perf_counter()
 folder = prepare_dataset(sys.argv[1], int(sys.argv[2]), prepared_dir=sys.argv[3], workers=int(sys.argv[4]),
                          progress=False)
@@ -176,7 +176,7 @@ print(json.dumps({"s": s, "n": n, "peak_rss_mb": resource.getrusage(resource.RUS
 TODAY_TRAIN = """
 import sys
 import ddpm.train.loop as loop
-from ddpm.data import load_dataset
+from ddpm.data.load import load_dataset
 loop.training_data = lambda spec, size, skip_bad, *a, **k: load_dataset(spec, size, skip_bad=skip_bad)
 from ddpm.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -185,7 +185,7 @@ sys.exit(main(sys.argv[1:]))
 
 def forget(folder: Path, size: int, prepared: Path) -> None:
     """Delete the prepared copy of ``folder`` (so the next start prepares it again)."""
-    from ddpm.prepared import prepared_locations
+    from ddpm.data.prepared import prepared_locations
 
     shutil.rmtree(prepared_locations(str(folder), size, prepared)[0], ignore_errors=True)
 
@@ -285,7 +285,7 @@ def ddp_memory(out: Path, data: Path, size: int, steps: int, prepared: Path | No
 def pixel_difference(files: list[Path], size: int) -> dict:
     """The draft path against today's full decode + Lanczos, over ``files``: max and mean |difference| in levels."""
     sys.path.insert(0, str(SRC))
-    from ddpm.folders import decode_fitted, decode_image
+    from ddpm.data.folders import decode_fitted, decode_image
     from ddpm.images import fit_square
 
     diffs = [np.abs(decode_fitted(p, size).astype(np.int16) - fit_square(decode_image(p), size).astype(np.int16))
@@ -386,9 +386,9 @@ def main() -> None:
     check = _python("""
 import json, sys
 import numpy as np
-from ddpm.data import load_dataset
-from ddpm.prepared import open_prepared
-from ddpm.preparing import prepare_dataset
+from ddpm.data.load import load_dataset
+from ddpm.data.prepared import open_prepared
+from ddpm.data.preparing import prepare_dataset
 a = open_prepared(prepare_dataset(sys.argv[1], int(sys.argv[2]), prepared_dir=sys.argv[3], progress=False, say=None))
 b = load_dataset(sys.argv[1], int(sys.argv[2])).as_uint8()
 print(json.dumps({"images": len(b), "identical": bool(np.array_equal(a.pixels.numpy(), b))}))

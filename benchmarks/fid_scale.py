@@ -29,9 +29,9 @@ import torch
 from PIL import Image, ImageFilter
 
 from ddpm.cli import main as ddpm_main
-from ddpm.data import load_dataset
-from ddpm.inception import Inception
-from ddpm.reference import subset_indices, to_pixels
+from ddpm.data.load import load_dataset
+from ddpm.evaluation.inception import Inception
+from ddpm.evaluation.reference import subset_indices, to_pixels
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache" / "fid_scale"

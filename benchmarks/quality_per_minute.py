@@ -164,7 +164,7 @@ def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) 
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
 
-    from ddpm.data import load_dataset
+    from ddpm.data.load import load_dataset
     from ddpm.images import to_uint8
 
     torch.manual_seed(seed)

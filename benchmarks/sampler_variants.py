@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ddpm.checkpoint import load_model
-from ddpm.featurenet import extract_features
-from ddpm.metrics import frechet_distance
+from ddpm.evaluation.featurenet import extract_features
+from ddpm.evaluation.metrics import frechet_distance
 from ddpm.sampling import SAMPLERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

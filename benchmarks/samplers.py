@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 import ddpm
+from ddpm.oracles import GaussianOracle, affine_gaussian
 from ddpm.sampling import SAMPLERS, make_denoiser
 from ddpm.schedule import DEFAULT_SPACING, SPACINGS
-from ddpm.testing import GaussianOracle, affine_gaussian
 
 EVALS = (5, 10, 20, 50, 100, 1000)
 # (label, sampler name, options, deterministic)

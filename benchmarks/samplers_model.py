@@ -3,7 +3,7 @@
 Every configuration (sampler × timestep spacing × evaluations) draws images 0..N-1 from the same
 per-image seeds (``image_generators(seed, range(N))``), so rows differ only by the sampler. The reference
 is 1000-step ancestral DDPM from the same seeds. Samples are rounded to uint8 (as real images are) and
-scored in the feature space of a small CNN classifier (``ddpm.featurenet.FeatureNet``) trained on the real
+scored in the feature space of a small CNN classifier (``ddpm.evaluation.featurenet.FeatureNet``) trained on the real
 training split against the real test split:
 
 - FD: Fréchet distance of Gaussians fitted to the features (FID's formula, our features). Biased upwards
@@ -39,10 +39,10 @@ import torch
 
 import ddpm
 from ddpm.checkpoint import load_model
-from ddpm.data import load_dataset
-from ddpm.featurenet import accuracy, extract_features, load_feature_net, save_feature_net, train_feature_net
+from ddpm.data.load import load_dataset
+from ddpm.evaluation.featurenet import accuracy, extract_features, load_feature_net, save_feature_net, train_feature_net
+from ddpm.evaluation.metrics import frechet_distance, kid
 from ddpm.images import to_uint8 as images_to_uint8
-from ddpm.metrics import frechet_distance, kid
 from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, image_generators, sampler_options
 
 HERE = Path(__file__).resolve().parent

@@ -25,7 +25,7 @@ import argparse
 import torch
 
 from ddpm.checkpoint import load_model
-from ddpm.data import load_dataset
+from ddpm.data.load import load_dataset
 from ddpm.diffusion import prediction_to_x0_eps
 
 TIMES = (999, 950, 900, 800, 700, 600, 500, 400, 300, 200, 100, 50, 10, 0)

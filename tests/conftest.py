@@ -1,7 +1,14 @@
 """Shared test set-up."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+from ddpm.checkpoint import load_checkpoint, load_training_state, state_path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,3 +39,34 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main([*TRAIN, "--out", str(out)]) == 0
     return out
+
+
+# The training flags of the resume and multi-process tests (tests/train).
+BASE = ["--data", "digits", "--preset", "tiny", "--batch-size", "16", "--warmup", "3", "--sample-every", "0",
+        "--sample-steps", "2", "--num-samples", "2", "--log-every", "2", "--quiet"]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child ddpm process: this checkout's src first, one thread."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run_weights(run: Path) -> dict[str, torch.Tensor]:
+    """Every tensor a resume must restore: model, EMA and AdamW moments of a run's latest checkpoint."""
+    ck = load_checkpoint(run)
+    out = {f"model.{k}": v for k, v in ck.model.items()}
+    out.update({f"ema.{k}": v for k, v in ck.ema.items()})
+    state = load_training_state(state_path(ck.path))["optimizer"]["state"]
+    for i, s in state.items():
+        out[f"adam.{i}.exp_avg"] = s["exp_avg"]
+        out[f"adam.{i}.exp_avg_sq"] = s["exp_avg_sq"]
+    return out
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"

@@ -179,7 +179,7 @@ def test_edit_mistakes_exit_2_with_one_line(run_dir, tmp_path, capsys):
 def test_edit_brings_a_photo_of_any_size_to_the_model_as_training_does(tmp_path, capsys):
     """A 32x32 colour model edits a 90x60 JPEG: resized and cropped as `ddpm train --image-size 32` reads it (with
     --strength 0 the edit is that picture exactly), said in one line and recorded in the PNG."""
-    from ddpm.data import load_dataset
+    from ddpm.data.load import load_dataset
 
     rng = np.random.default_rng(1)
     train_dir, photo_dir = tmp_path / "train", tmp_path / "photo"

@@ -76,7 +76,7 @@ def _pictures(folder):
 
 def test_decode_and_fit_are_what_training_does(tmp_path):
     """decode_picture and fit_square give, value for value, what `ddpm train` reads from a folder of images."""
-    from ddpm.folders import decode_fitted, decode_image
+    from ddpm.data.folders import decode_fitted, decode_image
     from ddpm.images import decode_picture, fit_square
 
     for path in _pictures(tmp_path / "pics"):

@@ -1,4 +1,4 @@
-"""Samplers against analytic oracles (see ddpm.testing): exact denoisers, so every error is the sampler's."""
+"""Samplers against analytic oracles (see ddpm.oracles): exact denoisers, so every error is the sampler's."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ddpm
+from ddpm.oracles import GaussianOracle, MixtureOracle, affine_gaussian, gaussian_w2, mean_cov
 from ddpm.sampling import (
     DEFAULT_SAMPLER,
     DEFAULT_SPACING,
@@ -24,7 +25,6 @@ from ddpm.sampling import (
     sampler_options,
 )
 from ddpm.schedule import SPACINGS
-from ddpm.testing import GaussianOracle, MixtureOracle, affine_gaussian, gaussian_w2, mean_cov
 
 SCHED = ddpm.Schedule.linear(1000, 1e-4, 0.02)
 ORACLE = GaussianOracle(SCHED, d=6)

@@ -1,10 +1,11 @@
 """ddpm: denoising diffusion models trained on your own images, with exact math and fast samplers."""
 
 from .checkpoint import load_checkpoint, load_model
-from .compat import Diffusion
 from .convert import export_diffusers, import_diffusers
-from .data import load_dataset
-from .dataset import ImageDataset
+from .data.dataset import ImageDataset
+from .data.load import load_dataset
+from .data.prepared import open_prepared
+from .data.preparing import prepare_dataset
 from .diffusion import (
     eps_from_v,
     eps_from_x0,
@@ -19,10 +20,9 @@ from .diffusion import (
 from .errors import UserError
 from .likelihood import VariationalBound, bits_per_dim
 from .losses import Objective
-from .prepared import open_prepared
-from .preparing import prepare_dataset
 from .sampling import SAMPLERS, image_generators, sample, sampler_options
 from .schedule import DEFAULT_SPACING, Schedule, spaced_timesteps
+from .tutorial import Diffusion
 from .unet import PRESETS, UNet, UNetConfig
 from .version import __version__ as __version__
 

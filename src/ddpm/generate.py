@@ -22,7 +22,6 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import __version__
 from .checkpoint import file_sha256, load_model, model_variance, resolve_checkpoint
 from .diffusion import LEARNED_VARIANCES
 from .editing import check_strength, edit
@@ -54,6 +53,7 @@ from .sampling import (
     sampler_options,
 )
 from .schedule import Schedule, spaced_timesteps
+from .version import __version__
 
 TRAJECTORY_COLUMNS = 10
 PathLike = str | os.PathLike[str]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from .version import __version__
 
 # The chunks that describe how an image was sampled (not which picture it is): what ``ddpm eval`` records.
 SETTINGS = ("checkpoint_sha256", "sampler", "spacing", "steps", "eta", "options", "guidance", "class", "clip_x0",

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import __version__
 from ..errors import ParameterError, UserError
 from ..runtime import hold_freed_memory
+from ..version import __version__
 from .convert import add_convert_parser, cmd_convert
 from .eval import add_eval_parser, cmd_eval
 from .prepare import add_prepare_parser, cmd_prepare

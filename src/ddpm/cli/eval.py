@@ -1,4 +1,4 @@
-"""``ddpm eval``: flags in, :func:`ddpm.evaluation.evaluate_images` out."""
+"""``ddpm eval``: flags in, :func:`ddpm.evaluation.evaluate.evaluate_images` out."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import sys
 
 from ..errors import UserError
-from ..evaluation import EvalSettings, evaluate_images, summary_table
+from ..evaluation.evaluate import EvalSettings, evaluate_images, summary_table
 from .flags import add_config_flags
 from .sample import add_sampler_flags, parse_options
 

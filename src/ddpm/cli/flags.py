@@ -1,8 +1,8 @@
-"""Flags from a settings dataclass: one flag per field declared with :func:`ddpm.fields.option`.
+"""Flags from a settings dataclass: one flag per field declared with :func:`ddpm.settings.option`.
 
-``ddpm train`` (:class:`~ddpm.train.TrainConfig`) and ``ddpm eval`` (:class:`~ddpm.evaluation.EvalSettings`) get
-their own flags this way, so a new field is a new flag with its help text, and the flag names are the field names
-with dashes.
+``ddpm train`` (:class:`~ddpm.train.TrainConfig`) and ``ddpm eval``
+(:class:`~ddpm.evaluation.evaluate.EvalSettings`) get their own flags this way, so a new field is a new flag with its
+help text, and the flag names are the field names with dashes.
 """
 
 from __future__ import annotations

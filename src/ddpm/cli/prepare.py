@@ -1,11 +1,11 @@
-"""``ddpm prepare``: decode a data set once into the memory-mapped form training reads (:mod:`ddpm.prepared`)."""
+"""``ddpm prepare``: decode a data set once into the memory-mapped form training reads (:mod:`ddpm.data.prepared`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
-from ..preparing import prepare_dataset
+from ..data.preparing import prepare_dataset
 from ..train import TrainConfig
 
 # The flags ddpm prepare shares with ddpm train, with train's help: the same flags find the same prepared set.

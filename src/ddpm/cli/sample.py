@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .. import __version__
 from ..checkpoint import model_variance, read_meta, resolve_checkpoint
 from ..diffusion import LEARNED_VARIANCES
 from ..errors import UserError
@@ -15,6 +14,7 @@ from ..generate import default_sampler, edit_image, generate, interpolate, repro
 from ..images import picture_size
 from ..sampling import SAMPLERS, sampler_options
 from ..schedule import SPACINGS
+from ..version import __version__
 
 # Library parameter -> flag, where the flag is not "--" + the name with dashes (see ddpm.errors.ParameterError).
 FLAGS = {"label": "--class", "options": "--option", "trajectories": "--trajectory-count"}

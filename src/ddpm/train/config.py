@@ -1,6 +1,6 @@
 """``TrainConfig``: everything a training run depends on, saved in every checkpoint.
 
-Each field is declared with :func:`ddpm.fields.option`: its help text becomes ``ddpm train``'s flag, ``resume=True``
+Each field is declared with :func:`ddpm.settings.option`: its help text becomes ``ddpm train``'s flag, ``resume=True``
 marks the settings a resumed run must keep (they change the run's numbers), and ``before_flag`` the value that a
 checkpoint written before the field existed was trained with, where today's default differs.
 """
@@ -13,9 +13,9 @@ from typing import Any
 
 from ..diffusion import PREDICTIONS
 from ..errors import ParameterError, UserError
-from ..fields import marked, option
 from ..losses import DEFAULT_VLB_WEIGHT, LOSS_WEIGHTS, T_SAMPLINGS, check_objective
 from ..schedule import Schedule
+from ..settings import marked, option
 from ..unet import AUTO_PRESET, PRESET_BY_SIZE, PRESETS
 
 LR_SCHEDULES = ("constant", "cosine", "linear")

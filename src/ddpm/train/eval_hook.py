@@ -2,8 +2,8 @@
 
 Every call samples the same images 0..num-1 (the same seeds, the default sampler) and scores them against the
 train split's cached reference statistics, so the curve moves only with the weights. FD (FeatureNet features,
-:mod:`ddpm.featurenet`) costs seconds on a CPU; FID (:mod:`ddpm.inception`) embeds
-:data:`~ddpm.reference.FID_TRAIN_REF_NUM` reference images once and then only the samples.
+:mod:`ddpm.evaluation.featurenet`) costs seconds on a CPU; FID (:mod:`ddpm.evaluation.inception`) embeds
+:data:`~ddpm.evaluation.reference.FID_TRAIN_REF_NUM` reference images once and then only the samples.
 """
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from ..featurenet import featurenet_for
+from ..evaluation.featurenet import featurenet_for
+from ..evaluation.inception import Inception, find_inception
+from ..evaluation.reference import (
+    FID_TRAIN_REF_NUM,
+    default_cache_dir,
+    fd_against,
+    reference_features,
+    subset_indices,
+    to_pixels,
+)
 from ..generate import draw_batches
-from ..inception import Inception, find_inception
-from ..reference import FID_TRAIN_REF_NUM, default_cache_dir, fd_against, reference_features, subset_indices, to_pixels
 from .log import default_choice
 
 BATCH_SIZE = 256  # images per sampling batch; image i is the same at any batch size

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..dataset import ImageDataset
+from ..data.dataset import ImageDataset
 from ..errors import ParameterError
 from ..generate import draw_batches
 from ..images import make_grid, plot_curve, save_png, to_uint8

@@ -31,10 +31,10 @@ from ..checkpoint import (
     save_training_state,
     state_path,
 )
-from ..dataset import ImageDataset
+from ..data.dataset import ImageDataset
+from ..data.preparing import training_data
 from ..errors import ParameterError
 from ..losses import Objective
-from ..preparing import training_data
 from ..runtime import Dist, setup_processes
 from ..schedule import Schedule
 from ..seeding import mix

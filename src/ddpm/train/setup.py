@@ -19,7 +19,7 @@ from ..checkpoint import (
     remove_partial_writes,
     state_path,
 )
-from ..dataset import ImageDataset
+from ..data.dataset import ImageDataset
 from ..diffusion import LEARNED_VARIANCES, output_channels
 from ..errors import ParameterError, UserError
 from ..runtime import Dist, default_bf16

@@ -1,6 +1,6 @@
-"""Tests for ddpm.prepared and ddpm.preparing: a prepared set holds exactly what load_dataset gives, is rebuilt
-when its source or settings change, is never used unfinished or damaged, and trains bit for bit like the in-memory
-data."""
+"""Tests for ddpm.data.prepared and ddpm.data.preparing: a prepared set holds exactly what load_dataset gives, is
+rebuilt when its source or settings change, is never used unfinished or damaged, and trains bit for bit like the
+in-memory data."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-import ddpm.preparing as P
+import ddpm.data.preparing as P
 from ddpm.cli import main
-from ddpm.data import load_dataset
+from ddpm.data.folders import JPEG_DRAFT_MARGIN, decode_fitted, decode_image
+from ddpm.data.load import load_dataset
+from ddpm.data.prepared import prepared_locations
 from ddpm.errors import ParameterError, UserError
-from ddpm.folders import JPEG_DRAFT_MARGIN, decode_fitted, decode_image
-from ddpm.prepared import prepared_locations
 from ddpm.train import TrainConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def save(img: Image.Image, path: Path, **kw) -> Path:
@@ -167,7 +167,7 @@ def test_a_killed_preparation_is_never_used_and_resumes(tmp_path, small_blocks, 
     src = tmp_path / "k"
     for i in range(10):
         save(noise_image(i, (7, 7)), src / f"{i:02d}.png")
-    killer = ("import os, sys\nimport ddpm.preparing as P\nP.BLOCK_ROWS, P.SYNC_EVERY_S = 2, 0.0\ncalls = [0]\n"
+    killer = ("import os, sys\nimport ddpm.data.preparing as P\nP.BLOCK_ROWS, P.SYNC_EVERY_S = 2, 0.0\ncalls = [0]\n"
               "real = P.decode_fitted\ndef dying(path, size):\n    calls[0] += 1\n"
               "    if calls[0] == 7:\n        os._exit(9)  # like kill -9: no cleanup, nothing flushed\n"
               "    return real(path, size)\nP.decode_fitted = dying\n"

@@ -1,4 +1,4 @@
-"""Tests for ddpm.evaluation's inputs: sample folders and their provenance, .npz files, the settings' checks."""
+"""Tests for what ddpm eval reads: sample folders and their provenance, .npz files, the settings' checks."""
 
 import dataclasses
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ddpm.errors import ParameterError, UserError
-from ddpm.evaluation import EvalSettings, evaluate_images, read_samples
+from ddpm.evaluation.evaluate import EvalSettings, evaluate_images, read_samples
 from ddpm.images import save_png
 from ddpm.provenance import Provenance, SamplerChoice
 

@@ -8,7 +8,7 @@ Inception's pool3) is the feature space. Numbers are therefore comparable only b
 same FeatureNet weights.
 
 :func:`featurenet_for` gives a data set's FeatureNet behind the extractor interface of
-:mod:`ddpm.reference` (:class:`FeatureNetExtractor`): trained once per data set on its labelled train split
+:mod:`ddpm.evaluation.reference` (:class:`FeatureNetExtractor`): trained once per data set on its labelled train split
 and cached by the data's content hash (it is never retrained when the file is there; the run that trains it
 says so).
 """
@@ -27,9 +27,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .checkpoint import file_sha256, save_safetensors
-from .errors import ParameterError
-from .images import pixels_to_unit
+from ..checkpoint import file_sha256, save_safetensors
+from ..errors import ParameterError
+from ..images import pixels_to_unit
 from .reference import CACHE_VERSION, content_sha256
 
 
@@ -160,7 +160,7 @@ def load_feature_net(path: str | os.PathLike[str]) -> tuple[FeatureNet, dict[str
 
 
 class FeatureNetExtractor:
-    """A trained :class:`FeatureNet` behind the extractor interface of :mod:`ddpm.reference` (64-d features)."""
+    """A trained :class:`FeatureNet` behind the extractor interface of :mod:`.reference` (64-d features)."""
 
     name = "featurenet"
 

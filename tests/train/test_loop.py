@@ -13,41 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import BASE, assert_identical, run_weights, subprocess_env
 from PIL import Image
 
 from ddpm.checkpoint import list_checkpoints, load_checkpoint, load_training_state, state_path
 from ddpm.cli import main
 from ddpm.train import TrainConfig, train
 
-REPO = Path(__file__).resolve().parents[1]
-# Dropout, flips and label dropout on, so every kind of random draw is exercised by the resume test.
-BASE = ["--data", "digits", "--preset", "tiny", "--batch-size", "16", "--warmup", "3", "--sample-every", "0",
-        "--sample-steps", "2", "--num-samples", "2", "--log-every", "2", "--quiet"]
+REPO = Path(__file__).resolve().parents[2]
 DRAWS = ["--dropout", "0.1", "--flip", "--class-cond"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    ck = load_checkpoint(run)
-    out = {f"model.{k}": v for k, v in ck.model.items()}
-    out.update({f"ema.{k}": v for k, v in ck.ema.items()})
-    state = load_training_state(state_path(ck.path))["optimizer"]["state"]
-    for i, s in state.items():
-        out[f"adam.{i}.exp_avg"] = s["exp_avg"]
-        out[f"adam.{i}.exp_avg_sq"] = s["exp_avg_sq"]
-    return out
-
-
-def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 @pytest.mark.parametrize("bf16", ["--bf16", "--no-bf16"])
@@ -57,7 +31,7 @@ def test_resume_is_bit_identical(tmp_path, bf16):
     assert main(["train", *BASE, *DRAWS, bf16, "--out", str(split), "--steps", "4"]) == 0
     # Resumed without the flag: the run keeps the arithmetic it was started with, whatever this CPU's default.
     assert main(["train", *BASE, *DRAWS, "--out", str(split), "--steps", "8", "--resume"]) == 0
-    _assert_identical(_weights(straight), _weights(split))
+    assert_identical(run_weights(straight), run_weights(split))
     assert load_checkpoint(split).meta["bf16"] is (bf16 == "--bf16")
     records = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert {r["bf16"] for r in records} == {bf16 == "--bf16"}
@@ -81,7 +55,7 @@ def test_resume_refuses_a_different_configuration(tmp_path, capsys):
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "ddpm", "train", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -113,10 +87,11 @@ def test_ddp_two_processes_agree_and_match_one_process(tmp_path, bf16):
     script.write_text(DDP_SCRIPT)
     run = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script), str(run), str(bf16)], capture_output=True, text=True, env=_env(), timeout=300)
+                        str(script), str(run), str(bf16)], capture_output=True, text=True, env=subprocess_env(),
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     w0, w1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
-    _assert_identical(w0, w1)
+    assert_identical(w0, w1)
     assert load_checkpoint(run).meta["bf16"] is bf16
 
     def run_alone(name: str, batch_size: int) -> dict[str, torch.Tensor]:
@@ -146,12 +121,12 @@ def test_resume_under_torchrun_is_bit_identical(tmp_path):
     _torchrun([*args, "--out", str(tmp_path / "split"), "--steps", "3"])
     r = _torchrun([*args, "--out", str(tmp_path / "split"), "--steps", "6", "--resume"])
     assert r.stdout.count("resuming from") == 1  # only rank 0 talks
-    _assert_identical(_weights(tmp_path / "straight"), _weights(tmp_path / "split"))
+    assert_identical(run_weights(tmp_path / "straight"), run_weights(tmp_path / "split"))
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ddpm", "train", *BASE, "--out", str(out), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
 
 
 def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -369,7 +344,7 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
         assert main(["train", *BASE, *opts, "--out", str(split), "--steps", "6"]) == 0
     assert load_checkpoint(split).step == 3
     assert main(["train", *BASE, *opts, "--out", str(split), "--steps", "6", "--resume"]) == 0
-    _assert_identical(_weights(straight), _weights(split))
+    assert_identical(run_weights(straight), run_weights(split))
     train_meta = load_checkpoint(split).meta["train"]
     assert (train_meta["loss_weight"], train_meta["t_sampling"], train_meta["lr_schedule"]) == \
         ("min-snr", "laplace", "cosine")
@@ -444,5 +419,5 @@ def test_resume_keeps_the_runs_network_when_the_preset_is_redefined(tmp_path, mo
     assert main(["train", *BASE, "--out", str(split), "--steps", "2"]) == 0
     monkeypatch.setitem(unet.PRESETS, "tiny", {**unet.PRESETS["tiny"], "channel_mult": (1, 2, 2), "base_channels": 8})
     assert main(["train", *BASE, "--out", str(split), "--steps", "4", "--resume"]) == 0
-    _assert_identical(_weights(straight), _weights(split))
+    assert_identical(run_weights(straight), run_weights(split))
     assert load_checkpoint(split).meta["model"] == load_checkpoint(straight).meta["model"]

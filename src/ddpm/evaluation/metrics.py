@@ -11,7 +11,7 @@
 - :func:`nearest_neighbours` and :func:`memorization`: each generated sample's nearest training image,
   against the same distance for held-out real images (a model that copies is closer than real data is).
 
-The features come from :mod:`ddpm.inception` (FID's network) or :mod:`ddpm.featurenet` (a small classifier).
+The features come from :mod:`.inception` (FID's network) or :mod:`.featurenet` (a small classifier).
 Everything is computed in float64; random subsets take a ``torch.Generator``.
 """
 

@@ -1,11 +1,11 @@
-"""The analytic oracles (ddpm.testing) against their closed forms, in one and two dimensions."""
+"""The analytic oracles (ddpm.oracles) against their closed forms, in one and two dimensions."""
 
 import math
 
 import torch
 
 from ddpm import Schedule
-from ddpm.testing import GaussianOracle, MixtureOracle, affine_gaussian, gaussian_w2, mean_cov
+from ddpm.oracles import GaussianOracle, MixtureOracle, affine_gaussian, gaussian_w2, mean_cov
 
 SCHED = Schedule.linear(1000)
 AB = SCHED.alphas_cumprod

@@ -1,4 +1,4 @@
-"""Tests for ddpm.data: every input format lands in [-1, 1] with the right labels, and bad input says so."""
+"""Tests for ddpm.data.load: every input format lands in [-1, 1] with the right labels, and bad input says so."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.data import load_dataset
-from ddpm.dataset import ImageDataset
+from ddpm.data.dataset import ImageDataset
+from ddpm.data.formats import FASHION_MNIST_CLASSES
+from ddpm.data.load import load_dataset
 from ddpm.errors import ParameterError, UserError
-from ddpm.formats import FASHION_MNIST_CLASSES
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -536,7 +536,7 @@ def test_image_files_lists_what_the_pathlib_listing_did_in_its_order(tmp_path):
             save(gray(0), tmp_path / name)
     (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
     (tmp_path / "l.png").symlink_to(tmp_path / "a.png")
-    from ddpm.folders import image_files
+    from ddpm.data.folders import image_files
 
     for recursive in (True, False):
         found = tmp_path.rglob("*") if recursive else tmp_path.iterdir()

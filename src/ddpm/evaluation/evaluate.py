@@ -4,9 +4,9 @@ Two ways in: ``--checkpoint RUN`` samples ``--num`` images first (written as sam
 so they can be scored again with ``--samples``); ``--samples DIR|FILE.npz`` scores images that exist.
 The terminal gets a short table; ``eval.json`` gets every figure and the protocol that produced it
 (image counts, reference split and subset, extractor files and hashes, resize, sampler, seeds, checkpoint
-hash). Reference features are cached (see :mod:`ddpm.reference`), so a second evaluation against the same
-data embeds only the generated images. The measures are :mod:`ddpm.metrics`'; the feature networks are
-:mod:`ddpm.inception` and :mod:`ddpm.featurenet`.
+hash). Reference features are cached (see :mod:`ddpm.evaluation.reference`), so a second evaluation against the same
+data embeds only the generated images. The measures are :mod:`ddpm.evaluation.metrics`'; the feature networks are
+:mod:`ddpm.evaluation.inception` and :mod:`ddpm.evaluation.featurenet`.
 """
 
 from __future__ import annotations
@@ -25,23 +25,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
-from .checkpoint import file_sha256, load_model, model_variance, resolve_checkpoint
-from .data import load_dataset
-from .diffusion import LEARNED_VARIANCES
-from .errors import ParameterError, UserError, check_at_least
+from ..checkpoint import file_sha256, load_model, model_variance, resolve_checkpoint
+from ..data.folders import decode_image, image_files
+from ..data.load import load_dataset
+from ..diffusion import LEARNED_VARIANCES
+from ..errors import ParameterError, UserError, check_at_least
+from ..generate import check_sampler, choose_sampler, draw_batches, resolve_label
+from ..images import make_grid, save_png
+from ..likelihood import bits_per_dim
+from ..provenance import Provenance, SamplerChoice
+from ..runtime import pick_device
+from ..sampling import image_generators
+from ..settings import option
+from ..version import __version__
 from .featurenet import featurenet_for
-from .fields import option
-from .folders import decode_image, image_files
-from .generate import check_sampler, choose_sampler, draw_batches, resolve_label
-from .images import make_grid, save_png
 from .inception import Inception
-from .likelihood import bits_per_dim
 from .metrics import kid, memorization, precision_recall
-from .provenance import Provenance, SamplerChoice
 from .reference import default_cache_dir, fd_against, reference_features, subset_indices, to_pixels
-from .runtime import pick_device
-from .sampling import image_generators
 
 METRICS = ("fid", "kid", "pr", "fd")  # a new metric: add its name here and a block in _score
 INCEPTION_METRICS = ("fid", "kid", "pr")
@@ -56,7 +56,7 @@ class EvalSettings:
     --option, ``ema``/``clip_x0``/``progress`` for --no-ema/--no-clip/--quiet). Exactly one of ``checkpoint``
     (sample, then score) and ``samples`` (score images that exist).
 
-    Each field carries its flag's help text (:func:`ddpm.fields.option`); ``cli=False`` marks the fields whose
+    Each field carries its flag's help text (:func:`ddpm.settings.option`); ``cli=False`` marks the fields whose
     flags are made elsewhere: ``ddpm sample``'s sampler flags, --quiet, and the command line itself."""
     checkpoint: str | None = option("score samples of this checkpoint (a file or a run directory)", default=None,
                                     cli=False)

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import BASE, assert_identical, run_weights, subprocess_env
 from PIL import Image
-from test_train import BASE, _assert_identical, _env, _weights
 
 from ddpm.checkpoint import load_checkpoint, load_training_state, state_path
 from ddpm.cli import main
@@ -29,7 +29,7 @@ def test_hybrid_learned_range_with_importance_resumes_bit_identically(tmp_path, 
     history = load_training_state(state_path(load_checkpoint(split).path))["loss_history"]
     assert int(history["counts"].min()) == 10  # warmed up before the split: the resumed steps draw from p_t
     assert main(["train", *BASE, *HYBRID, "--out", str(split), "--steps", "14", "--resume"]) == 0
-    _assert_identical(_weights(straight), _weights(split))
+    assert_identical(run_weights(straight), run_weights(split))
     a = load_training_state(state_path(load_checkpoint(straight).path))["loss_history"]
     b = load_training_state(state_path(load_checkpoint(split).path))["loss_history"]
     assert torch.equal(a["values"], b["values"]) and torch.equal(a["counts"], b["counts"])
@@ -120,13 +120,13 @@ def test_ddp_ranks_share_one_loss_history_that_matches_one_process(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_IMPORTANCE)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script), str(tmp_path / "ddp"), "8"], capture_output=True, text=True, env=_env(),
+                        str(script), str(tmp_path / "ddp"), "8"], capture_output=True, text=True, env=subprocess_env(),
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    _assert_identical(load_file(str(tmp_path / "ddp" / "rank0.safetensors")),
+    assert_identical(load_file(str(tmp_path / "ddp" / "rank0.safetensors")),
                       load_file(str(tmp_path / "ddp" / "rank1.safetensors")))
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "16"], capture_output=True, text=True,
-                       env=_env(), timeout=300)
+                       env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_training_state(state_path(load_checkpoint(tmp_path / "ddp").path))["loss_history"]
     b = load_training_state(state_path(load_checkpoint(tmp_path / "one").path))["loss_history"]

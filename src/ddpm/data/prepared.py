@@ -1,16 +1,16 @@
 """Prepared data sets: what one is, where it lives, whether it is current, and opening it as a memory map.
 
 A prepared set is a source decoded once into one uint8 array on disk that every process memory-maps
-(:mod:`ddpm.preparing` makes one). It is a folder holding
+(:mod:`ddpm.data.preparing` makes one). It is a folder holding
 
-- ``pixels-<id>.npy``: uint8 ``(N, C, S, S)``, the images in the order :func:`ddpm.data.load_dataset` gives them;
+- ``pixels-<id>.npy``: uint8 ``(N, C, S, S)``, the images in the order :func:`ddpm.data.load.load_dataset` gives them;
 - ``labels-<id>.npy``: int64 ``(N,)``, when the source is labelled;
 - ``manifest.json``: the source with a SHA-256 of its file list (names, sizes, mtimes), S, C, the resize method,
   the class names, the files skipped and why, and each file's byte count, .npy header and CRC-32s (one per block
   of rows).
 
 The manifest is written last, so a folder without one is unfinished and is never opened as a set. Opening a set
-checks the manifest, the .npy header and the byte counts; :meth:`ddpm.dataset.ImageDataset.gather` checks each
+checks the manifest, the .npy header and the byte counts; :meth:`ddpm.data.dataset.ImageDataset.gather` checks each
 block's CRC-32 the first time a batch reads from it, so a damaged file is reported before its rows are trained on.
 A set named directly is checked against its source, where that source is on this machine.
 """
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import ParameterError, UserError
+from ..evaluation.reference import default_cache_dir
 from .dataset import KNOWN_DATASETS, PREPARED_MANIFEST, ImageDataset, missing_source
-from .errors import ParameterError, UserError
 from .folders import folder_listing
 from .formats import FASHION_MNIST_DIR, find_cifar, find_idx_images, label_file_for, load_fashion_mnist, visible
-from .reference import default_cache_dir
 
 FORMAT = "ddpm-prepared"
 VERSION = 1
@@ -275,8 +275,8 @@ class _BlockCheck:
 
 
 def open_prepared(path: str | Path, *, image_size: int | None = None, check_source: bool = True) -> ImageDataset:
-    """The prepared set in folder ``path`` as an :class:`~ddpm.dataset.ImageDataset` whose ``pixels`` (N, C, S, S) uint8
-    are a read-only memory map of its file (nothing is read until a batch gathers its rows).
+    """The prepared set in folder ``path`` as an :class:`~ddpm.data.dataset.ImageDataset` whose ``pixels``
+    (N, C, S, S) uint8 are a read-only memory map of its file (nothing is read until a batch gathers its rows).
 
     Checks the manifest, the .npy headers and byte counts, and the labels' checksum; ``gather`` checks each block of
     rows when first read. With ``check_source`` a source folder that still exists must not have changed since.

@@ -1,4 +1,5 @@
-"""Tests for ddpm.reference: cached reference features are keyed by content, subsets are seeded, FD from statistics."""
+"""Tests for ddpm.evaluation.reference: cached reference features are keyed by content, subsets are seeded, FD
+from statistics."""
 
 from pathlib import Path
 
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.metrics import frechet_distance, gaussian_frechet_distance
-from ddpm.reference import (
+from ddpm.evaluation.metrics import frechet_distance, gaussian_frechet_distance
+from ddpm.evaluation.reference import (
     content_sha256,
     default_cache_dir,
     fd_against,

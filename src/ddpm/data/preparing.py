@@ -1,4 +1,4 @@
-"""Making a prepared data set (:mod:`ddpm.prepared`), and the data a training run reads.
+"""Making a prepared data set (:mod:`ddpm.data.prepared`), and the data a training run reads.
 
 ``ddpm prepare`` makes one, and ``ddpm train --data FOLDER`` makes one the first time it trains on a folder of
 images, and again whenever the folder's files, the image size or the resize method have changed. The pixel file's
@@ -6,9 +6,9 @@ CRC-32s are one per block of :data:`BLOCK_ROWS` rows. The manifest is written la
 rename). A preparation in progress keeps ``pixels-<id>.npy.partial`` and ``journal-<id>.jsonl``, the blocks written
 so far: killed and run again on the same source, it decodes only the rest.
 
-Images are decoded by :func:`ddpm.folders.decode_fitted` in a pool of processes (one per core), each writing its
+Images are decoded by :func:`ddpm.data.folders.decode_fitted` in a pool of processes (one per core), each writing its
 blocks of rows straight into the file. 8-bit images are stored exactly as ``load_dataset`` decodes them; 16-bit
-ones are rounded to the nearest 8-bit level, as :meth:`ddpm.dataset.ImageDataset.as_uint8` rounds them. IDX files,
+ones are rounded to the nearest 8-bit level, as :meth:`ddpm.data.dataset.ImageDataset.as_uint8` rounds them. IDX files,
 CIFAR and the built-in sets are read by ``load_dataset`` and stored as their uint8 codes (rounded to 8 bits when
 resized); without a prepared set, training keeps reading those in memory as before.
 """
@@ -34,10 +34,12 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from .data import load_dataset
+from ..errors import ParameterError, UserError, check_at_least
+from ..runtime import Dist
+from ..version import __version__
 from .dataset import PREPARED_MANIFEST, ImageDataset, check_request, describe_shape, list_names
-from .errors import ParameterError, UserError, check_at_least
 from .folders import RESIZE_METHOD, decode_fitted, decode_image
+from .load import load_dataset
 from .prepared import (
     FORMAT,
     VERSION,
@@ -51,8 +53,6 @@ from .prepared import (
     source_kind,
     usable_manifest,
 )
-from .runtime import Dist
-from .version import __version__
 
 BLOCK_ROWS = 64  # images per decoding task, and rows per CRC-32 block of the pixel file
 SYNC_EVERY_S = 1.0  # how often a preparation makes its written rows durable and records them in the journal
@@ -95,7 +95,7 @@ def prepare_dataset(spec: str, image_size: int | None = None, *, skip_bad: bool 
     ``spec`` is what ``--data`` takes (a folder of images, IDX, CIFAR, ``digits``, ``fashion-mnist``, or a prepared
     set, which is checked and returned). An intact copy made from the same files with the same settings is reused;
     otherwise the images are decoded by ``workers`` processes (default: one per core; 1 decodes here) into the
-    first writable of :func:`ddpm.prepared.prepared_locations`, resuming a killed preparation of the same files.
+    first writable of :func:`ddpm.data.prepared.prepared_locations`, resuming a killed preparation of the same files.
     ``say`` gets one line saying where the set is and how big (None: silent); ``progress`` shows a bar with images/s
     and the time left. Unreadable images stop it with their names unless ``skip_bad``. Raises
     UserError/ParameterError."""
@@ -538,7 +538,7 @@ def training_data(spec: str, image_size: int | None, skip_bad: bool, prepared_di
     A folder of images (or a prepared set) is prepared if needed by rank 0 alone, the others waiting, then every
     rank memory-maps the same file: one copy in the page cache however many ranks run, and a set larger than memory
     trains. Any other source (IDX, CIFAR, the built-in sets) is loaded in memory by each rank, as
-    :func:`ddpm.data.load_dataset` reads it. Rank 0 says in one line where the prepared set is and how big."""
+    :func:`ddpm.data.load.load_dataset` reads it. Rank 0 says in one line where the prepared set is and how big."""
     check_request(spec, image_size, "train")
     kind = source_kind(spec)
     if kind == "memory":

@@ -6,8 +6,8 @@ a real image and its saved copy have the same features.
 
 Two extractors share one interface (``name``, ``sha256``, ``protocol()``, ``features(pixels) -> (N, D)``):
 
-- :class:`ddpm.inception.Inception`: the standard FID network (2048-d pool3).
-- :class:`ddpm.featurenet.FeatureNetExtractor`: the small FeatureNet classifier (64-d).
+- :class:`ddpm.evaluation.inception.Inception`: the standard FID network (2048-d pool3).
+- :class:`ddpm.evaluation.featurenet.FeatureNetExtractor`: the small FeatureNet classifier (64-d).
 
 Reference features are cached under :func:`default_cache_dir` by a key of the reference images'
 content (SHA-256 of their pixels, so the split and the subset are part of it), the extractor's SHA-256 and
@@ -29,8 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
-from .checkpoint import save_safetensors
-from .images import to_uint8
+from ..checkpoint import save_safetensors
+from ..images import to_uint8
 from .metrics import gaussian_frechet_distance
 
 CACHE_VERSION = "1"

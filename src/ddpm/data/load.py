@@ -1,10 +1,10 @@
 """Loading a data set: the built-in digits, Fashion-MNIST, IDX files, CIFAR-10/100 folders, folders of images and
 prepared sets.
 
-Everything ends up as one :class:`~ddpm.dataset.ImageDataset` of square images ``(N, C, H, W)``, C = 1 (grayscale)
+Everything ends up as one :class:`~ddpm.data.dataset.ImageDataset` of square images ``(N, C, H, W)``, C = 1 (grayscale)
 or 3 (colour), with optional int64 class labels ``(N,)``; ``images`` gives them as float32 in [-1, 1].
 ``load_dataset`` takes the string a user gave to ``--data`` and works out which of the formats it is: the readers
-are in :mod:`ddpm.formats` (IDX, CIFAR, the built-in sets) and :mod:`ddpm.folders` (folders of images). Errors
+are in :mod:`ddpm.data.formats` (IDX, CIFAR, the built-in sets) and :mod:`ddpm.data.folders` (folders of images). Errors
 about a bad argument are :class:`~ddpm.errors.ParameterError` naming ``{spec}``, ``{image_size}`` or
 ``{skip_bad}``: the CLI shows its flags there.
 
@@ -14,8 +14,8 @@ files and digits' 17 levels (x / 8 - 1) kept at their own size or center-cropped
 resampled (``image_size`` other than the source's) or read from 16-bit files are not on a grid of
 levels, and are held as float32 in [-1, 1], exactly the values they had before.
 
-Training reads a folder of images through a prepared copy (:mod:`ddpm.prepared`): decoded once by
-:func:`ddpm.folders.decode_fitted` into one uint8 array on disk that every process memory-maps; ``load_dataset``
+Training reads a folder of images through a prepared copy (:mod:`ddpm.data.prepared`): decoded once by
+:func:`ddpm.data.folders.decode_fitted` into one uint8 array on disk that every process memory-maps; ``load_dataset``
 also opens such a prepared folder when ``spec`` names one.
 """
 
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ParameterError, UserError
 from .dataset import PREPARED_MANIFEST, ImageDataset, check_request, missing_source
-from .errors import ParameterError, UserError
 from .folders import load_image_folder
 from .formats import (
     FASHION_MNIST_CLASSES,
@@ -50,7 +50,7 @@ def load_dataset(
 
     A folder may hold IDX files (the train split is used), a CIFAR-10/100 binary or python batch set,
     or images (flat: unlabelled; one subfolder per class: labelled by sorted subfolder name), or be a prepared
-    set (:mod:`ddpm.prepared`), which is memory-mapped rather than read.
+    set (:mod:`ddpm.data.prepared`), which is memory-mapped rather than read.
 
     ``split`` is ``"train"`` (what training uses) or ``"test"``: Fashion-MNIST's t10k files, an IDX
     folder's ``t10k-*``/``test-*`` file, CIFAR's ``test_batch`` (CIFAR-100: ``test``). The digits set and

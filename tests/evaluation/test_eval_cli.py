@@ -15,9 +15,9 @@ from PIL import Image
 
 from ddpm.checkpoint import file_sha256, resolve_checkpoint
 from ddpm.cli import build_parser, main
-from ddpm.evaluation import EvalSettings
-from ddpm.inception import INCEPTION_SHA256
-from ddpm.reference import subset_indices
+from ddpm.evaluation.evaluate import EvalSettings
+from ddpm.evaluation.inception import INCEPTION_SHA256
+from ddpm.evaluation.reference import subset_indices
 
 
 @pytest.fixture(scope="module")

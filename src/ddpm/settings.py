@@ -1,6 +1,6 @@
 """Settings dataclasses whose fields carry their command-line flag: ``option(help, default=...)``.
 
-``ddpm train``'s :class:`~ddpm.train.TrainConfig` and ``ddpm eval``'s :class:`~ddpm.evaluation.EvalSettings`
+``ddpm train``'s :class:`~ddpm.train.TrainConfig` and ``ddpm eval``'s :class:`~ddpm.evaluation.evaluate.EvalSettings`
 declare each setting once, with its help text and marks in the field's metadata; :mod:`ddpm.cli.flags` turns the
 fields into flags. Keys a field may carry:
 

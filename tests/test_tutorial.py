@@ -1,11 +1,12 @@
-"""ddpm.compat.Diffusion, the tutorials' class: each way the tutorial code commonly goes wrong pinned down by a test."""
+"""ddpm.tutorial.Diffusion, the tutorials' class: each way the tutorial code commonly goes wrong pinned down by a
+test."""
 
 import math
 
 import torch
 
 import ddpm
-from ddpm.compat import Diffusion
+from ddpm.tutorial import Diffusion
 
 
 def test_sample_timesteps_covers_0_and_last():

@@ -1,6 +1,6 @@
 """File formats read in memory: the built-in digits, Fashion-MNIST, IDX files and CIFAR-10/100 folders.
 
-Each reader returns an :class:`~ddpm.dataset.ImageDataset` of uint8 codes ``(N, C, S, S)`` (float32 in [-1, 1]
+Each reader returns an :class:`~ddpm.data.dataset.ImageDataset` of uint8 codes ``(N, C, S, S)`` (float32 in [-1, 1]
 when resized to another size) with int64 labels ``(N,)`` where the source has them. The finders say whether a
 folder is a CIFAR set or holds IDX files, without reading the images of a folder of pictures.
 
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ParameterError, UserError
 from .dataset import IMAGE_EXTENSIONS, ImageDataset, describe
-from .errors import ParameterError, UserError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [

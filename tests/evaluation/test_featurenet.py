@@ -1,13 +1,14 @@
-"""Tests for ddpm.featurenet: the classifier trains, is seeded and round-trips; the extractor is cached by content."""
+"""Tests for ddpm.evaluation.featurenet: the classifier trains, is seeded and round-trips; the extractor is
+cached by content."""
 
 import numpy as np
 import pytest
 import torch
 
-import ddpm.featurenet as featurenet_module
+import ddpm.evaluation.featurenet as featurenet_module
 from ddpm.checkpoint import file_sha256, save_safetensors
 from ddpm.errors import ParameterError
-from ddpm.featurenet import (
+from ddpm.evaluation.featurenet import (
     FeatureNet,
     FeatureNetExtractor,
     accuracy,

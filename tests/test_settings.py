@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from ddpm.cli.flags import add_config_flags, config_values, field_type
-from ddpm.fields import marked, option
+from ddpm.settings import marked, option
 from ddpm.train.config import BEFORE_THE_FLAG, RESUME_MUST_MATCH, TrainConfig
 
 

@@ -1,4 +1,5 @@
-"""Tests for ddpm.metrics: FD, KID/MMD, precision/recall and memorization against closed forms and references."""
+"""Tests for ddpm.evaluation.metrics: FD, KID/MMD, precision/recall and memorization against closed forms
+and references."""
 
 import math
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.metrics import (
+from ddpm.evaluation.metrics import (
     frechet_distance,
     gaussian_frechet_distance,
     kid,

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import ddpm
-from ddpm.data import load_dataset
+from ddpm.data.load import load_dataset
 from ddpm.images import make_grid, to_uint8
 from ddpm.sampling import DEFAULT_SAMPLER
 from ddpm.train import TrainConfig

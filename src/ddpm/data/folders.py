@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..errors import ParameterError, UserError
+from ..images import decode_picture, fit_square
 from .dataset import IMAGE_EXTENSIONS, ImageDataset, describe, list_names
-from .errors import ParameterError, UserError
-from .images import decode_picture, fit_square
 
 _ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 

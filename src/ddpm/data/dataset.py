@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ParameterError, UserError
-from .images import to_uint8
+from ..errors import ParameterError, UserError
+from ..images import to_uint8
 
 KNOWN_DATASETS = ("digits", "fashion-mnist")
 SPLITS = ("train", "test")
-PREPARED_MANIFEST = "manifest.json"  # the file that marks a finished prepared set (ddpm.prepared)
+PREPARED_MANIFEST = "manifest.json"  # the file that marks a finished prepared set (ddpm.data.prepared)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 
 
@@ -40,7 +40,7 @@ class ImageDataset:
     ``labels`` is int64 ``(N,)`` with values in 0..K-1, or None when unlabelled; ``class_names`` has K
     entries when labelled.
 
-    A prepared set (:func:`ddpm.prepared.open_prepared`) holds ``pixels`` as a read-only memory map of its file,
+    A prepared set (:func:`ddpm.data.prepared.open_prepared`) holds ``pixels`` as a read-only memory map of its file,
     with ``row_check`` set: :meth:`gather` checks each block of rows against its checksum on first use.
     """
 
