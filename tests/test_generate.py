@@ -8,9 +8,10 @@ from PIL import Image
 from ddpm import image_generators, load_model, sample
 from ddpm.cli import main
 from ddpm.errors import ParameterError
-from ddpm.generate import choose_sampler, generate, slerp
+from ddpm.generate import generate, slerp
 from ddpm.images import read_png_metadata, save_png, to_uint8
-from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, randn
+from ddpm.sampler_choice import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SampleSettings, choose_sampler
+from ddpm.sampling import randn
 
 CELL = 8 * 8 + 1  # an 8x8 digit enlarged 8 times, plus one pixel of padding
 
@@ -30,7 +31,7 @@ def test_default_sampler_is_used_and_matches_the_library(run_dir, tmp_path):
     out = tmp_path / "s"
     argv = ["sample", "--checkpoint", str(run_dir), "--num", "3", "--seed", "5", "--quiet", "--out", str(out)]
     assert main(argv) == 0
-    name, spacing, steps = DEFAULT_SAMPLER
+    name, spacing, steps = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, DEFAULT_SAMPLER.steps
     meta = read_png_metadata(out / "000002.png")
     assert {k: meta[k] for k in ("ddpm:kind", "ddpm:seed", "ddpm:index", "ddpm:sampler", "ddpm:spacing",
                                  "ddpm:steps", "ddpm:guidance", "ddpm:class", "ddpm:clip_x0", "ddpm:ema")} == {
@@ -85,7 +86,7 @@ def test_trajectory_strip_and_gif(run_dir, tmp_path):
     assert main(["sample", "--checkpoint", str(run_dir), "--num", "2", "--seed", "4", "--trajectory",
                  "--trajectory-count", "1", "--quiet", "--out", str(out)]) == 0
     assert not (out / "trajectory-000001.png").exists()
-    name, spacing, steps = DEFAULT_SAMPLER
+    name, spacing, steps = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, DEFAULT_SAMPLER.steps
     model, _, schedule = load_model(run_dir)
     calls = []
     sample(model, (1, 1, 8, 8), schedule, sampler=name, steps=steps, spacing=spacing,
@@ -120,7 +121,8 @@ def test_interpolation_ends_are_the_plain_samples(run_dir, tmp_path):
     strip = _pixels(out / "interpolation.png")
     assert strip.shape == (CELL + 1, 4 * CELL + 1)
     ends = []
-    name, spacing, steps = DETERMINISTIC_SAMPLER  # what --interpolate uses when no --sampler is given
+    # what --interpolate uses when no --sampler is given
+    name, spacing, steps = DETERMINISTIC_SAMPLER.name, DETERMINISTIC_SAMPLER.spacing, DETERMINISTIC_SAMPLER.steps
     for seed in (3, 8):
         assert main(["sample", "--checkpoint", str(run_dir), "--num", "1", "--seed", str(seed), "--quiet",
                      "--sampler", name, "--spacing", spacing, "--steps", str(steps),
@@ -154,7 +156,7 @@ def test_sample_mistakes_exit_2_with_one_line(run_dir, tmp_path, capsys):
 def test_library_generate_writes_the_cli_files_byte_for_byte(run_dir, tmp_path):
     assert main(["sample", "--checkpoint", str(run_dir), "--num", "3", "--seed", "5", "--sampler", "ddim",
                  "--eta", "0.5", "--quiet", "--out", str(tmp_path / "cli")]) == 0
-    paths = generate(run_dir, tmp_path / "lib", num=3, seed=5, sampler="ddim", eta=0.5)
+    paths = generate(SampleSettings(str(run_dir), sampler="ddim", eta=0.5), tmp_path / "lib", num=3, seed=5)
     assert [p.name for p in paths] == ["000000.png", "000001.png", "000002.png", "grid.png"]
     for p in paths:
         assert p.read_bytes() == (tmp_path / "cli" / p.name).read_bytes(), p.name
@@ -168,7 +170,7 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(run_dir, tmp_pat
         choose_sampler(1000, sampler="ddim", options={"eta": 1})
     assert choose_sampler(1000, sampler="dpmpp-2m", options={"order": "1"}).options == {"order": 1}
     with pytest.raises(ParameterError, match="^guidance needs label"):
-        generate(run_dir, tmp_path / "g", num=1, guidance=2.0)
+        generate(SampleSettings(str(run_dir), guidance=2.0), tmp_path / "g", num=1)
     assert main(["sample", "--checkpoint", str(run_dir), "--guidance", "2", "--out", str(tmp_path / "g")]) == 2
     assert capsys.readouterr().err.startswith("error: --guidance needs --class: ")
     assert not (tmp_path / "g").exists()

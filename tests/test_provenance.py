@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ddpm.provenance import SETTINGS, Provenance, SamplerChoice
+from ddpm.provenance import SETTINGS, Provenance
+from ddpm.sampler_choice import SamplerChoice
 
 
 def test_provenance_reads_back_what_it_writes():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import ddpm
-from ddpm.sampling import DEFAULT_SAMPLER
+from ddpm.sampler_choice import DEFAULT_SAMPLER
 from ddpm.train import TrainConfig, train
 
 # Obtained with torch 2.13.0, CPU, one thread, by running the test body and printing the three sums: (sum of the raw
@@ -40,7 +40,7 @@ def test_tiny_run_then_default_sampler_gives_the_pinned_numbers(tmp_path, which)
                       device="cpu", bf16=False, progress=False, **SETTINGS[which])
     result = train(cfg)
     model, ckpt, schedule = ddpm.load_model(tmp_path / "run")
-    name, spacing, steps = DEFAULT_SAMPLER
+    name, spacing, steps = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, DEFAULT_SAMPLER.steps
     n = 4
     x = ddpm.sample(model, (n, 1, 8, 8), schedule, sampler=name, steps=steps, spacing=spacing,
                     generator=ddpm.image_generators(7, range(n)), labels=torch.arange(n), device="cpu")

@@ -10,10 +10,9 @@ import torch
 
 import ddpm
 from ddpm.oracles import GaussianOracle, MixtureOracle, affine_gaussian, gaussian_w2, mean_cov
+from ddpm.sampler_choice import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
 from ddpm.sampling import (
-    DEFAULT_SAMPLER,
     DEFAULT_SPACING,
-    DETERMINISTIC_SAMPLER,
     SAMPLERS,
     make_denoiser,
     sa_weights,
@@ -213,7 +212,7 @@ def test_default_sampler_is_within_2x_of_1000_step_ancestral_at_20_calls():
     # The CLI default at 20 calls against 2 × the 1000-step ancestral sampler, both from the same 20000
     # starting points (the Monte Carlo floor of W2 at this n is about 5e-3). Measured at n = 100000:
     # sa-solver / logsnr (noise above σ = 0.3) 1.4e-02, ancestral 1000: 1.06e-02.
-    name, spacing, steps = DEFAULT_SAMPLER
+    name, spacing = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing
     n = 20000
     w_default = ORACLE.w2(run64(name, 20, n, seed=21, spacing=spacing))
     w_ref = ORACLE.w2(ancestral_1000())
@@ -227,7 +226,7 @@ DIFFUSERS_DPMPP_10 = 0.2071
 
 
 def test_deterministic_default_beats_the_10_evaluation_target():
-    name, spacing, _ = DETERMINISTIC_SAMPLER
+    name, spacing = DETERMINISTIC_SAMPLER.name, DETERMINISTIC_SAMPLER.spacing
     w10 = ORACLE.w2_of(*exact_law(name, 10, spacing))
     w20 = ORACLE.w2_of(*exact_law(name, 20, spacing))
     w50 = ORACLE.w2_of(*exact_law(name, 50, spacing))
@@ -384,7 +383,7 @@ def test_dynamic_thresholding():
 
 
 def test_default_samplers_are_registered():
-    for name, spacing, steps in (DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER):
+    for name, spacing, steps in ((c.name, c.spacing, c.steps) for c in (DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER)):
         assert name in SAMPLERS and spacing in SPACINGS and 1 <= steps <= 1000
 
 

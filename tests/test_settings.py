@@ -9,7 +9,7 @@ import pytest
 
 from ddpm.cli.flags import add_config_flags, config_values, field_type
 from ddpm.settings import marked, option
-from ddpm.train.config import BEFORE_THE_FLAG, RESUME_MUST_MATCH, TrainConfig
+from ddpm.train.config import RESUME_MUST_MATCH, UNRECORDED_VALUES, TrainConfig
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ def test_train_config_marks_are_the_settings_that_change_the_numbers():
     # Where the run goes, how long it runs, and what it shows may change on resume.
     assert not {"out", "resume", "steps", "minutes", "progress", "sample_every", "device", "bf16"} & set(
         RESUME_MUST_MATCH)
-    assert BEFORE_THE_FLAG == {"adam_beta2": 0.999, "t_stratified": False, "preset": "tiny"}
+    assert UNRECORDED_VALUES == {"adam_beta2": 0.999, "t_stratified": False, "preset": "tiny"}
     assert "grad_checkpoint" not in RESUME_MUST_MATCH  # memory and time, not the numbers
     p = argparse.ArgumentParser()
     add_config_flags(p, TrainConfig)

@@ -10,8 +10,8 @@ Nothing in it is executable, so a downloaded checkpoint is safe to open.
 RNG state to keep, since every random draw of training is a function of (seed, step) (:mod:`ddpm.train.draws`).
 It is written by ``torch.save`` and read only with ``torch.load(weights_only=True)``.
 
-Every file is written to a temporary name, flushed to disk and renamed, so a crash at any moment
-leaves either the old file or the new one under the real name, never half of one.
+Every file is written through :func:`ddpm.files.atomic_write`, so a crash at any moment leaves either the old file or
+the new one under the real name, never half of one.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from .errors import UserError
+from .files import atomic_write, save_safetensors
 from .schedule import Schedule
 from .unet import UNet, UNetConfig
 
@@ -62,57 +62,6 @@ def state_path(checkpoint_path: str | os.PathLike[str]) -> Path:
     """The training-state file that goes with a checkpoint file."""
     p = Path(checkpoint_path)
     return p.with_name(p.name.removesuffix(".safetensors") + ".state.pt")
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported on this platform (e.g. Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync the result, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Tensor],
-                     metadata: dict[str, str] | None = None) -> Path:
-    """Atomically write ``tensors`` (name -> tensor of any shape) and string ``metadata`` to a safetensors file.
-
-    The bytes are built in memory and written to our own hidden temporary name, fsynced and renamed, so a
-    process killed at any instant leaves either the old file or the new one, plus at most a ``.NAME.tmp-PID``
-    file that :func:`remove_partial_writes` recognises. (``safetensors.torch.save_file`` writes through a
-    temporary file of its own, named ``.tmpXXXXXX``, that a SIGKILL leaves behind.)
-    """
-    path = Path(path)
-    data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    _atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    return path
-
-
-def remove_partial_writes(directory: str | os.PathLike[str]) -> None:
-    """Delete the half-written files a killed process can leave in ``directory`` (ours and older safetensors')."""
-    d = Path(directory)
-    for stale in [*d.glob(".*.tmp-*"), *d.glob(".tmp*")]:
-        if stale.is_file():
-            stale.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: dict[str, Tensor], ema: dict[str, Tensor],
@@ -210,7 +159,7 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 def save_training_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Atomically write the resume-only state (tensors, numbers, strings, lists, dicts)."""
     path = Path(path)
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
 
 
@@ -223,17 +172,6 @@ def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt or unsafe file
         raise UserError(f"training state {path} cannot be read safely ({type(e).__name__}): "
                         "resume from an earlier checkpoint") from None
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes (identifies the exact checkpoint an image came from)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_model(path: str | os.PathLike[str], use_ema: bool = True,

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .diffusion import q_sample
 from .errors import ParameterError, UserError
-from .sampling import DEFAULT_SAMPLER, SAMPLERS, Callback, Denoiser, Generators, make_denoiser, randn
+from .sampler_choice import DEFAULT_SAMPLER
+from .sampling import SAMPLERS, Callback, Denoiser, Generators, make_denoiser, randn
 from .schedule import Schedule, posterior_coefficients, spaced_timesteps
 
 
@@ -196,11 +197,11 @@ def _edit_path(schedule: Schedule, sampler: str | None, steps: int | None, spaci
         if options:
             raise ParameterError(f"{{resample}} takes no sampler options; got {', '.join(options)}")
         sampler = "ddpm"
-    default_name, default_spacing, default_steps = DEFAULT_SAMPLER
-    sampler = sampler or default_name
+    default = DEFAULT_SAMPLER
+    sampler = sampler or default.name
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    return sampler, min(default_steps, schedule.timesteps) if steps is None else steps, spacing or default_spacing
+    return sampler, min(default.steps, schedule.timesteps) if steps is None else steps, spacing or default.spacing
 
 
 def _check_image_and_mask(image: Tensor, mask: Tensor | None) -> Tensor | None:

@@ -10,9 +10,11 @@ same at any batch size. Every PNG records, in ``ddpm:*`` text chunks, everything
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,11 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .checkpoint import file_sha256, load_model, model_variance, resolve_checkpoint
+from .checkpoint import Checkpoint, load_model, model_variance, resolve_checkpoint
 from .diffusion import LEARNED_VARIANCES
 from .editing import check_strength, edit
 from .errors import ParameterError, UserError, check_at_least
+from .files import atomic_write, file_sha256
 from .images import (
     from_uint8,
     load_image,
@@ -40,29 +43,16 @@ from .images import (
     trajectory_columns,
     trajectory_strip,
 )
-from .provenance import Provenance, SamplerChoice
+from .provenance import Provenance
 from .runtime import pick_device
-from .sampling import (
-    DEFAULT_SAMPLER,
-    DETERMINISTIC_SAMPLER,
-    SAMPLERS,
-    Denoised,
-    image_generators,
-    randn,
-    sample,
-    sampler_options,
-)
-from .schedule import Schedule, spaced_timesteps
+from .sampler_choice import SamplerChoice, SampleSettings, check_sampler
+from .sampling import image_generators, randn, sample
+from .schedule import Schedule
+from .unet import UNet
 from .version import __version__
 
 TRAJECTORY_COLUMNS = 10
 PathLike = str | os.PathLike[str]
-
-
-def default_sampler(deterministic: bool = False) -> tuple[str, str, int]:
-    """``DEFAULT_SAMPLER`` (or ``DETERMINISTIC_SAMPLER``) as (name, spacing, steps); both are set by measurement."""
-    name, spacing, steps = DETERMINISTIC_SAMPLER if deterministic else DEFAULT_SAMPLER
-    return str(name), str(spacing), int(steps)
 
 
 def resolve_class(value: int | str, class_names: list[str] | None) -> int:
@@ -90,78 +80,77 @@ def resolve_label(label: int | str | None, guidance: float | None, meta: Mapping
     return index
 
 
-# ---------------------------------------------------------------------------- the sampling path
+# ---------------------------------------------------------------------------- opening a checkpoint
 
 
-def _typed_option(key: str, value: Any, default: Any) -> Any:
-    """An option value given as text ("true", "3") -> the type of the sampler's default; other values as given."""
-    if not isinstance(value, str) or isinstance(default, str):
-        return value
-    if isinstance(default, bool):
-        low = value.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ParameterError(f"{{options}} {key}={value}: expected true or false")
-    if isinstance(default, (int, float)):
-        try:
-            return type(default)(value)
-        except ValueError:
-            kind = "n integer" if isinstance(default, int) else " number"
-            raise ParameterError(f"{{options}} {key}={value}: expected a{kind}") from None
-    return value
+@dataclass
+class Sampling:
+    """A checkpoint opened for sampling: the network, its checkpoint and schedule, the sampler path, the class and
+    guidance, and how it was asked for (every picture records these, :meth:`provenance`)."""
+
+    model: UNet
+    checkpoint: Checkpoint
+    schedule: Schedule
+    choice: SamplerChoice
+    label: int | None  # the class index, resolved from an index or a name
+    guidance: float | None
+    clip_x0: bool
+    ema: bool
+    device: torch.device
+    deterministic: bool  # the sampler path draws no noise (a dry run showed it)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.checkpoint.meta
+
+    @property
+    def channels(self) -> int:
+        return int(self.meta["channels"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The checkpoint file's SHA-256 (hashed once)."""
+        return file_sha256(self.checkpoint.path)
+
+    def provenance(self, kind: str, seed: int, extra: Mapping[str, str] | None = None) -> Provenance:
+        """The record of a picture of ``kind`` drawn from ``seed`` (image 0; :meth:`Provenance.of` for others)."""
+        return Provenance(kind, seed, 0, self.choice, self.label, self.guidance, self.clip_x0, self.ema, self.sha256,
+                          dict(extra or {}))
+
+    def draw(self, seed: int, indices: list[int], *, callback: Callable[[dict[str, Any]], None] | None = None,
+             x_T: Tensor | None = None) -> Tensor:
+        """Images ``indices`` of ``seed``: (len(indices), C, H, W) in [-1, 1] (see :func:`draw`)."""
+        return draw(self.model, self.schedule, self.meta, self.choice, seed, indices, self.label, self.guidance,
+                    self.clip_x0, self.device, callback, x_T=x_T)
+
+    def batches(self, seed: int, num: int, *, batch_size: int, progress: bool = False,
+                callback_for: Callable[[list[int]], Callable[[dict[str, Any]], None] | None] | None = None,
+                ) -> Iterator[tuple[list[int], Tensor]]:
+        """Images 0..num-1 of ``seed``, ``batch_size`` at a time (see :func:`draw_batches`)."""
+        return draw_batches(self.model, self.schedule, self.meta, self.choice, seed, num, batch_size=batch_size,
+                            device=self.device, label=self.label, guidance=self.guidance, clip_x0=self.clip_x0,
+                            progress=progress, callback_for=callback_for)
 
 
-def choose_sampler(timesteps: int, *, sampler: str | None = None, spacing: str | None = None,
-                   steps: int | None = None, eta: float | None = None, options: Mapping[str, Any] | None = None,
-                   deterministic: bool = False) -> SamplerChoice:
-    """The sampler path asked for, with the measured defaults (``DEFAULT_SAMPLER``; ``DETERMINISTIC_SAMPLER``
-    when ``deterministic`` and no ``sampler`` is given) filled in for a schedule of ``timesteps`` steps.
-
-    ``options`` are the sampler's options except ``eta`` (see :func:`ddpm.sampler_options`); values given as
-    text are converted to the type of the option's default.
-    """
-    d_name, d_spacing, d_steps = default_sampler(deterministic and sampler is None)
-    name = sampler or d_name
-    if name not in SAMPLERS:
-        raise UserError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
-    steps = min(d_steps, timesteps) if steps is None else steps
-    if not 1 <= steps <= timesteps:
-        raise ParameterError(f"{{steps}} must lie in 1..{timesteps} (the checkpoint's T); got {steps}")
-    accepted = sampler_options(name)
-    chosen: dict[str, Any] = {}
-    for key, value in (options or {}).items():
-        if key == "eta":
-            raise ParameterError("set eta with {eta}, not {options}")
-        if key not in accepted:
-            raise UserError(f"sampler {name!r} has no option {key!r}; its options: "
-                            f"{', '.join(k for k in accepted if k != 'eta') or 'none'}")
-        chosen[key] = _typed_option(key, value, accepted[key])
-    if "eta" in accepted:
-        value = float(accepted["eta"]) if eta is None else float(eta)
-        if not 0.0 <= value <= 1.0:
-            raise ParameterError(f"{{eta}} must lie in [0, 1] (0 deterministic, 1 like DDPM); got {eta}")
-        chosen["eta"] = value
-    elif eta is not None:
-        with_eta = ", ".join(n for n in SAMPLERS if "eta" in sampler_options(n))
-        raise ParameterError(f"{{eta}} is a noise level and sampler {name!r} has none: drop {{eta}} or pick one of "
-                             f"{with_eta}")
-    return SamplerChoice(name, spacing or d_spacing, steps, chosen)
-
-
-def check_sampler(choice: SamplerChoice, schedule: Schedule) -> bool:
-    """Validate the options by a dry run on a 1-pixel dummy; True when the sampler draws no noise."""
-    g = torch.Generator().manual_seed(0)
-    before = g.get_state()
-    try:
-        timesteps = spaced_timesteps(schedule, choice.steps, choice.spacing)
-        SAMPLERS[choice.name](lambda x, t: Denoised(torch.zeros_like(x), x, torch.zeros_like(x), "learned-range"),
-                              torch.zeros(1, 1, 1, 1), schedule, timesteps, g, None, **choice.options)
-    except (ValueError, TypeError) as e:
-        raise ParameterError(f"sampler {choice.name!r} refuses these settings ({e}): "
-                             "fix {options}/{eta}/{steps}") from None
-    return torch.equal(g.get_state(), before)
+def open_for_sampling(checkpoint: PathLike | None, settings: SampleSettings,
+                      device: torch.device | str | None = None, *, deterministic: bool = False) -> Sampling:
+    """Load ``checkpoint`` (a file or a run directory) with the weights ``settings`` asks for, choose and check its
+    sampler path (:meth:`SampleSettings.choice`; ``deterministic``: :data:`~ddpm.sampler_choice.DETERMINISTIC_SAMPLER`
+    when no sampler is given) and resolve its class: the one way every command opens a checkpoint to sample it.
+    ``device`` defaults to ``settings.device``."""
+    if checkpoint is None:
+        raise ParameterError("{checkpoint} is required: a .safetensors checkpoint or a run directory")
+    dev = device if isinstance(device, torch.device) else pick_device(device or settings.device)
+    model, ckpt, schedule = load_model(checkpoint, use_ema=settings.ema, device=dev)
+    choice = settings.choice(schedule.timesteps, deterministic)
+    draws_no_noise = check_sampler(choice, schedule)
+    label = resolve_label(settings.label, settings.guidance, ckpt.meta)
+    return Sampling(model, ckpt, schedule, choice, label, settings.guidance, settings.clip_x0, settings.ema, dev,
+                    draws_no_noise)
 
 
 # ---------------------------------------------------------------------------- drawing
@@ -235,38 +224,25 @@ def _scale(size: int) -> int:
     return max(1, 64 // size)
 
 
-def generate(checkpoint: PathLike, out: PathLike, *, num: int = 64, seed: int = 0, sampler: str | None = None,
-             spacing: str | None = None, steps: int | None = None, eta: float | None = None,
-             options: Mapping[str, Any] | None = None, label: int | str | None = None, guidance: float | None = None,
-             ema: bool = True, clip_x0: bool = True, device: str = "auto", batch_size: int = 256,
-             npz: PathLike | None = None, trajectories: int = 0, overwrite: bool = False,
-             progress: bool = False) -> list[Path]:
-    """Write images 0..num-1 of ``seed`` as ``out/000000.png``, ... and ``out/grid.png``, each with its
-    :class:`Provenance`; with ``trajectories=N`` also trajectory-<i>.png/.gif of the first N images, with ``npz``
-    the images as a uint8 (num, H, W, C) array ``images``. Sampler arguments: see :func:`choose_sampler`.
-    Returns the paths written."""
+def generate(settings: SampleSettings, out: PathLike, *, num: int = 64, seed: int = 0, batch_size: int = 256,
+             npz: PathLike | None = None, trajectories: int = 0, progress: bool = False) -> list[Path]:
+    """Write images 0..num-1 of ``seed`` from ``settings.checkpoint`` as ``out/000000.png``, ... and
+    ``out/grid.png``, each with its :class:`Provenance`; with ``trajectories=N`` also trajectory-<i>.png/.gif of the
+    first N images, with ``npz`` the images as a uint8 (num, H, W, C) array ``images``. Returns the paths written."""
     check_at_least("num", num, 1)
     check_at_least("batch_size", batch_size, 1)
     check_at_least("trajectories", trajectories, 0)
-    dev = pick_device(device)
-    model, ckpt, schedule = load_model(checkpoint, use_ema=ema, device=dev)
-    choice = choose_sampler(schedule.timesteps, sampler=sampler, spacing=spacing, steps=steps, eta=eta,
-                            options=options)
-    check_sampler(choice, schedule)
+    s = open_for_sampling(settings.checkpoint, settings)
     out = Path(out)
     names = [f"{i:06d}.png" for i in range(num)]
     n_traj = min(num, trajectories)
     traj_names = [f"trajectory-{i:06d}.{ext}" for i in range(n_traj) for ext in ("png", "gif")]
-    _check_out_dir(out, [*names, "grid.png", *traj_names], overwrite)
-    if npz and Path(npz).exists() and not overwrite:
+    _check_out_dir(out, [*names, "grid.png", *traj_names], settings.overwrite)
+    if npz and Path(npz).exists() and not settings.overwrite:
         raise ParameterError(f"{npz} already exists: choose another {{npz}} or pass {{overwrite}}")
-    meta = ckpt.meta
-    label_index = resolve_label(label, guidance, meta)
-    c, size = int(meta["channels"]), int(meta["image_size"])
-    prov = Provenance("sample", seed, 0, choice, label_index, guidance, clip_x0, ema, file_sha256(ckpt.path))
+    prov = s.provenance("sample", seed)
     out.mkdir(parents=True, exist_ok=True)
-
-    images = np.empty((num, size, size, c), np.uint8)
+    images = np.empty((num, s.image_size, s.image_size, s.channels), np.uint8)
     paths: dict[int, list[dict[str, Any]]] = {}  # batch start -> that batch's trajectory states
 
     def recorder(idx: list[int]) -> Callable[[dict[str, Any]], None] | None:
@@ -276,9 +252,7 @@ def generate(checkpoint: PathLike, out: PathLike, *, num: int = 64, seed: int = 
         path = paths.setdefault(idx[0], [])
         return lambda d: path.append({"t": int(d["t"]), "x": to_uint8(d["x"][rows]), "x0": to_uint8(d["x0"][rows])})
 
-    for idx, x in draw_batches(model, schedule, meta, choice, seed, num, batch_size=batch_size, device=dev,
-                               label=label_index, guidance=guidance, clip_x0=clip_x0, progress=progress,
-                               callback_for=recorder):
+    for idx, x in s.batches(seed, num, batch_size=batch_size, progress=progress, callback_for=recorder):
         batch = to_uint8(x)
         for j, i in enumerate(idx):
             images[i] = batch[j]
@@ -287,12 +261,21 @@ def generate(checkpoint: PathLike, out: PathLike, *, num: int = 64, seed: int = 
         for k, j in enumerate(j for j, i in enumerate(idx) if i < n_traj):
             _write_trajectory(out, idx[j], [(p["t"], p["x"][k], p["x0"][k]) for p in path], batch[j],
                               prov.of("trajectory", idx[j]).text_chunks())
-    save_png(out / "grid.png", make_grid(images, pad_value=128, scale=_scale(size)),
+    save_png(out / "grid.png", make_grid(images, pad_value=128, scale=_scale(s.image_size)),
              prov.of("grid", f"0-{num - 1}").text_chunks())
     if npz:
-        np.savez_compressed(npz, images=images)
+        save_npz(npz, images)
     return [*(out / n for n in names), out / "grid.png", *(out / n for n in traj_names),
             *([Path(npz)] if npz else [])]
+
+
+def save_npz(path: PathLike, images: np.ndarray) -> Path:
+    """Write uint8 images (N, H, W, C) as the array ``images`` of a compressed .npz, atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez_compressed would add ".npz" to a name
+            np.savez_compressed(f, images=images)
+
+    return atomic_write(path, write)
 
 
 def _write_trajectory(out: Path, index: int, path: list[tuple[int, np.ndarray, np.ndarray]], final: np.ndarray,
@@ -343,42 +326,32 @@ def slerp(a: Tensor, b: Tensor, weights: Sequence[float]) -> Tensor:
     return torch.stack(frames)
 
 
-def interpolate(checkpoint: PathLike, out: PathLike, seed_a: int, seed_b: int, *, frames: int = 8,
-                sampler: str | None = None, spacing: str | None = None, steps: int | None = None,
-                eta: float | None = None, options: Mapping[str, Any] | None = None, label: int | str | None = None,
-                guidance: float | None = None, ema: bool = True, clip_x0: bool = True, device: str = "auto",
-                batch_size: int = 256, overwrite: bool = False) -> Path:
+def interpolate(settings: SampleSettings, out: PathLike, seed_a: int, seed_b: int, *, frames: int = 8,
+                batch_size: int = 256) -> Path:
     """Write ``out/interpolation.png``: ``frames`` images along the spherical interpolation between the starting
     noise of image 0 of ``seed_a`` and of ``seed_b``, with a deterministic sampler (``DETERMINISTIC_SAMPLER``
-    unless ``sampler`` is given); its ends are image 0 of :func:`generate` with those seeds."""
+    unless ``settings.sampler`` is given); its ends are image 0 of :func:`generate` with those seeds."""
     check_at_least("frames", frames, 2, " (the two ends)")
     check_at_least("batch_size", batch_size, 1)
-    dev = pick_device(device)
-    model, ckpt, schedule = load_model(checkpoint, use_ema=ema, device=dev)
-    choice = choose_sampler(schedule.timesteps, sampler=sampler, spacing=spacing, steps=steps, eta=eta,
-                            options=options, deterministic=True)
-    if not check_sampler(choice, schedule):
-        raise ParameterError(f"{{interpolate}} needs a deterministic sampler, and {choice.name!r} with these options "
-                             "adds noise: drop {sampler} (UniPC is used), or use dpmpp-2m, dpmpp-3m, or ddim, "
-                             "dpmpp-2m-sde or sa-solver with {eta} 0")
+    s = open_for_sampling(settings.checkpoint, settings, deterministic=True)
+    if not s.deterministic:
+        raise ParameterError(f"{{interpolate}} needs a deterministic sampler, and {s.choice.name!r} with these "
+                             "options adds noise: drop {sampler} (UniPC is used), or use dpmpp-2m, dpmpp-3m, or "
+                             "ddim, dpmpp-2m-sde or sa-solver with {eta} 0")
     out = Path(out)
-    _check_out_dir(out, ["interpolation.png"], overwrite)
-    meta = ckpt.meta
-    label_index = resolve_label(label, guidance, meta)
-    c, size = int(meta["channels"]), int(meta["image_size"])
+    _check_out_dir(out, ["interpolation.png"], settings.overwrite)
     # x_T of image 0 of each seed: the very draw `generate(seed=S)` starts image 0 from.
-    ends = [randn((1, c, size, size), image_generators(s, [0])) for s in (seed_a, seed_b)]
+    shape = (1, s.channels, s.image_size, s.image_size)
+    ends = [randn(shape, image_generators(seed, [0])) for seed in (seed_a, seed_b)]
     x_T = slerp(ends[0], ends[1], [k / (frames - 1) for k in range(frames)])
     pictures = []
     for start in range(0, frames, batch_size):
         idx = list(range(start, min(frames, start + batch_size)))
         # No noise is drawn by a deterministic sampler; the generators only satisfy the signature.
-        x = draw(model, schedule, meta, choice, seed_a, idx, label_index, guidance, clip_x0, dev, x_T=x_T[idx])
-        pictures.append(to_uint8(x))
-    strip = make_grid(np.concatenate(pictures), nrow=frames, pad_value=128, scale=_scale(size))
+        pictures.append(to_uint8(s.draw(seed_a, idx, x_T=x_T[idx])))
+    strip = make_grid(np.concatenate(pictures), nrow=frames, pad_value=128, scale=_scale(s.image_size))
     out.mkdir(parents=True, exist_ok=True)
-    prov = Provenance("interpolation", seed_a, 0, choice, label_index, guidance, clip_x0, ema, file_sha256(ckpt.path),
-                      {"seed_b": str(seed_b), "frames": str(frames)})
+    prov = s.provenance("interpolation", seed_a, {"seed_b": str(seed_b), "frames": str(frames)})
     return save_png(out / "interpolation.png", strip, prov.text_chunks())
 
 
@@ -413,29 +386,58 @@ def reproduce(checkpoint: PathLike, image: PathLike, out: PathLike, *, device: s
         index = int(old.index)
     except (KeyError, ValueError) as e:
         raise UserError(f"{src} has damaged ddpm metadata ({type(e).__name__}: {e}): it cannot be reproduced") from None
-    dev = pick_device(device)
-    model, ckpt, schedule = load_model(path, use_ema=old.ema, device=dev)
-    check_sampler(old.choice, schedule)
-    x = draw(model, schedule, ckpt.meta, old.choice, old.seed, [index], old.label, old.guidance, old.clip_x0, dev)
+    options = {k: v for k, v in old.choice.options.items() if k != "eta"}
+    settings = SampleSettings(sampler=old.choice.name, spacing=old.choice.spacing, steps=old.choice.steps,
+                              eta=old.choice.options.get("eta"), options=options, label=old.label,
+                              guidance=old.guidance, ema=old.ema, clip_x0=old.clip_x0, device=device)
+    s = open_for_sampling(path, settings)
+    x = s.draw(old.seed, [index])
     out.mkdir(parents=True, exist_ok=True)
     again = dataclasses.replace(old, index=index, version=__version__)
     return save_png(out / src.name, to_uint8(x)[0], again.text_chunks()), old
 
 
-def edit_image(checkpoint: PathLike, image: PathLike, out: PathLike, *, strength: float | None = None,
-               mask: PathLike | None = None, resample: int = 1, seed: int = 0, sampler: str | None = None,
-               spacing: str | None = None, steps: int | None = None, eta: float | None = None,
-               options: Mapping[str, Any] | None = None, label: int | str | None = None,
-               guidance: float | None = None, ema: bool = True, clip_x0: bool = True, device: str = "auto",
-               overwrite: bool = False, resize: bool = True) -> tuple[Path, Provenance]:
+def edit_image(settings: SampleSettings, image: PathLike, out: PathLike, *, strength: float | None = None,
+               mask: PathLike | None = None, resample: int = 1, seed: int = 0,
+               resize: bool = True) -> tuple[Path, Provenance]:
     """SDEdit (no ``mask``) or inpaint (white pixels of ``mask`` regenerated, RePaint with ``resample`` > 1) the
-    picture ``image`` with a checkpoint; writes the PNG ``out`` with its :class:`Provenance`. ``steps`` counts
-    the full path; an edit uses those below round(strength·(T−1)). ``strength`` defaults to 1 with a mask.
+    picture ``image`` with ``settings.checkpoint``; writes the PNG ``out`` with its :class:`Provenance`.
+    ``settings.steps`` counts the full path; an edit uses those below round(strength·(T−1)). ``strength`` defaults
+    to 1 with a mask.
 
     A picture of another size than the model's is brought to it as training does (shorter side to the model's size,
     centre crop, Lanczos: :func:`ddpm.images.fit_square`), and its provenance records ``resized_from`` (WxH); a mask
     may then have the picture's size or the model's. ``resize=False`` refuses such a picture instead.
     Returns (the path, its provenance)."""
+    strength, settings = _edit_settings(settings, strength, mask, resample)
+    out = Path(out)
+    if out.is_dir():
+        raise ParameterError(f"{{out}} {out} is a directory: give the PNG file to write")
+    if out.exists() and not settings.overwrite:
+        raise ParameterError(f"{out} already exists: choose another {{out}} or pass {{overwrite}}")
+    s = open_for_sampling(settings.checkpoint, settings)
+    picture = from_uint8(load_image(image, s.channels, s.image_size, resize=resize)[None]).to(s.device)  # (1,C,H,W)
+    given = picture_size(image)
+    size = s.image_size
+    fitted = given if resize and given != (size, size) else None
+    mask_t = None if mask is None else torch.from_numpy(load_mask(mask, size, fitted))[None, None].to(s.device)
+    labels = None if s.label is None else torch.tensor([s.label], dtype=torch.long)
+    c = s.choice
+    x = edit(s.model, picture, s.schedule, strength, mask_t, sampler=c.name, steps=c.steps, spacing=c.spacing,
+             resample=resample, generator=image_generators(seed, [0]), clip_x0=s.clip_x0, labels=labels,
+             guidance=s.guidance, **model_kind(s.meta, dataclasses.replace(c, name="edit")))
+    extra = {"strength": repr(float(strength)), "resample": str(resample), "image_sha256": file_sha256(image),
+             "mask_sha256": file_sha256(mask) if mask else ""}
+    if fitted is not None:
+        extra["resized_from"] = f"{fitted[0]}x{fitted[1]}"
+    prov = s.provenance("edit", seed, extra)
+    return save_png(out, to_uint8(x)[0], prov.text_chunks()), prov
+
+
+def _edit_settings(settings: SampleSettings, strength: float | None, mask: PathLike | None,
+                   resample: int) -> tuple[float, SampleSettings]:
+    """The strength of an edit (1 with a mask when not given) and its settings: RePaint (``resample`` > 1) takes the
+    ancestral step and needs a mask."""
     if strength is None:
         if mask is None:
             raise ParameterError("{strength} is required without {mask}: e.g. {strength} 0.5 (0 keeps the picture, "
@@ -446,34 +448,7 @@ def edit_image(checkpoint: PathLike, image: PathLike, out: PathLike, *, strength
     if resample > 1:
         if mask is None:
             raise ParameterError("{resample} needs {mask}: RePaint resampling harmonises generated and known pixels")
-        if sampler not in (None, "ddpm") or options or eta is not None:
+        if settings.sampler not in (None, "ddpm") or settings.options or settings.eta is not None:
             raise ParameterError("{resample} uses the ancestral DDPM step: drop {sampler}/{options}/{eta}")
-        sampler = "ddpm"
-    out = Path(out)
-    if out.is_dir():
-        raise ParameterError(f"{{out}} {out} is a directory: give the PNG file to write")
-    if out.exists() and not overwrite:
-        raise ParameterError(f"{out} already exists: choose another {{out}} or pass {{overwrite}}")
-    dev = pick_device(device)
-    model, ckpt, schedule = load_model(checkpoint, use_ema=ema, device=dev)
-    choice = choose_sampler(schedule.timesteps, sampler=sampler, spacing=spacing, steps=steps, eta=eta,
-                            options=options)
-    check_sampler(choice, schedule)
-    meta = ckpt.meta
-    label_index = resolve_label(label, guidance, meta)
-    c, size = int(meta["channels"]), int(meta["image_size"])
-    picture = from_uint8(load_image(image, c, size, resize=resize)[None]).to(dev)  # (1, C, H, W)
-    given = picture_size(image)
-    fitted = given if resize and given != (size, size) else None
-    mask_t = None if mask is None else torch.from_numpy(load_mask(mask, size, fitted))[None, None].to(dev)  # (1,1,H,W)
-    labels = None if label_index is None else torch.tensor([label_index], dtype=torch.long)
-    x = edit(model, picture, schedule, strength, mask_t, sampler=choice.name, steps=choice.steps,
-             spacing=choice.spacing, resample=resample, generator=image_generators(seed, [0]), clip_x0=clip_x0,
-             labels=labels, guidance=guidance, **model_kind(meta, dataclasses.replace(choice, name="edit")))
-    extra = {"strength": repr(float(strength)), "resample": str(resample), "image_sha256": file_sha256(image),
-             "mask_sha256": file_sha256(mask) if mask else ""}
-    if fitted is not None:
-        extra["resized_from"] = f"{fitted[0]}x{fitted[1]}"
-    prov = Provenance("edit", seed, 0, choice, label_index, guidance, clip_x0, ema, file_sha256(ckpt.path), extra)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return save_png(out, to_uint8(x)[0], prov.text_chunks()), prov
+        settings = dataclasses.replace(settings, sampler="ddpm")
+    return strength, settings

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageErr
 from torch import Tensor
 
 from .errors import UserError
+from .files import atomic_write
 
 
 def to_uint8(images: Tensor, channels_last: bool = True) -> np.ndarray:
@@ -61,10 +62,7 @@ def save_png(path: str | os.PathLike[str], image: np.ndarray, metadata: dict[str
     info = PngImagePlugin.PngInfo()
     for key, value in (metadata or {}).items():
         info.add_text(str(key), str(value))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _pil(image).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: _pil(image).save(tmp, format="PNG", pnginfo=info), durable=False)
 
 
 def read_png_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -82,10 +80,8 @@ def save_gif(path: str | os.PathLike[str], frames: Sequence[np.ndarray], duratio
     path = Path(path)
     pil = [_pil(f) for f in frames]
     durations = [duration_ms] * (len(pil) - 1) + [hold_last_ms]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
+                                                   duration=durations, loop=0), durable=False)
 
 
 def plot_curve(xs: Sequence[float], ys: Sequence[float], width: int = 640, height: int = 360,

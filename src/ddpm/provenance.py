@@ -12,23 +12,13 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from .sampler_choice import SamplerChoice
 from .version import __version__
 
 # The chunks that describe how an image was sampled (not which picture it is): what ``ddpm eval`` records.
 SETTINGS = ("checkpoint_sha256", "sampler", "spacing", "steps", "eta", "options", "guidance", "class", "clip_x0",
             "ema", "seed", "version")
-
-
-@dataclass
-class SamplerChoice:
-    """A sampler with its path: name, spacing, steps and sampler options (``eta`` included where it has one)."""
-
-    name: str
-    spacing: str
-    steps: int
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

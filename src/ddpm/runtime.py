@@ -74,9 +74,9 @@ def hold_freed_memory() -> bool:
     """Make glibc keep memory that tensors free for the next allocation, instead of returning it to the system.
 
     By default glibc maps each large block afresh and hands freed memory at the heap's top back, so every forward
-    pass of a large batch on the CPU page-faults its activations in again. With the memory held, ``ddpm sample`` of
-    256 images ran 1.4x faster end to end and training and Inception scoring 1.1x, at the same peak memory within 7%
-    (BENCHMARKS.md, malloc.py); the numbers computed are identical. Freed memory stays with the process until it
+    pass of a large batch on the CPU page-faults its activations in again. Holding it makes CPU sampling,
+    training and Inception scoring faster at about the same peak memory (benchmarks/malloc.py; BENCHMARKS.md,
+    "malloc.py"); the numbers computed are identical. Freed memory stays with the process until it
     exits. ``ddpm`` commands call this first; library users may call it themselves.
 
     Does nothing, and returns False, outside glibc (macOS, Windows, musl), when ``DDPM_MALLOC=system`` is set, or

@@ -392,9 +392,8 @@ def sample_sa_solver(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps
 
     ``noise_sigma_min`` makes η a step function of the noise level, as the paper's τ(t) may be: a step that
     starts at σ_t = √((1 − ᾱ_t)/ᾱ_t) below it is deterministic (η = 0, no noise drawn). The default 0.3
-    (about t = 90 of the linear schedule) was chosen by measurement: on the exact oracle the low-noise steps
-    are more accurate without noise (BENCHMARKS.md: 1.46e-2 against 4.95e-2 at 20 calls on ``logsnr``), and
-    on early Fashion-MNIST checkpoints dropping the noise below it cost no FD while dropping it higher did.
+    (about t = 90 of the linear schedule) was chosen by measurement: the low-noise steps are more accurate without
+    noise on the exact oracle, at no cost in FD on trained models (BENCHMARKS.md, "samplers.py").
     ``noise_sigma_min=0`` puts noise on every step.
     """
     _check_order(order, 3, "sa-solver")
@@ -549,26 +548,6 @@ def _unipc_update(x: Tensor, a_t: float, a_s: float, lam_t: float, lam_s: float,
         out = out - (a_s**0.5 * b_h * w) * dk
     return out
 
-
-# The most accurate deterministic path, chosen on the Gaussian oracle (benchmarks/results/samplers_oracle.md):
-# UniPC (order 3, B(h) = e^h − 1) on the "info" spacing at 10 model calls lands within 3x of the prior floor
-# (x_T ~ N(0, I) while ᾱ_{T−1} > 0), below 1/20 of diffusers' DPM-Solver++ at 10 and below 1000-step
-# ancestral DDPM; 20 calls reach the floor. Used where a deterministic map from x_T is needed (--interpolate).
-DETERMINISTIC_SAMPLER: tuple[str, str, int] = ("unipc", "info", 10)
-
-# The CLI's default (sampler, spacing, steps), chosen on a trained model (benchmarks/results/samplers_model.md):
-# a network trained on a CPU has errors that the probability-flow ODE carries to the end (every deterministic
-# sampler, even DDIM with 100 steps, turns some Fashion-MNIST seeds into speckle), while noise keeps
-# correcting them. SA-Solver (order 2 + corrector, noise on steps from σ ≥ 0.3) on `logsnr` tied for the best
-# FD at 20 calls with DPM-Solver++(2M) SDE on `logsnr` (4,232-step Fashion-MNIST model, N = 300), and of the two
-# only it is within 2x of 1000-step ancestral on the exact oracle at 20 calls (1.46e-2).
-# Why `logsnr` here when DEFAULT_SPACING is `info`: with the trained network `logsnr` gave SA-Solver the lower FD
-# (1.37 against 2.24 on `info` at 20 calls, 1.24 against 4.88 at 10), its steps at high noise correcting the
-# network's errors there; with an exact model `info` is better (5.86e-3 against 1.46e-2 at 20), and so it is on
-# the tiny digits model (FD 0.90 against 1.25). BENCHMARKS.md, "Sampler settings on the 25-minute default model",
-# found no setting better than this default by Inception FID. ``sample()``'s own defaults stay ("ddpm", all T
-# steps) per the package contract.
-DEFAULT_SAMPLER: tuple[str, str, int] = ("sa-solver", "logsnr", 20)
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddpm": sample_ddpm,

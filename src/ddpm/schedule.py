@@ -16,10 +16,8 @@ from torch import Tensor
 
 SPACINGS = ("leading", "linspace", "trailing", "logsnr", "info")
 
-# The spacing of spaced_timesteps, and of ddpm.sample() with steps < T, when none is given. On the Gaussian
-# oracle (an exact model) it gives the lowest W2 for every sampler at 10 and 20 model calls but one, dpmpp-3m at
-# 20, where `logsnr` is 6% lower (2.07e-3 against 2.20e-3, both near the 1.6e-3 prior floor; at 10 calls `logsnr`
-# is 8.8x higher): benchmarks/results/samplers_oracle.md, "sample()'s default spacing".
+# The spacing of spaced_timesteps, and of ddpm.sample() with steps < T, when none is given: the lowest W2 with an
+# exact model (benchmarks/samplers.py; BENCHMARKS.md, "samplers.py").
 DEFAULT_SPACING = "info"
 
 # Data scale s of the "info" spacing: an upper bound on the standard deviation of the data along the
@@ -196,10 +194,9 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = DEFAULT_SPAC
     - ``trailing``: T−1, T−1−c, ... with c = T / steps, the last one replaced by 0 (so its final gap is
       about 2c; kept for comparison with diffusers, measured worse than ``linspace``).
     - ``logsnr``: evenly spaced in log-SNR = log(ᾱ/(1−ᾱ)) between index T−1 and index 0, each point
-      rounded to the nearest index and nudged to keep the indices distinct. With an exact model it is
-      second to ``info`` for every sampler but dpmpp-3m at 20 calls (benchmarks/results/samplers_oracle.md);
-      with networks trained on a CPU its steps at high noise gave the stochastic samplers a lower FD on
-      Fashion-MNIST (benchmarks/results/samplers_model.md), so the CLI's ``DEFAULT_SAMPLER`` uses it.
+      rounded to the nearest index and nudged to keep the indices distinct. With networks trained on a CPU
+      its steps at high noise give the stochastic samplers a lower FD (BENCHMARKS.md, "samplers_model.py"), so
+      the CLI's ``DEFAULT_SAMPLER`` uses it.
     - ``info``, the default (:data:`DEFAULT_SPACING`): evenly spaced in u = ½ log(1 + s² · SNR),
       SNR = ᾱ/(1−ᾱ), s = ``scale`` (default :data:`INFO_SCALE` = 8), between index T−1 and index 0, rounded
       as for ``logsnr``. u is the mutual information I(x_0; x_t) per dimension of Gaussian data with
@@ -208,8 +205,7 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = DEFAULT_SPAC
       swamps data of scale s (σ/α ≫ s), x̂_0 hardly moves and u ≈ s² · SNR / 2 packs that part of the
       schedule into one or two steps. s → ∞ gives ``logsnr``. It depends on the schedule and on s alone, not
       on the data; s = 8 is 8× the largest per-pixel standard deviation that data in [-1, 1] can have (1),
-      and, like EDM's σ_max = 80, a bound rather than a fitted value. With an exact model it gives the lowest
-      W2 for every sampler but dpmpp-3m at 20 calls (see :data:`DEFAULT_SPACING`).
+      and, like EDM's σ_max = 80, a bound rather than a fitted value.
     """
     if spacing == "info" and not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale (the data scale s of the 'info' spacing) must be a number > 0; got {scale!r}")

@@ -138,9 +138,8 @@ class UNetConfig:
 # built to the same configuration).
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU budgets (8×8 digits, 28×28 Fashion-MNIST): three levels (28/14/7), the only attention is the middle
-    # block's at the lowest one. The third level won the 10- and 25-minute screens, and adaptive GroupNorm
-    # (scale_shift_norm) every comparison from 3,000 steps to 25 minutes (BENCHMARKS.md: "Network shape and batch
-    # size at equal wall-clock", "Adaptive GroupNorm, AdamW β2 = 0.99 and stratified timesteps").
+    # block's at the lowest one; three levels and adaptive GroupNorm (scale_shift_norm) won the screens at equal
+    # wall-clock (benchmarks/quality_per_minute.py; BENCHMARKS.md, "Decisions and the measurements behind them").
     "tiny": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(),
                  dropout=0.0, image_size=8, scale_shift_norm=True),
     # CPU budgets for colour images, in tiny's spirit (width 32, one residual block per level, adaptive GroupNorm, no

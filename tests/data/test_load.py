@@ -14,9 +14,12 @@ import torch
 from PIL import Image
 
 from ddpm.data.dataset import ImageDataset
+from ddpm.data.folders import image_files
 from ddpm.data.formats import FASHION_MNIST_CLASSES
 from ddpm.data.load import load_dataset
 from ddpm.errors import ParameterError, UserError
+from ddpm.settings import flag_names
+from ddpm.train import TrainConfig
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -113,13 +116,13 @@ def test_fashion_mnist():
 
 def test_fashion_mnist_not_found(tmp_path):
     msg = user_error("Fashion-MNIST was not found", "fashion-mnist", fashion_mnist_dir=tmp_path)
-    assert str(tmp_path) in msg and "apt-get install dataset-fashion-mnist" in msg and "spec PATH" in msg
+    assert str(tmp_path) in msg and "apt-get install dataset-fashion-mnist" in msg and "data PATH" in msg
 
 
 def test_missing_path_names_known_datasets(tmp_path):
     msg = user_error("no such file or folder", str(tmp_path / "nope"))
     assert "digits" in msg and "fashion-mnist" in msg
-    user_error("spec is empty", "")
+    user_error("data is empty", "")
 
 
 @pytest.mark.parametrize("size", [0, -3, 2.5, "32", True])
@@ -502,7 +505,7 @@ def test_splits_that_do_not_exist(tmp_path):
 # errors name the parameter; the CLI shows its flag there
 
 
-CLI_FLAGS = {"spec": "--data", "image_size": "--image-size", "skip_bad": "--skip-bad"}
+CLI_FLAGS = flag_names(TrainConfig)
 
 
 def cli_text(*args, **kwargs) -> str:
@@ -526,8 +529,8 @@ def test_parameter_errors_read_as_flags_through_the_cli(tmp_path):
     assert cli_text(str(tmp_path / "b")).endswith("fix or remove them, or pass --skip-bad to skip them")
 
 
-def test_image_files_lists_what_the_pathlib_listing_did_in_its_order(tmp_path):
-    """The os.scandir listing against the Path.rglob one it replaced: same files, same order (by path parts, so
+def test_image_files_are_the_visible_images_in_path_part_order(tmp_path):
+    """The listing against a plain Path.rglob oracle: the same files in the same order (by path parts, so
     "a/z.png" before "a-b/x.png"), hidden files and folders left out, symlinked folders not followed."""
     for name in ("a/z.png", "a-b/x.png", "a/b/c.JPG", "a.png", "b.txt", ".h/x.png", "a/.y.png", "dir.png/q.gif"):
         if name.endswith(".txt"):
@@ -536,8 +539,6 @@ def test_image_files_lists_what_the_pathlib_listing_did_in_its_order(tmp_path):
             save(gray(0), tmp_path / name)
     (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
     (tmp_path / "l.png").symlink_to(tmp_path / "a.png")
-    from ddpm.data.folders import image_files
-
     for recursive in (True, False):
         found = tmp_path.rglob("*") if recursive else tmp_path.iterdir()
         before = sorted(p for p in found if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}

@@ -13,11 +13,13 @@ import pytest
 from conftest import TRAIN
 from PIL import Image
 
-from ddpm.checkpoint import file_sha256, resolve_checkpoint
+from ddpm.checkpoint import resolve_checkpoint
 from ddpm.cli import build_parser, main
 from ddpm.evaluation.evaluate import EvalSettings
 from ddpm.evaluation.inception import INCEPTION_SHA256
 from ddpm.evaluation.reference import subset_indices
+from ddpm.files import file_sha256
+from ddpm.settings import flag_of
 
 
 @pytest.fixture(scope="module")
@@ -189,11 +191,12 @@ def test_eval_settings_fields_declare_the_flags():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["eval"]
     fields = [f for f in dataclasses.fields(EvalSettings) if f.metadata.get("cli", True)]
     for f in fields:
-        action = sub._option_string_actions["--" + f.name.replace("_", "-")]
+        action = sub._option_string_actions[flag_of(f)]
         assert action.help == f.metadata["help"], f.name
-        plain = "choices" in f.metadata or f.type in ("bool", bool)  # argparse shows {a,b} or nothing
+        plain = "choices" in f.metadata or f.type in ("bool", bool) or "action" in f.metadata  # {a,b} or nothing
         assert action.metavar == f.metadata.get("metavar", None if plain else f.name.upper()), f.name
         assert list(action.choices or []) == list(f.metadata.get("choices", [])), f.name
-        assert action.default == f.default, f.name
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert action.default == (default if f.metadata.get("action") != "append" else []), f.name
     names = {f.name for f in fields}
     assert [a.dest for a in sub._actions if a.dest in names] == [f.name for f in fields]

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import ddpm.evaluation.featurenet as featurenet_module
-from ddpm.checkpoint import file_sha256, save_safetensors
 from ddpm.errors import ParameterError
 from ddpm.evaluation.featurenet import (
     FeatureNet,
@@ -19,6 +18,7 @@ from ddpm.evaluation.featurenet import (
     save_feature_net,
     train_feature_net,
 )
+from ddpm.files import file_sha256, save_safetensors
 from ddpm.images import pixels_to_unit
 
 

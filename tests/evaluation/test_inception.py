@@ -28,10 +28,10 @@ def test_installed_file_is_found_without_importing_the_package():
 
 def test_missing_and_wrong_files_are_one_line_errors(tmp_path, monkeypatch):
     msg = one_line_error("no such file", tmp_path / "nope.pt")
-    assert INSTALL_LINE in msg and msg.startswith(f"path {tmp_path / 'nope.pt'}: no such file")
+    assert INSTALL_LINE in msg and msg.startswith(f"inception {tmp_path / 'nope.pt'}: no such file")
     with pytest.raises(ParameterError) as info:  # the library names its parameter; `ddpm eval` shows its flag
         find_inception(tmp_path / "nope.pt")
-    assert info.value.render({"path": "--inception"}.get).startswith(f"--inception {tmp_path / 'nope.pt'}: ")
+    assert info.value.render({"inception": "--inception"}.get).startswith(f"--inception {tmp_path / 'nope.pt'}: ")
     junk = tmp_path / "other.pt"
     junk.write_bytes(b"not the network")
     msg = one_line_error("not the TF FID Inception weights", junk)

@@ -1,7 +1,6 @@
 """Tests for ddpm.evaluation.reference: cached reference features are keyed by content, subsets are seeded, FD
 from statistics."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import torch
 from ddpm.evaluation.metrics import frechet_distance, gaussian_frechet_distance
 from ddpm.evaluation.reference import (
     content_sha256,
-    default_cache_dir,
     fd_against,
     reference_features,
     subset_indices,
@@ -107,13 +105,3 @@ def test_fd_against_is_the_gaussian_fd_of_the_features_statistics():
 def test_to_pixels_rounds_like_a_png():
     x = torch.tensor([-1.0, -0.99, 0.0, 0.5, 1.0, 1.2]).reshape(1, 1, 2, 3)
     assert to_pixels(x).reshape(-1).tolist() == [0, 1, 128, 191, 255, 255]
-
-
-def test_default_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "c"))
-    assert default_cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("DDPM_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert default_cache_dir() == tmp_path / "x" / "ddpm"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    assert default_cache_dir() == Path.home() / ".cache" / "ddpm"

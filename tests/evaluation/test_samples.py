@@ -8,7 +8,8 @@ import pytest
 from ddpm.errors import ParameterError, UserError
 from ddpm.evaluation.evaluate import EvalSettings, evaluate_images, read_samples
 from ddpm.images import save_png
-from ddpm.provenance import Provenance, SamplerChoice
+from ddpm.provenance import Provenance
+from ddpm.sampler_choice import SamplerChoice, SampleSettings
 
 PROV = Provenance("sample", 7, 0, SamplerChoice("ddim", "trailing", 12, {"eta": 0.5}), None, None, True, True,
                   "ab" * 32)
@@ -74,6 +75,7 @@ def test_each_field_declares_its_help():
     fields = dataclasses.fields(EvalSettings)
     assert all(f.metadata["help"] for f in fields)
     flagged = [f.name for f in fields if f.metadata.get("cli", True)]
-    assert flagged == ["samples", "data", "image_size", "num", "seed", "ref_split", "ref_num", "metrics", "nll",
+    assert flagged == [f.name for f in dataclasses.fields(SampleSettings)] + [
+                       "samples", "data", "image_size", "num", "seed", "ref_split", "ref_num", "metrics", "nll",
                        "nll_num", "nll_variance", "memorization", "out", "batch_size", "inception", "featurenet",
-                       "cache_dir"]
+                       "cache_dir", "progress"]

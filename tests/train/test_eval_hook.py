@@ -10,9 +10,10 @@ from ddpm.data.dataset import ImageDataset
 from ddpm.errors import ParameterError
 from ddpm.evaluation.reference import fd_against, to_pixels
 from ddpm.generate import draw
-from ddpm.provenance import SamplerChoice
-from ddpm.sampling import DEFAULT_SAMPLER
+from ddpm.sampler_choice import DEFAULT_SAMPLER, SamplerChoice
 from ddpm.schedule import Schedule
+from ddpm.settings import flag_names
+from ddpm.train import TrainConfig
 from ddpm.train.eval_hook import TrainingEval
 
 CPU = torch.device("cpu")
@@ -60,7 +61,7 @@ def test_same_weights_same_value_from_a_cold_cache_under_no_grad(tmp_path, quick
     assert len(list((tmp_path / "featurenet").iterdir())) == len(list((tmp_path / "reference").iterdir())) == 1
     # The value is the FD of images 0..15 of seed 3, drawn with the default sampler at the hook's steps.
     ext, mean, cov, _ = hook.ref
-    name, spacing, _ = DEFAULT_SAMPLER
+    name, spacing = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing
     meta = {"channels": 1, "image_size": 8, "prediction": "eps"}
     x = draw(model, schedule, meta, SamplerChoice(name, spacing, 4), 3, list(range(16)), None, None, True, CPU)
     assert first["eval_fd"] == fd_against(ext.features(to_pixels(x)), mean, cov)
@@ -73,12 +74,12 @@ def test_same_weights_same_value_from_a_cold_cache_under_no_grad(tmp_path, quick
 
 
 def test_refuses_what_cannot_be_scored_before_training(tmp_path):
-    flags = {"metric": "--eval-metric"}
+    flags = flag_names(TrainConfig)
     with pytest.raises(ParameterError) as info:
         TrainingEval("fd", 16, halves(labelled=False), "imgs", seed=0, steps=4, device=CPU, cache_dir=tmp_path)
     assert info.value.render(flags.__getitem__) == (
         "--eval-metric fd needs a labelled data set (FeatureNet is a classifier), and imgs has none: use class "
         "subfolders, or --eval-metric fid")
-    with pytest.raises(ParameterError, match="metric must be fd or fid; got 'is'"):
+    with pytest.raises(ParameterError, match="eval_metric must be fd or fid; got 'is'"):
         TrainingEval("is", 16, halves(), "halves", seed=0, steps=4, device=CPU, cache_dir=tmp_path)
     assert not tmp_path.joinpath("featurenet").exists()

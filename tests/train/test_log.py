@@ -11,7 +11,7 @@ from PIL import Image
 import ddpm
 from ddpm.data.load import load_dataset
 from ddpm.images import make_grid, to_uint8
-from ddpm.sampling import DEFAULT_SAMPLER
+from ddpm.sampler_choice import DEFAULT_SAMPLER
 from ddpm.train import TrainConfig
 from ddpm.train.log import MetricsLog, default_choice, write_grid
 
@@ -45,7 +45,7 @@ def test_the_training_grid_is_the_default_sampler_on_seeded_images_one_class_per
     schedule = ddpm.Schedule.linear(50)
     cfg = TrainConfig(out=str(tmp_path), class_cond=True, num_samples=12, sample_steps=3, seed=5)
     write_grid(tmp_path / "grid.png", net, schedule, cfg, data, torch.device("cpu"))
-    name, spacing, _ = DEFAULT_SAMPLER
+    name, spacing = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing
     assert default_choice(3, schedule).steps == 3 and default_choice(500, schedule).steps == 50
     x = ddpm.sample(net, (12, 1, 8, 8), schedule, sampler=name, steps=3, spacing=spacing,
                     generator=ddpm.image_generators(5, range(12)), labels=torch.arange(12) % 10)

@@ -1,9 +1,9 @@
 """The ``ddpm`` command: parsers and ``cmd_*`` functions only; the work is done by the library.
 
-One module per subcommand: ``train`` in :mod:`ddpm.cli.train` (its flags derived from
-:class:`ddpm.train.TrainConfig` by :mod:`ddpm.cli.flags`, so a new config field is a new flag), ``sample`` and
-``edit`` in :mod:`ddpm.cli.sample`, ``prepare`` in :mod:`ddpm.cli.prepare`, ``eval`` in :mod:`ddpm.cli.eval`,
-``convert`` in :mod:`ddpm.cli.convert`.
+One module per subcommand: ``train`` in :mod:`ddpm.cli.train`, ``sample`` and ``edit`` in
+:mod:`ddpm.cli.sample`, ``prepare`` in :mod:`ddpm.cli.prepare`, ``eval`` in :mod:`ddpm.cli.eval`, ``convert`` in
+:mod:`ddpm.cli.convert`. Each command's flags come from its settings dataclass (:mod:`ddpm.cli.flags`), so a new
+field is a new flag.
 User mistakes print one ``error: ...`` line and exit with status 2, without a traceback; a
 :class:`~ddpm.errors.ParameterError` is shown with flags in place of the library's parameter names.
 """
@@ -18,11 +18,12 @@ import torch
 
 from ..errors import ParameterError, UserError
 from ..runtime import hold_freed_memory
+from ..settings import flag_names
 from ..version import __version__
 from .convert import add_convert_parser, cmd_convert
 from .eval import add_eval_parser, cmd_eval
 from .prepare import add_prepare_parser, cmd_prepare
-from .sample import FLAGS, SAMPLE_FLAGS, add_edit_parser, add_sample_parser, cmd_edit, cmd_sample
+from .sample import add_edit_parser, add_sample_parser, cmd_edit, cmd_sample
 from .train import add_train_parser, cmd_train
 
 
@@ -43,10 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample,
             "edit": cmd_edit, "convert": cmd_convert, "eval": cmd_eval}
-# Per command: library parameter -> flag, where the flag is not "--" + the name with dashes.
-FLAG_NAMES = {"train": {"spec": "--data", "metric": "--eval-metric"}, "prepare": {"spec": "--data"},
-              "sample": SAMPLE_FLAGS, "edit": FLAGS,
-              "eval": {**FLAGS, "path": "--inception", "spec": "--data"}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,8 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     torch.set_float32_matmul_precision("high")
-    hold_freed_memory()  # glibc: keep freed tensor memory (CPU sampling 1.4x faster); DDPM_MALLOC=system opts out
-    flags = FLAG_NAMES.get(args.command, {})
+    hold_freed_memory()  # glibc keeps freed tensor memory (benchmarks/malloc.py); DDPM_MALLOC=system opts out
+    settings_class = getattr(args, "settings_class", None)
+    flags = flag_names(settings_class) if settings_class is not None else {}
     try:
         return COMMANDS[args.command](args)
     except ParameterError as e:

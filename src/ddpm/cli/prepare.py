@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+from dataclasses import dataclass
 
 from ..data.preparing import prepare_dataset
+from ..settings import help_of, option
 from ..train import TrainConfig
+from .flags import add_config_flags, settings_from
 
-# The flags ddpm prepare shares with ddpm train, with train's help: the same flags find the same prepared set.
-SHARED = ("data", "image_size", "skip_bad", "prepared_dir")
+
+@dataclass
+class PrepareSettings:
+    """``ddpm prepare``'s flags: the four it shares with ``ddpm train`` (same help, so the same flags find the same
+    prepared set), the number of decoding processes and --quiet."""
+
+    data: str = option(help_of(TrainConfig, "data"), default="", metavar="DATA")
+    image_size: int | None = option(help_of(TrainConfig, "image_size"), default=None, metavar="N")
+    skip_bad: bool = option(help_of(TrainConfig, "skip_bad"), default=False, action="store_true")
+    prepared_dir: str | None = option(help_of(TrainConfig, "prepared_dir"), default=None, metavar="DIR")
+    workers: int | None = option("decoding processes (default: one per CPU core)", default=None, metavar="N")
+    progress: bool = option("no progress bar", default=True, flag="--quiet", action="store_false")
 
 
 def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``ddpm prepare``: --data, --image-size, --skip-bad and --prepared-dir as ``ddpm train`` has them,
-    --workers and --quiet."""
+    """Register ``ddpm prepare``."""
     p = sub.add_parser(
         "prepare", help="decode a data set once, for fast training starts",
         description="Decode a folder of images (or IDX, CIFAR, digits, fashion-mnist) once into one uint8 array that "
@@ -22,17 +33,12 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
                     "--prepared-dir starts at once, and all torchrun ranks share one copy. `ddpm train` does this "
                     "itself for a folder of images; this command does it ahead of time. A prepared copy of the same "
                     "files and settings is reused; a killed preparation resumes where it stopped.")
-    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
-    p.add_argument("--data", required=True, metavar="DATA", help=helps["data"])
-    p.add_argument("--image-size", type=int, metavar="N", help=helps["image_size"])
-    p.add_argument("--skip-bad", action="store_true", help=helps["skip_bad"])
-    p.add_argument("--prepared-dir", metavar="DIR", help=helps["prepared_dir"])
-    p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: one per CPU core)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p, PrepareSettings, show_default=False, required=("data",))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """``ddpm prepare``: prepare (or find) the set and say where it is and how big."""
-    prepare_dataset(args.data, args.image_size, skip_bad=args.skip_bad, prepared_dir=args.prepared_dir,
-                    workers=args.workers, progress=not args.quiet)
+    s = settings_from(args, PrepareSettings)
+    prepare_dataset(s.data, s.image_size, skip_bad=s.skip_bad, prepared_dir=s.prepared_dir, workers=s.workers,
+                    progress=s.progress)
     return 0

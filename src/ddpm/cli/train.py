@@ -6,20 +6,18 @@ import argparse
 import os
 
 from ..train import TrainConfig, train
-from .flags import add_config_flags, config_values
+from .flags import add_config_flags, settings_from
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``ddpm train``: one flag per TrainConfig field, and --quiet."""
+    """Register ``ddpm train``: one flag per TrainConfig field."""
     p = sub.add_parser("train", help="train a model on a dataset", description="Train a diffusion model.")
     add_config_flags(p, TrainConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``ddpm train``: run training; rank 0 prints the last checkpoint's path."""
-    cfg = TrainConfig(**config_values(args, TrainConfig), progress=not args.quiet)
-    result = train(cfg)
+    result = train(settings_from(args, TrainConfig))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
         print(f"wrote {result.checkpoint}")
     return 0

@@ -6,7 +6,7 @@ int64 class labels ``(N,)``; ``images`` gives them as float32 in [-1, 1]. The 8-
 float32's memory) wherever that is lossless, else as float32 in [-1, 1].
 
 Also here: the checks on a ``--data`` request made before anything is read, and the names that describe a set in
-logs and errors. Errors about a bad argument are :class:`~ddpm.errors.ParameterError` naming ``{spec}``: the CLI
+logs and errors. Errors about a bad argument are :class:`~ddpm.errors.ParameterError` naming ``{data}``: the CLI
 shows its flags there.
 """
 
@@ -101,24 +101,24 @@ class ImageDataset:
         return int(self.pixels.shape[0])
 
 
-def check_request(spec: str, image_size: int | None, split: str) -> None:
-    """Refuse a bad ``image_size``, ``split`` or an empty ``spec`` before reading anything."""
+def check_request(data: str, image_size: int | None, split: str) -> None:
+    """Refuse a bad ``image_size``, ``split`` or an empty ``data`` before reading anything."""
     if image_size is not None and (
         isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1
     ):
         raise UserError(f"image size must be a positive whole number of pixels, got {image_size!r}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: choose train or test")
-    if not spec or not spec.strip():
+    if not data or not data.strip():
         raise ParameterError(
-            f"{{spec}} is empty; pass a folder of images, a dataset file, or one of: {', '.join(KNOWN_DATASETS)}"
+            f"{{data}} is empty; pass a folder of images, a dataset file, or one of: {', '.join(KNOWN_DATASETS)}"
         )
 
 
-def missing_source(spec: str) -> ParameterError:
-    """The error for a ``spec`` that is neither an existing file or folder nor a known data set name."""
+def missing_source(data: str) -> ParameterError:
+    """The error for a ``data`` that is neither an existing file or folder nor a known data set name."""
     known = ", ".join(KNOWN_DATASETS)
-    return ParameterError(f"{{spec}} {spec!r}: no such file or folder, and not a known dataset name (known: {known})")
+    return ParameterError(f"{{data}} {data!r}: no such file or folder, and not a known dataset name (known: {known})")
 
 
 def describe(title: str, images: Tensor, num_classes: int | None) -> str:

@@ -72,7 +72,7 @@ def decode_fitted(path: Path, size: int) -> np.ndarray:
     ``fit_square(decode_image(path), size)``, except that a JPEG at least :data:`JPEG_DRAFT_MARGIN` x 2 x ``size``
     on its shorter side is decoded at 1/2, 1/4 or 1/8 scale first (the largest that keeps that margin), then cropped
     and resized by the same Lanczos filter from the same box in its own pixels: a phone photo costs a small fraction
-    of a full decode, and the pixels differ by the measured few levels stated in BENCHMARKS.md."""
+    of a full decode, and the pixels differ by a few levels (BENCHMARKS.md, "data_scale.py")."""
     with Image.open(path) as img:
         w, h = img.size
         scale = next((s for s in (8, 4, 2) if min(w, h) >= s * JPEG_DRAFT_MARGIN * size), 1)
@@ -101,7 +101,7 @@ def _plain(img: Image.Image) -> bool:
 
 def _fitted(img: Image.Image, size: int) -> np.ndarray:
     """``fit_square(decode_picture(img), size)`` for a :func:`_plain` picture that needs a resize, without the copies
-    of the general path (measured 15% of a CelebA-sized JPEG's time): the same Lanczos resize of the same box of the
+    of the general path (benchmarks/data_scale.py): the same Lanczos resize of the same box of the
     same pixels, so the same numbers (tested against the general path)."""
     w, h = img.size
     side = min(w, h)

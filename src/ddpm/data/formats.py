@@ -142,7 +142,7 @@ def load_fashion_mnist(folder: Path, image_size: int | None, split: str = "train
     else:
         raise ParameterError(
             f"Fashion-MNIST was not found in {folder} (no {prefix}-images-idx3-ubyte[.gz]); install it with "
-            "`apt-get install dataset-fashion-mnist`, or download the IDX files and pass {spec} PATH to them"
+            "`apt-get install dataset-fashion-mnist`, or download the IDX files and pass {data} PATH to them"
         )
     if label_file_for(images_file) is None:
         raise UserError(
@@ -189,7 +189,7 @@ def find_idx_images(folder: Path, split: str = "train") -> Path | None:
         test = [p for p in files if p.name.lower().startswith(("t10k", "test"))]
         if len(test) != 1:
             raise ParameterError(f"{folder} holds {len(test)} test IDX image files (named t10k-* or test-*) among "
-                                 f"{', '.join(p.name for p in files)}; pass {{spec}} PATH to the test file, "
+                                 f"{', '.join(p.name for p in files)}; pass {{data}} PATH to the test file, "
                                  "train split")
         return test[0]
     train = [p for p in files if p.name.lower().startswith("train")]
@@ -198,7 +198,7 @@ def find_idx_images(folder: Path, split: str = "train") -> Path | None:
     if len(files) == 1:
         return files[0]
     choices = ", ".join(p.name for p in (train or files))
-    raise ParameterError(f"{folder} holds several IDX image files ({choices}); pass {{spec}} PATH to the one to use")
+    raise ParameterError(f"{folder} holds several IDX image files ({choices}); pass {{data}} PATH to the one to use")
 
 
 def load_idx_file(

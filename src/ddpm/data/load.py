@@ -5,7 +5,7 @@ Everything ends up as one :class:`~ddpm.data.dataset.ImageDataset` of square ima
 or 3 (colour), with optional int64 class labels ``(N,)``; ``images`` gives them as float32 in [-1, 1].
 ``load_dataset`` takes the string a user gave to ``--data`` and works out which of the formats it is: the readers
 are in :mod:`ddpm.data.formats` (IDX, CIFAR, the built-in sets) and :mod:`ddpm.data.folders` (folders of images). Errors
-about a bad argument are :class:`~ddpm.errors.ParameterError` naming ``{spec}``, ``{image_size}`` or
+about a bad argument are :class:`~ddpm.errors.ParameterError` naming ``{data}``, ``{image_size}`` or
 ``{skip_bad}``: the CLI shows its flags there.
 
 The 8-bit mapping is x / 127.5 - 1, so 0 -> -1 and 255 -> 1 exactly (16-bit images: x / 257 first).
@@ -40,7 +40,7 @@ from .prepared import open_prepared
 
 
 def load_dataset(
-    spec: str,
+    data: str,
     image_size: int | None = None,
     skip_bad: bool = False,
     fashion_mnist_dir: str | Path = FASHION_MNIST_DIR,
@@ -55,21 +55,21 @@ def load_dataset(
     ``split`` is ``"train"`` (what training uses) or ``"test"``: Fashion-MNIST's t10k files, an IDX
     folder's ``t10k-*``/``test-*`` file, CIFAR's ``test_batch`` (CIFAR-100: ``test``). The digits set and
     folders of images have no test split (digits trains on all 1797 images); asking for one, or for the
-    test split of a single IDX file, raises ``UserError`` (pass the held-out data as ``spec`` instead).
+    test split of a single IDX file, raises ``UserError`` (pass the held-out data as ``data`` instead).
 
     With ``image_size`` every image is resized so its shorter side is ``image_size`` and center-cropped
     to ``(image_size, image_size)``; without it the native size is kept (and must be square and shared).
     ``skip_bad`` skips image files that fail to decode (their names go to ``ImageDataset.skipped``)
     instead of raising. Returns images ``(N, C, S, S)`` float32 in [-1, 1]. Raises ``UserError``.
     """
-    check_request(spec, image_size, split)
-    if spec == "digits":
+    check_request(data, image_size, split)
+    if data == "digits":
         if split == "test":
             raise UserError("the digits set has no test split (training uses all 1797 images): use the train split")
         return load_digits(image_size)
-    if spec == "fashion-mnist":
+    if data == "fashion-mnist":
         return load_fashion_mnist(Path(fashion_mnist_dir), image_size, split)
-    return _load_path(spec, image_size, skip_bad, Path(fashion_mnist_dir), split)
+    return _load_path(data, image_size, skip_bad, Path(fashion_mnist_dir), split)
 
 
 def _load_path(spec: str, image_size: int | None, skip_bad: bool, fashion_mnist_dir: Path,
@@ -80,16 +80,16 @@ def _load_path(spec: str, image_size: int | None, skip_bad: bool, fashion_mnist_
         raise missing_source(spec)
     if path.is_file():
         if split == "test":
-            raise ParameterError(f"{{spec}} {spec!r} is one IDX file, which has no test split: pass the test file "
+            raise ParameterError(f"{{data}} {spec!r} is one IDX file, which has no test split: pass the test file "
                                  "itself as the data, with the train split")
         return load_idx_file(path, image_size)
     if not path.is_dir():
-        raise ParameterError(f"{{spec}} {spec!r} is neither a file nor a folder; pass a folder of images or a dataset "
+        raise ParameterError(f"{{data}} {spec!r} is neither a file nor a folder; pass a folder of images or a dataset "
                              "file")
 
     if (path / PREPARED_MANIFEST).is_file():
         if split == "test":
-            raise ParameterError(f"{{spec}} {spec!r} is a prepared set, which holds a train split only: pass the "
+            raise ParameterError(f"{{data}} {spec!r} is a prepared set, which holds a train split only: pass the "
                                  "held-out data itself, with the train split")
         return open_prepared(path, image_size=image_size)
     cifar = find_cifar(path, split)

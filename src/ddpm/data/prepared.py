@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ParameterError, UserError
-from ..evaluation.reference import default_cache_dir
+from ..files import cache_dir
 from .dataset import KNOWN_DATASETS, PREPARED_MANIFEST, ImageDataset, missing_source
 from .folders import folder_listing
 from .formats import FASHION_MNIST_DIR, find_cifar, find_idx_images, label_file_for, load_fashion_mnist, visible
@@ -150,7 +150,7 @@ def candidate_folders(path: Path | None, label: str, image_size: int | None,
     if prepared_dir is not None:
         return [Path(prepared_dir).expanduser() / unique]
     beside = [] if path is None else [(path if path.is_dir() else path.parent) / ".ddpm" / f"{label}-{tag}"]
-    return [*beside, default_cache_dir() / "prepared" / unique]
+    return [*beside, cache_dir() / "prepared" / unique]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def open_prepared(path: str | Path, *, image_size: int | None = None, check_sour
 
     Checks the manifest, the .npy headers and byte counts, and the labels' checksum; ``gather`` checks each block of
     rows when first read. With ``check_source`` a source folder that still exists must not have changed since.
-    ``image_size``, when given, must be the set's S. Raises a one-line ParameterError naming ``{spec}``."""
+    ``image_size``, when given, must be the set's S. Raises a one-line ParameterError naming ``{data}``."""
     folder = Path(path).expanduser()
     try:
         m = _read_manifest(folder)
@@ -288,9 +288,9 @@ def open_prepared(path: str | Path, *, image_size: int | None = None, check_sour
             raise Unusable(f"it has no {PREPARED_MANIFEST} (an unfinished preparation)")
         _check_files(folder, m)
     except Unusable as e:
-        raise ParameterError(f"{{spec}} {folder} is not a usable prepared set: {e}; prepare it again") from None
+        raise ParameterError(f"{{data}} {folder} is not a usable prepared set: {e}; prepare it again") from None
     if image_size is not None and image_size != m["size"]:
-        raise ParameterError(f"{{spec}} {folder} holds {m['size']}x{m['size']} images, not {image_size}: pass "
+        raise ParameterError(f"{{data}} {folder} holds {m['size']}x{m['size']} images, not {image_size}: pass "
                              f"{{image_size}} {m['size']} or prepare the source at {image_size}")
     if check_source:
         _check_current(folder, m)
@@ -317,5 +317,5 @@ def _check_current(folder: Path, m: dict[str, Any]) -> None:
     except UserError:  # a built-in set not installed here, say: the set stands on its own
         return
     if current is not None and current != src["fingerprint"]:
-        raise ParameterError(f"{{spec}} {folder} was prepared from {spec}, which has changed since (files added, "
-                             f"removed or changed): prepare it again, or pass {{spec}} {spec} itself")
+        raise ParameterError(f"{{data}} {folder} was prepared from {spec}, which has changed since (files added, "
+                             f"removed or changed): prepare it again, or pass {{data}} {spec} itself")

@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ParameterError, UserError, check_at_least
+from ..files import atomic_write, fsync_dir, is_partial_write
 from ..runtime import Dist
 from ..version import __version__
 from .dataset import PREPARED_MANIFEST, ImageDataset, check_request, describe_shape, list_names
@@ -87,27 +88,27 @@ def _human(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def prepare_dataset(spec: str, image_size: int | None = None, *, skip_bad: bool = False,
+def prepare_dataset(data: str, image_size: int | None = None, *, skip_bad: bool = False,
                     prepared_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
                     say: Callable[[str], None] | None = print) -> Path:
-    """Make sure a finished, current prepared copy of ``spec`` at ``image_size`` exists; returns its folder.
+    """Make sure a finished, current prepared copy of ``data`` at ``image_size`` exists; returns its folder.
 
-    ``spec`` is what ``--data`` takes (a folder of images, IDX, CIFAR, ``digits``, ``fashion-mnist``, or a prepared
+    ``data`` is what ``--data`` takes (a folder of images, IDX, CIFAR, ``digits``, ``fashion-mnist``, or a prepared
     set, which is checked and returned). An intact copy made from the same files with the same settings is reused;
     otherwise the images are decoded by ``workers`` processes (default: one per core; 1 decodes here) into the
     first writable of :func:`ddpm.data.prepared.prepared_locations`, resuming a killed preparation of the same files.
     ``say`` gets one line saying where the set is and how big (None: silent); ``progress`` shows a bar with images/s
     and the time left. Unreadable images stop it with their names unless ``skip_bad``. Raises
     UserError/ParameterError."""
-    check_request(spec, image_size, "train")
+    check_request(data, image_size, "train")
     if workers is not None:
         check_at_least("workers", workers, 1)
     say = say or (lambda _line: None)
-    kind = source_kind(spec)
+    kind = source_kind(data)
     if kind == "prepared":
-        open_prepared(spec, image_size=image_size)
-        return Path(spec).expanduser()
-    source = describe_source(spec, kind)
+        open_prepared(data, image_size=image_size)
+        return Path(data).expanduser()
+    source = describe_source(data, kind)
     settings = _settings(source, image_size)
     places = candidate_folders(source.path, source.label, image_size, prepared_dir)
     stale: dict[Path, str] = {}
@@ -118,7 +119,7 @@ def prepare_dataset(spec: str, image_size: int | None = None, *, skip_bad: bool 
             stale[folder] = str(e)
             continue
         if m is not None:
-            _check_skipped(m, skip_bad, str(source.path or spec))
+            _check_skipped(m, skip_bad, str(source.path or data))
             say(f"data: {m['name']}, prepared in {folder} ({_human(_set_bytes(folder, m))})")
             return folder
     for folder in places:
@@ -135,7 +136,7 @@ def prepare_dataset(spec: str, image_size: int | None = None, *, skip_bad: bool 
             if new:  # a failed first attempt leaves no empty folders behind (a killed one leaves its journal)
                 _remove_if_empty(folder)
             raise
-    raise ParameterError(f"cannot write a prepared copy of {spec} in {' or '.join(map(str, places))}: pass "
+    raise ParameterError(f"cannot write a prepared copy of {data} in {' or '.join(map(str, places))}: pass "
                          "{prepared_dir} DIR on a writable disk")
 
 
@@ -178,7 +179,8 @@ def _set_bytes(folder: Path, m: dict[str, Any]) -> int:
 
 def _ours(name: str) -> bool:
     """Whether a file name in a prepared-set folder is one this module writes."""
-    return (name in (PREPARED_MANIFEST, ".lock") or name.startswith((".tmp-", "pixels-", "labels-", "journal-")))
+    return (name in (PREPARED_MANIFEST, ".lock") or name.startswith(("pixels-", "labels-", "journal-"))
+            or is_partial_write(name))
 
 
 @contextlib.contextmanager
@@ -211,24 +213,13 @@ def _remove_if_empty(folder: Path) -> None:
                 folder.parent.rmdir()
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the entries of ``folder`` (renames, new files) durable, where the platform can."""
-    with contextlib.suppress(OSError):  # not every platform or file system can fsync a directory
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
     """``array`` saved to ``path`` (temporary name, fsync, rename); its file entry for the manifest."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, array, allow_pickle=False)
+
+    atomic_write(path, write)
     _, _, _, offset = npy_header(path)
     return {"file": path.name, "bytes": path.stat().st_size, "offset": offset, "crc32": zlib.crc32(path.read_bytes())}
 
@@ -236,13 +227,7 @@ def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
 def _finish(folder: Path, m: dict[str, Any], keep: set[str]) -> dict[str, Any]:
     """Write the manifest (the set's 'finished' mark, last, atomically), then remove this module's other files:
     an older set's, leftovers of killed preparations."""
-    tmp = folder / f".tmp-{os.getpid()}-{PREPARED_MANIFEST}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(m, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / PREPARED_MANIFEST)
-    _fsync_dir(folder)
+    atomic_write(folder / PREPARED_MANIFEST, json.dumps(m, indent=1))
     for p in folder.iterdir():
         if _ours(p.name) and p.name not in keep | {PREPARED_MANIFEST, ".lock"}:
             with contextlib.suppress(OSError):
@@ -495,7 +480,7 @@ def _finish_images(folder: Path, source: Source, settings: dict[str, Any], skip_
     else:
         crcs = _rewrite(partial, final, np.flatnonzero(keep), channels)
         partial.unlink()
-    _fsync_dir(folder)
+    fsync_dir(folder)
     pixels = {"file": final.name, "bytes": final.stat().st_size, "offset": npy_header(final)[3],
               "block_rows": BLOCK_ROWS, "crc32": crcs}
     labels = None
@@ -512,18 +497,18 @@ def _rewrite(partial: Path, final: Path, rows: np.ndarray, channels: int) -> lis
     """Copy ``rows`` of the partial file (their first ``channels`` channels) into a new .npy ``final`` (temporary
     name, fsync, rename), a block at a time; returns the CRC-32 of each block of BLOCK_ROWS rows as written."""
     src = np.load(partial, mmap_mode="r")  # (N, 3, S, S)
-    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
-    dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), channels, *src.shape[2:]))
-    crcs = []
-    for b in range(0, len(rows), BLOCK_ROWS):
-        block = np.ascontiguousarray(src[rows[b:b + BLOCK_ROWS], :channels])
-        dst[b:b + len(block)] = block
-        crcs.append(zlib.crc32(block.data))
-    dst.flush()
-    del dst, src
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    crcs: list[int] = []
+
+    def write(tmp: Path) -> None:
+        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), channels, *src.shape[2:]))
+        for b in range(0, len(rows), BLOCK_ROWS):
+            block = np.ascontiguousarray(src[rows[b:b + BLOCK_ROWS], :channels])
+            dst[b:b + len(block)] = block
+            crcs.append(zlib.crc32(block.data))
+        dst.flush()
+        del dst
+
+    atomic_write(final, write)
     return crcs
 
 
@@ -531,7 +516,7 @@ def _rewrite(partial: Path, final: Path, rows: np.ndarray, channels: int) -> lis
 # what training reads
 
 
-def training_data(spec: str, image_size: int | None, skip_bad: bool, prepared_dir: str | Path | None, px: Dist,
+def training_data(data: str, image_size: int | None, skip_bad: bool, prepared_dir: str | Path | None, px: Dist,
                   progress: bool = True) -> ImageDataset:
     """The data a training run reads, on every rank of ``px``.
 
@@ -539,13 +524,13 @@ def training_data(spec: str, image_size: int | None, skip_bad: bool, prepared_di
     rank memory-maps the same file: one copy in the page cache however many ranks run, and a set larger than memory
     trains. Any other source (IDX, CIFAR, the built-in sets) is loaded in memory by each rank, as
     :func:`ddpm.data.load.load_dataset` reads it. Rank 0 says in one line where the prepared set is and how big."""
-    check_request(spec, image_size, "train")
-    kind = source_kind(spec)
+    check_request(data, image_size, "train")
+    kind = source_kind(data)
     if kind == "memory":
-        return load_dataset(spec, image_size, skip_bad=skip_bad)
+        return load_dataset(data, image_size, skip_bad=skip_bad)
 
     def prepare() -> Path:
-        return prepare_dataset(spec, image_size, skip_bad=skip_bad, prepared_dir=prepared_dir,
+        return prepare_dataset(data, image_size, skip_bad=skip_bad, prepared_dir=prepared_dir,
                                progress=progress and px.main, say=print if px.main else None)
 
     folder = prepare() if px.world == 1 else _from_main(px, prepare)

@@ -13,35 +13,33 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..checkpoint import file_sha256, load_model, model_variance, resolve_checkpoint
-from ..data.folders import decode_image, image_files
+from ..checkpoint import model_variance, resolve_checkpoint
 from ..data.load import load_dataset
 from ..diffusion import LEARNED_VARIANCES
 from ..errors import ParameterError, UserError, check_at_least
-from ..generate import check_sampler, choose_sampler, draw_batches, resolve_label
+from ..files import atomic_write, cache_dir
+from ..generate import Sampling, open_for_sampling, save_npz
 from ..images import make_grid, save_png
 from ..likelihood import bits_per_dim
-from ..provenance import Provenance, SamplerChoice
 from ..runtime import pick_device
+from ..sampler_choice import SampleSettings
 from ..sampling import image_generators
 from ..settings import option
 from ..version import __version__
 from .featurenet import featurenet_for
 from .inception import Inception
 from .metrics import kid, memorization, precision_recall
-from .reference import default_cache_dir, fd_against, reference_features, subset_indices, to_pixels
+from .reference import fd_against, reference_features, subset_indices, to_pixels
+from .samples import read_samples
 
 METRICS = ("fid", "kid", "pr", "fd")  # a new metric: add its name here and a block in _score
 INCEPTION_METRICS = ("fid", "kid", "pr")
@@ -51,15 +49,11 @@ PAIRS_SHOWN = 8  # rows of the memorization picture
 
 
 @dataclass
-class EvalSettings:
-    """What ``ddpm eval`` does: its flags as typed fields (the same names, ``label`` for --class, ``options`` for
-    --option, ``ema``/``clip_x0``/``progress`` for --no-ema/--no-clip/--quiet). Exactly one of ``checkpoint``
-    (sample, then score) and ``samples`` (score images that exist).
+class EvalSettings(SampleSettings):
+    """What ``ddpm eval`` does: how ``checkpoint`` is sampled (:class:`~ddpm.sampler_choice.SampleSettings`), then
+    what is scored against what. Exactly one of ``checkpoint`` (sample, then score) and ``samples`` (score images
+    that exist). Each field carries its flag's help text (:func:`ddpm.settings.option`)."""
 
-    Each field carries its flag's help text (:func:`ddpm.settings.option`); ``cli=False`` marks the fields whose
-    flags are made elsewhere: ``ddpm sample``'s sampler flags, --quiet, and the command line itself."""
-    checkpoint: str | None = option("score samples of this checkpoint (a file or a run directory)", default=None,
-                                    cli=False)
     samples: str | None = option("score these images instead: a folder of PNG/JPEG files (ddpm sample's grids and "
                                  "trajectories are skipped) or an .npz with uint8 NHWC 'images' (ddpm sample --npz)",
                                  default=None, metavar="DIR|FILE.npz")
@@ -94,128 +88,8 @@ class EvalSettings:
                                     "data set)", default=None, metavar="PATH")
     cache_dir: str | None = option("cache of reference features and FeatureNets (default: $DDPM_CACHE or "
                                    "~/.cache/ddpm)", default=None)
-    # How --checkpoint samples: ddpm sample's flags (ddpm.cli.sample.add_sampler_flags).
-    sampler: str | None = option("the sampler (default: the measured DEFAULT_SAMPLER)", default=None, cli=False)
-    spacing: str | None = option("how the sampling steps are spread over the T training steps", default=None,
-                                 cli=False)
-    steps: int | None = option("sampling steps (default: DEFAULT_SAMPLER's, capped at T)", default=None, cli=False)
-    eta: float | None = option("noise level in [0, 1] of the samplers that have one", default=None, cli=False)
-    options: dict[str, Any] = option("sampler-specific options (name -> value)", default_factory=dict, cli=False)
-    label: int | str | None = option("class index or name, for a class-conditional model", default=None, cli=False)
-    guidance: float | None = option("classifier-free guidance weight with a label", default=None, cli=False)
-    ema: bool = option("sample with the EMA weights (False: the raw weights)", default=True, cli=False)
-    clip_x0: bool = option("clip the predicted x0 to [-1, 1]", default=True, cli=False)
-    device: str = option("cpu, cuda, mps or auto", default="auto", cli=False)
-    overwrite: bool = option("replace files that are already there", default=False, cli=False)
-    progress: bool = option("progress bars (the CLI's --quiet turns them off)", default=True, cli=False)
+    progress: bool = option("no progress bars", default=True, flag="--quiet", action="store_false")
     command: str | None = option("the command line, recorded in eval.json", default=None, cli=False)
-
-
-# ---------------------------------------------------------------------------- reading samples
-
-
-def _from_nhwc(arr: np.ndarray, source: str) -> np.ndarray:
-    """uint8 (N, H, W) or (N, H, W, C) with C in {1, 3} → (N, C, H, W)."""
-    if arr.dtype != np.uint8:
-        raise UserError(f"{source} holds {arr.dtype} values: save 8-bit images (uint8 0..255, NHWC)")
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise UserError(f"{source} has shape {arr.shape}: expected uint8 images (N, H, W, C) with C = 1 or 3")
-    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
-
-
-def read_samples(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Images to score as uint8 (N, C, H, W), and what their files say about how they were made."""
-    if not path.exists():
-        raise ParameterError(f"{{samples}} {path}: no such file or folder")
-    if path.is_file():
-        if path.suffix.lower() != ".npz":
-            raise ParameterError(f"{{samples}} {path} is a file but not an .npz: pass a folder of images or an .npz")
-        return _read_npz(path)
-    return _read_folder(path)
-
-
-def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """The uint8 NHWC array of an .npz: the one named 'images', or its only array."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise UserError(f"{path} holds arrays {', '.join(keys)} but none named 'images': name the "
-                                "uint8 NHWC array 'images'")
-            arr = z[key]
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} as an .npz ({e})") from None
-    if len(arr) == 0:
-        raise UserError(f"{path} holds no images")
-    return _from_nhwc(arr, str(path)), {"source": str(path), "format": f"npz array {key!r}"}
-
-
-def _read_folder(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """The sample images of a folder, and the provenance that ``ddpm sample`` wrote into them, if any."""
-    files, provenances, skipped = _sample_files(path)
-    if not files:
-        raise ParameterError(f"{{samples}} {path} holds no images (PNG/JPEG/...; ddpm's grids and trajectories do not "
-                             "count): point it at the folder ddpm sample wrote, or at an .npz")
-    pixels = _decode_all(files, path)
-    info: dict[str, Any] = {"source": str(path), "format": "image files", "files": len(files),
-                            "skipped_non_sample_pictures": skipped}
-    recorded = [p.settings() for p in provenances if p is not None]
-    if recorded:  # written by ddpm sample: the protocol travels in the PNGs
-        info["ddpm_metadata"] = {**recorded[0], "files_with_metadata": len(recorded),
-                                 "all_alike": all(s == recorded[0] for s in recorded)}
-    return pixels, info
-
-
-def _provenance(text: Mapping[str, str]) -> Provenance | None:
-    """What an image's ``ddpm:*`` text chunks say it was made from, or None when it has none.
-
-    A damaged record (a key missing, a value that does not parse) counts as none: such a file is scored
-    only when no file of its folder carries a readable record."""
-    try:
-        return Provenance.from_text_chunks(text)
-    except (KeyError, ValueError):
-        return None
-
-
-def _sample_files(path: Path) -> tuple[list[Path], list[Provenance | None], int]:
-    """The images of a folder that are samples, with their provenance, and how many pictures were skipped.
-
-    Skipped: ddpm's other pictures (grids, trajectories, interpolations: a ``ddpm:kind`` other than sample)
-    and, when some files carry ddpm sample's record, the files without one (the training grids that share
-    RUN/samples with them, say)."""
-    files, provenances, skipped = [], [], 0
-    for p in image_files(path, recursive=False):
-        with Image.open(p) as im:
-            text = dict(getattr(im, "text", {}) or {})
-        if text.get("ddpm:kind", "sample") != "sample":
-            skipped += 1
-            continue
-        files.append(p)
-        provenances.append(_provenance(text))
-    if any(prov is not None for prov in provenances):
-        keep = [i for i, prov in enumerate(provenances) if prov is not None]
-        skipped += len(files) - len(keep)
-        files, provenances = [files[i] for i in keep], [provenances[i] for i in keep]
-    return files, provenances, skipped
-
-
-def _decode_all(files: list[Path], folder: Path) -> np.ndarray:
-    """The image files, all of one size and mode, as uint8 (N, C, H, W)."""
-    arrays = []
-    for p in files:
-        try:
-            arrays.append(decode_image(p))
-        except Exception:  # noqa: BLE001 - any decoder failure means the same to the user
-            raise UserError(f"{p} cannot be read as an image: remove it or fix it") from None
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        seen = sorted(f"{s[1]}x{s[0]}{' RGB' if len(s) == 3 else ' gray'}" for s in shapes)
-        raise UserError(f"the images in {folder} differ in size or channels ({', '.join(seen[:3])}): a sample folder "
-                        "must hold one model's images, all the same size")
-    return _from_nhwc(np.stack(arrays).astype(np.uint8), str(folder))
 
 
 # ---------------------------------------------------------------------------- the command
@@ -237,24 +111,12 @@ def _describe_shape(p: np.ndarray) -> str:
     return f"{p.shape[2]}x{p.shape[3]} with {p.shape[1]} channel{'s' if p.shape[1] != 1 else ''}"
 
 
-@dataclass
-class _Checkpoint:
-    """The generated side of ``--checkpoint``: the network, its metadata and schedule, and how it samples."""
-
-    path: Path
-    model: Any
-    meta: dict[str, Any]
-    schedule: Any
-    choice: SamplerChoice
-    label: int | None
-
-
 def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     """Score generated images (see the module docstring); returns (eval.json's path, its record)."""
     t_start = time.perf_counter()
     metrics = _check_settings(cfg)
     device = pick_device(cfg.device)
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_dir()
     ckpt_path = resolve_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
     out = _out_dir(cfg, ckpt_path, metrics)  # refuses to overwrite before doing any work
     protocol: dict[str, Any] = {}
@@ -262,7 +124,7 @@ def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     # -- the generated side, part 1: the model (sampling waits until the data set has been checked)
     ckpt, given = None, None
     if ckpt_path is not None:
-        ckpt, data_spec, image_size = _load_checkpoint(cfg, ckpt_path, device)
+        ckpt, data_spec, image_size = _open_checkpoint(cfg, ckpt_path, device)
     else:
         data_spec, image_size = cfg.data, cfg.image_size
         given = read_samples(Path(cfg.samples))
@@ -285,14 +147,14 @@ def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     gen_info["num"] = len(gen)
     protocol["generated"], protocol["reference"] = gen_info, ref_record
     _log(f"scoring {len(gen)} generated images against {len(ref)} {cfg.ref_split} images of {data_spec} "
-         f"({', '.join(metrics)}); reference features cached in {cache_dir}")
+         f"({', '.join(metrics)}); reference features cached in {cache}")
 
-    results, extra = _score(metrics, gen, ref, data_spec, image_size, cfg, protocol, cache_dir, device, cfg.progress)
+    results, extra = _score(metrics, gen, ref, data_spec, image_size, cfg, protocol, cache, device, cfg.progress)
     out.mkdir(parents=True, exist_ok=True)
     memo = None
     if cfg.memorization:
         memo = _memorization(gen, ref if cfg.ref_split == "train" else None, data_spec, image_size, cfg, extra,
-                             protocol, cache_dir, out, cfg.progress)
+                             protocol, cache, out, cfg.progress)
     if nll is not None:
         results["nll"] = nll
     return _write(out, results, memo, protocol, device, t_start, cfg.command)
@@ -335,21 +197,16 @@ def _out_dir(cfg: EvalSettings, ckpt_path: Path | None, metrics: list[str]) -> P
     return out
 
 
-def _load_checkpoint(cfg: EvalSettings, path: Path, device: torch.device) -> tuple[_Checkpoint, str, int | None]:
-    """The model and its sampler path; with the data set to compare with and its image size (the training
+def _open_checkpoint(cfg: EvalSettings, path: Path, device: torch.device) -> tuple[Sampling, str, int | None]:
+    """The checkpoint opened for sampling, with the data set to compare with and its image size (the training
     run's unless given)."""
-    model, loaded, schedule = load_model(path, use_ema=cfg.ema, device=device)
-    meta = loaded.meta
-    choice = choose_sampler(schedule.timesteps, sampler=cfg.sampler, spacing=cfg.spacing, steps=cfg.steps,
-                            eta=cfg.eta, options=cfg.options)
-    check_sampler(choice, schedule)
-    label = resolve_label(cfg.label, cfg.guidance, meta)
-    train_cfg = meta.get("train", {})
+    s = open_for_sampling(path, cfg, device)
+    train_cfg = s.meta.get("train", {})
     data_spec = cfg.data or train_cfg.get("data")
     image_size = cfg.image_size if cfg.image_size is not None else train_cfg.get("image_size")
     if not data_spec:
         raise ParameterError(f"{path} does not record its data set: pass {{data}}")
-    return _Checkpoint(path, model, meta, schedule, choice, label), data_spec, image_size
+    return s, data_spec, image_size
 
 
 def _reference(cfg: EvalSettings, data_spec: str, image_size: int | None,
@@ -373,12 +230,13 @@ def _reference(cfg: EvalSettings, data_spec: str, image_size: int | None,
     return ref, record
 
 
-def _sample_checkpoint(ckpt: _Checkpoint, cfg: EvalSettings, ref: np.ndarray, data_spec: str, out: Path,
+def _sample_checkpoint(ckpt: Sampling, cfg: EvalSettings, ref: np.ndarray, data_spec: str, out: Path,
                        device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
     """Images 0..num-1 of the checkpoint as uint8 (num, C, H, W), saved as out/samples.npz, and their record."""
     c, size = int(ckpt.meta["channels"]), int(ckpt.meta["image_size"])
     if (c, size) != (ref.shape[1], ref.shape[2]):
-        raise ParameterError(f"{ckpt.path.name} makes {size}x{size} images with {c} channel(s) but {data_spec} is "
+        raise ParameterError(f"{ckpt.checkpoint.path.name} makes {size}x{size} images with {c} channel(s) but "
+                             f"{data_spec} is "
                              f"{_describe_shape(ref)}: compare with the data it was trained on (or {{image_size}})")
     num = 1000 if cfg.num is None else cfg.num
     if num > len(ref):
@@ -386,9 +244,9 @@ def _sample_checkpoint(ckpt: _Checkpoint, cfg: EvalSettings, ref: np.ndarray, da
                              f"{data_spec}): pass {{num}} {len(ref)} or fewer")
     gen = _sample(ckpt, cfg, num, device)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "samples.npz", images=gen.transpose(0, 2, 3, 1))
+    save_npz(out / "samples.npz", gen.transpose(0, 2, 3, 1))
     choice = ckpt.choice
-    info = {"source": "checkpoint", "checkpoint": str(ckpt.path), "checkpoint_sha256": file_sha256(ckpt.path),
+    info = {"source": "checkpoint", "checkpoint": str(ckpt.checkpoint.path), "checkpoint_sha256": ckpt.sha256,
             "checkpoint_step": ckpt.meta.get("step"), "ema": cfg.ema, "sampler": choice.name,
             "spacing": choice.spacing, "steps": choice.steps, "options": choice.options,
             "guidance": cfg.guidance, "class": ckpt.label, "clip_x0": cfg.clip_x0, "seed": cfg.seed,
@@ -397,11 +255,9 @@ def _sample_checkpoint(ckpt: _Checkpoint, cfg: EvalSettings, ref: np.ndarray, da
     return gen, info
 
 
-def _sample(ckpt: _Checkpoint, cfg: EvalSettings, num: int, device: torch.device) -> np.ndarray:
+def _sample(ckpt: Sampling, cfg: EvalSettings, num: int, device: torch.device) -> np.ndarray:
     """Images 0..num-1 of (seed, i) as uint8 (num, C, H, W), exactly as ``ddpm sample`` draws them."""
-    batches = draw_batches(ckpt.model, ckpt.schedule, ckpt.meta, ckpt.choice, cfg.seed, num,
-                           batch_size=cfg.batch_size, device=device, label=ckpt.label, guidance=cfg.guidance,
-                           clip_x0=cfg.clip_x0, progress=cfg.progress)
+    batches = ckpt.batches(cfg.seed, num, batch_size=cfg.batch_size, progress=cfg.progress)
     return np.concatenate([to_pixels(x) for _, x in batches])
 
 
@@ -429,14 +285,10 @@ def _write(out: Path, metrics: dict[str, Any], memo: dict[str, Any] | None, prot
     record = {"metrics": metrics, "memorization": memo, "protocol": protocol, "command": command,
               "ddpm_version": __version__, "torch_version": torch.__version__, "device": str(device),
               "seconds": round(time.perf_counter() - t_start, 1)}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".eval.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, out / "eval.json")
-    return out / "eval.json", record
+    return atomic_write(out / "eval.json", json.dumps(record, indent=2, default=str) + "\n"), record
 
 
-def _nll(ckpt: _Checkpoint, cfg: EvalSettings, data_spec: str, image_size: int | None, device: torch.device,
+def _nll(ckpt: Sampling, cfg: EvalSettings, data_spec: str, image_size: int | None, device: torch.device,
          protocol: dict[str, Any]) -> dict[str, Any]:
     """The variational bound (bits/dim) of ``--nll-num`` seeded held-out images; records its protocol."""
     model, schedule, meta = ckpt.model, ckpt.schedule, ckpt.meta
@@ -465,7 +317,7 @@ def _nll(ckpt: _Checkpoint, cfg: EvalSettings, data_spec: str, image_size: int |
                        "variance": variance, "clip_x0": cfg.clip_x0, "timesteps": schedule.timesteps,
                        "ema": cfg.ema, "noise": f"image i's x_t from (seed {cfg.seed}, i)",
                        "units": "bits/dim, 8-bit data in [-1, 1], discretized Gaussian decoder (Ho et al. 2020)",
-                       "labels": "none (the unconditional bound)", "checkpoint_sha256": file_sha256(ckpt.path)}
+                       "labels": "none (the unconditional bound)", "checkpoint_sha256": ckpt.sha256}
     return vb.summary()
 
 

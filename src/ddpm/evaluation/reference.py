@@ -9,7 +9,7 @@ Two extractors share one interface (``name``, ``sha256``, ``protocol()``, ``feat
 - :class:`ddpm.evaluation.inception.Inception`: the standard FID network (2048-d pool3).
 - :class:`ddpm.evaluation.featurenet.FeatureNetExtractor`: the small FeatureNet classifier (64-d).
 
-Reference features are cached under :func:`default_cache_dir` by a key of the reference images'
+Reference features are cached under :func:`ddpm.files.cache_dir` by a key of the reference images'
 content (SHA-256 of their pixels, so the split and the subset are part of it), the extractor's SHA-256 and
 its preprocessing: a second evaluation against the same data embeds only the generated images.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,20 +28,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ..checkpoint import save_safetensors
+from ..files import save_safetensors
 from ..images import to_uint8
 from .metrics import gaussian_frechet_distance
 
 CACHE_VERSION = "1"
 FID_TRAIN_REF_NUM = 10_000  # reference images for --eval-metric fid during training (FD uses the whole split)
-
-
-def default_cache_dir() -> Path:
-    """``$DDPM_CACHE``, else ``$XDG_CACHE_HOME/ddpm``, else ``~/.cache/ddpm``."""
-    if os.environ.get("DDPM_CACHE"):
-        return Path(os.environ["DDPM_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "ddpm"
 
 
 def to_pixels(images: Tensor) -> np.ndarray:

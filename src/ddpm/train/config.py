@@ -1,8 +1,8 @@
 """``TrainConfig``: everything a training run depends on, saved in every checkpoint.
 
 Each field is declared with :func:`ddpm.settings.option`: its help text becomes ``ddpm train``'s flag, ``resume=True``
-marks the settings a resumed run must keep (they change the run's numbers), and ``before_flag`` the value that a
-checkpoint written before the field existed was trained with, where today's default differs.
+marks the settings a resumed run must keep (they change the run's numbers), and ``unrecorded`` the value that a
+checkpoint which does not record the field was trained with, where today's default differs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class TrainConfig:
     preset: str = option(f"network preset: {', '.join(PRESETS)}, or {AUTO_PRESET}: chosen from the image size ("
                          + ", ".join(f"{name} up to {size} px" for size, name in PRESET_BY_SIZE[:-1])
                          + f", {PRESET_BY_SIZE[-1][1]} above; said at start; a resumed run keeps its own)",
-                         default=AUTO_PRESET, resume=True, before_flag="tiny")
+                         default=AUTO_PRESET, resume=True, unrecorded="tiny")
     init_from: str | None = option("start a new run from this checkpoint's weights, EMA and raw (a file or run "
                                    "directory, e.g. one made by `ddpm convert`); its network is used, not --preset",
                                    default=None, resume=True)
@@ -81,7 +81,7 @@ class TrainConfig:
                                       default=None, resume=True)
     t_stratified: bool = option("stratified timesteps: the batch's draws of u in [0, 1) are one random shift of "
                                 "0, 1/B, ..., (B-1)/B, shuffled, so every batch covers the t-range evenly (each draw "
-                                "keeps its density)", default=True, resume=True, before_flag=False)
+                                "keeps its density)", default=True, resume=True, unrecorded=False)
     t_sampling: str = option("how training timesteps are drawn: 'uniform', 'laplace' (log-SNR ~ "
                              "Laplace(--laplace-loc, --laplace-scale), Hang et al. 2024) or 'importance' (with --loss "
                              "vlb/hybrid: p_t from the history of each t's loss, improved DDPM)", default="uniform",
@@ -90,7 +90,7 @@ class TrainConfig:
     laplace_scale: float = option("scale of the Laplace density on log-SNR", default=0.5, resume=True)
     weight_decay: float = option("AdamW weight decay", default=0.0, resume=True)
     adam_beta2: float = option("AdamW beta2, the decay of the squared-gradient average", default=0.99, resume=True,
-                               before_flag=0.999)
+                               unrecorded=0.999)
     grad_clip: float = option("clip the gradient norm to this value (0: off)", default=1.0, resume=True)
     ema_decay: float = option("EMA decay of the weights (warmed up as min(decay, (1+n)/(10+n)))",
                               default=0.999, resume=True)
@@ -131,7 +131,7 @@ class TrainConfig:
                                "run's own choice)", default=None)
     compile: bool = option("torch.compile the network", default=False)
     channels_last: bool | None = option("channels-last memory format (default: on for CUDA)", default=None)
-    progress: bool = option("show a progress bar", default=True, cli=False)
+    progress: bool = option("no progress bar", default=True, flag="--quiet", action="store_false")
 
     def validate(self) -> None:
         """Raise a ParameterError (a UserError) naming the first bad setting."""
@@ -221,17 +221,10 @@ class TrainConfig:
             raise UserError(str(e)) from None
 
 
-def _int_list(flag: str, text: str, example: str) -> tuple[int, ...]:
-    """'1,2,2' -> (1, 2, 2): positive integers, or a UserError naming the flag."""
-    parts = [v.strip() for v in text.split(",") if v.strip()]
-    if not all(v.isdigit() and int(v) >= 1 for v in parts):
-        raise UserError(f"{flag} takes comma-separated positive integers ({example}); got {text!r}")
-    return tuple(int(v) for v in parts)
-
-# The settings a resumed run must keep, and the values that checkpoints predating a field were trained with.
+# The settings a resumed run must keep, and the values a checkpoint that does not record a field was trained with.
 RESUME_MUST_MATCH: tuple[str, ...] = marked(fields(TrainConfig), "resume")
-BEFORE_THE_FLAG: dict[str, Any] = {f.name: f.metadata["before_flag"] for f in fields(TrainConfig)
-                                   if "before_flag" in f.metadata}
+UNRECORDED_VALUES: dict[str, Any] = {f.name: f.metadata["unrecorded"] for f in fields(TrainConfig)
+                                     if "unrecorded" in f.metadata}
 
 
 def _int_list(setting: str, text: str, example: str) -> tuple[int, ...]:

@@ -20,12 +20,12 @@ from ..evaluation.featurenet import featurenet_for
 from ..evaluation.inception import Inception, find_inception
 from ..evaluation.reference import (
     FID_TRAIN_REF_NUM,
-    default_cache_dir,
     fd_against,
     reference_features,
     subset_indices,
     to_pixels,
 )
+from ..files import cache_dir as default_cache
 from ..generate import draw_batches
 from .log import default_choice
 
@@ -43,15 +43,15 @@ class TrainingEval:
     def __init__(self, metric: str, num: int, data: Any, data_name: str, seed: int, steps: int,
                  device: torch.device, cache_dir: Path | None = None) -> None:
         if metric not in ("fd", "fid"):
-            raise ParameterError(f"{{metric}} must be fd or fid; got {metric!r}")
+            raise ParameterError(f"{{eval_metric}} must be fd or fid; got {metric!r}")
         self.metric, self.num, self.data, self.data_name = metric, num, data, data_name
         self.seed, self.steps, self.device = seed, steps, device
-        self.cache_dir = cache_dir or default_cache_dir()
+        self.cache_dir = cache_dir or default_cache()
         self.ref: tuple[Any, torch.Tensor, torch.Tensor, int] | None = None
         # Fail before training starts, not at the first evaluation.
         if metric == "fd" and data.labels is None:
-            raise ParameterError(f"{{metric}} fd needs a labelled data set (FeatureNet is a classifier), and "
-                                 f"{data_name} has none: use class subfolders, or {{metric}} fid")
+            raise ParameterError(f"{{eval_metric}} fd needs a labelled data set (FeatureNet is a classifier), and "
+                                 f"{data_name} has none: use class subfolders, or {{eval_metric}} fid")
         if metric == "fid":
             find_inception()
 

@@ -4,7 +4,6 @@ curves, the sample grids, the progress bar."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,10 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import ImageDataset
 from ..errors import ParameterError
+from ..files import atomic_write
 from ..generate import draw_batches
 from ..images import make_grid, plot_curve, save_png, to_uint8
-from ..provenance import SamplerChoice
-from ..sampling import DEFAULT_SAMPLER
+from ..sampler_choice import DEFAULT_SAMPLER, SamplerChoice
 from ..schedule import Schedule
 from .config import TrainConfig
 
@@ -33,9 +32,7 @@ class MetricsLog:
             # Lines written after the checkpoint we resume from belong to steps that will be redone.
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            atomic_write(path, "".join(line + "\n" for line in kept))
             self.curve = [(r["step"], r["loss_smooth"]) for r in map(json.loads, kept) if "loss_smooth" in r]
             self.eval_curve = [(r["step"], v) for r in map(json.loads, kept) for k, v in r.items()
                                if k in ("eval_fd", "eval_fid")]
@@ -102,8 +99,7 @@ def write_grid(path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfi
 def default_choice(steps: int, schedule: Schedule) -> SamplerChoice:
     """The default sampler and spacing (``DEFAULT_SAMPLER``) at ``steps`` steps (at most T), with its own
     option defaults: what the training grids and ``--eval-every`` sample with."""
-    name, spacing, _ = DEFAULT_SAMPLER
-    return SamplerChoice(name, spacing, min(steps, schedule.timesteps))
+    return SamplerChoice(DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, min(steps, schedule.timesteps))
 
 
 def progress_bar(total: int | None, step: int) -> Any:

@@ -16,16 +16,16 @@ from ..checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_training_state,
-    remove_partial_writes,
     state_path,
 )
 from ..data.dataset import ImageDataset
 from ..diffusion import LEARNED_VARIANCES, output_channels
 from ..errors import ParameterError, UserError
+from ..files import remove_partial_writes
 from ..runtime import Dist, default_bf16
 from ..seeding import mix
 from ..unet import AUTO_PRESET, CPU_BUDGET_PRESET, UNet, UNetConfig, preset_for_size
-from .config import BEFORE_THE_FLAG, RESUME_MUST_MATCH, TrainConfig
+from .config import RESUME_MUST_MATCH, UNRECORDED_VALUES, TrainConfig
 
 
 @dataclass
@@ -55,8 +55,8 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
     if cfg.resume:  # the run's own network, as saved, whatever the preset means today
         path, state = latest_resumable(out)
         ck = load_checkpoint(path)
-        if preset == AUTO_PRESET:  # no --preset: the run's own (checkpoints before "auto" record "tiny" or more)
-            preset = ck.meta["train"].get("preset", BEFORE_THE_FLAG["preset"])
+        if preset == AUTO_PRESET:  # no --preset: the run's own, as recorded
+            preset = ck.meta["train"].get("preset", UNRECORDED_VALUES["preset"])
         check_compatible(ck.meta["train"], replace(cfg, preset=preset), px.world, int(ck.meta.get("world_size", 1)),
                          path)
         raw = UNet(UNetConfig.from_dict(ck.meta["model"]))
@@ -214,8 +214,8 @@ def check_compatible(saved: dict[str, Any], cfg: TrainConfig, world: int, saved_
     """Refuse to resume with settings that would change the run's numbers, naming each difference.
 
     A setting the checkpoint does not record (it predates the flag) counts as what that run used: the flag's
-    default then, which is today's default unless :data:`BEFORE_THE_FLAG` says otherwise."""
-    defaults = {f.name: f.default for f in fields(TrainConfig)} | BEFORE_THE_FLAG
+    default then, which is today's default unless :data:`UNRECORDED_VALUES` says otherwise."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)} | UNRECORDED_VALUES
     recorded = {k: saved.get(k, defaults[k]) for k in RESUME_MUST_MATCH}
     diffs = [f"{{{k}}} {recorded[k]!r} in the checkpoint, {getattr(cfg, k)!r} now"
              for k in RESUME_MUST_MATCH if recorded[k] != getattr(cfg, k)]

@@ -1,0 +1,124 @@
+"""What ``ddpm eval --samples`` reads: a folder of images (with the provenance ``ddpm sample`` wrote into them) or an
+``.npz`` of uint8 images, as uint8 (N, C, H, W).
+
+A folder's pictures that are not samples (grids, trajectories, interpolations, the memorization picture: a
+``ddpm:kind`` other than sample) are skipped, and where some files carry ``ddpm sample``'s record, the files
+without one are skipped too (the training grids that share RUN/samples with them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.folders import decode_image, image_files
+from ..errors import ParameterError, UserError
+from ..provenance import Provenance
+
+
+def from_nhwc(arr: np.ndarray, source: str) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, C) with C in {1, 3} → (N, C, H, W)."""
+    if arr.dtype != np.uint8:
+        raise UserError(f"{source} holds {arr.dtype} values: save 8-bit images (uint8 0..255, NHWC)")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise UserError(f"{source} has shape {arr.shape}: expected uint8 images (N, H, W, C) with C = 1 or 3")
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+
+
+def read_samples(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Images to score as uint8 (N, C, H, W), and what their files say about how they were made."""
+    if not path.exists():
+        raise ParameterError(f"{{samples}} {path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise ParameterError(f"{{samples}} {path} is a file but not an .npz: pass a folder of images or an .npz")
+        return _read_npz(path)
+    return _read_folder(path)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The uint8 NHWC array of an .npz: the one named 'images', or its only array."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise UserError(f"{path} holds arrays {', '.join(keys)} but none named 'images': name the "
+                                "uint8 NHWC array 'images'")
+            arr = z[key]
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} as an .npz ({e})") from None
+    if len(arr) == 0:
+        raise UserError(f"{path} holds no images")
+    return from_nhwc(arr, str(path)), {"source": str(path), "format": f"npz array {key!r}"}
+
+
+def _read_folder(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The sample images of a folder, and the provenance that ``ddpm sample`` wrote into them, if any."""
+    files, provenances, skipped = _sample_files(path)
+    if not files:
+        raise ParameterError(f"{{samples}} {path} holds no images (PNG/JPEG/...; ddpm's grids and trajectories do not "
+                             "count): point it at the folder ddpm sample wrote, or at an .npz")
+    pixels = _decode_all(files, path)
+    info: dict[str, Any] = {"source": str(path), "format": "image files", "files": len(files),
+                            "skipped_non_sample_pictures": skipped}
+    recorded = [p.settings() for p in provenances if p is not None]
+    if recorded:  # written by ddpm sample: the protocol travels in the PNGs
+        info["ddpm_metadata"] = {**recorded[0], "files_with_metadata": len(recorded),
+                                 "all_alike": all(s == recorded[0] for s in recorded)}
+    return pixels, info
+
+
+def _provenance(text: Mapping[str, str]) -> Provenance | None:
+    """What an image's ``ddpm:*`` text chunks say it was made from, or None when it has none.
+
+    A damaged record (a key missing, a value that does not parse) counts as none: such a file is scored
+    only when no file of its folder carries a readable record."""
+    try:
+        return Provenance.from_text_chunks(text)
+    except (KeyError, ValueError):
+        return None
+
+
+def _sample_files(path: Path) -> tuple[list[Path], list[Provenance | None], int]:
+    """The images of a folder that are samples, with their provenance, and how many pictures were skipped.
+
+    Skipped: ddpm's other pictures (grids, trajectories, interpolations: a ``ddpm:kind`` other than sample)
+    and, when some files carry ddpm sample's record, the files without one (the training grids that share
+    RUN/samples with them, say)."""
+    files, provenances, skipped = [], [], 0
+    for p in image_files(path, recursive=False):
+        with Image.open(p) as im:
+            text = dict(getattr(im, "text", {}) or {})
+        if text.get("ddpm:kind", "sample") != "sample":
+            skipped += 1
+            continue
+        files.append(p)
+        provenances.append(_provenance(text))
+    if any(prov is not None for prov in provenances):
+        keep = [i for i, prov in enumerate(provenances) if prov is not None]
+        skipped += len(files) - len(keep)
+        files, provenances = [files[i] for i in keep], [provenances[i] for i in keep]
+    return files, provenances, skipped
+
+
+def _decode_all(files: list[Path], folder: Path) -> np.ndarray:
+    """The image files, all of one size and mode, as uint8 (N, C, H, W)."""
+    arrays = []
+    for p in files:
+        try:
+            arrays.append(decode_image(p))
+        except Exception:  # noqa: BLE001 - any decoder failure means the same to the user
+            raise UserError(f"{p} cannot be read as an image: remove it or fix it") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        seen = sorted(f"{s[1]}x{s[0]}{' RGB' if len(s) == 3 else ' gray'}" for s in shapes)
+        raise UserError(f"the images in {folder} differ in size or channels ({', '.join(seen[:3])}): a sample folder "
+                        "must hold one model's images, all the same size")
+    return from_nhwc(np.stack(arrays).astype(np.uint8), str(folder))
