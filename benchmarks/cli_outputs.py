@@ -16,6 +16,7 @@ record are the same on both sides. About a minute on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import os
@@ -146,7 +147,9 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
             continue
         for key in ("rc", "stdout", "stderr"):
             if x[key] != y[key]:
-                print(f"   {key}:\n     before: {x[key]!r}\n     after:  {y[key]!r}")
+                lines = difflib.unified_diff(str(x[key]).splitlines(), str(y[key]).splitlines(), "before", "after",
+                                             lineterm="", n=0)
+                print(f"   {key}:\n" + "\n".join("     " + line for line in lines))
         for f in sorted(set(x["files"]) | set(y["files"])):
             if x["files"].get(f) != y["files"].get(f):
                 print(f"   file {f}: {x['files'].get(f, 'absent')[:16]} -> {y['files'].get(f, 'absent')[:16]}")
