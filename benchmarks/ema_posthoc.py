@@ -24,14 +24,13 @@ row per profile goes to ``--results``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from quality_per_minute import BIN, RESULTS, _run, add_scoring_args, append_row, reference_flags
+from harness import RESULTS, add_scoring_args, append_row, sample_npz, score_samples
 
 from ddpm.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
@@ -131,12 +130,8 @@ def main() -> None:
         path = out_dir / f"{name}.safetensors"
         save_checkpoint(path, last.model, ema, {**last.meta, "ema_profile": profile})
         npz = out_dir / f"{name}-samples-{args.num}.npz"
-        sample_s = _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(path), "--num", str(args.num), "--out",
-              str(out_dir / f"{name}-samples-{args.num}"), "--npz", str(npz), "--quiet", "--overwrite"], args.threads)
-        ev = out_dir / f"{name}-eval"
-        _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), *reference_flags(args), "--out", str(ev),
-              "--overwrite"], args.threads)
-        scores = json.loads((ev / "eval.json").read_text())
+        sample_s = sample_npz(path, args.num, out_dir / f"{name}-samples-{args.num}", npz, args.threads)
+        scores = score_samples(npz, out_dir / f"{name}-eval", args, overwrite=True)
         row = {"run": str(args.run), "step": steps[-1], "snapshot_every": steps[1] - steps[0], "profile": profile,
                "sigma_rel": sig, "dist_to_stored": distance(ema, last.ema),
                "dist_stored_to_raw": stored_to_raw, "sample_wall_s": sample_s, "num": args.num,

@@ -44,12 +44,11 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from quality_per_minute import BIN, REPO, RESULTS, _env, append_row
+from harness import DDPM, REPO, RESULTS, append_row, run_command
 
 sys.path.insert(0, str(REPO / "src"))
 
@@ -74,10 +73,8 @@ MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(
 
 
 def _run(cmd: list[str], threads: int, check: bool = True) -> tuple[int, float]:
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    rc = subprocess.run(cmd, check=check, env={**_env(threads), **MALLOC}).returncode
-    return rc, time.perf_counter() - t0
+    """Run ``cmd`` with glibc holding freed memory (MALLOC); its exit status and wall time."""
+    return run_command(cmd, threads, check=check, extra_env=MALLOC)
 
 
 def _checkpoint_step(run: Path) -> int | None:
@@ -89,7 +86,7 @@ def train_row(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
     """Train (or reuse) one row; its steps, loss curve and whether it diverged."""
     wall, rc = math.nan, 0
     if _checkpoint_step(run) != args.steps:
-        rc, wall = _run([str(BIN / "ddpm"), "train", "--data", args.data, "--steps", str(args.steps), "--out",
+        rc, wall = _run([DDPM, "train", "--data", args.data, "--steps", str(args.steps), "--out",
                          str(run), "--log-every", "10", "--sample-every", "0", "--checkpoint-every",
                          str(args.steps), "--nonfinite", "stop", "--quiet", "--seed", str(args.train_seed), *flags,
                          *(["--resume"] if (run / "checkpoints").exists() else [])], args.threads, check=False)
@@ -106,7 +103,7 @@ def train_row(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
 def nll(run: Path, args: argparse.Namespace) -> dict:
     out = run / f"nll-{args.nll_num}"
     if not (out / "eval.json").exists():
-        _run([str(BIN / "ddpm"), "eval", "--checkpoint", str(run), "--data", args.data, "--nll", "--nll-num",
+        _run([DDPM, "eval", "--checkpoint", str(run), "--data", args.data, "--nll", "--nll-num",
               str(args.nll_num), "--out", str(out), "--quiet"], args.threads)
     return json.loads((out / "eval.json").read_text())["metrics"]["nll"]
 
@@ -115,12 +112,12 @@ def fid(run: Path, name: str, seed: int, sampler: list[str], args: argparse.Name
     """Inception FID of ``--num`` samples of ``seed`` drawn with ``sampler`` flags."""
     npz = run / f"{name}-seed{seed}-{args.num}.npz"
     if not npz.exists():
-        _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(run), "--num", str(args.num), "--seed", str(seed),
+        _run([DDPM, "sample", "--checkpoint", str(run), "--num", str(args.num), "--seed", str(seed),
               "--out", str(run / f"{name}-seed{seed}"), "--npz", str(npz), "--quiet", "--overwrite", *sampler],
              args.threads)
     out = run / f"eval-{name}-seed{seed}-{args.num}"
     if not (out / "eval.json").exists():
-        _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), "--data", args.data, "--ref-split", args.ref_split,
+        _run([DDPM, "eval", "--samples", str(npz), "--data", args.data, "--ref-split", args.ref_split,
               "--ref-num", str(args.ref_num), "--metrics", "fid", "--out", str(out), "--quiet"], args.threads)
     return float(json.loads((out / "eval.json").read_text())["metrics"]["fid"])
 

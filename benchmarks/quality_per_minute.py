@@ -19,17 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-RESULTS = REPO / "benchmarks" / "results"  # where every benchmark here appends its rows
+from harness import DDPM, RESULTS, add_scoring_args, append_row, run_command, sample_npz, score_samples
 
 # The defaults before issue 9 made adaptive GroupNorm, AdamW beta2 0.99 and stratified timesteps the default.
 BEFORE_ADAGN = ["--no-scale-shift-norm", "--adam-beta2", "0.999", "--no-t-stratified"]
@@ -84,21 +79,6 @@ RECIPES: dict[str, list[str]] = {
 DIFFUSERS = "diffusers"
 
 
-def _env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env.setdefault("PYTHONPATH", str(REPO / "src"))
-    return env
-
-
-def _run(cmd: list[str], threads: int) -> float:
-    """Run a command with the benchmark's thread count; returns its wall time in seconds."""
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=_env(threads))
-    return time.perf_counter() - t0
-
-
 def train_ddpm(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
     """Train with ``ddpm train`` unless ``--reuse`` finds the run; returns steps, images/s and wall time."""
     from ddpm.checkpoint import load_checkpoint
@@ -106,8 +86,8 @@ def train_ddpm(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
     wall = math.nan
     if not (args.reuse and (run / "checkpoints").exists()):
         budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes)]
-        wall = _run([str(BIN / "ddpm"), "train", "--data", args.data, *budget, "--out", str(run), "--quiet", *flags],
-                    args.threads)
+        wall = run_command([DDPM, "train", "--data", args.data, *budget, "--out", str(run), "--quiet", *flags],
+                           args.threads).wall_s
     log = run / "metrics.jsonl"  # absent when the run is shorter than ddpm train's --log-every
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     ck = load_checkpoint(run)
@@ -120,39 +100,7 @@ def sample_ddpm(run: Path, args: argparse.Namespace) -> tuple[Path, float]:
     npz = run / f"samples-{args.num}.npz"
     if args.reuse and npz.exists():
         return npz, math.nan
-    wall = _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(run), "--num", str(args.num), "--out",
-                 str(run / f"samples-{args.num}"), "--npz", str(npz), "--quiet", "--overwrite"], args.threads)
-    return npz, wall
-
-
-def add_scoring_args(p: argparse.ArgumentParser) -> None:
-    """The options every benchmark here scores with: samples, reference, metrics, threads."""
-    p.add_argument("--num", type=int, default=1000, help="samples per row")
-    p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--ref-split", default="test")
-    p.add_argument("--ref-num", type=int, default=2000)
-    p.add_argument("--metrics", default="fid,fd")
-    p.add_argument("--threads", type=int, default=2)
-
-
-def reference_flags(args: argparse.Namespace) -> list[str]:
-    """The ``ddpm eval`` flags for the reference and metrics of :func:`add_scoring_args`."""
-    flags = ["--data", args.data, "--ref-split", args.ref_split, "--metrics", args.metrics]
-    return flags + (["--ref-num", str(args.ref_num)] if args.ref_num else [])
-
-
-def append_row(path: Path | str, row: dict) -> None:
-    """Append ``row`` as one JSON line to ``path`` (its folder made if needed) and print it."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
-
-
-def score(npz: Path, out: Path, args: argparse.Namespace) -> dict:
-    """``ddpm eval --samples`` against the reference split; returns its eval.json."""
-    _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), *reference_flags(args), "--out", str(out)], args.threads)
-    return json.loads((out / "eval.json").read_text())
+    return npz, sample_npz(run, args.num, run / f"samples-{args.num}", npz, args.threads)
 
 
 # ---------------------------------------------------------------------------- the diffusers recipe
@@ -226,8 +174,8 @@ def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) 
 def run_diffusers(run: Path, args: argparse.Namespace) -> tuple[dict, Path]:
     npz = run / f"samples-{args.num}.npz"
     if not (args.reuse and npz.exists()):
-        _run([sys.executable, __file__, "--diffusers-worker", str(run), "--minutes", str(args.minutes),
-              "--num", str(args.num), "--data", args.data], args.threads)
+        run_command([sys.executable, __file__, "--diffusers-worker", str(run), "--minutes", str(args.minutes),
+                     "--num", str(args.num), "--data", args.data], args.threads)
     return json.loads((run / "stats.json").read_text()), npz
 
 
@@ -269,7 +217,7 @@ def main() -> None:
             npz, sample_wall = sample_ddpm(run, args)
         if args.skip_score:
             continue
-        result = score(npz, run / f"eval-{args.num}", args)
+        result = score_samples(npz, run / f"eval-{args.num}", args)
         row = {"recipe": name, "flags": flags, "minutes": None if args.steps else args.minutes, **info,
                "sample_wall_s": sample_wall,
                "num": args.num, "ref_split": args.ref_split, "ref_num": args.ref_num, "scores": result.get("metrics"),

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from collections.abc import Callable
 
 import torch
+from harness import cpu_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.unet import PRESETS, UNet
@@ -49,18 +49,6 @@ CASE_SETS: dict[str, list[tuple[str, int, int, int, int]]] = {
     "64px": [("tiny-32", 3, 64, 32, 64), ("tiny-64", 3, 64, 32, 64), ("ddpm-cifar10", 3, 64, 8, 16),
              ("adm-64", 3, 64, 2, 4), ("adm-128", 3, 64, 2, 4), ("ddpm-256", 3, 64, 2, 4)],
 }
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (or platform's best guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:
