@@ -25,7 +25,6 @@ redrawn from it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import platform
@@ -36,21 +35,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import REFERENCE, RESULTS, checkpoint_id, feature_net, log, paired_ratio, real_sets, samples_for
 
-import ddpm
 from ddpm.checkpoint import load_model
-from ddpm.data.load import load_dataset
-from ddpm.evaluation.featurenet import accuracy, extract_features, load_feature_net, save_feature_net, train_feature_net
+from ddpm.evaluation.featurenet import extract_features
 from ddpm.evaluation.metrics import frechet_distance, kid
-from ddpm.images import to_uint8 as images_to_uint8
-from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, image_generators, sampler_options
+from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-CACHE = HERE / ".cache"
-FASHION_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 EVALS = (5, 10, 20, 50)
-REFERENCE = ("ddpm", "linspace", 1000)  # all T steps: the spacing does not matter
 # (sampler, spacing); the default sampler's pair is put first.
 CONFIGS = list(dict.fromkeys([
     (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1]),
@@ -69,93 +61,7 @@ CONFIGS = list(dict.fromkeys([
 ]))
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------- data and features
-
-
-def real_sets(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """(train images, train labels, reference images, reference labels, description of the reference)."""
-    train = load_dataset(data)
-    if data == "fashion-mnist":
-        test = load_dataset(FASHION_TEST)
-        return train.images, train.labels, test.images, test.labels, f"Fashion-MNIST t10k ({len(test)} images)"
-    if data == "digits":
-        # The digits set has no test split: the reference is the whole set (the model was trained on it).
-        return train.images, train.labels, train.images, train.labels, f"digits, all {len(train)} images"
-    raise SystemExit(f"--data {data!r}: this benchmark knows fashion-mnist and digits")
-
-
-def feature_net(data: str, train_x: torch.Tensor, train_y: torch.Tensor, ref_x, ref_y, epochs: int):
-    path = RESULTS / f"samplers_model.featurenet-{data}.safetensors"
-    if path.exists():
-        net, meta = load_feature_net(path)
-        log(f"feature net loaded from {path.name}")
-        return net, meta
-    t0 = time.perf_counter()
-    if data == "digits":  # hold out a fifth to measure accuracy; train on the rest
-        perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
-        held, fit = perm[: len(perm) // 5], perm[len(perm) // 5 :]
-        net = train_feature_net(train_x[fit], train_y[fit], epochs=epochs, batch_size=64, seed=0, log=log)
-        acc, on = accuracy(net, train_x[held], train_y[held]), f"held-out 20% of digits ({len(held)} images)"
-    else:
-        net = train_feature_net(train_x, train_y, epochs=epochs, seed=0, log=log)
-        acc, on = accuracy(net, ref_x, ref_y), f"test split ({len(ref_x)} images)"
-    meta = {"accuracy": f"{acc:.4f}", "accuracy_on": on, "epochs": str(epochs),
-            "train_seconds": f"{time.perf_counter() - t0:.0f}", "data": data}
-    save_feature_net(net, path, meta)
-    log(f"feature net: accuracy {acc:.4f} on {on}; saved {path.name}")
-    return net, meta
-
-
-# ---------------------------------------------------------------------------- sampling with a cache
-
-
-def checkpoint_id(path: Path) -> str:
-    h = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return f"{path.stem}-{h}"
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] → uint8 (B, C, H, W), the rounding that loading inverts (ddpm.images.to_uint8)."""
-    return images_to_uint8(x).transpose(0, 3, 1, 2)
-
-
-def cache_file(ckpt_key: str, sampler: str, spacing: str, steps: int, seed: int, options: dict | None = None) -> Path:
-    """Where the samples of one configuration are cached. The sampler's option defaults, overridden by
-    ``options`` (any keyword of ``ddpm.sample``), are part of the key, so that changing one invalidates them."""
-    opts = {k: repr(v) for k, v in sampler_options(sampler).items()}
-    opts.update({k: repr(v) for k, v in (options or {}).items()})
-    h = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8]
-    return CACHE / f"{ckpt_key}-{sampler}-{h}-{spacing}-{steps}-seed{seed}.npz"
-
-
-def samples_for(model, schedule, ckpt_key: str, shape: tuple[int, int, int], sampler: str, spacing: str,
-                steps: int, n: int, seed: int, batch: int, prediction: str = "eps",
-                options: dict | None = None) -> tuple[np.ndarray, float | None]:
-    """Images 0..n-1 (uint8 (n, C, H, W)) of one configuration, and seconds per image (as sampled, cached or not).
-    ``options`` are passed on to ``ddpm.sample`` (e.g. ``{"clip_x0": False}``)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    f = cache_file(ckpt_key, sampler, spacing, steps, seed, options)
-    have = np.zeros((0, *shape), np.uint8)
-    secs = 0.0
-    if f.exists():
-        z = np.load(f)
-        have, secs = z["images"], float(z["seconds"])
-    if len(have) >= n:
-        return have[:n], secs / len(have)
-    t0 = time.perf_counter()
-    start = len(have)
-    for i0 in range(start, n, batch):
-        i1 = min(n, i0 + batch)
-        x = ddpm.sample(model, (i1 - i0, *shape), schedule, sampler=sampler, steps=steps, spacing=spacing,
-                        prediction=prediction, generator=image_generators(seed, range(i0, i1)), **(options or {}))
-        have = np.concatenate([have, to_uint8(x)])
-        np.savez(f, images=have, seconds=secs + time.perf_counter() - t0)  # save as we go: safe to interrupt
-        log(f"  {sampler}/{spacing}/{steps} {options or ''}: {i1}/{n} images ({time.perf_counter() - t0:.0f} s)")
-    return have, (secs + time.perf_counter() - t0) / len(have)
+# ---------------------------------------------------------------------------- sample strips
 
 
 def sample_strip(images: dict[str, np.ndarray], path: Path, count: int = 16) -> None:
@@ -187,19 +93,6 @@ def score(feats: torch.Tensor, ref: torch.Tensor, seed: int) -> dict:
     k_mean, k_std = kid(feats, ref, subsets=100, subset_size=max(2, n // 2),
                         generator=torch.Generator().manual_seed(seed))
     return {"fd": frechet_distance(feats, ref), "kid": k_mean, "kid_std": k_std}
-
-
-def paired_ratio(f_cfg: torch.Tensor, f_ref_gen: torch.Tensor, ref: torch.Tensor, reps: int = 300) -> dict:
-    """Bootstrap over image indices (the same indices for both, since image i has the same seed in both)."""
-    g = torch.Generator().manual_seed(123)
-    n = f_cfg.shape[0]
-    ratios = []
-    for _ in range(reps):
-        idx = torch.randint(0, n, (n,), generator=g)
-        ratios.append(frechet_distance(f_cfg[idx], ref) / frechet_distance(f_ref_gen[idx], ref))
-    r = torch.tensor(ratios)
-    return {"median": float(r.median()), "lo": float(r.quantile(0.05)), "hi": float(r.quantile(0.95)),
-            "p_within_10": float((r <= 1.10).double().mean()), "p_within_25": float((r <= 1.25).double().mean())}
 
 
 def run(args: argparse.Namespace) -> dict:
