@@ -48,9 +48,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import child_env
 from PIL import Image, features
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from ddpm.data.folders import decode_fitted, decode_image
+from ddpm.data.prepared import prepared_locations
+from ddpm.images import fit_square
+
 CELEBA = (178, 218)
 PHONE = (4032, 3024)
 TRAIN_ARGS = ["--preset", "tiny", "--batch-size", "64", "--sample-every", "0", "--checkpoint-every", "0",
@@ -134,14 +138,10 @@ def warm(folder: Path) -> None:
 # measurements, each in a fresh process
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def _python(code: str, *args: str) -> dict:
     """Run ``code`` in a fresh interpreter; it prints one JSON line last, returned here with the command's wall time."""
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=_env())
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=child_env())
     wall = time.perf_counter() - t0
     if r.returncode:
         raise SystemExit(f"failed:\n{r.stderr[-3000:]}")
@@ -185,8 +185,6 @@ sys.exit(main(sys.argv[1:]))
 
 def forget(folder: Path, size: int, prepared: Path) -> None:
     """Delete the prepared copy of ``folder`` (so the next start prepares it again)."""
-    from ddpm.data.prepared import prepared_locations
-
     shutil.rmtree(prepared_locations(str(folder), size, prepared)[0], ignore_errors=True)
 
 
@@ -209,7 +207,7 @@ def first_step(out: Path, data: Path, size: int, today: bool = False, prepared: 
         args += ["--prepared-dir", str(prepared)]
     cmd = [sys.executable, "-c", TODAY_TRAIN, *args] if today else [sys.executable, "-m", "ddpm", *args]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env())
     metrics = out / "metrics.jsonl"
     while not (metrics.exists() and metrics.read_text().strip()):
         if proc.poll() is not None:
@@ -261,7 +259,7 @@ def ddp_memory(out: Path, data: Path, size: int, steps: int, prepared: Path | No
     else:
         cmd = [*run, "-m", "ddpm", "train", *args]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     peaks: dict[int, dict[str, float]] = {}
     while proc.poll() is None:
         for pid in _children(proc.pid):
@@ -284,10 +282,6 @@ def ddp_memory(out: Path, data: Path, size: int, steps: int, prepared: Path | No
 
 def pixel_difference(files: list[Path], size: int) -> dict:
     """The draft path against today's full decode + Lanczos, over ``files``: max and mean |difference| in levels."""
-    sys.path.insert(0, str(SRC))
-    from ddpm.data.folders import decode_fitted, decode_image
-    from ddpm.images import fit_square
-
     diffs = [np.abs(decode_fitted(p, size).astype(np.int16) - fit_square(decode_image(p), size).astype(np.int16))
              for p in files]
     d = np.stack(diffs)
@@ -315,7 +309,6 @@ def machine() -> dict:
 
 
 def main() -> None:
-    sys.path.insert(0, str(SRC))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, required=True, help="where the folders are built and kept")
     ap.add_argument("--sizes", default="10000,50000,200000", help="CelebA-sized set sizes, comma-separated")

@@ -6,8 +6,9 @@ Stages, in order, each with its own time limit inside the whole ``--budget`` (a 
 as skipped, and the JSON is rewritten after every stage, so a run cut short still reports what it did):
 
 1. ``env``: torch, CUDA, the GPU, the CPU, and the versions of the packages the project needs.
-2. ``install``: ``pip install --no-deps --no-build-isolation -e .`` (nothing can be downloaded there); every later
-   stage also runs with ``PYTHONPATH=src``, so the working tree's code is what runs either way.
+2. ``install``: how ``gpu_check.sh``'s ``pip install --no-deps --no-build-isolation --no-index -e .`` went, before
+   this script started (nothing can be downloaded there); the script and every stage also run with ``src`` first on
+   ``PYTHONPATH``, so the working tree's code is what runs either way.
 3. ``data``: a labelled colour data set made here (10 classes of smooth colour fields with noise, 256×256 PNGs).
 4. ``resume``: ``ddpm train`` on the GPU for 2N steps, and for N steps then resumed to 2N: weights, EMA and AdamW's
    moments must be bit-identical (dropout, flips and label dropout on).
@@ -48,9 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness import REPO, child_env, cpu_model
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+import ddpm
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's datasheets, by a part of torch's device name.
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "A100": 312.0}
@@ -70,7 +71,7 @@ class Check:
         self.out, self.work, self.dry = out, work, dry_run
         self.deadline = time.monotonic() + budget
         self.device = "cpu" if dry_run else "cuda"
-        self.env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.env = child_env()
         self.results: dict[str, Any] = {"dry_run": dry_run, "budget_s": budget, "stages": {}}
 
     def left(self) -> float:
@@ -128,7 +129,7 @@ def env(c: Check) -> dict[str, Any]:
 
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                            "cpu": _cpu_model(), "cpu_count": os.cpu_count()}
+                            "cpu": cpu_model(), "cpu_count": os.cpu_count()}
     for pkg in ("numpy", "pillow", "safetensors", "tqdm", "scikit-learn", "pytest", "diffusers", "tensorboard"):
         try:
             info[pkg] = md.version(pkg)
@@ -145,11 +146,15 @@ def env(c: Check) -> dict[str, Any]:
 
 
 def install(c: Check) -> dict[str, Any]:
+    """The exit status of gpu_check.sh's ``pip install -e .`` (passed in GPU_CHECK_PIP_STATUS), and where ``ddpm``
+    is imported from."""
     if c.dry:
         return {"status": "skipped", "why": "dry run: the development environment is left as it is"}
-    proc = c.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e",
-                  "."], 180)
-    return {"installed": proc.returncode == 0, "note": "later stages run with PYTHONPATH=src either way"}
+    status = os.environ.get("GPU_CHECK_PIP_STATUS")
+    if not status:
+        return {"status": "skipped", "why": "not run through benchmarks/gpu_check.sh, which installs the project"}
+    return {"installed": status == "0", "pip_exit_status": status, "ddpm_from": str(Path(ddpm.__file__).parent),
+            "note": "this script and its stages run with src first on PYTHONPATH either way"}
 
 
 def data(c: Check) -> dict[str, Any]:
@@ -383,14 +388,6 @@ def _datasheet_peak(name: str) -> float | None:
         if part in name:
             return peak
     return None
-
-
-def _cpu_model() -> str:
-    """The CPU's model name: throughput.py's, imported here so that this script imports torch only where it needs it."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from throughput import cpu_model
-
-    return cpu_model()
 
 
 def probe_dist(device: str) -> None:

@@ -41,7 +41,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,9 +49,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ddpm.train.schedules import ema_update  # noqa: E402
-from ddpm.unet import PRESETS, UNet  # noqa: E402
+from ddpm.train.schedules import ema_update
+from ddpm.unet import PRESETS, UNet
 
 GIB = 2**30
 MIB = 2**20

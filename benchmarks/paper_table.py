@@ -48,9 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import DDPM, REPO, RESULTS, append_row, run_command
-
-sys.path.insert(0, str(REPO / "src"))
+from harness import DDPM, RESULTS, append_row, run_command
 
 ROWS: dict[str, tuple[list[str], str]] = {
     "mean-vlb-learned": (["--prediction", "mean", "--loss", "vlb", "--variance", "learned"], "23.69"),
