@@ -48,7 +48,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from harness import DDPM, RESULTS, append_row, run_command
+
+from ddpm.images import plot_curve, save_png
 
 ROWS: dict[str, tuple[list[str], str]] = {
     "mean-vlb-learned": (["--prediction", "mean", "--loss", "vlb", "--variance", "learned"], "23.69"),
@@ -176,10 +179,6 @@ def _paired(nll: dict | None, base: dict) -> str:
 
 def plot(results: Path) -> Path:
     """Each row's loss curve (its own units, log scale) in one PNG, a panel per row, drawn by ddpm.images."""
-    import numpy as np
-
-    from ddpm.images import plot_curve, save_png
-
     panels = []
     for line in results.read_text().splitlines():
         r = json.loads(line)

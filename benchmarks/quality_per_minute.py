@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from harness import DDPM, RESULTS, add_scoring_args, append_row, run_command, sample_npz, score_samples
+
+from ddpm.checkpoint import load_checkpoint
+from ddpm.data.load import load_dataset
+from ddpm.images import to_uint8
 
 # The defaults before issue 9 made adaptive GroupNorm, AdamW beta2 0.99 and stratified timesteps the default.
 BEFORE_ADAGN = ["--no-scale-shift-norm", "--adam-beta2", "0.999", "--no-t-stratified"]
@@ -81,8 +86,6 @@ DIFFUSERS = "diffusers"
 
 def train_ddpm(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
     """Train with ``ddpm train`` unless ``--reuse`` finds the run; returns steps, images/s and wall time."""
-    from ddpm.checkpoint import load_checkpoint
-
     wall = math.nan
     if not (args.reuse and (run / "checkpoints").exists()):
         budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes)]
@@ -108,12 +111,8 @@ def sample_ddpm(run: Path, args: argparse.Namespace) -> tuple[Path, float]:
 
 def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) -> None:
     """Train the diffusers recipe for ``minutes`` and write ``samples-{num}.npz`` and ``stats.json`` in ``run``."""
-    import torch
-    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel  # only this recipe needs diffusers
     from diffusers.training_utils import EMAModel
-
-    from ddpm.data.load import load_dataset
-    from ddpm.images import to_uint8
 
     torch.manual_seed(seed)
     ds = load_dataset(data)

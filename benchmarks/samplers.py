@@ -23,10 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 
 import ddpm
 from ddpm.oracles import GaussianOracle, affine_gaussian
-from ddpm.sampling import SAMPLERS, make_denoiser
+from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SAMPLERS, make_denoiser
 from ddpm.schedule import DEFAULT_SPACING, SPACINGS
 
 EVALS = (5, 10, 20, 50, 100, 1000)
@@ -189,8 +190,6 @@ def markdown(res: dict, cmd: str, seconds: float) -> str:
 def targets(rows: dict) -> list[str]:
     """The project's targets: at 10 evaluations ≤ 1/20 of diffusers' DPM-Solver (trailing); at 20 within
     2x of the 1000-step ancestral sampler. Judged on the same-noise Monte Carlo W2."""
-    from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
-
     peer = next((r for k, r in rows.items() if "DPMSolverMultistep" in k and k.endswith("/ trailing")), None)
     ancestral = rows["ddpm (ancestral) / linspace"][1000][0]
     ours = {k: r for k, r in rows.items() if not k.startswith("diffusers")}
@@ -251,8 +250,6 @@ def default_spacing(rows: dict) -> list[str]:
 
 def plot(res: dict, path: Path) -> None:
     """Log-log W2 vs evaluations for the best spacing of each sampler and the diffusers peers (Pillow)."""
-    from PIL import Image, ImageDraw
-
     rows = res["rows"]
     chosen: dict[str, dict] = {}
     for label, row in rows.items():

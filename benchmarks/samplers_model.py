@@ -36,10 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from harness import REFERENCE, RESULTS, checkpoint_id, feature_net, log, paired_ratio, real_sets, samples_for
+from PIL import Image, ImageDraw
 
 from ddpm.checkpoint import load_model
 from ddpm.evaluation.featurenet import extract_features
 from ddpm.evaluation.metrics import frechet_distance, kid
+from ddpm.images import make_grid
 from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
 
 EVALS = (5, 10, 20, 50)
@@ -67,10 +69,6 @@ CONFIGS = list(dict.fromkeys([
 def sample_strip(images: dict[str, np.ndarray], path: Path, count: int = 16) -> None:
     """One labelled row per configuration: its first ``count`` images (uint8 (N, C, H, W)), the same seeds in
     every column, so columns compare samplers on the same starting noise."""
-    from PIL import Image, ImageDraw
-
-    from ddpm.images import make_grid
-
     scale = max(2, 56 // next(iter(images.values())).shape[-1])
     rows = [make_grid(x[:count].transpose(0, 2, 3, 1), nrow=count, padding=2, pad_value=128, scale=scale)
             for x in images.values()]
@@ -280,8 +278,6 @@ COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 10
 
 def plot(all_res: dict, path: Path) -> None:
     """One row per data set, panels FD and KID; log-x evaluations, linear y; dashed = reference, dotted = floor."""
-    from PIL import Image, ImageDraw
-
     datas = sorted(all_res, key=lambda d: d != "fashion-mnist")
     pw, ph, ml, mr, mt, mb = 520, 340, 70, 20, 40, 50
     legend_w = 300
