@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import child_env
+from harness import RESULTS, child_env
 from PIL import Image, features
 
 from ddpm.data.folders import decode_fitted, decode_image
@@ -308,7 +308,19 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
-def main() -> None:
+CHECK_PIXELS = """
+import json, sys
+import numpy as np
+from ddpm.data.load import load_dataset
+from ddpm.data.prepared import open_prepared
+from ddpm.data.preparing import prepare_dataset
+a = open_prepared(prepare_dataset(sys.argv[1], int(sys.argv[2]), prepared_dir=sys.argv[3], progress=False, say=None))
+b = load_dataset(sys.argv[1], int(sys.argv[2])).as_uint8()
+print(json.dumps({"images": len(b), "identical": bool(np.array_equal(a.pixels.numpy(), b))}))
+"""
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, required=True, help="where the folders are built and kept")
     ap.add_argument("--sizes", default="10000,50000,200000", help="CelebA-sized set sizes, comma-separated")
@@ -319,73 +331,92 @@ def main() -> None:
                     help="largest set today's loader runs under torchrun (it holds the set in every rank)")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--ddp-steps", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "data_scale.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "data_scale.json")
     args = ap.parse_args()
-    sizes = [int(v) for v in args.sizes.split(",") if v]
-    ddp_sizes = [int(v) for v in args.ddp_sizes.split(",") if v]
-    root, s, cores = args.root, args.image_size, len(os.sched_getaffinity(0))
-    prepared = root / "prepared"
-    results: dict = {"machine": machine(), "image_size": s, "command": " ".join(sys.argv)}
-    print(json.dumps(results["machine"]), flush=True)
+    args.sizes = [int(v) for v in args.sizes.split(",") if v]
+    args.ddp_sizes = [int(v) for v in args.ddp_sizes.split(",") if v]
+    return args
 
-    pool = build_pool(root / "pool-178x218", max(sizes + ddp_sizes + [64]), _celeba_file)
-    sets = {n: linked_set(root, f"celeba-{n}", pool[:n]) for n in sorted(set(sizes + ddp_sizes + [64]))}
 
-    rows = results["first_preparation"] = []
-    for n in sizes:
-        row = {"n": n, "prepared": first_preparation(sets[n], s, prepared, cores)}
+def first_preparations(sets: dict[int, Path], args: argparse.Namespace, prepared: Path, cores: int) -> list[dict]:
+    """Step 1: each CelebA-sized set's first preparation against today's load of it."""
+    rows = []
+    for n in args.sizes:
+        row = {"n": n, "prepared": first_preparation(sets[n], args.image_size, prepared, cores)}
         if n <= args.today_max:
-            row["today"] = todays_load(sets[n], s)
+            row["today"] = todays_load(sets[n], args.image_size)
             row["speedup"] = row["today"]["s"] / row["prepared"]["s"]
         rows.append(row)
         print(json.dumps(row), flush=True)
+    return rows
 
-    if args.phone:
-        phone = build_pool(root / f"phone-{args.phone}", args.phone, _phone_file)
-        folder = root / f"phone-{args.phone}"
-        one = first_preparation(folder, s, prepared, 1)
-        all_cores = first_preparation(folder, s, prepared, cores)
-        today = todays_load(folder, s)
-        results["phone"] = {"n": args.phone, "mb_per_file": sum(p.stat().st_size for p in phone) / len(phone) / 1e6,
-                            "today_ms": 1e3 * today["s"] / args.phone, "today_peak_rss_mb": today["peak_rss_mb"],
-                            "prepared_1_worker_ms": 1e3 * one["s"] / args.phone,
-                            f"prepared_{cores}_workers_ms": 1e3 * all_cores["s"] / args.phone,
-                            "pixels_draft_vs_full": pixel_difference(phone[:50], s)}
-        print(json.dumps(results["phone"]), flush=True)
 
-    rows = results["first_step"] = []
-    runs = root / "runs"
+def phone_photos(args: argparse.Namespace, prepared: Path, cores: int) -> dict:
+    """Step 2: phone-sized photos per image, prepared with 1 worker and with all cores, and loaded today's way;
+    and step 5's draft-against-full-decode pixels on them."""
+    n, s = args.phone, args.image_size
+    folder = args.root / f"phone-{n}"
+    phone = build_pool(folder, n, _phone_file)
+    one = first_preparation(folder, s, prepared, 1)
+    all_cores = first_preparation(folder, s, prepared, cores)
+    today = todays_load(folder, s)
+    row = {"n": n, "mb_per_file": sum(p.stat().st_size for p in phone) / len(phone) / 1e6,
+           "today_ms": 1e3 * today["s"] / n, "today_peak_rss_mb": today["peak_rss_mb"],
+           "prepared_1_worker_ms": 1e3 * one["s"] / n, f"prepared_{cores}_workers_ms": 1e3 * all_cores["s"] / n,
+           "pixels_draft_vs_full": pixel_difference(phone[:50], s)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def first_steps(sets: dict[int, Path], args: argparse.Namespace, prepared: Path, runs: Path) -> list[dict]:
+    """Step 3: command to first training step on each prepared set (prepared in step 1) and with today's loader,
+    beside the 64-image set's (the model's own start-up)."""
+    s = args.image_size
     first_step(runs / "base", sets[64], s, prepared=prepared)  # prepares the 64-image set
     base = first_step(runs / "base", sets[64], s, prepared=prepared)
-    for n in sizes:  # each set was prepared above
-        row = {"n": n, "model_start_s": base,
-               "prepared_s": first_step(runs / f"p{n}", sets[n], s, prepared=prepared)}
+    rows = []
+    for n in args.sizes:
+        row = {"n": n, "model_start_s": base, "prepared_s": first_step(runs / f"p{n}", sets[n], s, prepared=prepared)}
         if n <= args.today_max:
             warm(sets[n])
             row["today_s"] = first_step(runs / f"t{n}", sets[n], s, today=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    return rows
 
-    rows = results["ddp_memory"] = []
-    for n in ddp_sizes:
+
+def ddp_memories(sets: dict[int, Path], args: argparse.Namespace, prepared: Path, runs: Path) -> list[dict]:
+    """Step 4: each rank's memory under torchrun: first start, later start, and today's loader."""
+    s, steps = args.image_size, args.ddp_steps
+    rows = []
+    for n in args.ddp_sizes:
         forget(sets[n], s, prepared)
-        row = {"n": n, "first_start": ddp_memory(runs / f"d{n}", sets[n], s, args.ddp_steps, prepared),
-               "later_start": ddp_memory(runs / f"d{n}", sets[n], s, args.ddp_steps, prepared)}
+        row = {"n": n, "first_start": ddp_memory(runs / f"d{n}", sets[n], s, steps, prepared),
+               "later_start": ddp_memory(runs / f"d{n}", sets[n], s, steps, prepared)}
         if n <= args.today_ddp_max:
-            row["today"] = ddp_memory(runs / f"dt{n}", sets[n], s, args.ddp_steps, None, today=True)
+            row["today"] = ddp_memory(runs / f"dt{n}", sets[n], s, steps, None, today=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    return rows
 
-    check = _python("""
-import json, sys
-import numpy as np
-from ddpm.data.load import load_dataset
-from ddpm.data.prepared import open_prepared
-from ddpm.data.preparing import prepare_dataset
-a = open_prepared(prepare_dataset(sys.argv[1], int(sys.argv[2]), prepared_dir=sys.argv[3], progress=False, say=None))
-b = load_dataset(sys.argv[1], int(sys.argv[2])).as_uint8()
-print(json.dumps({"images": len(b), "identical": bool(np.array_equal(a.pixels.numpy(), b))}))
-""", str(sets[min(sizes)]), str(s), str(prepared))
+
+def main() -> None:
+    args = parse_args()
+    root, s, cores = args.root, args.image_size, len(os.sched_getaffinity(0))
+    prepared, runs = root / "prepared", root / "runs"
+    results: dict = {"machine": machine(), "image_size": s, "command": " ".join(sys.argv)}
+    print(json.dumps(results["machine"]), flush=True)
+
+    every = sorted(set(args.sizes + args.ddp_sizes + [64]))
+    pool = build_pool(root / "pool-178x218", max(every), _celeba_file)
+    sets = {n: linked_set(root, f"celeba-{n}", pool[:n]) for n in every}
+
+    results["first_preparation"] = first_preparations(sets, args, prepared, cores)
+    if args.phone:
+        results["phone"] = phone_photos(args, prepared, cores)
+    results["first_step"] = first_steps(sets, args, prepared, runs)
+    results["ddp_memory"] = ddp_memories(sets, args, prepared, runs)
+    check = _python(CHECK_PIXELS, str(sets[min(args.sizes)]), str(s), str(prepared))
     results["pixels_celeba_prepared_vs_today"] = {"images": check["images"], "identical": check["identical"]}
     print(json.dumps(results["pixels_celeba_prepared_vs_today"]), flush=True)
 

@@ -22,6 +22,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,22 +110,18 @@ def sample_ddpm(run: Path, args: argparse.Namespace) -> tuple[Path, float]:
 # ---------------------------------------------------------------------------- the diffusers recipe
 
 
-def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) -> None:
-    """Train the diffusers recipe for ``minutes`` and write ``samples-{num}.npz`` and ``stats.json`` in ``run``."""
-    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel  # only this recipe needs diffusers
-    from diffusers.training_utils import EMAModel
+DIFFUSERS_BATCH = 64
 
-    torch.manual_seed(seed)
-    ds = load_dataset(data)
-    images = ds.images  # (N, C, S, S) in [-1, 1]
-    c, size = ds.channels, ds.image_size
-    model = UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=2,
-                        block_out_channels=(32, 32, 64), norm_num_groups=8,
-                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+
+def diffusers_train(model: torch.nn.Module, sched: Any, images: torch.Tensor, minutes: float,
+                    seed: int) -> tuple[int, float]:
+    """Train ``model`` on ``images`` ((N, C, S, S) in [-1, 1]) as diffusers' ``train_unconditional`` example does, for
+    ``minutes`` (AdamW with warm-up and cosine decay, EMA), leaving the EMA weights in it; the steps taken and the
+    seconds they took."""
+    from diffusers.training_utils import EMAModel  # only this recipe needs diffusers
+
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    batch = 64
+    batch = DIFFUSERS_BATCH
     # The example decays over its planned steps; plan them from the first minute's measured speed.
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
     deadline = time.monotonic() + minutes * 60
@@ -151,22 +148,47 @@ def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) 
         step += 1
     train_s = time.monotonic() - t0
     ema.copy_to(model.parameters())
+    return step, train_s
+
+
+def diffusers_sample(model: torch.nn.Module, sched: Any, num: int, shape: tuple[int, int, int],
+                     seed: int) -> np.ndarray:
+    """``num`` images (uint8 (N, H, W, C)) from ``model`` with DDIM at 100 steps, in batches of 250."""
+    from diffusers import DDIMScheduler
+
     model.eval()
     ddim = DDIMScheduler.from_config(sched.config)
     ddim.set_timesteps(100)
     out = []
-    t1 = time.monotonic()
     with torch.no_grad():
         for start in range(0, num, 250):
             n = min(250, num - start)
-            x = torch.randn((n, c, size, size), generator=torch.Generator().manual_seed(seed + 1 + start))
+            x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed + 1 + start))
             for t in ddim.timesteps:
                 x = ddim.step(model(x, t).sample, t, x).prev_sample
             out.append(to_uint8(x))
+    return np.concatenate(out)
+
+
+def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) -> None:
+    """Train the diffusers recipe for ``minutes`` and write ``samples-{num}.npz`` and ``stats.json`` in ``run``."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    ds = load_dataset(data)
+    c, size = ds.channels, ds.image_size
+    model = UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=2,
+                        block_out_channels=(32, 32, 64), norm_num_groups=8,
+                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    steps, train_s = diffusers_train(model, sched, ds.images, minutes, seed)
+    t1 = time.monotonic()
+    images = diffusers_sample(model, sched, num, (c, size, size), seed)
     run.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(run / f"samples-{num}.npz", images=np.concatenate(out))
+    np.savez_compressed(run / f"samples-{num}.npz", images=images)
     (run / "stats.json").write_text(json.dumps({
-        "steps": step, "images_per_s": step * batch / train_s, "train_wall_s": train_s,
+        "steps": steps, "images_per_s": steps * DIFFUSERS_BATCH / train_s, "train_wall_s": train_s,
         "sample_wall_s": time.monotonic() - t1, "parameters": sum(p.numel() for p in model.parameters())}))
 
 
