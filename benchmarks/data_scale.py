@@ -40,7 +40,6 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -48,7 +47,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import RESULTS, child_env
+from harness import RESULTS, child_env, cpu_flags, cpu_model
 from PIL import Image, features
 
 from ddpm.data.folders import decode_fitted, decode_image
@@ -293,16 +292,10 @@ def pixel_difference(files: list[Path], size: int) -> dict:
 
 
 def machine() -> dict:
-    model = platform.processor()
-    flags = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "avx512_bf16": "avx512_bf16" in flags,
-            "amx": bool(re.search(r"\bamx", flags)), "load_average": os.getloadavg(),
+    """The CPU, its bf16 and AMX support, cores, memory, load, and the JPEG decoder's versions."""
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "avx512_bf16": "avx512_bf16" in flags,
+            "amx": any(f.startswith("amx") for f in flags), "load_average": os.getloadavg(),
             "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
             "pillow": Image.__version__, "libjpeg_turbo": features.version("libjpeg_turbo"),
             "python": platform.python_version()}

@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -44,6 +43,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from harness import cpu_flags, cpu_model
 from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -287,20 +287,11 @@ def fit(preset: str, size: int, b1: int, b2: int, *, bf16: bool, checkpointing: 
 
 
 def machine() -> str:
-    """The CPU model and its bf16-relevant flags, or the GPU's name."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    """The CPU model, its logical cores and its bf16-relevant flags."""
+    flags = cpu_flags()
     marks = [name for name, flag in (("AVX2", "avx2"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
              if flag in flags]
-    return f"{model} ({os.cpu_count()} logical cores; {', '.join(marks) or 'no AVX2'})"
+    return f"{cpu_model()} ({os.cpu_count()} logical cores; {', '.join(marks) or 'no AVX2'})"
 
 
 def main(argv: list[str] | None = None) -> None:
