@@ -5,8 +5,8 @@
 
 (the measured protocol in BENCHMARKS.md, about two hours on a 2-core CPU; the defaults are the fuller one).
 
-Each row trains ``ddpm train --data fashion-mnist --steps S`` with today's recipe (network, optimiser, EMA, bf16
-where native: the same for every row) and the row's prediction target, objective and reverse variance:
+Each row trains ``ddpm train --data fashion-mnist --steps S`` with ddpm's default recipe (network, optimiser, EMA,
+bf16 where native: the same for every row) and the row's prediction target, objective and reverse variance:
 
 =====================  ============  ==========  ===============  ======================  ==========================
 row                    prediction    loss        variance         paper (CIFAR-10 FID)    source
@@ -16,7 +16,7 @@ mean-vlb-fixed         μ̃             L (vlb)     fixed-large      13.22      
 mean-mse               μ̃             MSE         fixed-large      unstable                Table 2
 eps-vlb-learned        ε             L (vlb)     learned          unstable                Table 2
 eps-vlb-fixed          ε             L (vlb)     fixed-large      13.51                   Table 2
-eps-simple             ε             L_simple    fixed-small      3.17 (σ² = β_t)         Table 2; today's default
+eps-simple             ε             L_simple    fixed-small      3.17 (σ² = β_t)         Table 2; ddpm's default
 eps-hybrid             ε             L_hybrid    learned-range    (about L_simple's)      Nichol & Dhariwal 2021
 eps-vlb-importance     ε             L (vlb)     learned-range    (worse FID, best NLL)   improved DDPM §3.3
 =====================  ============  ==========  ===============  ======================  ==========================

@@ -32,13 +32,14 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.data.load import load_dataset
 from ddpm.images import to_uint8
 
-# The defaults before issue 9 made adaptive GroupNorm, AdamW beta2 0.99 and stratified timesteps the default.
-BEFORE_ADAGN = ["--no-scale-shift-norm", "--adam-beta2", "0.999", "--no-t-stratified"]
+# Three settings that `ddpm train` turns on by default, turned off: adaptive GroupNorm (scale-shift norm), AdamW
+# beta2 0.99 (0.999 instead) and stratified timesteps (independent draws instead).
+FLAGS_WITHOUT_ADAGN_BETA2_STRAT = ["--no-scale-shift-norm", "--adam-beta2", "0.999", "--no-t-stratified"]
 
-# Named recipes measured against the defaults before that change: extra `ddpm train` flags on top of them (a
-# recipe's own flag wins over BEFORE_ADAGN's, as the last of a repeated flag does), so each BENCHMARKS.md
-# command still trains what it trained then.
-MEASURED_BEFORE_ADAGN: dict[str, list[str]] = {
+# Recipes without those three settings: each is FLAGS_WITHOUT_ADAGN_BETA2_STRAT plus its own `ddpm train` flags (a
+# recipe's own flag wins, as the last of a repeated flag does: "adagn", "strat" and "beta2-0.99" turn one of the three
+# back on), so that a name always trains what was measured under it.
+RECIPES_WITHOUT_ADAGN_BETA2_STRAT: dict[str, list[str]] = {
     "fp32": ["--no-bf16"],
     "v": ["--prediction", "v"],
     "cosine-lr": ["--lr-schedule", "cosine"],
@@ -50,8 +51,8 @@ MEASURED_BEFORE_ADAGN: dict[str, list[str]] = {
     "laplace-cosine": ["--t-sampling", "laplace", "--lr-schedule", "cosine"],
     "v-minsnr-cosine": ["--prediction", "v", "--loss-weight", "min-snr", "--lr-schedule", "cosine"],
     "v-cosine-lr2e-3": ["--prediction", "v", "--lr-schedule", "cosine", "--lr", "2e-3"],
-    # network shape and batch at CPU budgets, each with the flags it ran with whatever the defaults are now
-    # ("tiny2-b128" is the default before issue 9's screen: two levels, batch 128; "mult122-b64" is today's)
+    # network shape and batch at CPU budgets, each spelled out in full, so that it does not depend on the tiny
+    # preset's defaults ("tiny2-b128": two levels at batch 128; "mult122-b64": three levels at batch 64)
     "tiny2-b128": ["--channel-mult", "1,2", "--batch-size", "128"],
     "mult122": ["--channel-mult", "1,2,2", "--batch-size", "128"],
     "mult122-attn7": ["--channel-mult", "1,2,2", "--attention", "7", "--batch-size", "128"],
@@ -70,17 +71,18 @@ MEASURED_BEFORE_ADAGN: dict[str, list[str]] = {
     "adagn-b2-strat": ["--scale-shift-norm", "--adam-beta2", "0.99", "--t-stratified"],
     "b2-strat": ["--adam-beta2", "0.99", "--t-stratified"],
 }
-# Named ddpm recipes: `default` is today's defaults, `default-before` those before the change above.
+# Named ddpm recipes: `default` is `ddpm train`'s defaults; `default-before` (a name the result rows use) the defaults
+# without the three settings above.
 RECIPES: dict[str, list[str]] = {
     "default": [],
-    "default-before": BEFORE_ADAGN,
+    "default-before": FLAGS_WITHOUT_ADAGN_BETA2_STRAT,
     "adagn-groups8": ["--norm-groups", "8"],
-    # today's defaults at batch 32, narrower (24/48/48 channels), and both: fewer FLOPs per step or per image,
+    # the defaults at batch 32, narrower (24/48/48 channels), and both: fewer FLOPs per step or per image,
     # for a CPU without bf16, where training is compute-bound
     "default-b32": ["--batch-size", "32"],
     "default-w24": ["--base-channels", "24"],
     "default-w24-b32": ["--base-channels", "24", "--batch-size", "32"],
-    **{name: [*BEFORE_ADAGN, *flags] for name, flags in MEASURED_BEFORE_ADAGN.items()},
+    **{name: [*FLAGS_WITHOUT_ADAGN_BETA2_STRAT, *flags] for name, flags in RECIPES_WITHOUT_ADAGN_BETA2_STRAT.items()},
 }
 DIFFUSERS = "diffusers"
 

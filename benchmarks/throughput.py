@@ -5,8 +5,8 @@ Usage::
     python benchmarks/throughput.py [--presets tiny,small,ddpm-cifar10] [--seconds S] [--threads N]
                                     [--precisions float32,bf16] [--cases tiny:1:28:128:128,... | --set 64px]
 
-``--set 64px`` measures every preset for colour images at 3×64×64 (the size of the note's images), the published
-networks at a small batch (on a CPU they run at a few images per second).
+``--set 64px`` measures every preset for colour images at 3×64×64, the published networks at a small batch (on a
+CPU they run at a few images per second).
 
 ``--compile`` adds a ``torch.compile`` row for each case (TorchInductor, which on a CPU builds C++ kernels with
 the system compiler) and reports the one-off compile time next to the steady speed, so the time it costs
