@@ -2,7 +2,8 @@
 options and the rows they append, the machine's description, and the sampling-and-scoring of samplers_model.py.
 
 A script in ``benchmarks/`` is run as ``python benchmarks/X.py`` (its own folder is then on the module path) and
-imports this module as ``import harness``.
+imports this module as ``import harness``; the tests find it through pytest's ``pythonpath`` (pyproject.toml), and
+the studies in ``benchmarks/studies/`` that use it are run from the repository's root with ``PYTHONPATH=benchmarks``.
 """
 
 from __future__ import annotations

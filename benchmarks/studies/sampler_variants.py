@@ -11,8 +11,11 @@ interval of that ratio over the N images.
 Samples are cached with samplers_model.py's (``benchmarks/.cache/``, keyed by the options too); what the two share
 is in harness.py.
 
-    .venv/bin/python benchmarks/sampler_variants.py --checkpoint runs/fashion --num 300 \\
-        sa-solver/logsnr/20 sa-solver/logsnr/20/clip_x0=false
+    PYTHONPATH=benchmarks .venv/bin/python benchmarks/studies/sampler_variants.py --checkpoint runs/fashion \\
+        --num 300 sa-solver/logsnr/20 sa-solver/logsnr/20/clip_x0=false
+
+A study in ``benchmarks/studies/``: it takes what it shares with the benchmarks from ``benchmarks/harness.py``, so it
+runs from the repository's root with ``benchmarks/`` on the module path (``PYTHONPATH=benchmarks``), as above.
 """
 
 from __future__ import annotations

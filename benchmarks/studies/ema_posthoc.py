@@ -1,7 +1,8 @@
 """EMA length after the fact: rebuild other EMA profiles from a run's raw-weight snapshots, sample, score.
 
     ddpm train --data fashion-mnist --steps 6000 --checkpoint-every 100 --keep 100 --out RUN
-    python benchmarks/ema_posthoc.py --run RUN --profiles stored,warmup:10,warmup:5,warmup:20,raw --num 1000
+    PYTHONPATH=benchmarks python benchmarks/studies/ema_posthoc.py --run RUN \\
+        --profiles stored,warmup:10,warmup:5,warmup:20,raw --num 1000
 
 The EMA that ``ddpm train`` keeps is ema_{n+1} = β_n ema_n + (1 − β_n) θ_{n+1} with
 β_n = min(decay, (1+n)/(K+n)) and K = 10: a weighted average Σ_n w_n θ_n of the raw weights θ_n after n steps.
@@ -19,6 +20,9 @@ Each profile's length is reported as σ_rel, the standard deviation of the step 
 the last step N (Karras et al. 2024). Each profile's weights are written as the EMA of a checkpoint in
 RUN/posthoc/, sampled with the default ``ddpm sample`` and scored with ``ddpm eval`` against the test split; one
 row per profile goes to ``--results``.
+
+A study in ``benchmarks/studies/``: it takes what it shares with the benchmarks from ``benchmarks/harness.py``, so it
+runs from the repository's root with ``benchmarks/`` on the module path (``PYTHONPATH=benchmarks``), as above.
 """
 
 from __future__ import annotations
