@@ -124,7 +124,7 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------- the machine
 
 
-def _cpuinfo_field(name: str) -> str | None:
+def cpuinfo_field(name: str) -> str | None:
     """The value of the first ``name`` line of /proc/cpuinfo, or None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -138,12 +138,12 @@ def _cpuinfo_field(name: str) -> str | None:
 
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (or platform's best guess elsewhere)."""
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (avx2, avx512_bf16, amx_bf16, ...); empty elsewhere."""
-    return set((_cpuinfo_field("flags") or "").split())
+    return set((cpuinfo_field("flags") or "").split())
 
 
 # ---------------------------------------------------------------------------- sampling and scoring on a trained model
