@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from harness import CACHE, RESULTS, log
 from PIL import Image, ImageFilter
 
 from ddpm.cli import main as ddpm_main
@@ -33,13 +32,7 @@ from ddpm.data.load import load_dataset
 from ddpm.evaluation.inception import Inception
 from ddpm.evaluation.reference import subset_indices, to_pixels
 
-HERE = Path(__file__).resolve().parent
-CACHE = HERE / ".cache" / "fid_scale"
-RESULTS = HERE / "results"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+ROWS_CACHE = CACHE / "fid_scale"  # each row's .npz and its ddpm eval folder
 
 
 def noisy(pixels: np.ndarray, sigma: float, seed: int) -> np.ndarray:
@@ -89,7 +82,7 @@ def write_report(specs: list[tuple[str, str]], args: argparse.Namespace, rates: 
     """benchmarks/results/fid_scale.{json,md} from the eval.json of every row scored so far."""
     results = []
     for label, name in specs:
-        f = CACHE / name / "eval.json"
+        f = ROWS_CACHE / name / "eval.json"
         if f.is_file():
             rec = json.loads(f.read_text())
             results.append({"row": label, "name": name, "num": rec["protocol"]["generated"]["num"],
@@ -123,7 +116,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    CACHE.mkdir(parents=True, exist_ok=True)
+    ROWS_CACHE.mkdir(parents=True, exist_ok=True)
     specs = row_specs(args.num, [int(n) for n in args.more_floors.split(",") if n])
     rates = inception_rate()
     log(f"Inception: {rates[0]:.2f} img/s (wall), {rates[1]:.2f} img/s (CPU time) on {args.threads} thread(s)")
@@ -135,9 +128,9 @@ def main() -> None:
     for label, name in specs:
         if only is not None and name not in only:
             continue
-        npz = CACHE / f"{name}.npz"
+        npz = ROWS_CACHE / f"{name}.npz"
         np.savez_compressed(npz, images=row_pixels(name, train, args.num).transpose(0, 2, 3, 1))
-        out = CACHE / name
+        out = ROWS_CACHE / name
         argv = ["eval", "--samples", str(npz), "--data", "fashion-mnist", "--ref-split", "test",
                 "--ref-num", str(args.ref_num), "--metrics", "fid,kid,pr", "--out", str(out), "--overwrite",
                 "--quiet"]

@@ -6,8 +6,9 @@ Stages, in order, each with its own time limit inside the whole ``--budget`` (a 
 as skipped, and the JSON is rewritten after every stage, so a run cut short still reports what it did):
 
 1. ``env``: torch, CUDA, the GPU, the CPU, and the versions of the packages the project needs.
-2. ``install``: ``pip install --no-deps --no-build-isolation -e .`` (nothing can be downloaded there); every later
-   stage also runs with ``PYTHONPATH=src``, so the working tree's code is what runs either way.
+2. ``install``: how ``gpu_check.sh``'s ``pip install --no-deps --no-build-isolation --no-index -e .`` went, before
+   this script started (nothing can be downloaded there); the script and every stage also run with ``src`` first on
+   ``PYTHONPATH``, so the working tree's code is what runs either way.
 3. ``data``: a labelled colour data set made here (10 classes of smooth colour fields with noise, 256×256 PNGs).
 4. ``resume``: ``ddpm train`` on the GPU for 2N steps, and for N steps then resumed to 2N: weights, EMA and AdamW's
    moments must be bit-identical (dropout, flips and label dropout on).
@@ -35,6 +36,8 @@ Writes ``OUT/gpu_check.json``; what the stages print goes to stdout (``gpu_check
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as md
+import importlib.util
 import json
 import os
 import platform
@@ -48,9 +51,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
+from harness import REPO, child_env, cpu_model
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+import ddpm
+from ddpm.checkpoint import load_checkpoint, load_training_state, state_path
+from ddpm.runtime import setup_processes
+from ddpm.unet import PRESETS, UNet
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's datasheets, by a part of torch's device name.
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "A100": 312.0}
@@ -70,7 +80,7 @@ class Check:
         self.out, self.work, self.dry = out, work, dry_run
         self.deadline = time.monotonic() + budget
         self.device = "cpu" if dry_run else "cuda"
-        self.env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.env = child_env()
         self.results: dict[str, Any] = {"dry_run": dry_run, "budget_s": budget, "stages": {}}
 
     def left(self) -> float:
@@ -122,13 +132,9 @@ def _ok(proc: subprocess.CompletedProcess, what: str) -> None:
 
 
 def env(c: Check) -> dict[str, Any]:
-    import importlib.metadata as md
-
-    import torch
-
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                            "cpu": _cpu_model(), "cpu_count": os.cpu_count()}
+                            "cpu": cpu_model(), "cpu_count": os.cpu_count()}
     for pkg in ("numpy", "pillow", "safetensors", "tqdm", "scikit-learn", "pytest", "diffusers", "tensorboard"):
         try:
             info[pkg] = md.version(pkg)
@@ -145,17 +151,19 @@ def env(c: Check) -> dict[str, Any]:
 
 
 def install(c: Check) -> dict[str, Any]:
+    """The exit status of gpu_check.sh's ``pip install -e .`` (passed in GPU_CHECK_PIP_STATUS), and where ``ddpm``
+    is imported from."""
     if c.dry:
         return {"status": "skipped", "why": "dry run: the development environment is left as it is"}
-    proc = c.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e",
-                  "."], 180)
-    return {"installed": proc.returncode == 0, "note": "later stages run with PYTHONPATH=src either way"}
+    status = os.environ.get("GPU_CHECK_PIP_STATUS")
+    if not status:
+        return {"status": "skipped", "why": "not run through benchmarks/gpu_check.sh, which installs the project"}
+    return {"installed": status == "0", "pip_exit_status": status, "ddpm_from": str(Path(ddpm.__file__).parent),
+            "note": "this script and its stages run with src first on PYTHONPATH either way"}
 
 
 def data(c: Check) -> dict[str, Any]:
     """10 classes of colour fields (one hue per class, a smooth random gradient, pixel noise) as PNG files."""
-    from PIL import Image
-
     size, per_class = (32, 3) if c.dry else (256, 16)
     root = c.work / "data"
     rng = np.random.default_rng(0)
@@ -176,10 +184,6 @@ def _quick(c: Check) -> list[str]:
 
 
 def resume(c: Check) -> dict[str, Any]:
-    import torch
-
-    from ddpm.checkpoint import load_checkpoint, load_training_state, state_path
-
     n = 2 if c.dry else 20
     base = ["train", "--data", "digits", "--preset", "tiny", "--batch-size", "64", "--dropout", "0.1", "--flip",
             "--class-cond", "--checkpoint-every", "0", "--log-every", "1", *_quick(c)]
@@ -224,18 +228,11 @@ def torchrun(c: Check) -> dict[str, Any]:
     train = c.run([*cmd, "-m", "ddpm", "train", "--data", "digits", "--preset", "tiny", "--batch-size", "64",
                    "--steps", "4" if c.dry else "20", "--out", str(out), *_quick(c)], 150)
     _ok(train, "training under torchrun")
-    from ddpm.checkpoint import load_checkpoint
-
     return {"process_group": backend, "world_size": int(load_checkpoint(out).meta.get("world_size", 1))}
 
 
 def _flops_per_image(preset: str, size: int) -> float:
     """The forward's FLOPs for one 3-channel image (a multiply-add counts 2), counted on the meta device."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ddpm.unet import UNet
-
     with torch.device("meta"):
         net = UNet.from_preset(preset, channels=3, image_size=size)
         x, t = torch.zeros(1, 3, size, size), torch.zeros(1, dtype=torch.long)
@@ -255,8 +252,6 @@ def _rate(run: Path, batch: int) -> tuple[float, float]:
 
 
 def _train_speed(c: Check, preset: str, batch: int, steps: int, compile: bool = False) -> dict[str, Any]:
-    from ddpm.unet import PRESETS
-
     size = DRY_SIZE if c.dry else int(PRESETS[preset]["image_size"])
     run = c.work / "runs" / (preset + ("-compiled" if compile else ""))
     log_every = max(1, steps // 6)
@@ -284,8 +279,6 @@ def _train_speed(c: Check, preset: str, batch: int, steps: int, compile: bool = 
 
 def _measured_matmul_tflops(device: str) -> float:
     """A large bf16 matmul's TFLOP/s here (the attainable peak), timed after a warm-up."""
-    import torch
-
     n = 512 if device == "cpu" else 8192
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -358,8 +351,6 @@ def fd(c: Check) -> dict[str, Any]:
 def tests(c: Check) -> dict[str, Any]:
     if c.dry:
         return {"status": "skipped", "why": "dry run: it runs inside the test suite"}
-    import importlib.util
-
     ignore = []
     if importlib.util.find_spec("diffusers") is None:
         ignore.append("tests/test_convert.py")
@@ -385,23 +376,10 @@ def _datasheet_peak(name: str) -> float | None:
     return None
 
 
-def _cpu_model() -> str:
-    """The CPU's model name: throughput.py's, imported here so that this script imports torch only where it needs it."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from throughput import cpu_model
-
-    return cpu_model()
-
-
 def probe_dist(device: str) -> None:
     """Under torchrun: what ddpm's set-up does (one process: no process group, no DDP), then a process group of the
     backend ddpm uses for ``device`` with more than one process (nccl on CUDA, gloo on the CPU), checked by an
     all-reduce and a barrier; prints the findings as one JSON line."""
-    import torch
-    import torch.distributed as dist
-
-    from ddpm.runtime import setup_processes
-
     px = setup_processes(device)
     found: dict[str, Any] = {"ddpm_world": px.world, "ddpm_device": str(px.device),
                              "ddpm_group": dist.get_backend() if dist.is_initialized() else None}

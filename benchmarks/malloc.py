@@ -24,9 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from quality_per_minute import BIN, RESULTS, _env, append_row
+from harness import DDPM, RESULTS, append_row, child_env, cpu_model
 from safetensors.numpy import load_file
-from throughput import cpu_model
 
 WAYS = {"system": {"DDPM_MALLOC": "system"}, "held": {}}
 
@@ -36,7 +35,7 @@ def timed(cmd: list[str], way: str, threads: int, peaks: dict[str, list[float]] 
     appended to ``peaks[way]``)."""
     print(f"$ [{way}] " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**_env(threads), **WAYS[way]}, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env={**child_env(threads), **WAYS[way]}, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -72,7 +71,7 @@ def alternate(args: argparse.Namespace, command: Callable[[str, int], list[str]]
 def bench_train(out: Path, args: argparse.Namespace) -> dict:
     def command(way: str, i: int) -> list[str]:
         shutil.rmtree(out / f"train-{way}-{i}", ignore_errors=True)
-        return [str(BIN / "ddpm"), "train", "--data", "fashion-mnist", "--steps", str(args.steps), "--out",
+        return [DDPM, "train", "--data", "fashion-mnist", "--steps", str(args.steps), "--out",
                 str(out / f"train-{way}-{i}"), "--quiet"]
 
     row = alternate(args, command, lambda way, i: weights(out / f"train-{way}-{i}"))
@@ -83,7 +82,7 @@ def bench_train(out: Path, args: argparse.Namespace) -> dict:
 
 def bench_sample(out: Path, args: argparse.Namespace) -> dict:
     def command(way: str, i: int) -> list[str]:
-        return [str(BIN / "ddpm"), "sample", "--checkpoint", str(out / "train-held-0"), "--num", str(args.num),
+        return [DDPM, "sample", "--checkpoint", str(out / "train-held-0"), "--num", str(args.num),
                 "--batch-size", str(args.num), "--out", str(out / f"sample-{way}-{i}"), "--npz",
                 str(out / f"sample-{way}-{i}.npz"), "--overwrite", "--quiet"]
 
@@ -97,9 +96,9 @@ def bench_sample(out: Path, args: argparse.Namespace) -> dict:
 
 def bench_eval(out: Path, args: argparse.Namespace) -> dict:
     npz = out / "eval-samples.npz"
-    base = [str(BIN / "ddpm"), "eval", "--data", "fashion-mnist", "--ref-split", "test", "--ref-num", "2000",
+    base = [DDPM, "eval", "--data", "fashion-mnist", "--ref-split", "test", "--ref-num", "2000",
             "--metrics", "fid", "--cache-dir", str(out / "cache"), "--quiet", "--samples", str(npz), "--overwrite"]
-    timed([str(BIN / "ddpm"), "sample", "--checkpoint", str(out / "train-held-0"), "--num", "1000", "--out",
+    timed([DDPM, "sample", "--checkpoint", str(out / "train-held-0"), "--num", "1000", "--out",
            str(out / "eval-samples"), "--npz", str(npz), "--overwrite", "--quiet"], "held", args.threads)
     timed([*base, "--out", str(out / "eval-warm")], "held", args.threads)  # the reference's features, cached
 

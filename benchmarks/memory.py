@@ -36,23 +36,21 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
+from harness import cpu_flags, cpu_model
 from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ddpm.train.schedules import ema_update  # noqa: E402
-from ddpm.unet import PRESETS, UNet  # noqa: E402
+from ddpm.train.schedules import ema_update
+from ddpm.unet import PRESETS, UNet
 
 GIB = 2**30
 MIB = 2**20
@@ -147,6 +145,88 @@ def _fake(enabled: bool) -> Iterator[None]:
         yield
 
 
+@dataclass
+class Step:
+    """One training step, split where its peaks are measured, and the tensors held from one step to the next."""
+
+    forward_backward: Callable[[], None]
+    update: Callable[[], None]
+    held: list[Tensor]
+
+
+def build_step(preset: str, size: int, batch: int, *, bf16: bool, checkpointing: bool, dev: torch.device, mode: str,
+               channels: int, overrides: dict[str, Any]) -> Step:
+    """The network, its EMA, AdamW's moments and a batch, as ``ddpm train`` holds them after its first step (in
+    "real" mode a first step is taken here to create the moments), and the step on them."""
+    cuda = dev.type == "cuda"
+    net = UNet.from_preset(preset, channels=channels, image_size=size, **overrides)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)  # ddpm train's default on CUDA
+    ema = UNet(net.config).requires_grad_(False)
+    net.train()
+    net.grad_checkpoint = checkpointing
+    params = list(net.parameters())
+    x_t = torch.randn(batch, channels, size, size, device=dev)
+    t = torch.randint(0, 1000, (batch,), device=dev)
+    noise = torch.randn(batch, channels, size, size, device=dev)
+    if mode == "real":  # ddpm train's AdamW; a first step creates its moments, as in every later step
+        opt = torch.optim.AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
+        moments = []
+    else:
+        moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+
+    def forward_backward() -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = (net(x_t, t).float() - noise).pow(2).mean()
+        loss.backward()
+
+    def update() -> None:
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if mode == "real":
+            opt.step()
+        else:
+            with torch.no_grad():
+                _foreach_adamw(params, [p.grad for p in params], [m for m, _ in moments], [v for _, v in moments], 2)
+        ema_update(ema, net, 0.999)
+        for p in params:
+            p.grad = None
+
+    if mode == "real":
+        forward_backward()
+        update()
+        moments = [(opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]) for p in params]
+    held = [*params, *ema.parameters(), *(m for pair in moments for m in pair), x_t, t, noise]
+    return Step(forward_backward, update, held)
+
+
+def cuda_peak(step: Step, dev: torch.device) -> Peak:
+    """``step``'s memory by the CUDA caching allocator's count."""
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    before = torch.cuda.memory_allocated(dev)
+    step.forward_backward()
+    torch.cuda.synchronize(dev)
+    fb = torch.cuda.max_memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    step.update()
+    torch.cuda.synchronize(dev)
+    return Peak(before, fb, torch.cuda.max_memory_allocated(dev))
+
+
+def counted_peak(step: Step) -> Peak:
+    """``step``'s memory by the live tensor storages (:class:`LiveBytes`), counting the held tensors first."""
+    counter = LiveBytes()
+    with counter:
+        for tensor in step.held:
+            counter.add(tensor)
+        before = counter.live
+        step.forward_backward()
+        fb = counter.peak
+        counter.reset_peak()
+        step.update()
+        return Peak(before, fb, counter.peak)
+
+
 def measure_step(preset: str, size: int, batch: int, *, bf16: bool = False, checkpointing: bool = False,
                  device: str = "cpu", mode: str = "real", channels: int = 3, **overrides: Any) -> Peak:
     """The memory of one training step of ``preset`` (with UNetConfig ``overrides``) at ``size`` px on ``batch``
@@ -162,65 +242,9 @@ def measure_step(preset: str, size: int, batch: int, *, bf16: bool = False, chec
     dev = torch.device(device)
     torch.manual_seed(0)
     with _fake(mode == "shapes"), dev if cuda else nullcontext():  # (the device context slows every CPU op)
-        net = UNet.from_preset(preset, channels=channels, image_size=size, **overrides)
-        if cuda:
-            net = net.to(memory_format=torch.channels_last)  # ddpm train's default on CUDA
-        ema = UNet(net.config).requires_grad_(False)
-        net.train()
-        net.grad_checkpoint = checkpointing
-        params = list(net.parameters())
-        x_t = torch.randn(batch, channels, size, size, device=dev)
-        t = torch.randint(0, 1000, (batch,), device=dev)
-        noise = torch.randn(batch, channels, size, size, device=dev)
-        if mode == "real":  # ddpm train's AdamW; a first step creates its moments, as in every later step
-            opt = torch.optim.AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
-            moments = []
-        else:
-            moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
-
-        def forward_backward() -> None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = (net(x_t, t).float() - noise).pow(2).mean()
-            loss.backward()
-
-        def update() -> None:
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            if mode == "real":
-                opt.step()
-            else:
-                with torch.no_grad():
-                    _foreach_adamw(params, [p.grad for p in params], [m for m, _ in moments],
-                                   [v for _, v in moments], 2)
-            ema_update(ema, net, 0.999)
-            for p in params:
-                p.grad = None
-
-        if mode == "real":
-            forward_backward()
-            update()
-            moments = [(opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]) for p in params]
-        held = [*params, *ema.parameters(), *(m for pair in moments for m in pair), x_t, t, noise]
-        if cuda:
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            before = torch.cuda.memory_allocated(dev)
-            forward_backward()
-            torch.cuda.synchronize(dev)
-            fb = torch.cuda.max_memory_allocated(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            update()
-            torch.cuda.synchronize(dev)
-            return Peak(before, fb, torch.cuda.max_memory_allocated(dev))
-        counter = LiveBytes()
-        with counter:
-            for tensor in held:
-                counter.add(tensor)
-            before = counter.live
-            forward_backward()
-            fb = counter.peak
-            counter.reset_peak()
-            update()
-            return Peak(before, fb, counter.peak)
+        step = build_step(preset, size, batch, bf16=bf16, checkpointing=checkpointing, dev=dev, mode=mode,
+                          channels=channels, overrides=overrides)
+        return cuda_peak(step, dev) if cuda else counted_peak(step)
 
 
 @dataclass
@@ -263,20 +287,11 @@ def fit(preset: str, size: int, b1: int, b2: int, *, bf16: bool, checkpointing: 
 
 
 def machine() -> str:
-    """The CPU model and its bf16-relevant flags, or the GPU's name."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    """The CPU model, its logical cores and its bf16-relevant flags."""
+    flags = cpu_flags()
     marks = [name for name, flag in (("AVX2", "avx2"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
              if flag in flags]
-    return f"{model} ({os.cpu_count()} logical cores; {', '.join(marks) or 'no AVX2'})"
+    return f"{cpu_model()} ({os.cpu_count()} logical cores; {', '.join(marks) or 'no AVX2'})"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,8 +5,8 @@
 
 (the measured protocol in BENCHMARKS.md, about two hours on a 2-core CPU; the defaults are the fuller one).
 
-Each row trains ``ddpm train --data fashion-mnist --steps S`` with today's recipe (network, optimiser, EMA, bf16
-where native: the same for every row) and the row's prediction target, objective and reverse variance:
+Each row trains ``ddpm train --data fashion-mnist --steps S`` with ddpm's default recipe (network, optimiser, EMA,
+bf16 where native: the same for every row) and the row's prediction target, objective and reverse variance:
 
 =====================  ============  ==========  ===============  ======================  ==========================
 row                    prediction    loss        variance         paper (CIFAR-10 FID)    source
@@ -16,7 +16,7 @@ mean-vlb-fixed         μ̃             L (vlb)     fixed-large      13.22      
 mean-mse               μ̃             MSE         fixed-large      unstable                Table 2
 eps-vlb-learned        ε             L (vlb)     learned          unstable                Table 2
 eps-vlb-fixed          ε             L (vlb)     fixed-large      13.51                   Table 2
-eps-simple             ε             L_simple    fixed-small      3.17 (σ² = β_t)         Table 2; today's default
+eps-simple             ε             L_simple    fixed-small      3.17 (σ² = β_t)         Table 2; ddpm's default
 eps-hybrid             ε             L_hybrid    learned-range    (about L_simple's)      Nichol & Dhariwal 2021
 eps-vlb-importance     ε             L (vlb)     learned-range    (worse FID, best NLL)   improved DDPM §3.3
 =====================  ============  ==========  ===============  ======================  ==========================
@@ -44,14 +44,14 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from quality_per_minute import BIN, REPO, RESULTS, _env, append_row
+import numpy as np
+from harness import DDPM, RESULTS, append_row, run_command
 
-sys.path.insert(0, str(REPO / "src"))
+from ddpm.images import plot_curve, save_png
 
 ROWS: dict[str, tuple[list[str], str]] = {
     "mean-vlb-learned": (["--prediction", "mean", "--loss", "vlb", "--variance", "learned"], "23.69"),
@@ -74,10 +74,8 @@ MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(
 
 
 def _run(cmd: list[str], threads: int, check: bool = True) -> tuple[int, float]:
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    rc = subprocess.run(cmd, check=check, env={**_env(threads), **MALLOC}).returncode
-    return rc, time.perf_counter() - t0
+    """Run ``cmd`` with glibc holding freed memory (MALLOC); its exit status and wall time."""
+    return run_command(cmd, threads, check=check, extra_env=MALLOC)
 
 
 def _checkpoint_step(run: Path) -> int | None:
@@ -89,7 +87,7 @@ def train_row(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
     """Train (or reuse) one row; its steps, loss curve and whether it diverged."""
     wall, rc = math.nan, 0
     if _checkpoint_step(run) != args.steps:
-        rc, wall = _run([str(BIN / "ddpm"), "train", "--data", args.data, "--steps", str(args.steps), "--out",
+        rc, wall = _run([DDPM, "train", "--data", args.data, "--steps", str(args.steps), "--out",
                          str(run), "--log-every", "10", "--sample-every", "0", "--checkpoint-every",
                          str(args.steps), "--nonfinite", "stop", "--quiet", "--seed", str(args.train_seed), *flags,
                          *(["--resume"] if (run / "checkpoints").exists() else [])], args.threads, check=False)
@@ -106,7 +104,7 @@ def train_row(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
 def nll(run: Path, args: argparse.Namespace) -> dict:
     out = run / f"nll-{args.nll_num}"
     if not (out / "eval.json").exists():
-        _run([str(BIN / "ddpm"), "eval", "--checkpoint", str(run), "--data", args.data, "--nll", "--nll-num",
+        _run([DDPM, "eval", "--checkpoint", str(run), "--data", args.data, "--nll", "--nll-num",
               str(args.nll_num), "--out", str(out), "--quiet"], args.threads)
     return json.loads((out / "eval.json").read_text())["metrics"]["nll"]
 
@@ -115,12 +113,12 @@ def fid(run: Path, name: str, seed: int, sampler: list[str], args: argparse.Name
     """Inception FID of ``--num`` samples of ``seed`` drawn with ``sampler`` flags."""
     npz = run / f"{name}-seed{seed}-{args.num}.npz"
     if not npz.exists():
-        _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(run), "--num", str(args.num), "--seed", str(seed),
+        _run([DDPM, "sample", "--checkpoint", str(run), "--num", str(args.num), "--seed", str(seed),
               "--out", str(run / f"{name}-seed{seed}"), "--npz", str(npz), "--quiet", "--overwrite", *sampler],
              args.threads)
     out = run / f"eval-{name}-seed{seed}-{args.num}"
     if not (out / "eval.json").exists():
-        _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), "--data", args.data, "--ref-split", args.ref_split,
+        _run([DDPM, "eval", "--samples", str(npz), "--data", args.data, "--ref-split", args.ref_split,
               "--ref-num", str(args.ref_num), "--metrics", "fid", "--out", str(out), "--quiet"], args.threads)
     return float(json.loads((out / "eval.json").read_text())["metrics"]["fid"])
 
@@ -181,10 +179,6 @@ def _paired(nll: dict | None, base: dict) -> str:
 
 def plot(results: Path) -> Path:
     """Each row's loss curve (its own units, log scale) in one PNG, a panel per row, drawn by ddpm.images."""
-    import numpy as np
-
-    from ddpm.images import plot_curve, save_png
-
     panels = []
     for line in results.read_text().splitlines():
         r = json.loads(line)

@@ -20,6 +20,11 @@ import tempfile
 import time
 from collections import defaultdict
 
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ddpm.cli import main as ddpm_main
+
 # Category by the operator's own name (first match wins), for operators outside the optimizer and the EMA.
 BY_NAME: list[tuple[str, tuple[str, ...]]] = [
     ("convolution, backward", ("aten::convolution_backward",)),
@@ -49,10 +54,6 @@ def categorize(event) -> str:
 
 def profile_run(precision: str, args: argparse.Namespace) -> dict:
     """Profile one ``ddpm train`` run; returns per-step milliseconds by category and the window's wall per step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from ddpm.cli import main as ddpm_main
-
     with tempfile.TemporaryDirectory() as tmp:
         cmd = ["train", "--data", args.data, "--steps", str(args.warmup + args.steps), "--out", f"{tmp}/run",
                "--quiet", "--sample-every", "0", "--checkpoint-every", "0",
@@ -88,9 +89,6 @@ def main() -> None:
         raise SystemExit(f"error: --precisions takes float32 and/or bf16; got {args.precisions!r}")
     if args.warmup < 1 or args.steps < 1:
         raise SystemExit("error: --warmup and --steps must be at least 1 (the window starts after a whole step)")
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    import torch
-
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()}; {time.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}; "
           f"{args.threads} threads; {args.steps} steps after {args.warmup}")

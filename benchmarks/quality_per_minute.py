@@ -19,25 +19,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from harness import DDPM, RESULTS, add_scoring_args, append_row, run_command, sample_npz, score_samples
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-RESULTS = REPO / "benchmarks" / "results"  # where every benchmark here appends its rows
+from ddpm.checkpoint import load_checkpoint
+from ddpm.data.load import load_dataset
+from ddpm.images import to_uint8
 
-# The defaults before issue 9 made adaptive GroupNorm, AdamW beta2 0.99 and stratified timesteps the default.
-BEFORE_ADAGN = ["--no-scale-shift-norm", "--adam-beta2", "0.999", "--no-t-stratified"]
+# Three settings that `ddpm train` turns on by default, turned off: adaptive GroupNorm (scale-shift norm), AdamW
+# beta2 0.99 (0.999 instead) and stratified timesteps (independent draws instead).
+FLAGS_WITHOUT_ADAGN_BETA2_STRAT = ["--no-scale-shift-norm", "--adam-beta2", "0.999", "--no-t-stratified"]
 
-# Named recipes measured against the defaults before that change: extra `ddpm train` flags on top of them (a
-# recipe's own flag wins over BEFORE_ADAGN's, as the last of a repeated flag does), so each BENCHMARKS.md
-# command still trains what it trained then.
-MEASURED_BEFORE_ADAGN: dict[str, list[str]] = {
+# Recipes without those three settings: each is FLAGS_WITHOUT_ADAGN_BETA2_STRAT plus its own `ddpm train` flags (a
+# recipe's own flag wins, as the last of a repeated flag does: "adagn", "strat" and "beta2-0.99" turn one of the three
+# back on), so that a name always trains what was measured under it.
+RECIPES_WITHOUT_ADAGN_BETA2_STRAT: dict[str, list[str]] = {
     "fp32": ["--no-bf16"],
     "v": ["--prediction", "v"],
     "cosine-lr": ["--lr-schedule", "cosine"],
@@ -49,8 +51,8 @@ MEASURED_BEFORE_ADAGN: dict[str, list[str]] = {
     "laplace-cosine": ["--t-sampling", "laplace", "--lr-schedule", "cosine"],
     "v-minsnr-cosine": ["--prediction", "v", "--loss-weight", "min-snr", "--lr-schedule", "cosine"],
     "v-cosine-lr2e-3": ["--prediction", "v", "--lr-schedule", "cosine", "--lr", "2e-3"],
-    # network shape and batch at CPU budgets, each with the flags it ran with whatever the defaults are now
-    # ("tiny2-b128" is the default before issue 9's screen: two levels, batch 128; "mult122-b64" is today's)
+    # network shape and batch at CPU budgets, each spelled out in full, so that it does not depend on the tiny
+    # preset's defaults ("tiny2-b128": two levels at batch 128; "mult122-b64": three levels at batch 64)
     "tiny2-b128": ["--channel-mult", "1,2", "--batch-size", "128"],
     "mult122": ["--channel-mult", "1,2,2", "--batch-size", "128"],
     "mult122-attn7": ["--channel-mult", "1,2,2", "--attention", "7", "--batch-size", "128"],
@@ -69,45 +71,29 @@ MEASURED_BEFORE_ADAGN: dict[str, list[str]] = {
     "adagn-b2-strat": ["--scale-shift-norm", "--adam-beta2", "0.99", "--t-stratified"],
     "b2-strat": ["--adam-beta2", "0.99", "--t-stratified"],
 }
-# Named ddpm recipes: `default` is today's defaults, `default-before` those before the change above.
+# Named ddpm recipes: `default` is `ddpm train`'s defaults; `default-before` (a name the result rows use) the defaults
+# without the three settings above.
 RECIPES: dict[str, list[str]] = {
     "default": [],
-    "default-before": BEFORE_ADAGN,
+    "default-before": FLAGS_WITHOUT_ADAGN_BETA2_STRAT,
     "adagn-groups8": ["--norm-groups", "8"],
-    # today's defaults at batch 32, narrower (24/48/48 channels), and both: fewer FLOPs per step or per image,
+    # the defaults at batch 32, narrower (24/48/48 channels), and both: fewer FLOPs per step or per image,
     # for a CPU without bf16, where training is compute-bound
     "default-b32": ["--batch-size", "32"],
     "default-w24": ["--base-channels", "24"],
     "default-w24-b32": ["--base-channels", "24", "--batch-size", "32"],
-    **{name: [*BEFORE_ADAGN, *flags] for name, flags in MEASURED_BEFORE_ADAGN.items()},
+    **{name: [*FLAGS_WITHOUT_ADAGN_BETA2_STRAT, *flags] for name, flags in RECIPES_WITHOUT_ADAGN_BETA2_STRAT.items()},
 }
 DIFFUSERS = "diffusers"
 
 
-def _env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env.setdefault("PYTHONPATH", str(REPO / "src"))
-    return env
-
-
-def _run(cmd: list[str], threads: int) -> float:
-    """Run a command with the benchmark's thread count; returns its wall time in seconds."""
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=_env(threads))
-    return time.perf_counter() - t0
-
-
 def train_ddpm(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
     """Train with ``ddpm train`` unless ``--reuse`` finds the run; returns steps, images/s and wall time."""
-    from ddpm.checkpoint import load_checkpoint
-
     wall = math.nan
     if not (args.reuse and (run / "checkpoints").exists()):
         budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes)]
-        wall = _run([str(BIN / "ddpm"), "train", "--data", args.data, *budget, "--out", str(run), "--quiet", *flags],
-                    args.threads)
+        wall = run_command([DDPM, "train", "--data", args.data, *budget, "--out", str(run), "--quiet", *flags],
+                           args.threads).wall_s
     log = run / "metrics.jsonl"  # absent when the run is shorter than ddpm train's --log-every
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     ck = load_checkpoint(run)
@@ -120,64 +106,24 @@ def sample_ddpm(run: Path, args: argparse.Namespace) -> tuple[Path, float]:
     npz = run / f"samples-{args.num}.npz"
     if args.reuse and npz.exists():
         return npz, math.nan
-    wall = _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(run), "--num", str(args.num), "--out",
-                 str(run / f"samples-{args.num}"), "--npz", str(npz), "--quiet", "--overwrite"], args.threads)
-    return npz, wall
-
-
-def add_scoring_args(p: argparse.ArgumentParser) -> None:
-    """The options every benchmark here scores with: samples, reference, metrics, threads."""
-    p.add_argument("--num", type=int, default=1000, help="samples per row")
-    p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--ref-split", default="test")
-    p.add_argument("--ref-num", type=int, default=2000)
-    p.add_argument("--metrics", default="fid,fd")
-    p.add_argument("--threads", type=int, default=2)
-
-
-def reference_flags(args: argparse.Namespace) -> list[str]:
-    """The ``ddpm eval`` flags for the reference and metrics of :func:`add_scoring_args`."""
-    flags = ["--data", args.data, "--ref-split", args.ref_split, "--metrics", args.metrics]
-    return flags + (["--ref-num", str(args.ref_num)] if args.ref_num else [])
-
-
-def append_row(path: Path | str, row: dict) -> None:
-    """Append ``row`` as one JSON line to ``path`` (its folder made if needed) and print it."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
-
-
-def score(npz: Path, out: Path, args: argparse.Namespace) -> dict:
-    """``ddpm eval --samples`` against the reference split; returns its eval.json."""
-    _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), *reference_flags(args), "--out", str(out)], args.threads)
-    return json.loads((out / "eval.json").read_text())
+    return npz, sample_npz(run, args.num, run / f"samples-{args.num}", npz, args.threads)
 
 
 # ---------------------------------------------------------------------------- the diffusers recipe
 
 
-def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) -> None:
-    """Train the diffusers recipe for ``minutes`` and write ``samples-{num}.npz`` and ``stats.json`` in ``run``."""
-    import torch
-    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-    from diffusers.training_utils import EMAModel
+DIFFUSERS_BATCH = 64
 
-    from ddpm.data.load import load_dataset
-    from ddpm.images import to_uint8
 
-    torch.manual_seed(seed)
-    ds = load_dataset(data)
-    images = ds.images  # (N, C, S, S) in [-1, 1]
-    c, size = ds.channels, ds.image_size
-    model = UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=2,
-                        block_out_channels=(32, 32, 64), norm_num_groups=8,
-                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+def diffusers_train(model: torch.nn.Module, sched: Any, images: torch.Tensor, minutes: float,
+                    seed: int) -> tuple[int, float]:
+    """Train ``model`` on ``images`` ((N, C, S, S) in [-1, 1]) as diffusers' ``train_unconditional`` example does, for
+    ``minutes`` (AdamW with warm-up and cosine decay, EMA), leaving the EMA weights in it; the steps taken and the
+    seconds they took."""
+    from diffusers.training_utils import EMAModel  # only this recipe needs diffusers
+
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    batch = 64
+    batch = DIFFUSERS_BATCH
     # The example decays over its planned steps; plan them from the first minute's measured speed.
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
     deadline = time.monotonic() + minutes * 60
@@ -204,30 +150,55 @@ def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) 
         step += 1
     train_s = time.monotonic() - t0
     ema.copy_to(model.parameters())
+    return step, train_s
+
+
+def diffusers_sample(model: torch.nn.Module, sched: Any, num: int, shape: tuple[int, int, int],
+                     seed: int) -> np.ndarray:
+    """``num`` images (uint8 (N, H, W, C)) from ``model`` with DDIM at 100 steps, in batches of 250."""
+    from diffusers import DDIMScheduler
+
     model.eval()
     ddim = DDIMScheduler.from_config(sched.config)
     ddim.set_timesteps(100)
     out = []
-    t1 = time.monotonic()
     with torch.no_grad():
         for start in range(0, num, 250):
             n = min(250, num - start)
-            x = torch.randn((n, c, size, size), generator=torch.Generator().manual_seed(seed + 1 + start))
+            x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed + 1 + start))
             for t in ddim.timesteps:
                 x = ddim.step(model(x, t).sample, t, x).prev_sample
             out.append(to_uint8(x))
+    return np.concatenate(out)
+
+
+def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) -> None:
+    """Train the diffusers recipe for ``minutes`` and write ``samples-{num}.npz`` and ``stats.json`` in ``run``."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    ds = load_dataset(data)
+    c, size = ds.channels, ds.image_size
+    model = UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=2,
+                        block_out_channels=(32, 32, 64), norm_num_groups=8,
+                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    steps, train_s = diffusers_train(model, sched, ds.images, minutes, seed)
+    t1 = time.monotonic()
+    images = diffusers_sample(model, sched, num, (c, size, size), seed)
     run.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(run / f"samples-{num}.npz", images=np.concatenate(out))
+    np.savez_compressed(run / f"samples-{num}.npz", images=images)
     (run / "stats.json").write_text(json.dumps({
-        "steps": step, "images_per_s": step * batch / train_s, "train_wall_s": train_s,
+        "steps": steps, "images_per_s": steps * DIFFUSERS_BATCH / train_s, "train_wall_s": train_s,
         "sample_wall_s": time.monotonic() - t1, "parameters": sum(p.numel() for p in model.parameters())}))
 
 
 def run_diffusers(run: Path, args: argparse.Namespace) -> tuple[dict, Path]:
     npz = run / f"samples-{args.num}.npz"
     if not (args.reuse and npz.exists()):
-        _run([sys.executable, __file__, "--diffusers-worker", str(run), "--minutes", str(args.minutes),
-              "--num", str(args.num), "--data", args.data], args.threads)
+        run_command([sys.executable, __file__, "--diffusers-worker", str(run), "--minutes", str(args.minutes),
+                     "--num", str(args.num), "--data", args.data], args.threads)
     return json.loads((run / "stats.json").read_text()), npz
 
 
@@ -269,7 +240,7 @@ def main() -> None:
             npz, sample_wall = sample_ddpm(run, args)
         if args.skip_score:
             continue
-        result = score(npz, run / f"eval-{args.num}", args)
+        result = score_samples(npz, run / f"eval-{args.num}", args)
         row = {"recipe": name, "flags": flags, "minutes": None if args.steps else args.minutes, **info,
                "sample_wall_s": sample_wall,
                "num": args.num, "ref_split": args.ref_split, "ref_num": args.ref_num, "scores": result.get("metrics"),

@@ -18,7 +18,7 @@ import shlex
 import time
 from pathlib import Path
 
-from quality_per_minute import BIN, RESULTS, _run, add_scoring_args, append_row, reference_flags
+from harness import DDPM, RESULTS, add_scoring_args, append_row, reference_flags, run_command
 
 
 def main() -> None:
@@ -40,8 +40,8 @@ def main() -> None:
     base = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "sampler-fid"
     for name, flags in configs:
         out = base / f"{name}-{args.num}"
-        wall = _run([str(BIN / "ddpm"), "eval", "--checkpoint", str(ckpt), "--num", str(args.num), *flags,
-                     *reference_flags(args), "--out", str(out), "--quiet", "--overwrite"], args.threads)
+        wall = run_command([DDPM, "eval", "--checkpoint", str(ckpt), "--num", str(args.num), *flags,
+                            *reference_flags(args), "--out", str(out), "--quiet", "--overwrite"], args.threads).wall_s
         result = json.loads((out / "eval.json").read_text())
         row = {"checkpoint": str(ckpt), "config": name, "flags": flags, "num": args.num,
                "ref_split": args.ref_split, "ref_num": args.ref_num, "scores": result.get("metrics"),

@@ -6,7 +6,7 @@ the exact noise predictor E[ε | x_t] as the model, schedule linear 1e-4..0.02, 
 the same x_T; stochastic samplers share one noise seed. diffusers' DDIMScheduler and
 DPMSolverMultistepScheduler (if installed) are driven by the same predictor as peers.
 
-A trained-model section (``--checkpoint``) is reserved for later.
+The same question on a trained model is samplers_model.py's.
 
     .venv/bin/python benchmarks/samplers.py [--n 100000] [--out benchmarks/results/samplers_oracle.md]
 """
@@ -23,10 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 
 import ddpm
 from ddpm.oracles import GaussianOracle, affine_gaussian
-from ddpm.sampling import SAMPLERS, make_denoiser
+from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SAMPLERS, make_denoiser
 from ddpm.schedule import DEFAULT_SPACING, SPACINGS
 
 EVALS = (5, 10, 20, 50, 100, 1000)
@@ -189,8 +190,6 @@ def markdown(res: dict, cmd: str, seconds: float) -> str:
 def targets(rows: dict) -> list[str]:
     """The project's targets: at 10 evaluations ≤ 1/20 of diffusers' DPM-Solver (trailing); at 20 within
     2x of the 1000-step ancestral sampler. Judged on the same-noise Monte Carlo W2."""
-    from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
-
     peer = next((r for k, r in rows.items() if "DPMSolverMultistep" in k and k.endswith("/ trailing")), None)
     ancestral = rows["ddpm (ancestral) / linspace"][1000][0]
     ours = {k: r for k, r in rows.items() if not k.startswith("diffusers")}
@@ -251,8 +250,6 @@ def default_spacing(rows: dict) -> list[str]:
 
 def plot(res: dict, path: Path) -> None:
     """Log-log W2 vs evaluations for the best spacing of each sampler and the diffusers peers (Pillow)."""
-    from PIL import Image, ImageDraw
-
     rows = res["rows"]
     chosen: dict[str, dict] = {}
     for label, row in rows.items():
@@ -302,17 +299,11 @@ def plot(res: dict, path: Path) -> None:
     img.save(path)
 
 
-def model_section(args: argparse.Namespace) -> str:
-    """Trained-model section: to be added (sample a checkpoint with each sampler × spacing, score it)."""
-    raise SystemExit("--checkpoint: the trained-model section is not written yet")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="samples per run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "samplers_oracle.md")
-    ap.add_argument("--checkpoint", type=Path, default=None, help="(later) also benchmark a trained model")
     ap.add_argument("--replot", action="store_true", help="redraw the table and plot from the saved JSON")
     ap.add_argument("--only", action="append", metavar="LABEL",
                     help="rerun only this sampler label (repeatable) and merge into the saved JSON")
@@ -321,8 +312,6 @@ def main() -> None:
     args = ap.parse_args()
     # One thread: on a shared machine OpenMP workers spin against other jobs and run 100x slower.
     torch.set_num_threads(1)
-    if args.checkpoint is not None:
-        model_section(args)
     t0 = time.time()
     raw = args.out.with_suffix(".json")
     if args.replot:

@@ -25,32 +25,28 @@ redrawn from it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import REFERENCE, RESULTS, checkpoint_id, feature_net, log, paired_ratio, real_sets, samples_for
+from PIL import Image, ImageDraw
 
-import ddpm
 from ddpm.checkpoint import load_model
-from ddpm.data.load import load_dataset
-from ddpm.evaluation.featurenet import accuracy, extract_features, load_feature_net, save_feature_net, train_feature_net
+from ddpm.evaluation.featurenet import FeatureNet, extract_features
 from ddpm.evaluation.metrics import frechet_distance, kid
-from ddpm.images import to_uint8 as images_to_uint8
-from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, image_generators, sampler_options
+from ddpm.images import make_grid
+from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
+from ddpm.schedule import Schedule
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-CACHE = HERE / ".cache"
-FASHION_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 EVALS = (5, 10, 20, 50)
-REFERENCE = ("ddpm", "linspace", 1000)  # all T steps: the spacing does not matter
 # (sampler, spacing); the default sampler's pair is put first.
 CONFIGS = list(dict.fromkeys([
     (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1]),
@@ -69,102 +65,12 @@ CONFIGS = list(dict.fromkeys([
 ]))
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------- data and features
-
-
-def real_sets(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """(train images, train labels, reference images, reference labels, description of the reference)."""
-    train = load_dataset(data)
-    if data == "fashion-mnist":
-        test = load_dataset(FASHION_TEST)
-        return train.images, train.labels, test.images, test.labels, f"Fashion-MNIST t10k ({len(test)} images)"
-    if data == "digits":
-        # The digits set has no test split: the reference is the whole set (the model was trained on it).
-        return train.images, train.labels, train.images, train.labels, f"digits, all {len(train)} images"
-    raise SystemExit(f"--data {data!r}: this benchmark knows fashion-mnist and digits")
-
-
-def feature_net(data: str, train_x: torch.Tensor, train_y: torch.Tensor, ref_x, ref_y, epochs: int):
-    path = RESULTS / f"samplers_model.featurenet-{data}.safetensors"
-    if path.exists():
-        net, meta = load_feature_net(path)
-        log(f"feature net loaded from {path.name}")
-        return net, meta
-    t0 = time.perf_counter()
-    if data == "digits":  # hold out a fifth to measure accuracy; train on the rest
-        perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
-        held, fit = perm[: len(perm) // 5], perm[len(perm) // 5 :]
-        net = train_feature_net(train_x[fit], train_y[fit], epochs=epochs, batch_size=64, seed=0, log=log)
-        acc, on = accuracy(net, train_x[held], train_y[held]), f"held-out 20% of digits ({len(held)} images)"
-    else:
-        net = train_feature_net(train_x, train_y, epochs=epochs, seed=0, log=log)
-        acc, on = accuracy(net, ref_x, ref_y), f"test split ({len(ref_x)} images)"
-    meta = {"accuracy": f"{acc:.4f}", "accuracy_on": on, "epochs": str(epochs),
-            "train_seconds": f"{time.perf_counter() - t0:.0f}", "data": data}
-    save_feature_net(net, path, meta)
-    log(f"feature net: accuracy {acc:.4f} on {on}; saved {path.name}")
-    return net, meta
-
-
-# ---------------------------------------------------------------------------- sampling with a cache
-
-
-def checkpoint_id(path: Path) -> str:
-    h = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return f"{path.stem}-{h}"
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] → uint8 (B, C, H, W), the rounding that loading inverts (ddpm.images.to_uint8)."""
-    return images_to_uint8(x).transpose(0, 3, 1, 2)
-
-
-def cache_file(ckpt_key: str, sampler: str, spacing: str, steps: int, seed: int, options: dict | None = None) -> Path:
-    """Where the samples of one configuration are cached. The sampler's option defaults, overridden by
-    ``options`` (any keyword of ``ddpm.sample``), are part of the key, so that changing one invalidates them."""
-    opts = {k: repr(v) for k, v in sampler_options(sampler).items()}
-    opts.update({k: repr(v) for k, v in (options or {}).items()})
-    h = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8]
-    return CACHE / f"{ckpt_key}-{sampler}-{h}-{spacing}-{steps}-seed{seed}.npz"
-
-
-def samples_for(model, schedule, ckpt_key: str, shape: tuple[int, int, int], sampler: str, spacing: str,
-                steps: int, n: int, seed: int, batch: int, prediction: str = "eps",
-                options: dict | None = None) -> tuple[np.ndarray, float | None]:
-    """Images 0..n-1 (uint8 (n, C, H, W)) of one configuration, and seconds per image (as sampled, cached or not).
-    ``options`` are passed on to ``ddpm.sample`` (e.g. ``{"clip_x0": False}``)."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    f = cache_file(ckpt_key, sampler, spacing, steps, seed, options)
-    have = np.zeros((0, *shape), np.uint8)
-    secs = 0.0
-    if f.exists():
-        z = np.load(f)
-        have, secs = z["images"], float(z["seconds"])
-    if len(have) >= n:
-        return have[:n], secs / len(have)
-    t0 = time.perf_counter()
-    start = len(have)
-    for i0 in range(start, n, batch):
-        i1 = min(n, i0 + batch)
-        x = ddpm.sample(model, (i1 - i0, *shape), schedule, sampler=sampler, steps=steps, spacing=spacing,
-                        prediction=prediction, generator=image_generators(seed, range(i0, i1)), **(options or {}))
-        have = np.concatenate([have, to_uint8(x)])
-        np.savez(f, images=have, seconds=secs + time.perf_counter() - t0)  # save as we go: safe to interrupt
-        log(f"  {sampler}/{spacing}/{steps} {options or ''}: {i1}/{n} images ({time.perf_counter() - t0:.0f} s)")
-    return have, (secs + time.perf_counter() - t0) / len(have)
+# ---------------------------------------------------------------------------- sample strips
 
 
 def sample_strip(images: dict[str, np.ndarray], path: Path, count: int = 16) -> None:
     """One labelled row per configuration: its first ``count`` images (uint8 (N, C, H, W)), the same seeds in
     every column, so columns compare samplers on the same starting noise."""
-    from PIL import Image, ImageDraw
-
-    from ddpm.images import make_grid
-
     scale = max(2, 56 // next(iter(images.values())).shape[-1])
     rows = [make_grid(x[:count].transpose(0, 2, 3, 1), nrow=count, padding=2, pad_value=128, scale=scale)
             for x in images.values()]
@@ -189,52 +95,41 @@ def score(feats: torch.Tensor, ref: torch.Tensor, seed: int) -> dict:
     return {"fd": frechet_distance(feats, ref), "kid": k_mean, "kid_std": k_std}
 
 
-def paired_ratio(f_cfg: torch.Tensor, f_ref_gen: torch.Tensor, ref: torch.Tensor, reps: int = 300) -> dict:
-    """Bootstrap over image indices (the same indices for both, since image i has the same seed in both)."""
-    g = torch.Generator().manual_seed(123)
-    n = f_cfg.shape[0]
-    ratios = []
-    for _ in range(reps):
-        idx = torch.randint(0, n, (n,), generator=g)
-        ratios.append(frechet_distance(f_cfg[idx], ref) / frechet_distance(f_ref_gen[idx], ref))
-    r = torch.tensor(ratios)
-    return {"median": float(r.median()), "lo": float(r.quantile(0.05)), "hi": float(r.quantile(0.95)),
-            "p_within_10": float((r <= 1.10).double().mean()), "p_within_25": float((r <= 1.25).double().mean())}
+Config = tuple[str, str, int]  # (sampler, spacing, evaluations)
 
 
-def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    train_x, train_y, ref_x, ref_y, ref_desc = real_sets(args.data)
-    net, meta = feature_net(args.data, train_x, train_y, ref_x, ref_y, args.feature_epochs)
-    ref_f = extract_features(net, ref_x)
-    n = args.num
-
+def floor_rows(net: FeatureNet, train_x: torch.Tensor, ref_f: torch.Tensor, n: int) -> list[dict]:
+    """The scores of 5 random draws of ``n`` real training images: the floor for this N."""
     floors = []
     for i in range(5):
         idx = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1000 + i))[:n]
         floors.append(score(extract_features(net, train_x[idx]), ref_f, seed=i))
+    return floors
 
-    model, ckpt, schedule = load_model(args.checkpoint, use_ema=not args.raw_weights)
-    ckpt_path = Path(ckpt.path)
-    key = checkpoint_id(ckpt_path) + ("-raw" if args.raw_weights else "")
-    cfg = model.config
-    shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    if shape[0] != ref_x.shape[1] or shape[1] != ref_x.shape[-1]:
-        raise SystemExit(f"the model makes {shape} images but {args.data} has {tuple(ref_x.shape[1:])}")
 
-    plan = [REFERENCE] + [(s, sp, k) for s, sp in CONFIGS[: args.configs] for k in EVALS]
-    # The target rows first (default sampler at 20 and 10), then the reference, then the rest.
+def plan(args: argparse.Namespace) -> list[Config]:
+    """The configurations to sample, in order: the target rows first (default sampler at 20 and 10), then the
+    reference, then the rest; only the reference with ``--part reference``, all but it with ``--part fast``."""
+    every = [REFERENCE] + [(s, sp, k) for s, sp in CONFIGS[: args.configs] for k in EVALS]
     first = [(DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], 20), (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], 10), REFERENCE]
-    plan = first + [p for p in plan if p not in first]
+    every = first + [p for p in every if p not in first]
     if args.part == "reference":
-        plan = [REFERENCE]
-    elif args.part == "fast":
-        plan = [p for p in plan if p != REFERENCE]
+        return [REFERENCE]
+    if args.part == "fast":
+        return [p for p in every if p != REFERENCE]
+    return every
+
+
+def sample_and_score(model: torch.nn.Module, schedule: Schedule, key: str, shape: tuple[int, int, int],
+                     prediction: str, net: FeatureNet, ref_f: torch.Tensor,
+                     args: argparse.Namespace) -> tuple[dict[str, dict], dict[Config, torch.Tensor],
+                                                        dict[Config, np.ndarray]]:
+    """Each configuration of :func:`plan`'s samples (cached), features and scores: (rows by "sampler|spacing|evals",
+    features and images by configuration)."""
     rows, feats, images = {}, {}, {}
-    for sampler, spacing, steps in plan:
-        imgs, per_image = samples_for(model, schedule, key, shape, sampler, spacing, steps, n, args.seed, args.batch,
-                                      prediction=ckpt.meta.get("prediction", "eps"))
+    for sampler, spacing, steps in plan(args):
+        imgs, per_image = samples_for(model, schedule, key, shape, sampler, spacing, steps, args.num, args.seed,
+                                      args.batch, prediction=prediction)
         images[(sampler, spacing, steps)] = imgs
         x = torch.from_numpy(imgs).float() / 127.5 - 1
         f = extract_features(net, x)
@@ -244,42 +139,73 @@ def run(args: argparse.Namespace) -> dict:
         rows[f"{sampler}|{spacing}|{steps}"] = s
         log(f"{sampler}/{spacing}/{steps}: FD {s['fd']:.3f}  KID {s['kid'] * 1e3:.2f}±{s['kid_std'] * 1e3:.2f} e-3"
             + f"  ({per_image * 1e3:.0f} ms/image)")
+    return rows, feats, images
 
+
+def targets(rows: dict[str, dict], feats: dict[Config, torch.Tensor], ref_f: torch.Tensor) -> dict[str, dict]:
+    """The default sampler at 20 and 10 evaluations against the reference, with the limits of the project's
+    targets (within 10% and 25% in FD) and the paired bootstrap of the ratio."""
+    ref_gen = feats[REFERENCE]
+    out = {}
+    for k, limit in ((20, 1.10), (10, 1.25)):
+        cfgk = (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], k)
+        fd_c, fd_r = rows[f"{cfgk[0]}|{cfgk[1]}|{k}"]["fd"], rows["|".join(map(str, REFERENCE))]["fd"]
+        rc, rr = rows[f"{cfgk[0]}|{cfgk[1]}|{k}"], rows["|".join(map(str, REFERENCE))]
+        out[str(k)] = {"limit": limit, "fd": fd_c, "fd_ref": fd_r, "ratio": fd_c / fd_r,
+                       "kid": rc["kid"], "kid_std": rc["kid_std"],
+                       "kid_ref": rr["kid"], "kid_ref_std": rr["kid_std"],
+                       "bootstrap": paired_ratio(feats[cfgk], ref_gen, ref_f)}
+    return out
+
+
+def default_choice(rows: dict[str, dict], feats: dict[Config, torch.Tensor], ref_f: torch.Tensor) -> dict:
+    """The default against the best other row at its own step count, paired over the same images ({} if either
+    was not sampled)."""
+    d_steps = DEFAULT_SAMPLER[2]
+    d_cfg = (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], d_steps)
+    others = [c for c in feats if c[2] == d_steps and c != d_cfg]
+    if d_cfg not in feats or not others:
+        return {}
+    best = min(others, key=lambda c: rows[f"{c[0]}|{c[1]}|{c[2]}"]["fd"])
+    return {"steps": d_steps, "best_other": list(best),
+            "fd_default": rows[f"{d_cfg[0]}|{d_cfg[1]}|{d_steps}"]["fd"],
+            "fd_best_other": rows[f"{best[0]}|{best[1]}|{d_steps}"]["fd"],
+            "bootstrap": paired_ratio(feats[d_cfg], feats[best], ref_f)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Sample and score every configuration of ``args``; the result record ({} unless ``--part all``), with the
+    sample strip of the key rows written beside ``--out``."""
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    train_x, train_y, ref_x, ref_y, ref_desc = real_sets(args.data)
+    net, meta = feature_net(args.data, train_x, train_y, ref_x, ref_y, args.feature_epochs)
+    ref_f = extract_features(net, ref_x)
+    floors = floor_rows(net, train_x, ref_f, args.num)
+
+    model, ckpt, schedule = load_model(args.checkpoint, use_ema=not args.raw_weights)
+    ckpt_path = Path(ckpt.path)
+    key = checkpoint_id(ckpt_path) + ("-raw" if args.raw_weights else "")
+    cfg = model.config
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    if shape[0] != ref_x.shape[1] or shape[1] != ref_x.shape[-1]:
+        raise SystemExit(f"the model makes {shape} images but {args.data} has {tuple(ref_x.shape[1:])}")
+    rows, feats, images = sample_and_score(model, schedule, key, shape, ckpt.meta.get("prediction", "eps"), net,
+                                           ref_f, args)
     if args.part != "all":
         return {}
     shown = [REFERENCE, *[(name, sp, k) for name, sp, _ in (DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER) for k in (10, 20)]]
     sample_strip({f"{s} / {sp} / {k} calls": images[(s, sp, k)] for s, sp, k in shown if (s, sp, k) in images},
                  args.out.parent / f"{args.out.stem}-{args.data}-samples.png")
-    ref_gen = feats[REFERENCE]
-    targets = {}
-    for k, limit in ((20, 1.10), (10, 1.25)):
-        cfgk = (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], k)
-        fd_c, fd_r = rows[f"{cfgk[0]}|{cfgk[1]}|{k}"]["fd"], rows["|".join(map(str, REFERENCE))]["fd"]
-        rc, rr = rows[f"{cfgk[0]}|{cfgk[1]}|{k}"], rows["|".join(map(str, REFERENCE))]
-        targets[str(k)] = {"limit": limit, "fd": fd_c, "fd_ref": fd_r, "ratio": fd_c / fd_r,
-                           "kid": rc["kid"], "kid_std": rc["kid_std"],
-                           "kid_ref": rr["kid"], "kid_ref_std": rr["kid_std"],
-                           "bootstrap": paired_ratio(feats[cfgk], ref_gen, ref_f)}
-
-    # The default against the best other row at its own step count, paired over the same images.
-    d_steps = DEFAULT_SAMPLER[2]
-    d_cfg = (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], d_steps)
-    others = [c for c in feats if c[2] == d_steps and c != d_cfg]
-    choice = {}
-    if d_cfg in feats and others:
-        best = min(others, key=lambda c: rows[f"{c[0]}|{c[1]}|{c[2]}"]["fd"])
-        choice = {"steps": d_steps, "best_other": list(best),
-                  "fd_default": rows[f"{d_cfg[0]}|{d_cfg[1]}|{d_steps}"]["fd"],
-                  "fd_best_other": rows[f"{best[0]}|{best[1]}|{d_steps}"]["fd"],
-                  "bootstrap": paired_ratio(feats[d_cfg], feats[best], ref_f)}
 
     cmd = "python benchmarks/samplers_model.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return {
-        "data": args.data, "n": n, "seed": args.seed, "batch": args.batch, "cmd": cmd, "checkpoint": str(ckpt_path),
-        "checkpoint_key": key, "step": ckpt.step,
+        "data": args.data, "n": args.num, "seed": args.seed, "batch": args.batch, "cmd": cmd,
+        "checkpoint": str(ckpt_path), "checkpoint_key": key, "step": ckpt.step,
         "ema": not args.raw_weights, "threads": args.threads,
         "reference": ref_desc, "feature_net": meta, "feature_dim": int(ref_f.shape[1]),
-        "floors": floors, "rows": rows, "targets": targets, "choice": choice, "default": list(DEFAULT_SAMPLER),
+        "floors": floors, "rows": rows, "targets": targets(rows, feats, ref_f),
+        "choice": default_choice(rows, feats, ref_f), "default": list(DEFAULT_SAMPLER),
         "seconds": time.perf_counter() - t_start,
         "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), torch {torch.__version__}, "
                    f"{args.threads} thread{'s' if args.threads > 1 else ''}, {time.strftime('%Y-%m-%d')}",
@@ -300,14 +226,14 @@ def _configs(rows: dict) -> list[tuple[str, str]]:
     return list(dict.fromkeys(tuple(key.split("|")[:2]) for key in rows if key != ref_key))
 
 
-def markdown_section(res: dict) -> str:
+def section_header(res: dict) -> list[str]:
+    """The heading of one data set's section: command, checkpoint, features, the floor and the reference."""
     rows = res["rows"]
     ref_key = "|".join(map(str, REFERENCE))
-    configs = _configs(rows)
     fd_floor = _mean_std([f["fd"] for f in res["floors"]])
     kid_floor = _mean_std([f["kid"] for f in res["floors"]])
     fn = res["feature_net"]
-    out = [
+    return [
         f"## {res['data']}: N = {res['n']} images per configuration",
         "",
         f"Command: `{res['cmd']}` ({res['seconds']:.0f} s including cached work; {res['machine']}).",
@@ -324,29 +250,28 @@ def markdown_section(res: dict) -> str:
         + (f", {rows[ref_key]['seconds_per_image']:.2f} s/image." if rows[ref_key].get("seconds_per_image") else "."),
         "",
     ]
+
+
+def score_table(res: dict, title: str, fmt: Callable[[dict], str]) -> list[str]:
+    """One table of the section: a row per (sampler, spacing), a column per evaluation count, ``fmt`` of each."""
+    rows = res["rows"]
+    ref_key = "|".join(map(str, REFERENCE))
     default = tuple(res["default"][:2])
     cols = [*EVALS, REFERENCE[2]]
+    lines = [title, "", "| sampler / spacing | " + " | ".join(str(k) for k in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for s, sp in _configs(rows):
+        name = f"{s} / {sp}" + (" (default)" if (s, sp) == default else "")
+        cells = [fmt(rows[f"{s}|{sp}|{k}"]) if f"{s}|{sp}|{k}" in rows else "–" for k in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ref_cells = ["–"] * len(EVALS) + [fmt(rows[ref_key])]
+    lines.append("| ddpm ancestral (reference, all 1000 steps) | " + " | ".join(ref_cells) + " |")
+    return lines + [""]
 
-    def table(title: str, fmt) -> list[str]:
-        lines = [title, "", "| sampler / spacing | " + " | ".join(str(k) for k in cols) + " |",
-                 "|---|" + "---:|" * len(cols)]
-        for s, sp in configs:
-            name = f"{s} / {sp}" + (" (default)" if (s, sp) == default else "")
-            cells = [fmt(rows[f"{s}|{sp}|{k}"]) if f"{s}|{sp}|{k}" in rows else "–" for k in cols]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        ref_cells = ["–"] * len(EVALS) + [fmt(rows[ref_key])]
-        lines.append("| ddpm ancestral (reference, all 1000 steps) | " + " | ".join(ref_cells) + " |")
-        return lines + [""]
 
-    out += table("### FD (lower is better; columns: model evaluations)", lambda r: f"{r['fd']:.3f}")
-    out += table("### KID ×10³ (mean ± std over 100 subsets of N/2; the std is the noise of one half-size "
-                 "measurement, not of the mean)", lambda r: f"{r['kid'] * 1e3:.2f} ± {r['kid_std'] * 1e3:.2f}")
-    if any(r.get("seconds_per_image") for r in rows.values()):
-        batch = res.get("batch", "?")
-        threads = res.get("threads", 1)
-        out += table(f"### Sampling time, seconds per image ({threads} thread{'s' if threads > 1 else ''}, "
-                     f"batches of {batch})",
-                     lambda r: f"{r['seconds_per_image']:.3f}" if r.get("seconds_per_image") else "?")
+def choice_and_targets(res: dict) -> list[str]:
+    """The default against the best other row, and the targets, with their paired bootstrap intervals."""
+    out = []
     ch = res.get("choice")
     if ch:
         b = ch["bootstrap"]
@@ -366,6 +291,23 @@ def markdown_section(res: dict) -> str:
                    f"{b['p_within_' + ('10' if k == '20' else '25')] * 100:.0f}%. KID ×10³: "
                    f"{t['kid'] * 1e3:.2f} ± {t['kid_std'] * 1e3:.2f} vs {t['kid_ref'] * 1e3:.2f} ± "
                    f"{t['kid_ref_std'] * 1e3:.2f}.")
+    return out
+
+
+def markdown_section(res: dict) -> str:
+    """One data set's section of the report."""
+    out = section_header(res)
+    out += score_table(res, "### FD (lower is better; columns: model evaluations)", lambda r: f"{r['fd']:.3f}")
+    out += score_table(res, "### KID ×10³ (mean ± std over 100 subsets of N/2; the std is the noise of one "
+                       "half-size measurement, not of the mean)",
+                       lambda r: f"{r['kid'] * 1e3:.2f} ± {r['kid_std'] * 1e3:.2f}")
+    if any(r.get("seconds_per_image") for r in res["rows"].values()):
+        batch = res.get("batch", "?")
+        threads = res.get("threads", 1)
+        out += score_table(res, f"### Sampling time, seconds per image ({threads} thread{'s' if threads > 1 else ''}, "
+                           f"batches of {batch})",
+                           lambda r: f"{r['seconds_per_image']:.3f}" if r.get("seconds_per_image") else "?")
+    out += choice_and_targets(res)
     return "\n".join(out) + "\n"
 
 
@@ -387,8 +329,6 @@ COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 10
 
 def plot(all_res: dict, path: Path) -> None:
     """One row per data set, panels FD and KID; log-x evaluations, linear y; dashed = reference, dotted = floor."""
-    from PIL import Image, ImageDraw
-
     datas = sorted(all_res, key=lambda d: d != "fashion-mnist")
     pw, ph, ml, mr, mt, mb = 520, 340, 70, 20, 40, 50
     legend_w = 300

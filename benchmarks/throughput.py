@@ -5,8 +5,8 @@ Usage::
     python benchmarks/throughput.py [--presets tiny,small,ddpm-cifar10] [--seconds S] [--threads N]
                                     [--precisions float32,bf16] [--cases tiny:1:28:128:128,... | --set 64px]
 
-``--set 64px`` measures every preset for colour images at 3×64×64 (the size of the note's images), the published
-networks at a small batch (on a CPU they run at a few images per second).
+``--set 64px`` measures every preset for colour images at 3×64×64, the published networks at a small batch (on a
+CPU they run at a few images per second).
 
 ``--compile`` adds a ``torch.compile`` row for each case (TorchInductor, which on a CPU builds C++ kernels with
 the system compiler) and reports the one-off compile time next to the steady speed, so the time it costs
@@ -28,39 +28,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from collections.abc import Callable
 
 import torch
+from harness import cpu_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddpm.unet import PRESETS, UNet
 
 # (preset, channels, image size, training batch, sampling batch)
-CASES: list[tuple[str, int, int, int, int]] = [
+Case = tuple[str, int, int, int, int]
+CASES: list[Case] = [
     ("tiny", 1, 8, 128, 256),
     ("tiny", 1, 28, 64, 128),
     ("small", 1, 28, 32, 64),
     ("ddpm-cifar10", 3, 32, 8, 16),
 ]
 # Named sets of cases (--set): every preset for colour images at 64×64, batches sized for a CPU.
-CASE_SETS: dict[str, list[tuple[str, int, int, int, int]]] = {
+CASE_SETS: dict[str, list[Case]] = {
     "64px": [("tiny-32", 3, 64, 32, 64), ("tiny-64", 3, 64, 32, 64), ("ddpm-cifar10", 3, 64, 8, 16),
              ("adm-64", 3, 64, 2, 4), ("adm-128", 3, 64, 2, 4), ("ddpm-256", 3, 64, 2, 4)],
 }
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (or platform's best guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:
@@ -162,8 +151,9 @@ def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_b
                 sample_gflops=flops * sample_eps / 1e9)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse arguments, measure, print a Markdown report."""
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], list[Case]]:
+    """The arguments, the precisions and the cases they ask for (``args.presets`` set to the cases' presets where
+    ``--set`` or ``--cases`` chose them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="tiny,small,ddpm-cifar10",
                         help=f"comma-separated presets out of {sorted(PRESETS)}")
@@ -190,13 +180,19 @@ def main(argv: list[str] | None = None) -> None:
         except (IndexError, ValueError):
             parser.error(f"--cases {args.cases!r}: write preset:channels:size:train_batch:sample_batch, ...")
         args.presets = ",".join(dict.fromkeys(c[0] for c in cases))
-    wanted = [p.strip() for p in args.presets.split(",") if p.strip()]
-    unknown = sorted(set(wanted) - set(PRESETS))
+    unknown = sorted(set(wanted_presets(args)) - set(PRESETS))
     if unknown:
         parser.error(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    return args, precisions, cases
 
+
+def wanted_presets(args: argparse.Namespace) -> list[str]:
+    """The presets of ``--presets``."""
+    return [p.strip() for p in args.presets.split(",") if p.strip()]
+
+
+def print_header(args: argparse.Namespace, precisions: list[str]) -> dict[str, float]:
+    """Print the machine, the measured peak of each precision and the command; the peaks in GFLOP/s."""
     print("# UNet throughput\n")
     print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores)")
     print(f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {', '.join(precisions)}, CPU")
@@ -213,10 +209,17 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None)
         + (" --compile" if args.compile else ""))
     print()
+    return peaks
+
+
+def print_rows(args: argparse.Namespace, precisions: list[str], cases: list[Case], peaks: dict[str, float]) -> None:
+    """Measure each case of a wanted preset in each precision (and compiled, with ``--compile``): one table row
+    each."""
     print("| preset | shape | precision | compiled (first steps s) | params | GFLOP/fwd/img | train batch "
           "| train img/s | train step ms "
           "| train GFLOP/s | train % peak | sample batch | sample evals/s | sample GFLOP/s | sample % peak |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    wanted = wanted_presets(args)
     compiles = (False, True) if args.compile else (False,)
     runs = ((c, p, k) for c in cases for p in precisions for k in compiles)
     for (preset, channels, size, tb, sb), name, comp in runs:
@@ -230,6 +233,15 @@ def main(argv: list[str] | None = None) -> None:
               f"| {r['train_ips']:.1f} | {r['step_ms']:.0f} | {r['train_gflops']:.1f} "
               f"| {100 * r['train_gflops'] / peak:.0f}% | {sb} | {r['sample_eps']:.1f} | {r['sample_gflops']:.1f} "
               f"| {100 * r['sample_gflops'] / peak:.0f}% |", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, measure, print a Markdown report."""
+    args, precisions, cases = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    peaks = print_header(args, precisions)
+    print_rows(args, precisions, cases, peaks)
     print(f"\nload average after the run: {load_average()}")
 
 

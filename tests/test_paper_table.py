@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
+import paper_table
 import pytest
+from harness import REPO, RESULTS
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import paper_table  # noqa: E402
-
-from ddpm.cli import build_parser  # noqa: E402
-from ddpm.cli.flags import config_values  # noqa: E402
-from ddpm.train import TrainConfig  # noqa: E402
+from ddpm.cli import build_parser
+from ddpm.cli.flags import config_values
+from ddpm.train import TrainConfig
 
 
 @pytest.mark.parametrize("row", list(paper_table.ROWS))
@@ -44,7 +40,7 @@ def test_paired_column_is_mean_and_standard_error_of_differences():
 
 
 def test_benchmarks_md_table_is_the_scripts_report_of_the_committed_results():
-    results = ROOT / "benchmarks" / "results" / "paper_table.jsonl"
+    results = RESULTS / "paper_table.jsonl"
     table = paper_table.report(results)
     assert len(table.splitlines()) == 2 + len({json.loads(x)["row"] for x in results.read_text().splitlines()})
-    assert table in (ROOT / "BENCHMARKS.md").read_text()
+    assert table in (REPO / "BENCHMARKS.md").read_text()

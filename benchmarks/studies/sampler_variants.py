@@ -8,29 +8,30 @@ samplers_model.py, and the reference is samplers_model.py's cached 1000-step DDP
 (run that first). Output: FD in the same classifier features, FD / FD(DDPM-1000), and the paired bootstrap
 interval of that ratio over the N images.
 
-Samples are cached with samplers_model.py's (``benchmarks/.cache/``, keyed by the options too).
+Samples are cached with samplers_model.py's (``benchmarks/.cache/``, keyed by the options too); what the two share
+is in harness.py.
 
-    .venv/bin/python benchmarks/sampler_variants.py --checkpoint runs/fashion --num 300 \\
-        sa-solver/logsnr/20 sa-solver/logsnr/20/clip_x0=false
+    PYTHONPATH=benchmarks .venv/bin/python benchmarks/studies/sampler_variants.py --checkpoint runs/fashion \\
+        --num 300 sa-solver/logsnr/20 sa-solver/logsnr/20/clip_x0=false
+
+A study in ``benchmarks/studies/``: it takes what it shares with the benchmarks from ``benchmarks/harness.py``, so it
+runs from the repository's root with ``benchmarks/`` on the module path (``PYTHONPATH=benchmarks``), as above.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import REFERENCE, cache_file, checkpoint_id, feature_net, paired_ratio, real_sets, samples_for
 
 from ddpm.checkpoint import load_model
 from ddpm.evaluation.featurenet import extract_features
 from ddpm.evaluation.metrics import frechet_distance
 from ddpm.sampling import SAMPLERS
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import samplers_model as sm  # noqa: E402  (the feature net, the real sets, the reference cache)
 
 
 def parse_variant(spec: str) -> tuple[str, str, int, dict]:
@@ -61,15 +62,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variants = [parse_variant(s) for s in args.variants]
 
-    train_x, train_y, ref_x, ref_y, _ = sm.real_sets(args.data)
-    net, _ = sm.feature_net(args.data, train_x, train_y, ref_x, ref_y, 2 if args.data == "fashion-mnist" else 40)
+    train_x, train_y, ref_x, ref_y, _ = real_sets(args.data)
+    net, _ = feature_net(args.data, train_x, train_y, ref_x, ref_y, 2 if args.data == "fashion-mnist" else 40)
     real_f = extract_features(net, ref_x)
     model, ckpt, schedule = load_model(args.checkpoint)
-    key = sm.checkpoint_id(Path(ckpt.path))
+    key = checkpoint_id(Path(ckpt.path))
     prediction = ckpt.meta.get("prediction", "eps")
     cfg = model.config
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    ref_file = sm.cache_file(key, *sm.REFERENCE[:2], sm.REFERENCE[2], args.seed)
+    ref_file = cache_file(key, *REFERENCE, args.seed)
     ref = np.load(ref_file)["images"] if ref_file.exists() else np.zeros((0,))
     if len(ref) < args.num:
         raise SystemExit(f"no 1000-step reference with {args.num} images for {ckpt.path}: run benchmarks/"
@@ -81,11 +82,11 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     print(f"| ddpm/linspace/1000 (reference, library defaults) | {fd_ref:.3f} | 1 | – |")
     for spec, (sampler, spacing, steps, options) in zip(args.variants, variants, strict=True):
-        imgs, _ = sm.samples_for(model, schedule, key, shape, sampler, spacing, steps, args.num, args.seed,
-                                 args.batch, prediction=prediction, options=options)
+        imgs, _ = samples_for(model, schedule, key, shape, sampler, spacing, steps, args.num, args.seed,
+                              args.batch, prediction=prediction, options=options)
         f = extract_features(net, torch.from_numpy(imgs).float() / 127.5 - 1)
         fd = frechet_distance(f, real_f)
-        b = sm.paired_ratio(f, ref_f, real_f, reps=200)
+        b = paired_ratio(f, ref_f, real_f, reps=200)
         print(f"| {spec} | {fd:.3f} | {fd / fd_ref:.3f} | {b['lo']:.2f}–{b['hi']:.2f} |", flush=True)
 
 

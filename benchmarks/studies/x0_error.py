@@ -14,7 +14,7 @@ linear schedule: its x̂_0 at high noise can be far worse than the mean image, w
 long (the ``info`` spacing) or that extrapolate x̂_0 carry into the image. A v- or x_0-predicting network does
 not have that amplification.
 
-    .venv/bin/python benchmarks/x0_error.py --checkpoint runs/fashion \
+    .venv/bin/python benchmarks/studies/x0_error.py --checkpoint runs/fashion \
         --data /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 """
 

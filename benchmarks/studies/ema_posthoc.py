@@ -1,7 +1,8 @@
 """EMA length after the fact: rebuild other EMA profiles from a run's raw-weight snapshots, sample, score.
 
     ddpm train --data fashion-mnist --steps 6000 --checkpoint-every 100 --keep 100 --out RUN
-    python benchmarks/ema_posthoc.py --run RUN --profiles stored,warmup:10,warmup:5,warmup:20,raw --num 1000
+    PYTHONPATH=benchmarks python benchmarks/studies/ema_posthoc.py --run RUN \\
+        --profiles stored,warmup:10,warmup:5,warmup:20,raw --num 1000
 
 The EMA that ``ddpm train`` keeps is ema_{n+1} = β_n ema_n + (1 − β_n) θ_{n+1} with
 β_n = min(decay, (1+n)/(K+n)) and K = 10: a weighted average Σ_n w_n θ_n of the raw weights θ_n after n steps.
@@ -19,19 +20,21 @@ Each profile's length is reported as σ_rel, the standard deviation of the step 
 the last step N (Karras et al. 2024). Each profile's weights are written as the EMA of a checkpoint in
 RUN/posthoc/, sampled with the default ``ddpm sample`` and scored with ``ddpm eval`` against the test split; one
 row per profile goes to ``--results``.
+
+A study in ``benchmarks/studies/``: it takes what it shares with the benchmarks from ``benchmarks/harness.py``, so it
+runs from the repository's root with ``benchmarks/`` on the module path (``PYTHONPATH=benchmarks``), as above.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from quality_per_minute import BIN, RESULTS, _run, add_scoring_args, append_row, reference_flags
+from harness import RESULTS, add_scoring_args, append_row, sample_npz, score_samples
 
 from ddpm.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
@@ -131,12 +134,8 @@ def main() -> None:
         path = out_dir / f"{name}.safetensors"
         save_checkpoint(path, last.model, ema, {**last.meta, "ema_profile": profile})
         npz = out_dir / f"{name}-samples-{args.num}.npz"
-        sample_s = _run([str(BIN / "ddpm"), "sample", "--checkpoint", str(path), "--num", str(args.num), "--out",
-              str(out_dir / f"{name}-samples-{args.num}"), "--npz", str(npz), "--quiet", "--overwrite"], args.threads)
-        ev = out_dir / f"{name}-eval"
-        _run([str(BIN / "ddpm"), "eval", "--samples", str(npz), *reference_flags(args), "--out", str(ev),
-              "--overwrite"], args.threads)
-        scores = json.loads((ev / "eval.json").read_text())
+        sample_s = sample_npz(path, args.num, out_dir / f"{name}-samples-{args.num}", npz, args.threads)
+        scores = score_samples(npz, out_dir / f"{name}-eval", args, overwrite=True)
         row = {"run": str(args.run), "step": steps[-1], "snapshot_every": steps[1] - steps[0], "profile": profile,
                "sigma_rel": sig, "dist_to_stored": distance(ema, last.ema),
                "dist_stored_to_raw": stored_to_raw, "sample_wall_s": sample_s, "num": args.num,

@@ -9,7 +9,7 @@ measured no gain beyond the noise (BENCHMARKS.md). Per checkpoint it reports:
 - the wall time of ``ddpm.generate`` for ``--num`` images with the default sampler, flushing off and on,
   alternating ``--rounds`` times (the fastest of each), and whether the images written are the same.
 
-    .venv/bin/python benchmarks/subnormals.py --checkpoints runs/qpm-25c/default-25min,runs/qpm-25c/lr2e-3-25min
+    .venv/bin/python benchmarks/studies/subnormals.py --checkpoints runs/qpm-25c/default-25min,runs/qpm-25c/lr2e-3-25min
 """
 
 from __future__ import annotations
