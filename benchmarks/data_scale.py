@@ -59,8 +59,23 @@ PHONE = (4032, 3024)
 # The results' keys for the in-memory loader ("today", "today_s", "today_ms", "today_peak_rss_mb",
 # "pixels_celeba_prepared_vs_today") are the committed results' (benchmarks/results/data_scale*.json), which report()
 # reads.
-TRAIN_ARGS = ["--preset", "tiny", "--batch-size", "64", "--sample-every", "0", "--checkpoint-every", "0",
-              "--num-samples", "1", "--sample-steps", "1", "--log-every", "1", "--quiet"]
+TRAIN_ARGS = [
+    "--preset",
+    "tiny",
+    "--batch-size",
+    "64",
+    "--sample-every",
+    "0",
+    "--checkpoint-every",
+    "0",
+    "--num-samples",
+    "1",
+    "--sample-steps",
+    "1",
+    "--log-every",
+    "1",
+    "--quiet",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,8 +264,19 @@ def _memory(pid: int) -> dict[str, float]:
 def ddp_memory(out: Path, data: Path, size: int, steps: int, prepared: Path | None, in_memory: bool = False) -> dict:
     """Each rank's peak RssAnon / RssFile (MB) during ``torchrun --nproc_per_node 2 ... ddpm train``, and the time."""
     shutil.rmtree(out, ignore_errors=True)
-    args = ["--data", str(data), "--image-size", str(size), "--out", str(out), "--steps", str(steps),
-            "--device", "cpu", *TRAIN_ARGS]
+    args = [
+        "--data",
+        str(data),
+        "--image-size",
+        str(size),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--device",
+        "cpu",
+        *TRAIN_ARGS,
+    ]
     if prepared is not None:
         args += ["--prepared-dir", str(prepared)]
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -274,8 +300,11 @@ def ddp_memory(out: Path, data: Path, size: int, steps: int, prepared: Path | No
     if proc.returncode:
         raise SystemExit(f"torchrun failed: {stderr[-3000:]}")
     ranks = [peaks[p] for p in sorted(peaks)]
-    return {"s": time.perf_counter() - t0, "ranks": ranks,
-            "preparations": sum(line.startswith("prepared ") for line in stdout.splitlines())}
+    return {
+        "s": time.perf_counter() - t0,
+        "ranks": ranks,
+        "preparations": sum(line.startswith("prepared ") for line in stdout.splitlines()),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,11 +313,18 @@ def ddp_memory(out: Path, data: Path, size: int, steps: int, prepared: Path | No
 
 def pixel_difference(files: list[Path], size: int) -> dict:
     """The draft path against the full decode + Lanczos, over ``files``: max and mean |difference| in levels."""
-    diffs = [np.abs(decode_fitted(p, size).astype(np.int16) - fit_square(decode_image(p), size).astype(np.int16))
-             for p in files]
+    diffs = [
+        np.abs(decode_fitted(p, size).astype(np.int16) - fit_square(decode_image(p), size).astype(np.int16))
+        for p in files
+    ]
     d = np.stack(diffs)
-    return {"images": len(files), "max": int(d.max()), "mean": float(d.mean()),
-            "p99.9": float(np.percentile(d, 99.9)), "share_over_2": float((d > 2).mean())}
+    return {
+        "images": len(files),
+        "max": int(d.max()),
+        "mean": float(d.mean()),
+        "p99.9": float(np.percentile(d, 99.9)),
+        "share_over_2": float((d > 2).mean()),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,11 +333,17 @@ def pixel_difference(files: list[Path], size: int) -> dict:
 def machine() -> dict:
     """The CPU, its bf16 and AMX support, cores, memory, load, and the JPEG decoder's versions."""
     flags = cpu_flags()
-    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "avx512_bf16": "avx512_bf16" in flags,
-            "amx": any(f.startswith("amx") for f in flags), "load_average": os.getloadavg(),
-            "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
-            "pillow": Image.__version__, "libjpeg_turbo": features.version("libjpeg_turbo"),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": any(f.startswith("amx") for f in flags),
+        "load_average": os.getloadavg(),
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
+        "pillow": Image.__version__,
+        "libjpeg_turbo": features.version("libjpeg_turbo"),
+        "python": platform.python_version(),
+    }
 
 
 CHECK_PIXELS = """
@@ -323,8 +365,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--phone", type=int, default=256, help="phone-sized images (0: none)")
     ap.add_argument("--ddp-sizes", default="5000,200000", help="set sizes for the torchrun memory rows")
     ap.add_argument("--in-memory-max", type=int, default=200000, help="largest set the in-memory loader is timed on")
-    ap.add_argument("--in-memory-ddp-max", type=int, default=50000,
-                    help="largest set the in-memory loader runs under torchrun (it holds the set in every rank)")
+    ap.add_argument(
+        "--in-memory-ddp-max",
+        type=int,
+        default=50000,
+        help="largest set the in-memory loader runs under torchrun (it holds the set in every rank)",
+    )
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--ddp-steps", type=int, default=20)
     ap.add_argument("--out", type=Path, default=RESULTS / "data_scale.json")
@@ -356,10 +402,15 @@ def phone_photos(args: argparse.Namespace, prepared: Path, cores: int) -> dict:
     one = first_preparation(folder, s, prepared, 1)
     all_cores = first_preparation(folder, s, prepared, cores)
     loaded = in_memory_load(folder, s)
-    row = {"n": n, "mb_per_file": sum(p.stat().st_size for p in phone) / len(phone) / 1e6,
-           "today_ms": 1e3 * loaded["s"] / n, "today_peak_rss_mb": loaded["peak_rss_mb"],
-           "prepared_1_worker_ms": 1e3 * one["s"] / n, f"prepared_{cores}_workers_ms": 1e3 * all_cores["s"] / n,
-           "pixels_draft_vs_full": pixel_difference(phone[:50], s)}
+    row = {
+        "n": n,
+        "mb_per_file": sum(p.stat().st_size for p in phone) / len(phone) / 1e6,
+        "today_ms": 1e3 * loaded["s"] / n,
+        "today_peak_rss_mb": loaded["peak_rss_mb"],
+        "prepared_1_worker_ms": 1e3 * one["s"] / n,
+        f"prepared_{cores}_workers_ms": 1e3 * all_cores["s"] / n,
+        "pixels_draft_vs_full": pixel_difference(phone[:50], s),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -387,8 +438,11 @@ def ddp_memories(sets: dict[int, Path], args: argparse.Namespace, prepared: Path
     rows = []
     for n in args.ddp_sizes:
         forget(sets[n], s, prepared)
-        row = {"n": n, "first_start": ddp_memory(runs / f"d{n}", sets[n], s, steps, prepared),
-               "later_start": ddp_memory(runs / f"d{n}", sets[n], s, steps, prepared)}
+        row = {
+            "n": n,
+            "first_start": ddp_memory(runs / f"d{n}", sets[n], s, steps, prepared),
+            "later_start": ddp_memory(runs / f"d{n}", sets[n], s, steps, prepared),
+        }
         if n <= args.in_memory_ddp_max:
             row["today"] = ddp_memory(runs / f"dt{n}", sets[n], s, steps, None, in_memory=True)
         rows.append(row)
@@ -428,12 +482,15 @@ START_LABELS = {"first_start": "first start", "later_start": "later start", "tod
 def report(r: dict) -> str:
     """The tables for BENCHMARKS.md."""
     m = r["machine"]
-    lines = [f"{m['cpu']}, {m['cores']} cores, avx512_bf16 {m['avx512_bf16']}, AMX {m['amx']}, "
-             f"{m['memory_gb']:.0f} GB, load average {' / '.join(f'{v:.2f}' for v in m['load_average'])}, Pillow "
-             f"{m['pillow']} (libjpeg-turbo {m['libjpeg_turbo']}), --image-size {r['image_size']}", "",
-             "| images | first preparation s (img/s) | in-memory load s (img/s) | speed-up "
-             "| peak RSS prepared / in-memory MB |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"{m['cpu']}, {m['cores']} cores, avx512_bf16 {m['avx512_bf16']}, AMX {m['amx']}, "
+        f"{m['memory_gb']:.0f} GB, load average {' / '.join(f'{v:.2f}' for v in m['load_average'])}, Pillow "
+        f"{m['pillow']} (libjpeg-turbo {m['libjpeg_turbo']}), --image-size {r['image_size']}",
+        "",
+        "| images | first preparation s (img/s) | in-memory load s (img/s) | speed-up "
+        "| peak RSS prepared / in-memory MB |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for row in r["first_preparation"]:
         n, p, t = row["n"], row["prepared"], row.get("today")
         loaded = f"{t['s']:.1f} ({n / t['s']:.0f})" if t else "not run"
@@ -444,31 +501,46 @@ def report(r: dict) -> str:
         ph = r["phone"]
         workers = next(k for k in ph if k.startswith("prepared_") and k.endswith("_workers_ms"))
         px = ph["pixels_draft_vs_full"]
-        lines += ["", "| phone-sized 4032×3024 | ms per image |", "|---|---:|",
-                  f"| in-memory loader (full decode, 1 process) | {ph['today_ms']:.1f} |",
-                  f"| prepared, 1 worker | {ph['prepared_1_worker_ms']:.1f} |",
-                  f"| prepared, {workers.split('_')[1]} workers | {ph[workers]:.1f} |", "",
-                  f"Pixels, draft against full decode ({px['images']} phone photos, 8-bit levels): max {px['max']}, "
-                  f"mean {px['mean']:.3f}, 99.9th percentile {px['p99.9']:.0f}, "
-                  f"share above 2: {px['share_over_2']:.5f}"]
-    lines += ["", "| images | command to first step, prepared s | in-memory s | the model's own start-up s |",
-              "|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| phone-sized 4032×3024 | ms per image |",
+            "|---|---:|",
+            f"| in-memory loader (full decode, 1 process) | {ph['today_ms']:.1f} |",
+            f"| prepared, 1 worker | {ph['prepared_1_worker_ms']:.1f} |",
+            f"| prepared, {workers.split('_')[1]} workers | {ph[workers]:.1f} |",
+            "",
+            f"Pixels, draft against full decode ({px['images']} phone photos, 8-bit levels): max {px['max']}, "
+            f"mean {px['mean']:.3f}, 99.9th percentile {px['p99.9']:.0f}, "
+            f"share above 2: {px['share_over_2']:.5f}",
+        ]
+    lines += [
+        "",
+        "| images | command to first step, prepared s | in-memory s | the model's own start-up s |",
+        "|---:|---:|---:|---:|",
+    ]
     for row in r["first_step"]:
         loaded = f"{row['today_s']:.1f}" if "today_s" in row else "not run"
         lines.append(f"| {row['n']} | {row['prepared_s']:.1f} | {loaded} | {row['model_start_s']:.1f} |")
-    lines += ["", "| images | start | rank 0 RssAnon MB | rank 1 RssAnon MB | RssFile MB (r0 / r1) | preparations |",
-              "|---:|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| images | start | rank 0 RssAnon MB | rank 1 RssAnon MB | RssFile MB (r0 / r1) | preparations |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     for row in r["ddp_memory"]:
         for key in ("first_start", "later_start", "today"):
             if key in row:
                 ranks = row[key]["ranks"]
                 anon = [f"{x.get('RssAnon', 0):.0f}" for x in ranks] + ["?"] * (2 - len(ranks))
                 files = " / ".join(f"{x.get('RssFile', 0):.0f}" for x in ranks)
-                lines.append(f"| {row['n']} | {START_LABELS[key]} | {anon[0]} | {anon[1]} | {files} | "
-                             f"{row[key]['preparations']} |")
+                lines.append(
+                    f"| {row['n']} | {START_LABELS[key]} | {anon[0]} | {anon[1]} | {files} | "
+                    f"{row[key]['preparations']} |"
+                )
     c = r["pixels_celeba_prepared_vs_today"]
-    lines += ["", f"CelebA-sized set, prepared against the in-memory loader: {c['images']} images, "
-                  f"identical: {c['identical']}"]
+    lines += [
+        "",
+        f"CelebA-sized set, prepared against the in-memory loader: {c['images']} images, identical: {c['identical']}",
+    ]
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ Steps, each a ddpm command (printed before it runs, so the run can be repeated b
 3. a Markdown table of the FIDs beside the published figures, printed and written to OUT/results.md.
 
 Configurations: ``ddpm-1000``, the paper's sampler (ancestral, σ² = β, all 1000 steps: what DDPMPipeline does
-with this model's fixed_large scheduler), and our default sampler (ddpm.sampling.DEFAULT_SAMPLER) at 10 and 20
+with this model's fixed_large scheduler), and our default sampler (ddpm.sampler_choice.DEFAULT_SAMPLER) at 10 and 20
 model evaluations. Published: DDPM 3.17 at 1000 steps (Ho et al. 2020, Table 1); DDIM 13.36 at 10 and 6.84 at
 20 steps on the same kind of model (Song et al. 2021, Table 1, η = 0).
 """
@@ -31,19 +31,28 @@ from pathlib import Path
 
 import torch
 
-from ddpm.convert import is_diffusers_folder
-from ddpm.sampling import DEFAULT_SAMPLER
+from ddpm.interop.convert import is_diffusers_folder
+from ddpm.sampler_choice import DEFAULT_SAMPLER
 
 NUM = 50_000
-DEFAULT_NAME, DEFAULT_SPACING, _ = DEFAULT_SAMPLER
+DEFAULT_NAME, DEFAULT_SPACING = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing
 # name -> (ddpm eval sampler flags, the published figure to compare with, where it comes from)
 CONFIGS: dict[str, tuple[list[str], float, str]] = {
-    "ddpm-1000": (["--sampler", "ddpm", "--steps", "1000", "--option", "variance=beta"], 3.17,
-                  "DDPM, 1000 steps (Ho et al. 2020)"),
-    "default-10": (["--sampler", DEFAULT_NAME, "--spacing", DEFAULT_SPACING, "--steps", "10"], 13.36,
-                   "DDIM, 10 steps (Song et al. 2021)"),
-    "default-20": (["--sampler", DEFAULT_NAME, "--spacing", DEFAULT_SPACING, "--steps", "20"], 6.84,
-                   "DDIM, 20 steps (Song et al. 2021)"),
+    "ddpm-1000": (
+        ["--sampler", "ddpm", "--steps", "1000", "--option", "variance=beta"],
+        3.17,
+        "DDPM, 1000 steps (Ho et al. 2020)",
+    ),
+    "default-10": (
+        ["--sampler", DEFAULT_NAME, "--spacing", DEFAULT_SPACING, "--steps", "10"],
+        13.36,
+        "DDIM, 10 steps (Song et al. 2021)",
+    ),
+    "default-20": (
+        ["--sampler", DEFAULT_NAME, "--spacing", DEFAULT_SPACING, "--steps", "20"],
+        6.84,
+        "DDIM, 20 steps (Song et al. 2021)",
+    ),
 }
 
 
@@ -71,13 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if not torch.cuda.is_available():
-        return fail("no CUDA GPU: 150,000 samples of a 35.7M-parameter network (50,000 of them with 1000 steps "
-                    "each) need one; run this on a GPU machine")
+        return fail(
+            "no CUDA GPU: 150,000 samples of a 35.7M-parameter network (50,000 of them with 1000 steps "
+            "each) need one; run this on a GPU machine"
+        )
     hub, cifar, out = Path(args.hub), Path(args.cifar), Path(args.out)
     if not is_diffusers_folder(hub):
-        return fail(f"{hub} is not a downloaded diffusers model folder (no config.json): download "
-                    "google/ddpm-cifar10-32 first, e.g. hf download google/ddpm-cifar10-32 --local-dir "
-                    f"{hub}")
+        return fail(
+            f"{hub} is not a downloaded diffusers model folder (no config.json): download "
+            "google/ddpm-cifar10-32 first, e.g. hf download google/ddpm-cifar10-32 --local-dir "
+            f"{hub}"
+        )
     if not cifar.is_dir():
         return fail(f"{cifar} is not a folder: pass the extracted CIFAR-10 python batches (cifar-10-batches-py)")
 
@@ -89,20 +102,40 @@ def main(argv: list[str] | None = None) -> int:
         flags, published, source = CONFIGS[name]
         result = out / name / "eval.json"
         if not result.exists():
-            run(["eval", "--checkpoint", str(model), "--num", str(args.num), "--data", str(cifar), "--ref-split",
-                 "train", "--metrics", "fid", "--batch-size", str(args.batch_size), "--out", str(out / name),
-                 "--quiet", *flags])
+            run(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(model),
+                    "--num",
+                    str(args.num),
+                    "--data",
+                    str(cifar),
+                    "--ref-split",
+                    "train",
+                    "--metrics",
+                    "fid",
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--out",
+                    str(out / name),
+                    "--quiet",
+                    *flags,
+                ]
+            )
         fid = json.loads(result.read_text())["metrics"]["fid"]
         rows.append(f"| {name} | `{' '.join(flags)}` | {fid:.2f} | {published} ({source}) |")
 
-    table = "\n".join([
-        f"google/ddpm-cifar10-32 imported with ddpm convert; FID of {args.num:,} samples against the 50,000 "
-        f"CIFAR-10 training images ({torch.cuda.get_device_name(0)}, torch {torch.__version__}).",
-        "",
-        "| configuration | sampler flags | FID | published |",
-        "| --- | --- | --- | --- |",
-        *rows,
-    ])
+    table = "\n".join(
+        [
+            f"google/ddpm-cifar10-32 imported with ddpm convert; FID of {args.num:,} samples against the 50,000 "
+            f"CIFAR-10 training images ({torch.cuda.get_device_name(0)}, torch {torch.__version__}).",
+            "",
+            "| configuration | sampler flags | FID | published |",
+            "| --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
     print(table)
     (out / "results.md").write_text(table + "\n")
     return 0

@@ -85,23 +85,41 @@ def write_report(specs: list[tuple[str, str]], args: argparse.Namespace, rates: 
         f = ROWS_CACHE / name / "eval.json"
         if f.is_file():
             rec = json.loads(f.read_text())
-            results.append({"row": label, "name": name, "num": rec["protocol"]["generated"]["num"],
-                            **rec["metrics"], "eval_seconds": rec["seconds"]})
+            results.append(
+                {
+                    "row": label,
+                    "name": name,
+                    "num": rec["protocol"]["generated"]["num"],
+                    **rec["metrics"],
+                    "eval_seconds": rec["seconds"],
+                }
+            )
     rate = rates[1]
-    report = {"rows": results, "ref": f"Fashion-MNIST test split, {args.ref_num} images (seeded subset)",
-              "inception_images_per_wall_s": rates[0], "inception_images_per_cpu_s": rate, "threads": args.threads,
-              "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "extrapolated_minutes": {str(n): n / rate / 60 for n in (1000, 10000, 50000)}}
+    report = {
+        "rows": results,
+        "ref": f"Fashion-MNIST test split, {args.ref_num} images (seeded subset)",
+        "inception_images_per_wall_s": rates[0],
+        "inception_images_per_cpu_s": rate,
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "extrapolated_minutes": {str(n): n / rate / 60 for n in (1000, 10000, 50000)},
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fid_scale.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["| images | N | FID | KID ± std | precision | recall |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['row']} | {r['num']} | {r['fid']:.2f} | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
-              f"{r['precision']:.3f} | {r['recall']:.3f} |" for r in results]
+    lines += [
+        f"| {r['row']} | {r['num']} | {r['fid']:.2f} | {r['kid']:.4f} ± {r['kid_std']:.4f} | "
+        f"{r['precision']:.3f} | {r['recall']:.3f} |"
+        for r in results
+    ]
     lines.append("")
-    lines.append(f"Inception-v3 on {args.threads} thread(s): {rate:.2f} images per CPU-second "
-                 f"({rates[0]:.2f} per wall-clock second on the shared machine) → "
-                 + ", ".join(f"{n // 1000}k images ≈ {n / rate / 60:.0f} min" for n in (1000, 10000, 50000))
-                 + " of one core (extrapolated)")
+    lines.append(
+        f"Inception-v3 on {args.threads} thread(s): {rate:.2f} images per CPU-second "
+        f"({rates[0]:.2f} per wall-clock second on the shared machine) → "
+        + ", ".join(f"{n // 1000}k images ≈ {n / rate / 60:.0f} min" for n in (1000, 10000, 50000))
+        + " of one core (extrapolated)"
+    )
     (RESULTS / "fid_scale.md").write_text("\n".join(lines) + "\n")
 
 
@@ -111,8 +129,11 @@ def main() -> None:
     p.add_argument("--num", type=int, default=1000, help="N of the first floor row and the noise and blur rows")
     p.add_argument("--more-floors", default="2000", help="N of further floor rows, comma-separated")
     p.add_argument("--only", default=None, help="score only these rows (names such as floor-2000, comma-separated)")
-    p.add_argument("--report-only", action="store_true",
-                   help="score nothing: measure the Inception speed and write the report from the rows scored")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="score nothing: measure the Inception speed and write the report from the rows scored",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,9 +152,23 @@ def main() -> None:
         npz = ROWS_CACHE / f"{name}.npz"
         np.savez_compressed(npz, images=row_pixels(name, train, args.num).transpose(0, 2, 3, 1))
         out = ROWS_CACHE / name
-        argv = ["eval", "--samples", str(npz), "--data", "fashion-mnist", "--ref-split", "test",
-                "--ref-num", str(args.ref_num), "--metrics", "fid,kid,pr", "--out", str(out), "--overwrite",
-                "--quiet"]
+        argv = [
+            "eval",
+            "--samples",
+            str(npz),
+            "--data",
+            "fashion-mnist",
+            "--ref-split",
+            "test",
+            "--ref-num",
+            str(args.ref_num),
+            "--metrics",
+            "fid,kid,pr",
+            "--out",
+            str(out),
+            "--overwrite",
+            "--quiet",
+        ]
         log("ddpm " + " ".join(argv))
         assert ddpm_main(argv) == 0
         m = json.loads((out / "eval.json").read_text())["metrics"]

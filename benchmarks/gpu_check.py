@@ -67,8 +67,14 @@ BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100"
 
 # (preset, training batch, steps) for the speed stage: batches that fit an 80 GiB GPU in bf16 without checkpointing,
 # by benchmarks/memory.py's estimates (BENCHMARKS.md), with room to spare.
-SPEED = [("tiny-32", 256, 200), ("tiny-64", 128, 200), ("ddpm-cifar10", 128, 150), ("adm-64", 64, 100),
-         ("adm-128", 32, 80), ("ddpm-256", 16, 80)]
+SPEED = [
+    ("tiny-32", 256, 200),
+    ("tiny-64", 128, 200),
+    ("ddpm-cifar10", 128, 150),
+    ("adm-64", 64, 100),
+    ("adm-128", 32, 80),
+    ("ddpm-256", 16, 80),
+]
 DRY_SPEED = [("tiny-32", 4, 6), ("tiny-64", 4, 6)]
 DRY_SIZE = 16  # every dry-run preset trains at 16 px
 
@@ -94,8 +100,16 @@ class Check:
         """Run ``cmd`` (its output shown), at most ``limit`` seconds or what is left of the budget."""
         timeout = max(1.0, min(limit, self.left() - 2))
         print(f"$ {' '.join(cmd)}  (limit {timeout:.0f} s)", flush=True)
-        proc = subprocess.run(cmd, cwd=REPO, env=self.env, timeout=timeout, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, **kw)
+        proc = subprocess.run(
+            cmd,
+            cwd=REPO,
+            env=self.env,
+            timeout=timeout,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            **kw,
+        )
         print(proc.stdout[-6000:], end="" if proc.stdout.endswith("\n") else "\n", flush=True)
         return proc
 
@@ -132,9 +146,14 @@ def _ok(proc: subprocess.CompletedProcess, what: str) -> None:
 
 
 def env(c: Check) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                            "cpu": cpu_model(), "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
     for pkg in ("numpy", "pillow", "safetensors", "tqdm", "scikit-learn", "pytest", "diffusers", "tensorboard"):
         try:
             info[pkg] = md.version(pkg)
@@ -142,9 +161,13 @@ def env(c: Check) -> dict[str, Any]:
             info[pkg] = None
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), capability=f"{p.major}.{p.minor}",
-                    memory_gib=round(p.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported(),
-                    bf16_peak_tflops=_datasheet_peak(torch.cuda.get_device_name(0)))
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            capability=f"{p.major}.{p.minor}",
+            memory_gib=round(p.total_memory / 2**30, 1),
+            bf16=torch.cuda.is_bf16_supported(),
+            bf16_peak_tflops=_datasheet_peak(torch.cuda.get_device_name(0)),
+        )
     elif not c.dry:
         raise RuntimeError("no CUDA device: run with --dry-run on a machine without a GPU")
     return info
@@ -158,8 +181,12 @@ def install(c: Check) -> dict[str, Any]:
     status = os.environ.get("GPU_CHECK_PIP_STATUS")
     if not status:
         return {"status": "skipped", "why": "not run through benchmarks/gpu_check.sh, which installs the project"}
-    return {"installed": status == "0", "pip_exit_status": status, "ddpm_from": str(Path(ddpm.__file__).parent),
-            "note": "this script and its stages run with src first on PYTHONPATH either way"}
+    return {
+        "installed": status == "0",
+        "pip_exit_status": status,
+        "ddpm_from": str(Path(ddpm.__file__).parent),
+        "note": "this script and its stages run with src first on PYTHONPATH either way",
+    }
 
 
 def data(c: Check) -> dict[str, Any]:
@@ -185,8 +212,24 @@ def _quick(c: Check) -> list[str]:
 
 def resume(c: Check) -> dict[str, Any]:
     n = 2 if c.dry else 20
-    base = ["train", "--data", "digits", "--preset", "tiny", "--batch-size", "64", "--dropout", "0.1", "--flip",
-            "--class-cond", "--checkpoint-every", "0", "--log-every", "1", *_quick(c)]
+    base = [
+        "train",
+        "--data",
+        "digits",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "64",
+        "--dropout",
+        "0.1",
+        "--flip",
+        "--class-cond",
+        "--checkpoint-every",
+        "0",
+        "--log-every",
+        "1",
+        *_quick(c),
+    ]
     straight, split = c.work / "resume_straight", c.work / "resume_split"
     _ok(c.ddpm(*base, "--out", str(straight), "--steps", str(2 * n), limit=120), "the straight run")
     _ok(c.ddpm(*base, "--out", str(split), "--steps", str(n), limit=120), "the first half")
@@ -202,8 +245,14 @@ def resume(c: Check) -> dict[str, Any]:
     a, b = tensors(straight), tensors(split)
     differ = sorted(k for k in a if not torch.equal(a[k], b[k]))
     c.results["resume_checkpoint"] = str(straight)
-    return {"status": "ok" if not differ else "failed", "steps": 2 * n, "bit_exact": not differ, "tensors": len(a),
-            "differing": differ[:10], "bf16": bool(load_checkpoint(straight).meta.get("bf16"))}
+    return {
+        "status": "ok" if not differ else "failed",
+        "steps": 2 * n,
+        "bit_exact": not differ,
+        "tensors": len(a),
+        "differing": differ[:10],
+        "bf16": bool(load_checkpoint(straight).meta.get("bf16")),
+    }
 
 
 def cpu_sample(c: Check) -> dict[str, Any]:
@@ -211,8 +260,24 @@ def cpu_sample(c: Check) -> dict[str, Any]:
     if run is None:
         raise RuntimeError("no checkpoint from the resume stage")
     out = c.work / "cpu_samples"
-    _ok(c.ddpm("sample", "--checkpoint", run, "--device", "cpu", "--num", "8", "--steps", "5", "--out", str(out),
-               "--quiet", limit=120), "sampling on the CPU")
+    _ok(
+        c.ddpm(
+            "sample",
+            "--checkpoint",
+            run,
+            "--device",
+            "cpu",
+            "--num",
+            "8",
+            "--steps",
+            "5",
+            "--out",
+            str(out),
+            "--quiet",
+            limit=120,
+        ),
+        "sampling on the CPU",
+    )
     return {"images": len(list(out.glob("0*.png")))}
 
 
@@ -225,8 +290,26 @@ def torchrun(c: Check) -> dict[str, Any]:
     if backend is None or backend.get("all_reduce") != [1.0] * 4:
         raise RuntimeError(f"the process group did not all-reduce: {backend}")
     out = c.work / "torchrun"
-    train = c.run([*cmd, "-m", "ddpm", "train", "--data", "digits", "--preset", "tiny", "--batch-size", "64",
-                   "--steps", "4" if c.dry else "20", "--out", str(out), *_quick(c)], 150)
+    train = c.run(
+        [
+            *cmd,
+            "-m",
+            "ddpm",
+            "train",
+            "--data",
+            "digits",
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "64",
+            "--steps",
+            "4" if c.dry else "20",
+            "--out",
+            str(out),
+            *_quick(c),
+        ],
+        150,
+    )
     _ok(train, "training under torchrun")
     return {"process_group": backend, "world_size": int(load_checkpoint(out).meta.get("world_size", 1))}
 
@@ -256,18 +339,46 @@ def _train_speed(c: Check, preset: str, batch: int, steps: int, compile: bool = 
     run = c.work / "runs" / (preset + ("-compiled" if compile else ""))
     log_every = max(1, steps // 6)
     start = time.monotonic()
-    proc = c.ddpm("train", "--data", str(c.work / "data"), "--image-size", str(size), "--preset", preset,
-                  "--steps", str(steps), "--batch-size", str(batch), "--log-every", str(log_every),
-                  "--checkpoint-every", "0", "--keep", "1", "--out", str(run),
-                  *(["--bf16", "--channels-last"] if not c.dry else []), *(["--compile"] if compile else []),
-                  *_quick(c), limit=300 if compile else 150)
+    proc = c.ddpm(
+        "train",
+        "--data",
+        str(c.work / "data"),
+        "--image-size",
+        str(size),
+        "--preset",
+        preset,
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch),
+        "--log-every",
+        str(log_every),
+        "--checkpoint-every",
+        "0",
+        "--keep",
+        "1",
+        "--out",
+        str(run),
+        *(["--bf16", "--channels-last"] if not c.dry else []),
+        *(["--compile"] if compile else []),
+        *_quick(c),
+        limit=300 if compile else 150,
+    )
     _ok(proc, f"training {preset}")
     wall = time.monotonic() - start
     ips, first = _rate(run, batch)
     flops = _flops_per_image(preset, size)
-    row = {"size": size, "batch": batch, "steps": steps, "images_per_s": round(ips, 1), "wall_s": round(wall, 1),
-           "first_log_s": round(first, 1), "forward_gflops_per_image": round(flops / 1e9, 2),
-           "train_tflops": round(3 * flops * ips / 1e12, 2), "run": str(run)}
+    row = {
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "images_per_s": round(ips, 1),
+        "wall_s": round(wall, 1),
+        "first_log_s": round(first, 1),
+        "forward_gflops_per_image": round(flops / 1e9, 2),
+        "train_tflops": round(3 * flops * ips / 1e12, 2),
+        "run": str(run),
+    }
     peak = c.results["stages"].get("env", {}).get("bf16_peak_tflops")
     measured = c.results.get("measured_bf16_tflops")
     if peak:
@@ -313,9 +424,11 @@ def speed(c: Check) -> dict[str, Any]:
 def memory(c: Check) -> dict[str, Any]:
     rows = c.work / "memory.jsonl"
     rows.unlink(missing_ok=True)
-    args = (["--device", "cpu", "--mode", "real", "--presets", "tiny-32", "--precisions", "float32",
-             "--batches", "1,2"] if c.dry else
-            ["--device", "cuda", "--presets", "adm-64,adm-128,ddpm-256", "--precisions", "bf16", "--batches", "8,16"])
+    args = (
+        ["--device", "cpu", "--mode", "real", "--presets", "tiny-32", "--precisions", "float32", "--batches", "1,2"]
+        if c.dry
+        else ["--device", "cuda", "--presets", "adm-64,adm-128,ddpm-256", "--precisions", "bf16", "--batches", "8,16"]
+    )
     _ok(c.run([sys.executable, "benchmarks/memory.py", *args, "--json", str(rows)], 150), "memory.py")
     return {"rows": [json.loads(line) for line in rows.read_text().splitlines()]}
 
@@ -326,13 +439,36 @@ def sample(c: Check) -> dict[str, Any]:
     num = 20 if c.dry else 10_000
     out, npz = c.work / "samples", c.work / "samples.npz"
     start = time.monotonic()
-    _ok(c.ddpm("sample", "--checkpoint", str(run), "--num", str(num), "--batch-size", "10" if c.dry else "1000",
-               "--npz", str(npz), "--out", str(out), "--quiet", "--device", c.device,
-               *(["--steps", "2"] if c.dry else []), limit=200), "sampling")
+    _ok(
+        c.ddpm(
+            "sample",
+            "--checkpoint",
+            str(run),
+            "--num",
+            str(num),
+            "--batch-size",
+            "10" if c.dry else "1000",
+            "--npz",
+            str(npz),
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            c.device,
+            *(["--steps", "2"] if c.dry else []),
+            limit=200,
+        ),
+        "sampling",
+    )
     wall = time.monotonic() - start
     c.results["samples_npz"] = str(npz)
-    return {"preset": preset, "images": num, "wall_s": round(wall, 1), "images_per_s": round(num / wall, 1),
-            "note": "wall clock of `ddpm sample` with its defaults (sampler, steps), start-up and PNG writing included"}
+    return {
+        "preset": preset,
+        "images": num,
+        "wall_s": round(wall, 1),
+        "images_per_s": round(num / wall, 1),
+        "note": "wall clock of `ddpm sample` with its defaults (sampler, steps), start-up and PNG writing included",
+    }
 
 
 def fd(c: Check) -> dict[str, Any]:
@@ -341,9 +477,28 @@ def fd(c: Check) -> dict[str, Any]:
         raise RuntimeError("no samples from the sample stage")
     out = c.work / "eval"
     size = DRY_SIZE if c.dry else 32
-    _ok(c.ddpm("eval", "--samples", npz, "--data", str(c.work / "data"), "--image-size", str(size), "--metrics", "fd",
-               "--out", str(out), "--cache-dir", str(c.work / "cache"), "--quiet", "--device", c.device, limit=150),
-        "ddpm eval")
+    _ok(
+        c.ddpm(
+            "eval",
+            "--samples",
+            npz,
+            "--data",
+            str(c.work / "data"),
+            "--image-size",
+            str(size),
+            "--metrics",
+            "fd",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(c.work / "cache"),
+            "--quiet",
+            "--device",
+            c.device,
+            limit=150,
+        ),
+        "ddpm eval",
+    )
     found = sorted(out.rglob("eval.json"))
     return {"eval": json.loads(found[0].read_text()) if found else None}
 
@@ -354,13 +509,31 @@ def tests(c: Check) -> dict[str, Any]:
     ignore = []
     if importlib.util.find_spec("diffusers") is None:
         ignore.append("tests/test_convert.py")
-    proc = c.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                  *(f"--ignore={p}" for p in ignore)], 240)
+    proc = c.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow",
+            *(f"--ignore={p}" for p in ignore),
+        ],
+        240,
+    )
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", summary)}
     failed = re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)
-    return {"status": "ok" if proc.returncode == 0 else "failed", "summary": summary, "counts": counts,
-            "failed": failed[:30], "left_out": ignore, "returncode": proc.returncode}
+    return {
+        "status": "ok" if proc.returncode == 0 else "failed",
+        "summary": summary,
+        "counts": counts,
+        "failed": failed[:30],
+        "left_out": ignore,
+        "returncode": proc.returncode,
+    }
 
 
 def compile_stage(c: Check) -> dict[str, Any]:
@@ -381,8 +554,11 @@ def probe_dist(device: str) -> None:
     backend ddpm uses for ``device`` with more than one process (nccl on CUDA, gloo on the CPU), checked by an
     all-reduce and a barrier; prints the findings as one JSON line."""
     px = setup_processes(device)
-    found: dict[str, Any] = {"ddpm_world": px.world, "ddpm_device": str(px.device),
-                             "ddpm_group": dist.get_backend() if dist.is_initialized() else None}
+    found: dict[str, Any] = {
+        "ddpm_world": px.world,
+        "ddpm_device": str(px.device),
+        "ddpm_group": dist.get_backend() if dist.is_initialized() else None,
+    }
     backend = "nccl" if px.device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend)
@@ -411,8 +587,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ddpm-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     c = Check(out, work, args.dry_run, args.budget)
-    c.results.update(command="benchmarks/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:]),
-                     work=str(work), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    c.results.update(
+        command="benchmarks/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:]),
+        work=str(work),
+        started=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
     c.stage("env", env, needs=0)
     c.stage("install", install)
     c.stage("data", data)

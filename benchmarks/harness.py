@@ -25,10 +25,11 @@ import torch
 
 import ddpm
 from ddpm.data.load import load_dataset
+from ddpm.denoiser import image_generators
 from ddpm.evaluation.featurenet import FeatureNet, accuracy, load_feature_net, save_feature_net, train_feature_net
 from ddpm.evaluation.metrics import frechet_distance
 from ddpm.images import to_uint8
-from ddpm.sampling import image_generators, sampler_options
+from ddpm.sampling import sampler_options
 from ddpm.schedule import Schedule
 
 REPO: Path = Path(__file__).resolve().parents[1]
@@ -65,8 +66,9 @@ def child_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
-def run_command(cmd: list[str], threads: int, *, check: bool = True,
-                extra_env: Mapping[str, str] | None = None) -> Finished:
+def run_command(
+    cmd: list[str], threads: int, *, check: bool = True, extra_env: Mapping[str, str] | None = None
+) -> Finished:
     """Print ``cmd`` and run it with :func:`child_env` (plus ``extra_env``); its exit status and wall time.
     With ``check``, a non-zero exit raises ``subprocess.CalledProcessError``."""
     print("$ " + " ".join(cmd), flush=True)
@@ -78,8 +80,23 @@ def run_command(cmd: list[str], threads: int, *, check: bool = True,
 def sample_npz(checkpoint: Path, num: int, folder: Path, npz: Path, threads: int) -> float:
     """The default ``ddpm sample`` of ``num`` images from ``checkpoint`` into ``folder`` and ``npz`` (both
     overwritten); its wall time in seconds."""
-    return run_command([DDPM, "sample", "--checkpoint", str(checkpoint), "--num", str(num), "--out", str(folder),
-                        "--npz", str(npz), "--quiet", "--overwrite"], threads).wall_s
+    return run_command(
+        [
+            DDPM,
+            "sample",
+            "--checkpoint",
+            str(checkpoint),
+            "--num",
+            str(num),
+            "--out",
+            str(folder),
+            "--npz",
+            str(npz),
+            "--quiet",
+            "--overwrite",
+        ],
+        threads,
+    ).wall_s
 
 
 # ---------------------------------------------------------------------------- scoring and rows
@@ -103,8 +120,19 @@ def reference_flags(args: argparse.Namespace) -> list[str]:
 
 def score_samples(npz: Path, out: Path, args: argparse.Namespace, *, overwrite: bool = False) -> dict:
     """``ddpm eval --samples NPZ`` against the reference of :func:`add_scoring_args`, into ``out``; its eval.json."""
-    run_command([DDPM, "eval", "--samples", str(npz), *reference_flags(args), "--out", str(out),
-                 *(["--overwrite"] if overwrite else [])], args.threads)
+    run_command(
+        [
+            DDPM,
+            "eval",
+            "--samples",
+            str(npz),
+            *reference_flags(args),
+            "--out",
+            str(out),
+            *(["--overwrite"] if overwrite else []),
+        ],
+        args.threads,
+    )
     return json.loads((out / "eval.json").read_text())
 
 
@@ -168,8 +196,9 @@ def real_sets(data: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
     raise SystemExit(f"--data {data!r}: this benchmark knows fashion-mnist and digits")
 
 
-def feature_net(data: str, train_x: torch.Tensor, train_y: torch.Tensor, ref_x: torch.Tensor, ref_y: torch.Tensor,
-                epochs: int) -> tuple[FeatureNet, dict[str, str]]:
+def feature_net(
+    data: str, train_x: torch.Tensor, train_y: torch.Tensor, ref_x: torch.Tensor, ref_y: torch.Tensor, epochs: int
+) -> tuple[FeatureNet, dict[str, str]]:
     """The FeatureNet of ``data`` and its metadata: loaded from RESULTS if saved there, else trained on the training
     images for ``epochs`` (its accuracy measured on the reference, or on a held-out fifth of digits) and saved."""
     path = RESULTS / f"samplers_model.featurenet-{data}.safetensors"
@@ -186,8 +215,13 @@ def feature_net(data: str, train_x: torch.Tensor, train_y: torch.Tensor, ref_x: 
     else:
         net = train_feature_net(train_x, train_y, epochs=epochs, seed=0, log=log)
         acc, on = accuracy(net, ref_x, ref_y), f"test split ({len(ref_x)} images)"
-    meta = {"accuracy": f"{acc:.4f}", "accuracy_on": on, "epochs": str(epochs),
-            "train_seconds": f"{time.perf_counter() - t0:.0f}", "data": data}
+    meta = {
+        "accuracy": f"{acc:.4f}",
+        "accuracy_on": on,
+        "epochs": str(epochs),
+        "train_seconds": f"{time.perf_counter() - t0:.0f}",
+        "data": data,
+    }
     save_feature_net(net, path, meta)
     log(f"feature net: accuracy {acc:.4f} on {on}; saved {path.name}")
     return net, meta
@@ -208,9 +242,20 @@ def cache_file(ckpt_key: str, sampler: str, spacing: str, steps: int, seed: int,
     return CACHE / f"{ckpt_key}-{sampler}-{h}-{spacing}-{steps}-seed{seed}.npz"
 
 
-def samples_for(model: torch.nn.Module, schedule: Schedule, ckpt_key: str, shape: tuple[int, int, int], sampler: str,
-                spacing: str, steps: int, n: int, seed: int, batch: int, prediction: str = "eps",
-                options: dict | None = None) -> tuple[np.ndarray, float | None]:
+def samples_for(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    ckpt_key: str,
+    shape: tuple[int, int, int],
+    sampler: str,
+    spacing: str,
+    steps: int,
+    n: int,
+    seed: int,
+    batch: int,
+    prediction: str = "eps",
+    options: dict | None = None,
+) -> tuple[np.ndarray, float | None]:
     """Images 0..n-1 (uint8 (n, C, H, W)) of one configuration, and seconds per image (as sampled, cached or not).
     Image i is drawn from ``image_generators(seed, [i])``; ``options`` are passed on to ``ddpm.sample`` (e.g.
     ``{"clip_x0": False}``). Samples are cached in CACHE and extended when ``n`` grows."""
@@ -227,8 +272,17 @@ def samples_for(model: torch.nn.Module, schedule: Schedule, ckpt_key: str, shape
     start = len(have)
     for i0 in range(start, n, batch):
         i1 = min(n, i0 + batch)
-        x = ddpm.sample(model, (i1 - i0, *shape), schedule, sampler=sampler, steps=steps, spacing=spacing,
-                        prediction=prediction, generator=image_generators(seed, range(i0, i1)), **(options or {}))
+        x = ddpm.sample(
+            model,
+            (i1 - i0, *shape),
+            schedule,
+            sampler=sampler,
+            steps=steps,
+            spacing=spacing,
+            prediction=prediction,
+            generator=image_generators(seed, range(i0, i1)),
+            **(options or {}),
+        )
         have = np.concatenate([have, to_uint8(x, channels_last=False)])
         np.savez(f, images=have, seconds=secs + time.perf_counter() - t0)  # save as we go: safe to interrupt
         log(f"  {sampler}/{spacing}/{steps} {options or ''}: {i1}/{n} images ({time.perf_counter() - t0:.0f} s)")
@@ -245,5 +299,10 @@ def paired_ratio(f_cfg: torch.Tensor, f_ref_gen: torch.Tensor, ref: torch.Tensor
         idx = torch.randint(0, n, (n,), generator=g)
         ratios.append(frechet_distance(f_cfg[idx], ref) / frechet_distance(f_ref_gen[idx], ref))
     r = torch.tensor(ratios)
-    return {"median": float(r.median()), "lo": float(r.quantile(0.05)), "hi": float(r.quantile(0.95)),
-            "p_within_10": float((r <= 1.10).double().mean()), "p_within_25": float((r <= 1.25).double().mean())}
+    return {
+        "median": float(r.median()),
+        "lo": float(r.quantile(0.05)),
+        "hi": float(r.quantile(0.95)),
+        "p_within_10": float((r <= 1.10).double().mean()),
+        "p_within_25": float((r <= 1.25).double().mean()),
+    }

@@ -51,8 +51,11 @@ def weights(run: Path) -> dict[str, np.ndarray]:
     return load_file(str(sorted((run / "checkpoints").glob("*.safetensors"))[-1]))
 
 
-def alternate(args: argparse.Namespace, command: Callable[[str, int], list[str]],
-              result: Callable[[str, int], dict[str, np.ndarray]]) -> dict:
+def alternate(
+    args: argparse.Namespace,
+    command: Callable[[str, int], list[str]],
+    result: Callable[[str, int], dict[str, np.ndarray]],
+) -> dict:
     """Run ``command(way, i)`` for each repeat i, both ways in turn; stop unless every ``result(way, i)`` (named
     arrays) equals the first run's bit for bit. Wall times and peak memory by way."""
     walls: dict[str, list[float]] = {w: [] for w in WAYS}
@@ -71,43 +74,107 @@ def alternate(args: argparse.Namespace, command: Callable[[str, int], list[str]]
 def bench_train(out: Path, args: argparse.Namespace) -> dict:
     def command(way: str, i: int) -> list[str]:
         shutil.rmtree(out / f"train-{way}-{i}", ignore_errors=True)
-        return [DDPM, "train", "--data", "fashion-mnist", "--steps", str(args.steps), "--out",
-                str(out / f"train-{way}-{i}"), "--quiet"]
+        return [
+            DDPM,
+            "train",
+            "--data",
+            "fashion-mnist",
+            "--steps",
+            str(args.steps),
+            "--out",
+            str(out / f"train-{way}-{i}"),
+            "--quiet",
+        ]
 
     row = alternate(args, command, lambda way, i: weights(out / f"train-{way}-{i}"))
-    speed = {w: [json.loads((out / f"train-{w}-{i}" / "metrics.jsonl").read_text().splitlines()[-1])["images_per_s"]
-                 for i in range(args.repeats)] for w in WAYS}
+    speed = {
+        w: [
+            json.loads((out / f"train-{w}-{i}" / "metrics.jsonl").read_text().splitlines()[-1])["images_per_s"]
+            for i in range(args.repeats)
+        ]
+        for w in WAYS
+    }
     return {"command": f"ddpm train --data fashion-mnist --steps {args.steps}", **row, "images_per_s": speed}
 
 
 def bench_sample(out: Path, args: argparse.Namespace) -> dict:
     def command(way: str, i: int) -> list[str]:
-        return [DDPM, "sample", "--checkpoint", str(out / "train-held-0"), "--num", str(args.num),
-                "--batch-size", str(args.num), "--out", str(out / f"sample-{way}-{i}"), "--npz",
-                str(out / f"sample-{way}-{i}.npz"), "--overwrite", "--quiet"]
+        return [
+            DDPM,
+            "sample",
+            "--checkpoint",
+            str(out / "train-held-0"),
+            "--num",
+            str(args.num),
+            "--batch-size",
+            str(args.num),
+            "--out",
+            str(out / f"sample-{way}-{i}"),
+            "--npz",
+            str(out / f"sample-{way}-{i}.npz"),
+            "--overwrite",
+            "--quiet",
+        ]
 
     def images(way: str, i: int) -> dict[str, np.ndarray]:
         with np.load(out / f"sample-{way}-{i}.npz") as z:
             return {"images": z["images"]}
 
-    return {"command": f"ddpm sample --num {args.num} --batch-size {args.num} (default sampler, 20 steps)",
-            **alternate(args, command, images)}
+    return {
+        "command": f"ddpm sample --num {args.num} --batch-size {args.num} (default sampler, 20 steps)",
+        **alternate(args, command, images),
+    }
 
 
 def bench_eval(out: Path, args: argparse.Namespace) -> dict:
     npz = out / "eval-samples.npz"
-    base = [DDPM, "eval", "--data", "fashion-mnist", "--ref-split", "test", "--ref-num", "2000",
-            "--metrics", "fid", "--cache-dir", str(out / "cache"), "--quiet", "--samples", str(npz), "--overwrite"]
-    timed([DDPM, "sample", "--checkpoint", str(out / "train-held-0"), "--num", "1000", "--out",
-           str(out / "eval-samples"), "--npz", str(npz), "--overwrite", "--quiet"], "held", args.threads)
+    base = [
+        DDPM,
+        "eval",
+        "--data",
+        "fashion-mnist",
+        "--ref-split",
+        "test",
+        "--ref-num",
+        "2000",
+        "--metrics",
+        "fid",
+        "--cache-dir",
+        str(out / "cache"),
+        "--quiet",
+        "--samples",
+        str(npz),
+        "--overwrite",
+    ]
+    timed(
+        [
+            DDPM,
+            "sample",
+            "--checkpoint",
+            str(out / "train-held-0"),
+            "--num",
+            "1000",
+            "--out",
+            str(out / "eval-samples"),
+            "--npz",
+            str(npz),
+            "--overwrite",
+            "--quiet",
+        ],
+        "held",
+        args.threads,
+    )
     timed([*base, "--out", str(out / "eval-warm")], "held", args.threads)  # the reference's features, cached
 
     def fid(way: str, i: int) -> dict[str, np.ndarray]:
         return {"fid": np.array(json.loads((out / f"eval-{way}-{i}" / "eval.json").read_text())["metrics"]["fid"])}
 
     row = alternate(args, lambda way, i: [*base, "--out", str(out / f"eval-{way}-{i}")], fid)
-    return {"command": "ddpm eval --samples (1,000) --metrics fid --ref-num 2000 (reference cached)", **row,
-            "fid": float(fid("held", 0)["fid"])}
+    return {
+        "command": "ddpm eval --samples (1,000) --metrics fid --ref-num 2000 (reference cached)",
+        **row,
+        "fid": float(fid("held", 0)["fid"]),
+    }
 
 
 def main() -> None:
@@ -123,8 +190,12 @@ def main() -> None:
     for bench in (bench_train, bench_sample, bench_eval):
         row = bench(args.out, args)
         medians = {w: statistics.median(v) for w, v in row["wall_s"].items()}
-        row.update(cpu=cpu_model(), threads=args.threads, median_wall_s=medians,
-                   speedup=round(medians["system"] / medians["held"], 2))
+        row.update(
+            cpu=cpu_model(),
+            threads=args.threads,
+            median_wall_s=medians,
+            speedup=round(medians["system"] / medians["held"], 2),
+        )
         append_row(args.results, row)
 
 

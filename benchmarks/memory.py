@@ -119,8 +119,9 @@ class Peak:
         return max(self.forward_backward, self.optimizer)
 
 
-def _foreach_adamw(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                   step: int) -> None:
+def _foreach_adamw(
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], step: int
+) -> None:
     """AdamW's foreach form (torch.optim.AdamW on CUDA) with its temporaries, for shapes mode, where the optimizer's
     own step counters cannot be read."""
     b1, b2 = BETAS
@@ -154,8 +155,18 @@ class Step:
     held: list[Tensor]
 
 
-def build_step(preset: str, size: int, batch: int, *, bf16: bool, checkpointing: bool, dev: torch.device, mode: str,
-               channels: int, overrides: dict[str, Any]) -> Step:
+def build_step(
+    preset: str,
+    size: int,
+    batch: int,
+    *,
+    bf16: bool,
+    checkpointing: bool,
+    dev: torch.device,
+    mode: str,
+    channels: int,
+    overrides: dict[str, Any],
+) -> Step:
     """The network, its EMA, AdamW's moments and a batch, as ``ddpm train`` holds them after its first step (in
     "real" mode a first step is taken here to create the moments), and the step on them."""
     cuda = dev.type == "cuda"
@@ -227,8 +238,18 @@ def counted_peak(step: Step) -> Peak:
         return Peak(before, fb, counter.peak)
 
 
-def measure_step(preset: str, size: int, batch: int, *, bf16: bool = False, checkpointing: bool = False,
-                 device: str = "cpu", mode: str = "real", channels: int = 3, **overrides: Any) -> Peak:
+def measure_step(
+    preset: str,
+    size: int,
+    batch: int,
+    *,
+    bf16: bool = False,
+    checkpointing: bool = False,
+    device: str = "cpu",
+    mode: str = "real",
+    channels: int = 3,
+    **overrides: Any,
+) -> Peak:
     """The memory of one training step of ``preset`` (with UNetConfig ``overrides``) at ``size`` px on ``batch``
     images of ``channels`` channels (see the module docstring).
 
@@ -242,8 +263,17 @@ def measure_step(preset: str, size: int, batch: int, *, bf16: bool = False, chec
     dev = torch.device(device)
     torch.manual_seed(0)
     with _fake(mode == "shapes"), dev if cuda else nullcontext():  # (the device context slows every CPU op)
-        step = build_step(preset, size, batch, bf16=bf16, checkpointing=checkpointing, dev=dev, mode=mode,
-                          channels=channels, overrides=overrides)
+        step = build_step(
+            preset,
+            size,
+            batch,
+            bf16=bf16,
+            checkpointing=checkpointing,
+            dev=dev,
+            mode=mode,
+            channels=channels,
+            overrides=overrides,
+        )
         return cuda_peak(step, dev) if cuda else counted_peak(step)
 
 
@@ -266,11 +296,12 @@ class Row:
     mode: str
 
 
-def fit(preset: str, size: int, b1: int, b2: int, *, bf16: bool, checkpointing: bool, device: str,
-        mode: str) -> Row:
+def fit(preset: str, size: int, b1: int, b2: int, *, bf16: bool, checkpointing: bool, device: str, mode: str) -> Row:
     """Measure batches b1 < b2 and fit the forward-backward peak = fixed + per_image × batch."""
-    s1, s2 = (measure_step(preset, size, b, bf16=bf16, checkpointing=checkpointing, device=device, mode=mode)
-              for b in (b1, b2))
+    s1, s2 = (
+        measure_step(preset, size, b, bf16=bf16, checkpointing=checkpointing, device=device, mode=mode)
+        for b in (b1, b2)
+    )
     per_image = (s2.forward_backward - s1.forward_backward) / (b2 - b1)
     fixed = s1.forward_backward - b1 * per_image
     optimizer_peak = max(s1.optimizer, s2.optimizer)
@@ -282,15 +313,29 @@ def fit(preset: str, size: int, b1: int, b2: int, *, bf16: bool, checkpointing: 
     fits = {f"{g}GiB": batch_in(g) for g in BUDGETS_GIB}
     with torch.device("meta"):
         params = sum(p.numel() for p in UNet.from_preset(preset, channels=3, image_size=size).parameters())
-    return Row(preset, size, params, "bf16" if bf16 else "float32", checkpointing, (b1, b2), (s1.peak, s2.peak),
-               per_image, fixed, optimizer_peak, fits, device, mode)
+    return Row(
+        preset,
+        size,
+        params,
+        "bf16" if bf16 else "float32",
+        checkpointing,
+        (b1, b2),
+        (s1.peak, s2.peak),
+        per_image,
+        fixed,
+        optimizer_peak,
+        fits,
+        device,
+        mode,
+    )
 
 
 def machine() -> str:
     """The CPU model, its logical cores and its bf16-relevant flags."""
     flags = cpu_flags()
-    marks = [name for name, flag in (("AVX2", "avx2"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
-             if flag in flags]
+    marks = [
+        name for name, flag in (("AVX2", "avx2"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16")) if flag in flags
+    ]
     return f"{cpu_model()} ({os.cpu_count()} logical cores; {', '.join(marks) or 'no AVX2'})"
 
 
@@ -299,10 +344,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default=",".join(DEFAULT_PRESETS), help="comma-separated, each at its own size")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--mode", default=None, choices=["real", "shapes"],
-                        help="real (compute the step) or shapes (FakeTensors, CPU only; default on the CPU)")
-    parser.add_argument("--batches", default=None,
-                        help="the two batch sizes of the fit (default: 32,64 in shapes mode, 8,16 in real mode)")
+    parser.add_argument(
+        "--mode",
+        default=None,
+        choices=["real", "shapes"],
+        help="real (compute the step) or shapes (FakeTensors, CPU only; default on the CPU)",
+    )
+    parser.add_argument(
+        "--batches",
+        default=None,
+        help="the two batch sizes of the fit (default: 32,64 in shapes mode, 8,16 in real mode)",
+    )
     parser.add_argument("--precisions", default="float32,bf16", help="comma-separated: float32, bf16 (autocast)")
     parser.add_argument("--checkpointing", default="off,on", help="comma-separated: off, on (--grad-checkpoint)")
     parser.add_argument("--json", default=None, help="also append one JSON line per row to this file")
@@ -323,25 +375,33 @@ def main(argv: list[str] | None = None) -> None:
     print("# Training memory per image\n")
     print(f"- device: {args.device}, {where}; torch {torch.__version__}")
     cuda = args.device.startswith("cuda")
-    print(f"- accounting: {'torch.cuda.max_memory_allocated' if cuda else 'live tensor storages'} ({mode}); fit over "
-          f"batches {b1} and {b2}; batches that fit leave {RESERVED_GIB:g} GiB for the CUDA context"
-          + ("" if cuda else " (estimates until a GPU measures them)"))
+    print(
+        f"- accounting: {'torch.cuda.max_memory_allocated' if cuda else 'live tensor storages'} ({mode}); fit over "
+        f"batches {b1} and {b2}; batches that fit leave {RESERVED_GIB:g} GiB for the CUDA context"
+        + ("" if cuda else " (estimates until a GPU measures them)")
+    )
     print("- command: python benchmarks/memory.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])))
     print()
-    print("| preset | size | params | precision | grad checkpoint | MiB per image | fixed GiB | optimizer step GiB "
-          f"| peak at {b1} / {b2} (GiB) | batch in 16 / 24 / 80 GiB |")
+    print(
+        "| preset | size | params | precision | grad checkpoint | MiB per image | fixed GiB | optimizer step GiB "
+        f"| peak at {b1} / {b2} (GiB) | batch in 16 / 24 / 80 GiB |"
+    )
     print("|---|---:|---:|---|---|---:|---:|---:|---:|---:|")
     for preset in presets:
         size = int(PRESETS[preset].get("image_size", 32))
         for precision in (p.strip() for p in args.precisions.split(",") if p.strip()):
             for ck in (c.strip() == "on" for c in args.checkpointing.split(",") if c.strip()):
-                row = fit(preset, size, b1, b2, bf16=precision == "bf16", checkpointing=ck, device=args.device,
-                          mode=mode)
+                row = fit(
+                    preset, size, b1, b2, bf16=precision == "bf16", checkpointing=ck, device=args.device, mode=mode
+                )
                 fits = " / ".join(str(row.fits[f"{g}GiB"]) for g in BUDGETS_GIB)
-                print(f"| {preset} | {size} | {row.params / 1e6:.1f}M | {precision} | {'on' if ck else 'off'} "
-                      f"| {row.per_image / MIB:.1f} | {row.fixed / GIB:.2f} | {row.optimizer_peak / GIB:.2f} "
-                      f"| {row.peaks[0] / GIB:.2f} / "
-                      f"{row.peaks[1] / GIB:.2f} | {fits} |", flush=True)
+                print(
+                    f"| {preset} | {size} | {row.params / 1e6:.1f}M | {precision} | {'on' if ck else 'off'} "
+                    f"| {row.per_image / MIB:.1f} | {row.fixed / GIB:.2f} | {row.optimizer_peak / GIB:.2f} "
+                    f"| {row.peaks[0] / GIB:.2f} / "
+                    f"{row.peaks[1] / GIB:.2f} | {fits} |",
+                    flush=True,
+                )
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps({**asdict(row), "machine": where, "torch": torch.__version__}) + "\n")

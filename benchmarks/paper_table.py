@@ -69,8 +69,11 @@ ROWS: dict[str, tuple[list[str], str]] = {
 # page-faults its activations in again: sampling spent half its time in the kernel. Holding freed memory instead
 # made 20-step sampling of 256 images 1.8x faster and Inception scoring 1.7x (AMD EPYC, 2 threads); the numbers
 # drawn are the same. Set in the environment, these take the place of ddpm's own, smaller hold_freed_memory().
-MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
-          "MALLOC_TOP_PAD_": str(1 << 30)}
+MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(4 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
+    "MALLOC_TOP_PAD_": str(1 << 30),
+}
 
 
 def _run(cmd: list[str], threads: int, check: bool = True) -> tuple[int, float]:
@@ -87,25 +90,68 @@ def train_row(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
     """Train (or reuse) one row; its steps, loss curve and whether it diverged."""
     wall, rc = math.nan, 0
     if _checkpoint_step(run) != args.steps:
-        rc, wall = _run([DDPM, "train", "--data", args.data, "--steps", str(args.steps), "--out",
-                         str(run), "--log-every", "10", "--sample-every", "0", "--checkpoint-every",
-                         str(args.steps), "--nonfinite", "stop", "--quiet", "--seed", str(args.train_seed), *flags,
-                         *(["--resume"] if (run / "checkpoints").exists() else [])], args.threads, check=False)
+        rc, wall = _run(
+            [
+                DDPM,
+                "train",
+                "--data",
+                args.data,
+                "--steps",
+                str(args.steps),
+                "--out",
+                str(run),
+                "--log-every",
+                "10",
+                "--sample-every",
+                "0",
+                "--checkpoint-every",
+                str(args.steps),
+                "--nonfinite",
+                "stop",
+                "--quiet",
+                "--seed",
+                str(args.train_seed),
+                *flags,
+                *(["--resume"] if (run / "checkpoints").exists() else []),
+            ],
+            args.threads,
+            check=False,
+        )
     log = run / "metrics.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     if _checkpoint_step(run) != args.steps and not (rc == 2 and records):  # exit 2 after logging: non-finite
         raise SystemExit(f"training {run.name} failed with exit code {rc} before it trained (see its message above)")
     curve = [(r["step"], r["loss"]) for r in records]
     finished = _checkpoint_step(run) == args.steps
-    return {"steps": records[-1]["step"] if records else 0, "diverged": not finished, "train_wall_s": wall,
-            "images_per_s": records[-1]["images_per_s"] if records else math.nan, "loss_curve": curve}
+    return {
+        "steps": records[-1]["step"] if records else 0,
+        "diverged": not finished,
+        "train_wall_s": wall,
+        "images_per_s": records[-1]["images_per_s"] if records else math.nan,
+        "loss_curve": curve,
+    }
 
 
 def nll(run: Path, args: argparse.Namespace) -> dict:
     out = run / f"nll-{args.nll_num}"
     if not (out / "eval.json").exists():
-        _run([DDPM, "eval", "--checkpoint", str(run), "--data", args.data, "--nll", "--nll-num",
-              str(args.nll_num), "--out", str(out), "--quiet"], args.threads)
+        _run(
+            [
+                DDPM,
+                "eval",
+                "--checkpoint",
+                str(run),
+                "--data",
+                args.data,
+                "--nll",
+                "--nll-num",
+                str(args.nll_num),
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+            args.threads,
+        )
     return json.loads((out / "eval.json").read_text())["metrics"]["nll"]
 
 
@@ -113,13 +159,48 @@ def fid(run: Path, name: str, seed: int, sampler: list[str], args: argparse.Name
     """Inception FID of ``--num`` samples of ``seed`` drawn with ``sampler`` flags."""
     npz = run / f"{name}-seed{seed}-{args.num}.npz"
     if not npz.exists():
-        _run([DDPM, "sample", "--checkpoint", str(run), "--num", str(args.num), "--seed", str(seed),
-              "--out", str(run / f"{name}-seed{seed}"), "--npz", str(npz), "--quiet", "--overwrite", *sampler],
-             args.threads)
+        _run(
+            [
+                DDPM,
+                "sample",
+                "--checkpoint",
+                str(run),
+                "--num",
+                str(args.num),
+                "--seed",
+                str(seed),
+                "--out",
+                str(run / f"{name}-seed{seed}"),
+                "--npz",
+                str(npz),
+                "--quiet",
+                "--overwrite",
+                *sampler,
+            ],
+            args.threads,
+        )
     out = run / f"eval-{name}-seed{seed}-{args.num}"
     if not (out / "eval.json").exists():
-        _run([DDPM, "eval", "--samples", str(npz), "--data", args.data, "--ref-split", args.ref_split,
-              "--ref-num", str(args.ref_num), "--metrics", "fid", "--out", str(out), "--quiet"], args.threads)
+        _run(
+            [
+                DDPM,
+                "eval",
+                "--samples",
+                str(npz),
+                "--data",
+                args.data,
+                "--ref-split",
+                args.ref_split,
+                "--ref-num",
+                str(args.ref_num),
+                "--metrics",
+                "fid",
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+            args.threads,
+        )
     return float(json.loads((out / "eval.json").read_text())["metrics"]["fid"])
 
 
@@ -147,8 +228,15 @@ def report(results: Path) -> str:
             r = json.loads(line)
             rows[r["row"]] = r
     paths = sorted({p for r in rows.values() for p in (r.get("fid") or {})}, key=lambda p: (p == "default", p))
-    head = ["row", "flags", "paper FID", "steps", "bits/dim (± s.e.)", "− eps-simple's, paired (± s.e.)",
-            *[f"FID {p}" for p in paths]]
+    head = [
+        "row",
+        "flags",
+        "paper FID",
+        "steps",
+        "bits/dim (± s.e.)",
+        "− eps-simple's, paired (± s.e.)",
+        *[f"FID {p}" for p in paths],
+    ]
     base = (rows.get("eps-simple") or {}).get("nll") or {}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in ROWS:
@@ -160,10 +248,17 @@ def report(results: Path) -> str:
         else:
             n = r["nll"]
             cells = [f"{n['bits_per_dim']:.3f} ± {n['bits_per_dim_stderr']:.3f}" if n else "–", _paired(n, base)]
-            cells += [f"{r['fid'][p]['mean']:.2f} (" + " / ".join(f"{v:.2f}" for v in r["fid"][p]["fid"]) + ")"
-                      if p in r["fid"] else "–" for p in paths]
-        lines.append(f"| {name} | `{' '.join(r['flags']) or '(defaults)'}` | {r['paper']} | {r['steps']} | "
-                     + " | ".join(cells) + " |")
+            cells += [
+                f"{r['fid'][p]['mean']:.2f} (" + " / ".join(f"{v:.2f}" for v in r["fid"][p]["fid"]) + ")"
+                if p in r["fid"]
+                else "–"
+                for p in paths
+            ]
+        lines.append(
+            f"| {name} | `{' '.join(r['flags']) or '(defaults)'}` | {r['paper']} | {r['steps']} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -185,12 +280,19 @@ def plot(results: Path) -> Path:
         if len(r["loss_curve"]) >= 2:
             steps, losses = zip(*r["loss_curve"], strict=True)
             state = f"diverged at step {r['steps']}" if r["diverged"] else f"{r['steps']} steps"
-            panels.append(plot_curve(steps, [abs(v) for v in losses], width=480, height=240,
-                                     title=f"{r['row']} ({state}): loss, log scale"))
+            panels.append(
+                plot_curve(
+                    steps,
+                    [abs(v) for v in losses],
+                    width=480,
+                    height=240,
+                    title=f"{r['row']} ({state}): loss, log scale",
+                )
+            )
     out = results.with_suffix(".png")
     if panels:
         panels += [np.full_like(panels[0], 255)] * (len(panels) % 2)  # two panels per line
-        lines = [np.concatenate(panels[i:i + 2], axis=1) for i in range(0, len(panels), 2)]
+        lines = [np.concatenate(panels[i : i + 2], axis=1) for i in range(0, len(panels), 2)]
         save_png(out, np.concatenate(lines, axis=0))
     return out
 
@@ -231,9 +333,18 @@ def main() -> None:
             row = {"row": name, "flags": flags, "paper": paper, **trained[name]}
             if not row["diverged"]:
                 row.update(measure(run, name, args))
-            append_row(results, {**row, "measure_wall_s": time.perf_counter() - t0, "num": args.num,
-                                 "ref_num": args.ref_num, "nll_num": args.nll_num, "command": " ".join(sys.argv),
-                                 "date": time.strftime("%Y-%m-%d %H:%M")})
+            append_row(
+                results,
+                {
+                    **row,
+                    "measure_wall_s": time.perf_counter() - t0,
+                    "num": args.num,
+                    "ref_num": args.ref_num,
+                    "nll_num": args.nll_num,
+                    "command": " ".join(sys.argv),
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                },
+            )
     print(report(results))
     print(f"loss curves: {plot(results)}")
 

@@ -29,8 +29,10 @@ from ddpm.cli import main as ddpm_main
 BY_NAME: list[tuple[str, tuple[str, ...]]] = [
     ("convolution, backward", ("aten::convolution_backward",)),
     ("convolution, forward", ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution")),
-    ("matmul and attention", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_softmax",
-                              "aten::_softmax_backward_data")),
+    (
+        "matmul and attention",
+        ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_softmax_backward_data"),
+    ),
     ("GroupNorm", ("aten::native_group_norm", "aten::native_group_norm_backward")),
     ("SiLU", ("aten::silu", "aten::silu_backward")),
     ("dtype casts and copies", ("aten::copy_", "aten::_to_copy")),
@@ -55,9 +57,21 @@ def categorize(event) -> str:
 def profile_run(precision: str, args: argparse.Namespace) -> dict:
     """Profile one ``ddpm train`` run; returns per-step milliseconds by category and the window's wall per step."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["train", "--data", args.data, "--steps", str(args.warmup + args.steps), "--out", f"{tmp}/run",
-               "--quiet", "--sample-every", "0", "--checkpoint-every", "0",
-               "--bf16" if precision == "bf16" else "--no-bf16"]
+        cmd = [
+            "train",
+            "--data",
+            args.data,
+            "--steps",
+            str(args.warmup + args.steps),
+            "--out",
+            f"{tmp}/run",
+            "--quiet",
+            "--sample-every",
+            "0",
+            "--checkpoint-every",
+            "0",
+            "--bf16" if precision == "bf16" else "--no-bf16",
+        ]
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -90,8 +104,10 @@ def main() -> None:
     if args.warmup < 1 or args.steps < 1:
         raise SystemExit("error: --warmup and --steps must be at least 1 (the window starts after a whole step)")
     torch.set_num_threads(args.threads)
-    print(f"load average before: {os.getloadavg()}; {time.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}; "
-          f"{args.threads} threads; {args.steps} steps after {args.warmup}")
+    print(
+        f"load average before: {os.getloadavg()}; {time.strftime('%Y-%m-%d %H:%M')}; torch {torch.__version__}; "
+        f"{args.threads} threads; {args.steps} steps after {args.warmup}"
+    )
     rows = [profile_run(precision, args) for precision in precisions]
     labels = [label for label, _ in BY_NAME] + [label for label, _ in BY_CALLER] + ["other", "Python and gaps"]
     for r in rows:

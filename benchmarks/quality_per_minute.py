@@ -92,13 +92,18 @@ def train_ddpm(run: Path, flags: list[str], args: argparse.Namespace) -> dict:
     wall = math.nan
     if not (args.reuse and (run / "checkpoints").exists()):
         budget = ["--steps", str(args.steps)] if args.steps else ["--minutes", str(args.minutes)]
-        wall = run_command([DDPM, "train", "--data", args.data, *budget, "--out", str(run), "--quiet", *flags],
-                           args.threads).wall_s
+        wall = run_command(
+            [DDPM, "train", "--data", args.data, *budget, "--out", str(run), "--quiet", *flags], args.threads
+        ).wall_s
     log = run / "metrics.jsonl"  # absent when the run is shorter than ddpm train's --log-every
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     ck = load_checkpoint(run)
-    return {"steps": ck.step, "images_per_s": records[-1]["images_per_s"] if records else math.nan,
-            "train_wall_s": wall, "bf16": ck.meta.get("bf16")}
+    return {
+        "steps": ck.step,
+        "images_per_s": records[-1]["images_per_s"] if records else math.nan,
+        "train_wall_s": wall,
+        "bf16": ck.meta.get("bf16"),
+    }
 
 
 def sample_ddpm(run: Path, args: argparse.Namespace) -> tuple[Path, float]:
@@ -115,8 +120,9 @@ def sample_ddpm(run: Path, args: argparse.Namespace) -> tuple[Path, float]:
 DIFFUSERS_BATCH = 64
 
 
-def diffusers_train(model: torch.nn.Module, sched: Any, images: torch.Tensor, minutes: float,
-                    seed: int) -> tuple[int, float]:
+def diffusers_train(
+    model: torch.nn.Module, sched: Any, images: torch.Tensor, minutes: float, seed: int
+) -> tuple[int, float]:
     """Train ``model`` on ``images`` ((N, C, S, S) in [-1, 1]) as diffusers' ``train_unconditional`` example does, for
     ``minutes`` (AdamW with warm-up and cosine decay, EMA), leaving the EMA weights in it; the steps taken and the
     seconds they took."""
@@ -153,8 +159,9 @@ def diffusers_train(model: torch.nn.Module, sched: Any, images: torch.Tensor, mi
     return step, train_s
 
 
-def diffusers_sample(model: torch.nn.Module, sched: Any, num: int, shape: tuple[int, int, int],
-                     seed: int) -> np.ndarray:
+def diffusers_sample(
+    model: torch.nn.Module, sched: Any, num: int, shape: tuple[int, int, int], seed: int
+) -> np.ndarray:
     """``num`` images (uint8 (N, H, W, C)) from ``model`` with DDIM at 100 steps, in batches of 250."""
     from diffusers import DDIMScheduler
 
@@ -179,26 +186,53 @@ def diffusers_worker(run: Path, minutes: float, num: int, data: str, seed: int) 
     torch.manual_seed(seed)
     ds = load_dataset(data)
     c, size = ds.channels, ds.image_size
-    model = UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=2,
-                        block_out_channels=(32, 32, 64), norm_num_groups=8,
-                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    model = UNet2DModel(
+        sample_size=size,
+        in_channels=c,
+        out_channels=c,
+        layers_per_block=2,
+        block_out_channels=(32, 32, 64),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    )
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     steps, train_s = diffusers_train(model, sched, ds.images, minutes, seed)
     t1 = time.monotonic()
     images = diffusers_sample(model, sched, num, (c, size, size), seed)
     run.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run / f"samples-{num}.npz", images=images)
-    (run / "stats.json").write_text(json.dumps({
-        "steps": steps, "images_per_s": steps * DIFFUSERS_BATCH / train_s, "train_wall_s": train_s,
-        "sample_wall_s": time.monotonic() - t1, "parameters": sum(p.numel() for p in model.parameters())}))
+    (run / "stats.json").write_text(
+        json.dumps(
+            {
+                "steps": steps,
+                "images_per_s": steps * DIFFUSERS_BATCH / train_s,
+                "train_wall_s": train_s,
+                "sample_wall_s": time.monotonic() - t1,
+                "parameters": sum(p.numel() for p in model.parameters()),
+            }
+        )
+    )
 
 
 def run_diffusers(run: Path, args: argparse.Namespace) -> tuple[dict, Path]:
     npz = run / f"samples-{args.num}.npz"
     if not (args.reuse and npz.exists()):
-        run_command([sys.executable, __file__, "--diffusers-worker", str(run), "--minutes", str(args.minutes),
-                     "--num", str(args.num), "--data", args.data], args.threads)
+        run_command(
+            [
+                sys.executable,
+                __file__,
+                "--diffusers-worker",
+                str(run),
+                "--minutes",
+                str(args.minutes),
+                "--num",
+                str(args.num),
+                "--data",
+                args.data,
+            ],
+            args.threads,
+        )
     return json.loads((run / "stats.json").read_text()), npz
 
 
@@ -209,9 +243,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipes", default="default", help=f"comma-separated: {', '.join([*RECIPES, DIFFUSERS])}")
     p.add_argument("--minutes", type=float, default=25.0)
-    p.add_argument("--steps", type=int, default=None,
-                   help="train ddpm recipes for this many steps instead of --minutes: a screen of recipes that cost "
-                        "the same per step, whose results do not depend on the machine's load")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train ddpm recipes for this many steps instead of --minutes: a screen of recipes that cost "
+        "the same per step, whose results do not depend on the machine's load",
+    )
     p.add_argument("--skip-score", action="store_true", help="train and sample only (score later with --reuse)")
     add_scoring_args(p)
     p.add_argument("--runs", default="runs/qpm")
@@ -241,10 +279,19 @@ def main() -> None:
         if args.skip_score:
             continue
         result = score_samples(npz, run / f"eval-{args.num}", args)
-        row = {"recipe": name, "flags": flags, "minutes": None if args.steps else args.minutes, **info,
-               "sample_wall_s": sample_wall,
-               "num": args.num, "ref_split": args.ref_split, "ref_num": args.ref_num, "scores": result.get("metrics"),
-               "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M")}
+        row = {
+            "recipe": name,
+            "flags": flags,
+            "minutes": None if args.steps else args.minutes,
+            **info,
+            "sample_wall_s": sample_wall,
+            "num": args.num,
+            "ref_split": args.ref_split,
+            "ref_num": args.ref_num,
+            "scores": result.get("metrics"),
+            "threads": args.threads,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
         append_row(args.results, row)
 
 

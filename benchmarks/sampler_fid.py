@@ -24,8 +24,13 @@ from harness import DDPM, RESULTS, add_scoring_args, append_row, reference_flags
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint) or a checkpoint file")
-    p.add_argument("--config", action="append", required=True, metavar="NAME=FLAGS",
-                   help="a named setting: ddpm sample flags after the '=' (empty: the defaults); repeatable")
+    p.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        metavar="NAME=FLAGS",
+        help="a named setting: ddpm sample flags after the '=' (empty: the defaults); repeatable",
+    )
     add_scoring_args(p)
     p.add_argument("--out", default=None, help="folder for each setting's eval (default: CHECKPOINT/sampler-fid)")
     p.add_argument("--results", type=Path, default=RESULTS / "sampler_fid.jsonl")
@@ -40,12 +45,36 @@ def main() -> None:
     base = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "sampler-fid"
     for name, flags in configs:
         out = base / f"{name}-{args.num}"
-        wall = run_command([DDPM, "eval", "--checkpoint", str(ckpt), "--num", str(args.num), *flags,
-                            *reference_flags(args), "--out", str(out), "--quiet", "--overwrite"], args.threads).wall_s
+        wall = run_command(
+            [
+                DDPM,
+                "eval",
+                "--checkpoint",
+                str(ckpt),
+                "--num",
+                str(args.num),
+                *flags,
+                *reference_flags(args),
+                "--out",
+                str(out),
+                "--quiet",
+                "--overwrite",
+            ],
+            args.threads,
+        ).wall_s
         result = json.loads((out / "eval.json").read_text())
-        row = {"checkpoint": str(ckpt), "config": name, "flags": flags, "num": args.num,
-               "ref_split": args.ref_split, "ref_num": args.ref_num, "scores": result.get("metrics"),
-               "wall_s": round(wall, 1), "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M")}
+        row = {
+            "checkpoint": str(ckpt),
+            "config": name,
+            "flags": flags,
+            "num": args.num,
+            "ref_split": args.ref_split,
+            "ref_num": args.ref_num,
+            "scores": result.get("metrics"),
+            "wall_s": round(wall, 1),
+            "threads": args.threads,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
         append_row(args.results, row)
 
 

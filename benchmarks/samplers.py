@@ -26,8 +26,10 @@ import torch
 from PIL import Image, ImageDraw
 
 import ddpm
+from ddpm.denoiser import make_denoiser
 from ddpm.oracles import GaussianOracle, affine_gaussian
-from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SAMPLERS, make_denoiser
+from ddpm.sampler_choice import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
+from ddpm.sampling import SAMPLERS
 from ddpm.schedule import DEFAULT_SPACING, SPACINGS
 
 EVALS = (5, 10, 20, 50, 100, 1000)
@@ -51,8 +53,9 @@ CONFIGS: list[tuple[str, str, dict, bool]] = [
 ]
 
 
-def oracle_section(n: int, seed: int, only: list[str] | None = None, spacings: list[str] | None = None,
-                   cache_full: dict | None = None) -> dict:
+def oracle_section(
+    n: int, seed: int, only: list[str] | None = None, spacings: list[str] | None = None, cache_full: dict | None = None
+) -> dict:
     """Run every configuration on the Gaussian oracle; returns {row label: {evals: (mc W2, exact W2 | None)}}.
 
     ``only`` / ``spacings`` restrict the run to those sampler labels / spacings (and skip the diffusers rows);
@@ -81,7 +84,8 @@ def oracle_section(n: int, seed: int, only: list[str] | None = None, spacings: l
                 exact = None
                 if det:
                     m, c = affine_gaussian(
-                        lambda x, fn=fn, ts=ts, opts=opts: fn(denoise, x, schedule, ts, None, None, **opts), d)
+                        lambda x, fn=fn, ts=ts, opts=opts: fn(denoise, x, schedule, ts, None, None, **opts), d
+                    )
                     exact = oracle.w2_of(m, c)
                 row[k] = (oracle.w2(out), exact)
                 if k == schedule.timesteps:
@@ -102,16 +106,26 @@ def diffusers_rows(oracle: GaussianOracle, schedule: ddpm.Schedule, x_T: torch.T
         print("diffusers not installed: skipping its rows", file=sys.stderr)
         return {}
     v = diffusers.__version__
-    common = {"num_train_timesteps": schedule.timesteps, "beta_start": 1e-4, "beta_end": 0.02,
-              "beta_schedule": "linear"}
+    common = {
+        "num_train_timesteps": schedule.timesteps,
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+    }
     peers = [
         # clip_sample=False so that DDIM, like every sampler here, runs with clipping off.
         (f"diffusers {v} DDIMScheduler (clip_sample=False) / leading (default)", DDIMScheduler, {"clip_sample": False}),
-        (f"diffusers {v} DDIMScheduler (clip_sample=False) / trailing", DDIMScheduler,
-         {"clip_sample": False, "timestep_spacing": "trailing"}),
+        (
+            f"diffusers {v} DDIMScheduler (clip_sample=False) / trailing",
+            DDIMScheduler,
+            {"clip_sample": False, "timestep_spacing": "trailing"},
+        ),
         (f"diffusers {v} DPMSolverMultistepScheduler / linspace (default)", DPMSolverMultistepScheduler, {}),
-        (f"diffusers {v} DPMSolverMultistepScheduler / trailing", DPMSolverMultistepScheduler,
-         {"timestep_spacing": "trailing"}),
+        (
+            f"diffusers {v} DPMSolverMultistepScheduler / trailing",
+            DPMSolverMultistepScheduler,
+            {"timestep_spacing": "trailing"},
+        ),
     ]
     rows = {}
     for label, cls, kw in peers:
@@ -198,19 +212,26 @@ def targets(rows: dict) -> list[str]:
     out = ["", "## Targets", ""]
     if peer is not None:
         need = peer[10][0] / 20
-        out.append(f"- 10 evaluations, target ≤ 1/20 of diffusers DPMSolverMultistepScheduler (trailing) "
-                   f"= {peer[10][0]:.3e}/20 = {need:.2e}: best here **{best10}** {ours[best10][10][0]:.2e} "
-                   f"({peer[10][0] / ours[best10][10][0]:.1f}x better) → "
-                   f"{'met' if ours[best10][10][0] <= need else '**not met**'}.")
-    out.append(f"- 20 evaluations, target ≤ 2 × ancestral DDPM at 1000 steps = 2 × {ancestral:.2e} = "
-               f"{2 * ancestral:.2e}: best here **{best20}** {ours[best20][20][0]:.2e} → "
-               f"{'met' if ours[best20][20][0] <= 2 * ancestral else '**not met**'}.")
+        out.append(
+            f"- 10 evaluations, target ≤ 1/20 of diffusers DPMSolverMultistepScheduler (trailing) "
+            f"= {peer[10][0]:.3e}/20 = {need:.2e}: best here **{best10}** {ours[best10][10][0]:.2e} "
+            f"({peer[10][0] / ours[best10][10][0]:.1f}x better) → "
+            f"{'met' if ours[best10][10][0] <= need else '**not met**'}."
+        )
+    out.append(
+        f"- 20 evaluations, target ≤ 2 × ancestral DDPM at 1000 steps = 2 × {ancestral:.2e} = "
+        f"{2 * ancestral:.2e}: best here **{best20}** {ours[best20][20][0]:.2e} → "
+        f"{'met' if ours[best20][20][0] <= 2 * ancestral else '**not met**'}."
+    )
     for const, value in (("DETERMINISTIC_SAMPLER", DETERMINISTIC_SAMPLER), ("DEFAULT_SAMPLER", DEFAULT_SAMPLER)):
-        name, spacing, _ = value
+        name, spacing = value.name, value.spacing
         row = next((k for k in ours if k.split(" / ")[0] == name and k.endswith("/ " + spacing)), None)
         if row is not None:
-            out.append(f"- `{const} = {value}` ({row}): "
-                       + ", ".join(f"{k} evals {ours[row][k][0]:.2e}" for k in EVALS if k in (10, 20, 50)) + ".")
+            out.append(
+                f"- `{const} = {(value.name, value.spacing, value.steps)}` ({row}): "
+                + ", ".join(f"{k} evals {ours[row][k][0]:.2e}" for k in EVALS if k in (10, 20, 50))
+                + "."
+            )
     return out
 
 
@@ -219,12 +240,17 @@ def default_spacing(rows: dict) -> list[str]:
     its default options, at 10 and 20 evaluations. Scored on the exact W2 where there is one (deterministic
     samplers: no sampling noise), else on the Monte Carlo W2; the target is within 10% of the best."""
     labels = {name: label for label, name, opts, _ in CONFIGS if not opts}  # each sampler with its defaults
-    out = ["", "## sample()'s default spacing", "",
-           "`ddpm.sample(..., sampler=S, steps=K)` without `spacing` uses `DEFAULT_SPACING`; target: within 10% "
-           "of the best spacing for S at K = 10 and 20. Score: exact W2 for deterministic samplers (Monte Carlo "
-           "W2 in brackets), Monte Carlo W2 for the others.", "",
-           "| sampler | default spacing | K | default | best spacing | best | default / best | within 10% |",
-           "|---|---|---:|---:|---|---:|---:|---|"]
+    out = [
+        "",
+        "## sample()'s default spacing",
+        "",
+        "`ddpm.sample(..., sampler=S, steps=K)` without `spacing` uses `DEFAULT_SPACING`; target: within 10% "
+        "of the best spacing for S at K = 10 and 20. Score: exact W2 for deterministic samplers (Monte Carlo "
+        "W2 in brackets), Monte Carlo W2 for the others.",
+        "",
+        "| sampler | default spacing | K | default | best spacing | best | default / best | within 10% |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
     for name, label in labels.items():
         spacing = DEFAULT_SPACING
         mine = {sp: rows[f"{label} / {sp}"] for sp in SPACINGS if f"{label} / {sp}" in rows}
@@ -240,8 +266,10 @@ def default_spacing(rows: dict) -> list[str]:
                 mc, exact = mine[sp][k]
                 return f"{fmt(mc)}" if exact is None else f"{fmt(exact)} ({fmt(mc)})"
 
-            out.append(f"| {name} | {spacing} | {k} | {shown(spacing)} | {best} | {shown(best)} | {ratio:.2f} | "
-                       f"{'yes' if ratio <= 1.1 else '**no**'} |")
+            out.append(
+                f"| {name} | {spacing} | {k} | {shown(spacing)} | {best} | {shown(best)} | {ratio:.2f} | "
+                f"{'yes' if ratio <= 1.1 else '**no**'} |"
+            )
         missing = [sp for sp in SPACINGS if sp not in mine]
         if missing:
             out.append(f"| {name} | | | not measured on {', '.join(missing)} | | | | |")
@@ -277,16 +305,27 @@ def plot(res: dict, path: Path) -> None:
     dr.text((L + 200, H - 25), "model evaluations (log)        W2 to N(mu, Sigma) (log)", fill="black")
     floor = sum(res["noise_floor"]) / len(res["noise_floor"])
     dr.line([L, py(math.log10(floor)), W - R, py(math.log10(floor))], fill=(150, 150, 150))
-    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-              (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (90, 90, 200)]
+    colors = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+        (0, 0, 0),
+        (90, 90, 200),
+    ]
     legend_y = Tm
     i = 0
     for key, row in chosen.items():
         if key.endswith("@"):
             continue
         name = chosen.get(key + "@", key)
-        pts = [(px(math.log10(k)), py(math.log10(max(row[k][0], 10**ylo)))) for k in EVALS
-               if math.isfinite(row[k][0])]
+        pts = [(px(math.log10(k)), py(math.log10(max(row[k][0], 10**ylo)))) for k in EVALS if math.isfinite(row[k][0])]
         c = colors[i % len(colors)]
         dr.line(pts, fill=c, width=2)
         for p in pts:
@@ -305,10 +344,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "samplers_oracle.md")
     ap.add_argument("--replot", action="store_true", help="redraw the table and plot from the saved JSON")
-    ap.add_argument("--only", action="append", metavar="LABEL",
-                    help="rerun only this sampler label (repeatable) and merge into the saved JSON")
-    ap.add_argument("--spacing", action="append", choices=SPACINGS,
-                    help="rerun only this spacing (repeatable) and merge into the saved JSON")
+    ap.add_argument(
+        "--only",
+        action="append",
+        metavar="LABEL",
+        help="rerun only this sampler label (repeatable) and merge into the saved JSON",
+    )
+    ap.add_argument(
+        "--spacing",
+        action="append",
+        choices=SPACINGS,
+        help="rerun only this spacing (repeatable) and merge into the saved JSON",
+    )
     args = ap.parse_args()
     # One thread: on a shared machine OpenMP workers spin against other jobs and run 100x slower.
     torch.set_num_threads(1)

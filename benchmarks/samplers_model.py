@@ -43,26 +43,30 @@ from ddpm.checkpoint import load_model
 from ddpm.evaluation.featurenet import FeatureNet, extract_features
 from ddpm.evaluation.metrics import frechet_distance, kid
 from ddpm.images import make_grid
-from ddpm.sampling import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
+from ddpm.sampler_choice import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
 from ddpm.schedule import Schedule
 
 EVALS = (5, 10, 20, 50)
 # (sampler, spacing); the default sampler's pair is put first.
-CONFIGS = list(dict.fromkeys([
-    (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1]),
-    (DETERMINISTIC_SAMPLER[0], DETERMINISTIC_SAMPLER[1]),  # the most accurate ODE path on the oracle
-    ("sa-solver", "info"),  # the default sampler on the oracle's best spacing
-    ("dpmpp-2m-sde", "logsnr"),  # stochastic multistep: corrects model error like ancestral sampling does
-    ("dpmpp-2m-sde", "info"),
-    ("ddpm", "logsnr"),  # ancestral (stochastic) on few steps: separates solver error from ODE-vs-SDE
-    ("dpmpp-2m", "info"),
-    ("ddim", "leading"),
-    ("dpmpp-2m", "logsnr"),
-    ("dpmpp-3m", "logsnr"),
-    ("ddim", "logsnr"),
-    ("ddim", "linspace"),
-    ("dpmpp-2m", "linspace"),
-]))
+CONFIGS = list(
+    dict.fromkeys(
+        [
+            (DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing),
+            (DETERMINISTIC_SAMPLER.name, DETERMINISTIC_SAMPLER.spacing),  # the most accurate ODE path on the oracle
+            ("sa-solver", "info"),  # the default sampler on the oracle's best spacing
+            ("dpmpp-2m-sde", "logsnr"),  # stochastic multistep: corrects model error like ancestral sampling does
+            ("dpmpp-2m-sde", "info"),
+            ("ddpm", "logsnr"),  # ancestral (stochastic) on few steps: separates solver error from ODE-vs-SDE
+            ("dpmpp-2m", "info"),
+            ("ddim", "leading"),
+            ("dpmpp-2m", "logsnr"),
+            ("dpmpp-3m", "logsnr"),
+            ("ddim", "logsnr"),
+            ("ddim", "linspace"),
+            ("dpmpp-2m", "linspace"),
+        ]
+    )
+)
 
 
 # ---------------------------------------------------------------------------- sample strips
@@ -72,8 +76,10 @@ def sample_strip(images: dict[str, np.ndarray], path: Path, count: int = 16) -> 
     """One labelled row per configuration: its first ``count`` images (uint8 (N, C, H, W)), the same seeds in
     every column, so columns compare samplers on the same starting noise."""
     scale = max(2, 56 // next(iter(images.values())).shape[-1])
-    rows = [make_grid(x[:count].transpose(0, 2, 3, 1), nrow=count, padding=2, pad_value=128, scale=scale)
-            for x in images.values()]
+    rows = [
+        make_grid(x[:count].transpose(0, 2, 3, 1), nrow=count, padding=2, pad_value=128, scale=scale)
+        for x in images.values()
+    ]
     label_w = 220
     h, w = rows[0].shape[0], rows[0].shape[1]
     img = Image.new("RGB", (label_w + w, h * len(rows)), "white")
@@ -90,8 +96,9 @@ def sample_strip(images: dict[str, np.ndarray], path: Path, count: int = 16) -> 
 
 def score(feats: torch.Tensor, ref: torch.Tensor, seed: int) -> dict:
     n = feats.shape[0]
-    k_mean, k_std = kid(feats, ref, subsets=100, subset_size=max(2, n // 2),
-                        generator=torch.Generator().manual_seed(seed))
+    k_mean, k_std = kid(
+        feats, ref, subsets=100, subset_size=max(2, n // 2), generator=torch.Generator().manual_seed(seed)
+    )
     return {"fd": frechet_distance(feats, ref), "kid": k_mean, "kid_std": k_std}
 
 
@@ -111,7 +118,11 @@ def plan(args: argparse.Namespace) -> list[Config]:
     """The configurations to sample, in order: the target rows first (default sampler at 20 and 10), then the
     reference, then the rest; only the reference with ``--part reference``, all but it with ``--part fast``."""
     every = [REFERENCE] + [(s, sp, k) for s, sp in CONFIGS[: args.configs] for k in EVALS]
-    first = [(DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], 20), (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], 10), REFERENCE]
+    first = [
+        (DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, 20),
+        (DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, 10),
+        REFERENCE,
+    ]
     every = first + [p for p in every if p not in first]
     if args.part == "reference":
         return [REFERENCE]
@@ -120,16 +131,23 @@ def plan(args: argparse.Namespace) -> list[Config]:
     return every
 
 
-def sample_and_score(model: torch.nn.Module, schedule: Schedule, key: str, shape: tuple[int, int, int],
-                     prediction: str, net: FeatureNet, ref_f: torch.Tensor,
-                     args: argparse.Namespace) -> tuple[dict[str, dict], dict[Config, torch.Tensor],
-                                                        dict[Config, np.ndarray]]:
+def sample_and_score(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    key: str,
+    shape: tuple[int, int, int],
+    prediction: str,
+    net: FeatureNet,
+    ref_f: torch.Tensor,
+    args: argparse.Namespace,
+) -> tuple[dict[str, dict], dict[Config, torch.Tensor], dict[Config, np.ndarray]]:
     """Each configuration of :func:`plan`'s samples (cached), features and scores: (rows by "sampler|spacing|evals",
     features and images by configuration)."""
     rows, feats, images = {}, {}, {}
     for sampler, spacing, steps in plan(args):
-        imgs, per_image = samples_for(model, schedule, key, shape, sampler, spacing, steps, args.num, args.seed,
-                                      args.batch, prediction=prediction)
+        imgs, per_image = samples_for(
+            model, schedule, key, shape, sampler, spacing, steps, args.num, args.seed, args.batch, prediction=prediction
+        )
         images[(sampler, spacing, steps)] = imgs
         x = torch.from_numpy(imgs).float() / 127.5 - 1
         f = extract_features(net, x)
@@ -137,8 +155,10 @@ def sample_and_score(model: torch.nn.Module, schedule: Schedule, key: str, shape
         s = score(f, ref_f, seed=0)
         s["seconds_per_image"] = per_image
         rows[f"{sampler}|{spacing}|{steps}"] = s
-        log(f"{sampler}/{spacing}/{steps}: FD {s['fd']:.3f}  KID {s['kid'] * 1e3:.2f}±{s['kid_std'] * 1e3:.2f} e-3"
-            + f"  ({per_image * 1e3:.0f} ms/image)")
+        log(
+            f"{sampler}/{spacing}/{steps}: FD {s['fd']:.3f}  KID {s['kid'] * 1e3:.2f}±{s['kid_std'] * 1e3:.2f} e-3"
+            + f"  ({per_image * 1e3:.0f} ms/image)"
+        )
     return rows, feats, images
 
 
@@ -148,29 +168,39 @@ def targets(rows: dict[str, dict], feats: dict[Config, torch.Tensor], ref_f: tor
     ref_gen = feats[REFERENCE]
     out = {}
     for k, limit in ((20, 1.10), (10, 1.25)):
-        cfgk = (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], k)
+        cfgk = (DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, k)
         fd_c, fd_r = rows[f"{cfgk[0]}|{cfgk[1]}|{k}"]["fd"], rows["|".join(map(str, REFERENCE))]["fd"]
         rc, rr = rows[f"{cfgk[0]}|{cfgk[1]}|{k}"], rows["|".join(map(str, REFERENCE))]
-        out[str(k)] = {"limit": limit, "fd": fd_c, "fd_ref": fd_r, "ratio": fd_c / fd_r,
-                       "kid": rc["kid"], "kid_std": rc["kid_std"],
-                       "kid_ref": rr["kid"], "kid_ref_std": rr["kid_std"],
-                       "bootstrap": paired_ratio(feats[cfgk], ref_gen, ref_f)}
+        out[str(k)] = {
+            "limit": limit,
+            "fd": fd_c,
+            "fd_ref": fd_r,
+            "ratio": fd_c / fd_r,
+            "kid": rc["kid"],
+            "kid_std": rc["kid_std"],
+            "kid_ref": rr["kid"],
+            "kid_ref_std": rr["kid_std"],
+            "bootstrap": paired_ratio(feats[cfgk], ref_gen, ref_f),
+        }
     return out
 
 
 def default_choice(rows: dict[str, dict], feats: dict[Config, torch.Tensor], ref_f: torch.Tensor) -> dict:
     """The default against the best other row at its own step count, paired over the same images ({} if either
     was not sampled)."""
-    d_steps = DEFAULT_SAMPLER[2]
-    d_cfg = (DEFAULT_SAMPLER[0], DEFAULT_SAMPLER[1], d_steps)
+    d_steps = DEFAULT_SAMPLER.steps
+    d_cfg = (DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, d_steps)
     others = [c for c in feats if c[2] == d_steps and c != d_cfg]
     if d_cfg not in feats or not others:
         return {}
     best = min(others, key=lambda c: rows[f"{c[0]}|{c[1]}|{c[2]}"]["fd"])
-    return {"steps": d_steps, "best_other": list(best),
-            "fd_default": rows[f"{d_cfg[0]}|{d_cfg[1]}|{d_steps}"]["fd"],
-            "fd_best_other": rows[f"{best[0]}|{best[1]}|{d_steps}"]["fd"],
-            "bootstrap": paired_ratio(feats[d_cfg], feats[best], ref_f)}
+    return {
+        "steps": d_steps,
+        "best_other": list(best),
+        "fd_default": rows[f"{d_cfg[0]}|{d_cfg[1]}|{d_steps}"]["fd"],
+        "fd_best_other": rows[f"{best[0]}|{best[1]}|{d_steps}"]["fd"],
+        "bootstrap": paired_ratio(feats[d_cfg], feats[best], ref_f),
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -190,25 +220,40 @@ def run(args: argparse.Namespace) -> dict:
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
     if shape[0] != ref_x.shape[1] or shape[1] != ref_x.shape[-1]:
         raise SystemExit(f"the model makes {shape} images but {args.data} has {tuple(ref_x.shape[1:])}")
-    rows, feats, images = sample_and_score(model, schedule, key, shape, ckpt.meta.get("prediction", "eps"), net,
-                                           ref_f, args)
+    rows, feats, images = sample_and_score(
+        model, schedule, key, shape, ckpt.meta.get("prediction", "eps"), net, ref_f, args
+    )
     if args.part != "all":
         return {}
-    shown = [REFERENCE, *[(name, sp, k) for name, sp, _ in (DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER) for k in (10, 20)]]
-    sample_strip({f"{s} / {sp} / {k} calls": images[(s, sp, k)] for s, sp, k in shown if (s, sp, k) in images},
-                 args.out.parent / f"{args.out.stem}-{args.data}-samples.png")
+    shown = [REFERENCE, *[(c.name, c.spacing, k) for c in (DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER) for k in (10, 20)]]
+    sample_strip(
+        {f"{s} / {sp} / {k} calls": images[(s, sp, k)] for s, sp, k in shown if (s, sp, k) in images},
+        args.out.parent / f"{args.out.stem}-{args.data}-samples.png",
+    )
 
     cmd = "python benchmarks/samplers_model.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return {
-        "data": args.data, "n": args.num, "seed": args.seed, "batch": args.batch, "cmd": cmd,
-        "checkpoint": str(ckpt_path), "checkpoint_key": key, "step": ckpt.step,
-        "ema": not args.raw_weights, "threads": args.threads,
-        "reference": ref_desc, "feature_net": meta, "feature_dim": int(ref_f.shape[1]),
-        "floors": floors, "rows": rows, "targets": targets(rows, feats, ref_f),
-        "choice": default_choice(rows, feats, ref_f), "default": list(DEFAULT_SAMPLER),
+        "data": args.data,
+        "n": args.num,
+        "seed": args.seed,
+        "batch": args.batch,
+        "cmd": cmd,
+        "checkpoint": str(ckpt_path),
+        "checkpoint_key": key,
+        "step": ckpt.step,
+        "ema": not args.raw_weights,
+        "threads": args.threads,
+        "reference": ref_desc,
+        "feature_net": meta,
+        "feature_dim": int(ref_f.shape[1]),
+        "floors": floors,
+        "rows": rows,
+        "targets": targets(rows, feats, ref_f),
+        "choice": default_choice(rows, feats, ref_f),
+        "default": [DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, DEFAULT_SAMPLER.steps],
         "seconds": time.perf_counter() - t_start,
         "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), torch {torch.__version__}, "
-                   f"{args.threads} thread{'s' if args.threads > 1 else ''}, {time.strftime('%Y-%m-%d')}",
+        f"{args.threads} thread{'s' if args.threads > 1 else ''}, {time.strftime('%Y-%m-%d')}",
     }
 
 
@@ -258,8 +303,12 @@ def score_table(res: dict, title: str, fmt: Callable[[dict], str]) -> list[str]:
     ref_key = "|".join(map(str, REFERENCE))
     default = tuple(res["default"][:2])
     cols = [*EVALS, REFERENCE[2]]
-    lines = [title, "", "| sampler / spacing | " + " | ".join(str(k) for k in cols) + " |",
-             "|---|" + "---:|" * len(cols)]
+    lines = [
+        title,
+        "",
+        "| sampler / spacing | " + " | ".join(str(k) for k in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
     for s, sp in _configs(rows):
         name = f"{s} / {sp}" + (" (default)" if (s, sp) == default else "")
         cells = [fmt(rows[f"{s}|{sp}|{k}"]) if f"{s}|{sp}|{k}" in rows else "–" for k in cols]
@@ -275,22 +324,28 @@ def choice_and_targets(res: dict) -> list[str]:
     ch = res.get("choice")
     if ch:
         b = ch["bootstrap"]
-        out += ["### The default against the best other row", "",
-                f"At {ch['steps']} evaluations the default ({res['default'][0]} / {res['default'][1]}) has FD "
-                f"{ch['fd_default']:.3f}; the best other row, {ch['best_other'][0]} / {ch['best_other'][1]}, "
-                f"{ch['fd_best_other']:.3f}. Paired bootstrap of FD(default)/FD(other) over the {res['n']} images: "
-                f"median {b['median']:.3f}, 90% interval [{b['lo']:.3f}, {b['hi']:.3f}].", ""]
+        out += [
+            "### The default against the best other row",
+            "",
+            f"At {ch['steps']} evaluations the default ({res['default'][0]} / {res['default'][1]}) has FD "
+            f"{ch['fd_default']:.3f}; the best other row, {ch['best_other'][0]} / {ch['best_other'][1]}, "
+            f"{ch['fd_best_other']:.3f}. Paired bootstrap of FD(default)/FD(other) over the {res['n']} images: "
+            f"median {b['median']:.3f}, 90% interval [{b['lo']:.3f}, {b['hi']:.3f}].",
+            "",
+        ]
     out += ["### Targets (quality measure: FD; KID alongside)", ""]
     for k, t in res["targets"].items():
         b = t["bootstrap"]
         met = "met" if t["ratio"] <= t["limit"] else "NOT met"
-        out.append(f"- Default sampler ({res['default'][0]} / {res['default'][1]}) at {k} evaluations within "
-                   f"{(t['limit'] - 1) * 100:.0f}% of DDPM-1000 in FD: FD {t['fd']:.3f} vs {t['fd_ref']:.3f}, "
-                   f"ratio {t['ratio']:.3f} → **{met}**. Paired bootstrap over the {res['n']} images: ratio 90% "
-                   f"interval [{b['lo']:.3f}, {b['hi']:.3f}], share of resamples within the limit "
-                   f"{b['p_within_' + ('10' if k == '20' else '25')] * 100:.0f}%. KID ×10³: "
-                   f"{t['kid'] * 1e3:.2f} ± {t['kid_std'] * 1e3:.2f} vs {t['kid_ref'] * 1e3:.2f} ± "
-                   f"{t['kid_ref_std'] * 1e3:.2f}.")
+        out.append(
+            f"- Default sampler ({res['default'][0]} / {res['default'][1]}) at {k} evaluations within "
+            f"{(t['limit'] - 1) * 100:.0f}% of DDPM-1000 in FD: FD {t['fd']:.3f} vs {t['fd_ref']:.3f}, "
+            f"ratio {t['ratio']:.3f} → **{met}**. Paired bootstrap over the {res['n']} images: ratio 90% "
+            f"interval [{b['lo']:.3f}, {b['hi']:.3f}], share of resamples within the limit "
+            f"{b['p_within_' + ('10' if k == '20' else '25')] * 100:.0f}%. KID ×10³: "
+            f"{t['kid'] * 1e3:.2f} ± {t['kid_std'] * 1e3:.2f} vs {t['kid_ref'] * 1e3:.2f} ± "
+            f"{t['kid_ref_std'] * 1e3:.2f}."
+        )
     return out
 
 
@@ -298,23 +353,32 @@ def markdown_section(res: dict) -> str:
     """One data set's section of the report."""
     out = section_header(res)
     out += score_table(res, "### FD (lower is better; columns: model evaluations)", lambda r: f"{r['fd']:.3f}")
-    out += score_table(res, "### KID ×10³ (mean ± std over 100 subsets of N/2; the std is the noise of one "
-                       "half-size measurement, not of the mean)",
-                       lambda r: f"{r['kid'] * 1e3:.2f} ± {r['kid_std'] * 1e3:.2f}")
+    out += score_table(
+        res,
+        "### KID ×10³ (mean ± std over 100 subsets of N/2; the std is the noise of one "
+        "half-size measurement, not of the mean)",
+        lambda r: f"{r['kid'] * 1e3:.2f} ± {r['kid_std'] * 1e3:.2f}",
+    )
     if any(r.get("seconds_per_image") for r in res["rows"].values()):
         batch = res.get("batch", "?")
         threads = res.get("threads", 1)
-        out += score_table(res, f"### Sampling time, seconds per image ({threads} thread{'s' if threads > 1 else ''}, "
-                           f"batches of {batch})",
-                           lambda r: f"{r['seconds_per_image']:.3f}" if r.get("seconds_per_image") else "?")
+        out += score_table(
+            res,
+            f"### Sampling time, seconds per image ({threads} thread{'s' if threads > 1 else ''}, batches of {batch})",
+            lambda r: f"{r['seconds_per_image']:.3f}" if r.get("seconds_per_image") else "?",
+        )
     out += choice_and_targets(res)
     return "\n".join(out) + "\n"
 
 
 def write_report(all_res: dict, out_md: Path) -> str:
-    parts = ["# Samplers on a trained model: quality vs model evaluations", "",
-             "Written by `benchmarks/samplers_model.py` (see its docstring for the method); the oracle half is "
-             f"in samplers_oracle.md. Plot: {out_md.with_suffix('.png').name} (FD and KID vs evaluations, log x).", ""]
+    parts = [
+        "# Samplers on a trained model: quality vs model evaluations",
+        "",
+        "Written by `benchmarks/samplers_model.py` (see its docstring for the method); the oracle half is "
+        f"in samplers_oracle.md. Plot: {out_md.with_suffix('.png').name} (FD and KID vs evaluations, log x).",
+        "",
+    ]
     for data in sorted(all_res, key=lambda d: d != "fashion-mnist"):
         parts.append(markdown_section(all_res[data]))
     md = "\n".join(parts)
@@ -323,8 +387,16 @@ def write_report(all_res: dict, out_md: Path) -> str:
     return md
 
 
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-          (227, 119, 194), (127, 127, 127)]
+COLORS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+]
 
 
 def plot(all_res: dict, path: Path) -> None:
@@ -393,11 +465,19 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=200, help="images per configuration (N)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=50, help="images per sampling batch (results do not depend on it)")
-    ap.add_argument("--part", choices=["all", "reference", "fast"], default="all",
-                    help="sample only the 1000-step reference or only the rest (to run two processes), no report")
+    ap.add_argument(
+        "--part",
+        choices=["all", "reference", "fast"],
+        default="all",
+        help="sample only the 1000-step reference or only the rest (to run two processes), no report",
+    )
     ap.add_argument("--configs", type=int, default=6, help=f"how many of {len(CONFIGS)} sampler/spacing pairs to run")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (more than 1 only on an otherwise idle machine: contended pools stall)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (more than 1 only on an otherwise idle machine: contended pools stall)",
+    )
     ap.add_argument("--feature-epochs", type=int, default=None, help="default: 2 (fashion-mnist), 40 (digits)")
     ap.add_argument("--raw-weights", action="store_true", help="use the raw instead of the EMA weights")
     ap.add_argument("--out", type=Path, default=RESULTS / "samplers_model.md")

@@ -47,8 +47,14 @@ CASES: list[Case] = [
 ]
 # Named sets of cases (--set): every preset for colour images at 64×64, batches sized for a CPU.
 CASE_SETS: dict[str, list[Case]] = {
-    "64px": [("tiny-32", 3, 64, 32, 64), ("tiny-64", 3, 64, 32, 64), ("ddpm-cifar10", 3, 64, 8, 16),
-             ("adm-64", 3, 64, 2, 4), ("adm-128", 3, 64, 2, 4), ("ddpm-256", 3, 64, 2, 4)],
+    "64px": [
+        ("tiny-32", 3, 64, 32, 64),
+        ("tiny-64", 3, 64, 32, 64),
+        ("ddpm-cifar10", 3, 64, 8, 16),
+        ("adm-64", 3, 64, 2, 4),
+        ("adm-128", 3, 64, 2, 4),
+        ("ddpm-256", 3, 64, 2, 4),
+    ],
 }
 
 
@@ -103,8 +109,16 @@ def make_optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(net.parameters(), lr=1e-4)
 
 
-def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_batch: int,
-               seconds: float, bf16: bool = False, compile: bool = False) -> dict[str, float]:
+def bench_case(
+    preset: str,
+    channels: int,
+    size: int,
+    train_batch: int,
+    sample_batch: int,
+    seconds: float,
+    bf16: bool = False,
+    compile: bool = False,
+) -> dict[str, float]:
     """Measure one preset at one image shape (the network under bf16 autocast with ``bf16``; compiled with
     ``torch.compile`` with ``compile``, whose first two training steps and first sampling call, compilation
     included, are reported as ``compile_s``)."""
@@ -145,25 +159,35 @@ def bench_case(preset: str, channels: int, size: int, train_batch: int, sample_b
         n, dt = timed(lambda: model(xs, ts), seconds)
     sample_eps = n * sample_batch / dt
 
-    return dict(params=params, compile_s=warm, gflops=flops / 1e9, train_ips=train_ips,
-                step_ms=1e3 * train_batch / train_ips,
-                train_gflops=3 * flops * train_ips / 1e9, sample_eps=sample_eps,
-                sample_gflops=flops * sample_eps / 1e9)
+    return dict(
+        params=params,
+        compile_s=warm,
+        gflops=flops / 1e9,
+        train_ips=train_ips,
+        step_ms=1e3 * train_batch / train_ips,
+        train_gflops=3 * flops * train_ips / 1e9,
+        sample_eps=sample_eps,
+        sample_gflops=flops * sample_eps / 1e9,
+    )
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], list[Case]]:
     """The arguments, the precisions and the cases they ask for (``args.presets`` set to the cases' presets where
     ``--set`` or ``--cases`` chose them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", default="tiny,small,ddpm-cifar10",
-                        help=f"comma-separated presets out of {sorted(PRESETS)}")
+    parser.add_argument(
+        "--presets", default="tiny,small,ddpm-cifar10", help=f"comma-separated presets out of {sorted(PRESETS)}"
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--precisions", default="float32", help="comma-separated: float32, bf16 (autocast)")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row for each case and precision")
-    parser.add_argument("--cases", default=None,
-                        help="comma-separated preset:channels:size:train_batch:sample_batch (default: the built-in "
-                             "list, filtered by --presets)")
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="comma-separated preset:channels:size:train_batch:sample_batch (default: the built-in "
+        "list, filtered by --presets)",
+    )
     parser.add_argument("--set", default=None, choices=sorted(CASE_SETS), help="a named list of cases instead")
     args = parser.parse_args(argv)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -175,8 +199,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
         args.presets = ",".join(dict.fromkeys(c[0] for c in cases))
     if args.cases:
         try:
-            cases = [(f[0], int(f[1]), int(f[2]), int(f[3]), int(f[4]))
-                     for f in (c.split(":") for c in args.cases.split(",") if c.strip())]
+            cases = [
+                (f[0], int(f[1]), int(f[2]), int(f[3]), int(f[4]))
+                for f in (c.split(":") for c in args.cases.split(",") if c.strip())
+            ]
         except (IndexError, ValueError):
             parser.error(f"--cases {args.cases!r}: write preset:channels:size:train_batch:sample_batch, ...")
         args.presets = ",".join(dict.fromkeys(c[0] for c in cases))
@@ -201,13 +227,26 @@ def print_header(args: argparse.Namespace, precisions: list[str]) -> dict[str, f
     for name in precisions:
         mm, cv = measured_peak(args.seconds, torch.bfloat16 if name == "bf16" else torch.float32)
         peaks[name] = max(mm, cv)
-        print(f"- measured {name} peak: matmul 2048² {mm:.1f} GFLOP/s, conv2d 3×3 128ch 32×32 {cv:.1f} GFLOP/s "
-              f"-> peak {peaks[name]:.1f} GFLOP/s")
-    print("- command: python benchmarks/throughput.py " + " ".join(
-        f"--{k} {v}" for k, v in (("presets", args.presets), ("seconds", args.seconds), ("threads", args.threads),
-                                  ("precisions", args.precisions), ("cases", args.cases), ("set", args.set))
-        if v is not None)
-        + (" --compile" if args.compile else ""))
+        print(
+            f"- measured {name} peak: matmul 2048² {mm:.1f} GFLOP/s, conv2d 3×3 128ch 32×32 {cv:.1f} GFLOP/s "
+            f"-> peak {peaks[name]:.1f} GFLOP/s"
+        )
+    print(
+        "- command: python benchmarks/throughput.py "
+        + " ".join(
+            f"--{k} {v}"
+            for k, v in (
+                ("presets", args.presets),
+                ("seconds", args.seconds),
+                ("threads", args.threads),
+                ("precisions", args.precisions),
+                ("cases", args.cases),
+                ("set", args.set),
+            )
+            if v is not None
+        )
+        + (" --compile" if args.compile else "")
+    )
     print()
     return peaks
 
@@ -215,9 +254,11 @@ def print_header(args: argparse.Namespace, precisions: list[str]) -> dict[str, f
 def print_rows(args: argparse.Namespace, precisions: list[str], cases: list[Case], peaks: dict[str, float]) -> None:
     """Measure each case of a wanted preset in each precision (and compiled, with ``--compile``): one table row
     each."""
-    print("| preset | shape | precision | compiled (first steps s) | params | GFLOP/fwd/img | train batch "
-          "| train img/s | train step ms "
-          "| train GFLOP/s | train % peak | sample batch | sample evals/s | sample GFLOP/s | sample % peak |")
+    print(
+        "| preset | shape | precision | compiled (first steps s) | params | GFLOP/fwd/img | train batch "
+        "| train img/s | train step ms "
+        "| train GFLOP/s | train % peak | sample batch | sample evals/s | sample GFLOP/s | sample % peak |"
+    )
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     wanted = wanted_presets(args)
     compiles = (False, True) if args.compile else (False,)
@@ -228,11 +269,14 @@ def print_rows(args: argparse.Namespace, precisions: list[str], cases: list[Case
         peak = peaks[name]
         r = bench_case(preset, channels, size, tb, sb, args.seconds, bf16=name == "bf16", compile=comp)
         compiled = f"yes ({r['compile_s']:.0f} s)" if comp else "no"
-        print(f"| {preset} | {channels}×{size}×{size} | {name} | {compiled} | {r['params'] / 1e6:.2f}M "
-              f"| {r['gflops']:.4f} | {tb} "
-              f"| {r['train_ips']:.1f} | {r['step_ms']:.0f} | {r['train_gflops']:.1f} "
-              f"| {100 * r['train_gflops'] / peak:.0f}% | {sb} | {r['sample_eps']:.1f} | {r['sample_gflops']:.1f} "
-              f"| {100 * r['sample_gflops'] / peak:.0f}% |", flush=True)
+        print(
+            f"| {preset} | {channels}×{size}×{size} | {name} | {compiled} | {r['params'] / 1e6:.2f}M "
+            f"| {r['gflops']:.4f} | {tb} "
+            f"| {r['train_ips']:.1f} | {r['step_ms']:.0f} | {r['train_gflops']:.1f} "
+            f"| {100 * r['train_gflops'] / peak:.0f}% | {sb} | {r['sample_eps']:.1f} | {r['sample_gflops']:.1f} "
+            f"| {100 * r['sample_gflops'] / peak:.0f}% |",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,9 +26,30 @@ def one_thread():
 
 # A tiny model trained for 12 steps on digits (checkpoints and grids at steps 6 and 12), shared by the CLI,
 # sample and edit tests: training it once per session instead of once per file.
-TRAIN = ["train", "--data", "digits", "--preset", "tiny", "--steps", "12", "--batch-size", "16",
-         "--sample-every", "6", "--sample-steps", "4", "--num-samples", "4", "--checkpoint-every", "6",
-         "--warmup", "2", "--log-every", "4", "--quiet"]
+TRAIN = [
+    "train",
+    "--data",
+    "digits",
+    "--preset",
+    "tiny",
+    "--steps",
+    "12",
+    "--batch-size",
+    "16",
+    "--sample-every",
+    "6",
+    "--sample-steps",
+    "4",
+    "--num-samples",
+    "4",
+    "--checkpoint-every",
+    "6",
+    "--warmup",
+    "2",
+    "--log-every",
+    "4",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +63,25 @@ def run_dir(tmp_path_factory):
 
 
 # The training flags of the resume and multi-process tests (tests/train).
-BASE = ["--data", "digits", "--preset", "tiny", "--batch-size", "16", "--warmup", "3", "--sample-every", "0",
-        "--sample-steps", "2", "--num-samples", "2", "--log-every", "2", "--quiet"]
+BASE = [
+    "--data",
+    "digits",
+    "--preset",
+    "tiny",
+    "--batch-size",
+    "16",
+    "--warmup",
+    "3",
+    "--sample-every",
+    "0",
+    "--sample-steps",
+    "2",
+    "--num-samples",
+    "2",
+    "--log-every",
+    "2",
+    "--quiet",
+]
 
 
 def subprocess_env() -> dict[str, str]:

@@ -37,10 +37,22 @@ def test_one_metadata_builder_gives_what_sampling_needs(tmp_path):
     from it alone, and the keys come in one order (the JSON is byte-stable)."""
     net = UNet.from_preset("tiny", channels=3, image_size=16, num_classes=4)
     schedule = Schedule.cosine(40)
-    meta = checkpoint_meta(12, net.config, schedule, "v", class_names=list("abcd"), data="folder", world_size=2,
-                           bf16=True)
-    assert list(meta) == ["step", "model", "schedule", "prediction", "image_size", "channels", "normalization",
-                          "class_names", "data", "world_size", "bf16"]
+    meta = checkpoint_meta(
+        12, net.config, schedule, "v", class_names=list("abcd"), data="folder", world_size=2, bf16=True
+    )
+    assert list(meta) == [
+        "step",
+        "model",
+        "schedule",
+        "prediction",
+        "image_size",
+        "channels",
+        "normalization",
+        "class_names",
+        "data",
+        "world_size",
+        "bf16",
+    ]
     assert (meta["image_size"], meta["channels"], meta["prediction"]) == (16, 3, "v")
     weights = net.state_dict()
     path = save_checkpoint(tmp_path / "c.safetensors", weights, {k: v.clone() for k, v in weights.items()}, meta)
@@ -68,8 +80,11 @@ def test_not_a_checkpoint(tmp_path):
 def test_training_state_is_loaded_without_pickle_code(tmp_path):
     path = state_path(tmp_path / "step-000000001.safetensors")
     assert path.name == "step-000000001.state.pt"
-    state = {"step": 1, "optimizer": {"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 0.1}]},
-             "rng": torch.get_rng_state()}
+    state = {
+        "step": 1,
+        "optimizer": {"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 0.1}]},
+        "rng": torch.get_rng_state(),
+    }
     save_training_state(path, state)
     back = load_training_state(path)
     assert back["step"] == 1 and torch.equal(back["rng"], state["rng"])

@@ -15,8 +15,12 @@ from ddpm.images import read_png_metadata
 
 def test_train_writes_checkpoints_grids_and_metrics(run_dir):
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert ckpts == ["step-000000006.safetensors", "step-000000006.state.pt",
-                     "step-000000012.safetensors", "step-000000012.state.pt"]
+    assert ckpts == [
+        "step-000000006.safetensors",
+        "step-000000006.state.pt",
+        "step-000000012.safetensors",
+        "step-000000012.state.pt",
+    ]
     grids = sorted(p.name for p in (run_dir / "samples").iterdir())
     assert grids == ["step-000000006.png", "step-000000012.png"]
     with Image.open(run_dir / "samples" / grids[-1]) as im:
@@ -82,7 +86,10 @@ def test_sample_refuses_to_overwrite(run_dir, tmp_path, capsys):
 def test_not_a_checkpoint_through_the_real_command(tmp_path):
     junk = tmp_path / "model.safetensors"
     junk.write_bytes(b"\x00" * 100)
-    r = subprocess.run([sys.executable, "-m", "ddpm", "sample", "--checkpoint", str(junk), "--out",
-                        str(tmp_path / "s")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "ddpm", "sample", "--checkpoint", str(junk), "--out", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and "not a ddpm checkpoint" in r.stderr and "Traceback" not in r.stderr

@@ -7,11 +7,12 @@ from PIL import Image
 
 from ddpm import Schedule, image_generators, spaced_timesteps
 from ddpm.cli import main
+from ddpm.denoiser import make_denoiser, randn
 from ddpm.editing import edit, edit_timesteps, inpainting_denoiser, repaint
 from ddpm.errors import ParameterError, UserError
 from ddpm.images import from_uint8, read_png_metadata, save_png
 from ddpm.sampler_choice import DEFAULT_SAMPLER
-from ddpm.sampling import make_denoiser, randn, sample_ddpm
+from ddpm.sampling import sample_ddpm
 
 SCHEDULE = Schedule.linear(1000)
 
@@ -90,8 +91,16 @@ def test_inpainting_a_mixture_picks_the_component_of_the_known_half(resample, wh
     image = target.clone()
     image[..., :4] = 0.0  # the left half is unknown
     sampler = "ddpm" if resample > 1 else None
-    out = edit(model, image, SCHEDULE, 1.0, _left_half(), sampler=sampler, resample=resample,
-               generator=image_generators(7, [0]))
+    out = edit(
+        model,
+        image,
+        SCHEDULE,
+        1.0,
+        _left_half(),
+        sampler=sampler,
+        resample=resample,
+        generator=image_generators(7, [0]),
+    )
     assert torch.equal(out[..., 4:], image[..., 4:])
     assert torch.allclose(out, target, atol=1e-3), (out - target).abs().max()
 
@@ -102,13 +111,27 @@ def test_repaint_with_one_round_is_the_ancestral_sampler_with_known_pixels():
     denoise = make_denoiser(MixtureOracle(torch.cat([c, -c])), SCHEDULE)
     x = randn(image.shape, image_generators(1, [0]))
     a = repaint(denoise, x, image, mask, SCHEDULE, ts, image_generators(2, [0]), resample=1)
-    b = sample_ddpm(inpainting_denoiser(denoise, image, mask, SCHEDULE, image_generators(2, [0])), x, SCHEDULE, ts,
-                    image_generators(2, [0]))
+    b = sample_ddpm(
+        inpainting_denoiser(denoise, image, mask, SCHEDULE, image_generators(2, [0])),
+        x,
+        SCHEDULE,
+        ts,
+        image_generators(2, [0]),
+    )
     assert torch.allclose(a, b, atol=1e-6)
     # More rounds call the model more often: R per step, except the last step.
     calls = []
-    repaint(denoise, x, image, mask, SCHEDULE, ts, image_generators(2, [0]), resample=3,
-            callback=lambda d: calls.append(d["t"]))
+    repaint(
+        denoise,
+        x,
+        image,
+        mask,
+        SCHEDULE,
+        ts,
+        image_generators(2, [0]),
+        resample=3,
+        callback=lambda d: calls.append(d["t"]),
+    )
     assert len(calls) == 3 * (len(ts) - 1) + 1 and calls[:3] == [ts[0].item()] * 3
 
 
@@ -148,8 +171,26 @@ def test_edit_command_sdedit_and_inpainting(run_dir, tmp_path):
     mask_path = _write(tmp_path / "mask.png", np.stack([mask] * 4, axis=-1))  # RGBA: any mode works
     for resample in ("1", "2"):
         out = tmp_path / f"inpainted-{resample}.png"
-        assert main(["edit", "--checkpoint", str(run_dir), "--image", str(pic), "--mask", str(mask_path),
-                     "--resample", resample, "--seed", "3", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "edit",
+                    "--checkpoint",
+                    str(run_dir),
+                    "--image",
+                    str(pic),
+                    "--mask",
+                    str(mask_path),
+                    "--resample",
+                    resample,
+                    "--seed",
+                    "3",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         got = np.asarray(Image.open(out))
         known = mask < 128
         assert np.array_equal(got[known], gray[known])
@@ -162,8 +203,10 @@ def test_edit_mistakes_exit_2_with_one_line(run_dir, tmp_path, capsys):
     save_png(tmp_path / "exists.png", np.zeros((8, 8, 1), np.uint8))
     base = ["edit", "--checkpoint", str(run_dir), "--out"]
     cases = [
-        ([*base, str(tmp_path / "o1.png"), "--image", str(big), "--strength", "0.5", "--no-resize"],
-         "resize it to 8x8"),
+        (
+            [*base, str(tmp_path / "o1.png"), "--image", str(big), "--strength", "0.5", "--no-resize"],
+            "resize it to 8x8",
+        ),
         ([*base, str(tmp_path / "o2.png"), "--image", str(good), "--mask", str(big)], "make the mask 8x8"),
         ([*base, str(tmp_path / "o3.png"), "--image", str(good), "--strength", "1.5"], "[0, 1]"),
         ([*base, str(tmp_path / "o4.png"), "--image", str(good)], "--strength is required"),
@@ -192,14 +235,37 @@ def test_edit_brings_a_photo_of_any_size_to_the_model_as_training_does(tmp_path,
     photo = photo_dir / "photo.jpg"
     Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(photo)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(train_dir), "--out", str(run), "--steps", "1", "--batch-size", "2",
-                 "--sample-every", "0", "--sample-steps", "1", "--num-samples", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(train_dir),
+                "--out",
+                str(run),
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--sample-every",
+                "0",
+                "--sample-steps",
+                "1",
+                "--num-samples",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     out = tmp_path / "edited.png"
     assert main(["edit", "--checkpoint", str(run), "--image", str(photo), "--strength", "0", "--out", str(out)]) == 0
     said = capsys.readouterr().out.splitlines()
-    assert said[0] == (f"resized {photo} from 90x60 to the model's 32x32 as training does (shorter side, centre crop, "
-                       "Lanczos; --no-resize refuses instead)")
+    assert said[0] == (
+        f"resized {photo} from 90x60 to the model's 32x32 as training does (shorter side, centre crop, "
+        "Lanczos; --no-resize refuses instead)"
+    )
     trained = load_dataset(str(photo_dir), image_size=32).pixels[0].permute(1, 2, 0).numpy()  # (32, 32, 3) uint8
     assert np.array_equal(np.asarray(Image.open(out)), trained)
     assert read_png_metadata(out)["ddpm:resized_from"] == "90x60"
@@ -208,6 +274,20 @@ def test_edit_brings_a_photo_of_any_size_to_the_model_as_training_does(tmp_path,
     mask[:, 45:] = 255
     _write(photo_dir / "mask.png", mask)
     out = tmp_path / "inpainted.png"
-    assert main(["edit", "--checkpoint", str(run), "--image", str(photo), "--mask", str(photo_dir / "mask.png"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                "--checkpoint",
+                str(run),
+                "--image",
+                str(photo),
+                "--mask",
+                str(photo_dir / "mask.png"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(np.asarray(Image.open(out))[:, :8], trained[:, :8])

@@ -7,11 +7,11 @@ from PIL import Image
 
 from ddpm import image_generators, load_model, sample
 from ddpm.cli import main
+from ddpm.denoiser import randn
 from ddpm.errors import ParameterError
 from ddpm.generate import generate, slerp
 from ddpm.images import read_png_metadata, save_png, to_uint8
 from ddpm.sampler_choice import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER, SampleSettings, choose_sampler
-from ddpm.sampling import randn
 
 CELL = 8 * 8 + 1  # an 8x8 digit enlarged 8 times, plus one pixel of padding
 
@@ -24,7 +24,7 @@ def _pixels(path):
 def _cell(strip, row, col):
     """The 8x8 picture in (row, col) of a strip of 8x-enlarged cells with 1-pixel padding."""
     y, x = 1 + row * CELL, 1 + col * CELL
-    return strip[y:y + 64:8, x:x + 64:8]
+    return strip[y : y + 64 : 8, x : x + 64 : 8]
 
 
 def test_default_sampler_is_used_and_matches_the_library(run_dir, tmp_path):
@@ -33,14 +33,43 @@ def test_default_sampler_is_used_and_matches_the_library(run_dir, tmp_path):
     assert main(argv) == 0
     name, spacing, steps = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, DEFAULT_SAMPLER.steps
     meta = read_png_metadata(out / "000002.png")
-    assert {k: meta[k] for k in ("ddpm:kind", "ddpm:seed", "ddpm:index", "ddpm:sampler", "ddpm:spacing",
-                                 "ddpm:steps", "ddpm:guidance", "ddpm:class", "ddpm:clip_x0", "ddpm:ema")} == {
-        "ddpm:kind": "sample", "ddpm:seed": "5", "ddpm:index": "2", "ddpm:sampler": name, "ddpm:spacing": spacing,
-        "ddpm:steps": str(steps), "ddpm:guidance": "", "ddpm:class": "", "ddpm:clip_x0": "True", "ddpm:ema": "True"}
+    assert {
+        k: meta[k]
+        for k in (
+            "ddpm:kind",
+            "ddpm:seed",
+            "ddpm:index",
+            "ddpm:sampler",
+            "ddpm:spacing",
+            "ddpm:steps",
+            "ddpm:guidance",
+            "ddpm:class",
+            "ddpm:clip_x0",
+            "ddpm:ema",
+        )
+    } == {
+        "ddpm:kind": "sample",
+        "ddpm:seed": "5",
+        "ddpm:index": "2",
+        "ddpm:sampler": name,
+        "ddpm:spacing": spacing,
+        "ddpm:steps": str(steps),
+        "ddpm:guidance": "",
+        "ddpm:class": "",
+        "ddpm:clip_x0": "True",
+        "ddpm:ema": "True",
+    }
     assert meta["ddpm:version"] == __import__("ddpm").__version__ and len(meta["ddpm:checkpoint_sha256"]) == 64
     model, _, schedule = load_model(run_dir)
-    x = sample(model, (3, 1, 8, 8), schedule, sampler=name, steps=steps, spacing=spacing,
-               generator=image_generators(5, [0, 1, 2]))
+    x = sample(
+        model,
+        (3, 1, 8, 8),
+        schedule,
+        sampler=name,
+        steps=steps,
+        spacing=spacing,
+        generator=image_generators(5, [0, 1, 2]),
+    )
     expected = to_uint8(x)[..., 0]
     assert np.array_equal(np.stack([_pixels(out / f"{i:06d}.png") for i in range(3)]), expected)
 
@@ -53,29 +82,96 @@ def test_reproduce_is_bit_identical_and_batch_size_does_not_matter(run_dir, tmp_
     for i in range(7):
         assert (one / f"{i:06d}.png").read_bytes() == (seven / f"{i:06d}.png").read_bytes(), i
     again = tmp_path / "again"
-    assert main(["sample", "--checkpoint", str(run_dir), "--reproduce", str(seven / "000005.png"), "--out",
-                 str(again), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(run_dir),
+                "--reproduce",
+                str(seven / "000005.png"),
+                "--out",
+                str(again),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (again / "000005.png").read_bytes() == (seven / "000005.png").read_bytes()
     # Stochastic DDIM with an eta, and a sampler option, come back through the metadata too.
     ddim = tmp_path / "ddim"
-    assert main(["sample", "--checkpoint", str(run_dir), "--num", "2", "--sampler", "ddim", "--eta", "0.7",
-                 "--steps", "6", "--spacing", "linspace", "--quiet", "--out", str(ddim)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(run_dir),
+                "--num",
+                "2",
+                "--sampler",
+                "ddim",
+                "--eta",
+                "0.7",
+                "--steps",
+                "6",
+                "--spacing",
+                "linspace",
+                "--quiet",
+                "--out",
+                str(ddim),
+            ]
+        )
+        == 0
+    )
     meta = read_png_metadata(ddim / "000001.png")
     assert meta["ddpm:eta"] == "0.7" and meta["ddpm:spacing"] == "linspace" and meta["ddpm:steps"] == "6"
-    assert main(["sample", "--checkpoint", str(run_dir), "--num", "2", "--sampler", "dpmpp-2m", "--option",
-                 "order=1", "--steps", "5", "--quiet", "--out", str(tmp_path / "opt")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(run_dir),
+                "--num",
+                "2",
+                "--sampler",
+                "dpmpp-2m",
+                "--option",
+                "order=1",
+                "--steps",
+                "5",
+                "--quiet",
+                "--out",
+                str(tmp_path / "opt"),
+            ]
+        )
+        == 0
+    )
     assert read_png_metadata(tmp_path / "opt" / "000001.png")["ddpm:options"] == '{"order": 1}'
     for src in (ddim / "000001.png", tmp_path / "opt" / "000001.png"):
         dest = tmp_path / ("re-" + src.parent.name)
-        assert main(["sample", "--checkpoint", str(run_dir), "--reproduce", str(src), "--out", str(dest),
-                     "--quiet"]) == 0
+        assert (
+            main(["sample", "--checkpoint", str(run_dir), "--reproduce", str(src), "--out", str(dest), "--quiet"]) == 0
+        )
         assert (dest / src.name).read_bytes() == src.read_bytes(), src
     # Another checkpoint (the run's step 6) is refused, naming both short hashes; nothing is written.
     capsys.readouterr()
     old = run_dir / "checkpoints" / "step-000000006.safetensors"
     recorded = read_png_metadata(seven / "000005.png")["ddpm:checkpoint_sha256"]
-    assert main(["sample", "--checkpoint", str(old), "--reproduce", str(seven / "000005.png"), "--out",
-                 str(tmp_path / "wrong"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(old),
+                "--reproduce",
+                str(seven / "000005.png"),
+                "--out",
+                str(tmp_path / "wrong"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and recorded[:12] in err
     assert not (tmp_path / "wrong").exists()
@@ -83,14 +179,40 @@ def test_reproduce_is_bit_identical_and_batch_size_does_not_matter(run_dir, tmp_
 
 def test_trajectory_strip_and_gif(run_dir, tmp_path):
     out = tmp_path / "t"
-    assert main(["sample", "--checkpoint", str(run_dir), "--num", "2", "--seed", "4", "--trajectory",
-                 "--trajectory-count", "1", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(run_dir),
+                "--num",
+                "2",
+                "--seed",
+                "4",
+                "--trajectory",
+                "--trajectory-count",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert not (out / "trajectory-000001.png").exists()
     name, spacing, steps = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, DEFAULT_SAMPLER.steps
     model, _, schedule = load_model(run_dir)
     calls = []
-    sample(model, (1, 1, 8, 8), schedule, sampler=name, steps=steps, spacing=spacing,
-           generator=image_generators(4, [0]), callback=lambda d: calls.append(d["t"]))
+    sample(
+        model,
+        (1, 1, 8, 8),
+        schedule,
+        sampler=name,
+        steps=steps,
+        spacing=spacing,
+        generator=image_generators(4, [0]),
+        callback=lambda d: calls.append(d["t"]),
+    )
     with Image.open(out / "trajectory-000000.gif") as gif:
         assert gif.n_frames == len(calls)  # one frame per model evaluation
         assert gif.size == (2 * CELL + 1, CELL + 1 + 12)  # x_t | x̂_0, and a caption bar
@@ -116,17 +238,53 @@ def test_slerp_ends_and_norm():
 
 def test_interpolation_ends_are_the_plain_samples(run_dir, tmp_path):
     out = tmp_path / "i"
-    assert main(["sample", "--checkpoint", str(run_dir), "--interpolate", "3", "8", "--frames", "4", "--quiet",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(run_dir),
+                "--interpolate",
+                "3",
+                "8",
+                "--frames",
+                "4",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     strip = _pixels(out / "interpolation.png")
     assert strip.shape == (CELL + 1, 4 * CELL + 1)
     ends = []
     # what --interpolate uses when no --sampler is given
     name, spacing, steps = DETERMINISTIC_SAMPLER.name, DETERMINISTIC_SAMPLER.spacing, DETERMINISTIC_SAMPLER.steps
     for seed in (3, 8):
-        assert main(["sample", "--checkpoint", str(run_dir), "--num", "1", "--seed", str(seed), "--quiet",
-                     "--sampler", name, "--spacing", spacing, "--steps", str(steps),
-                     "--out", str(tmp_path / f"s{seed}")]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "--checkpoint",
+                    str(run_dir),
+                    "--num",
+                    "1",
+                    "--seed",
+                    str(seed),
+                    "--quiet",
+                    "--sampler",
+                    name,
+                    "--spacing",
+                    spacing,
+                    "--steps",
+                    str(steps),
+                    "--out",
+                    str(tmp_path / f"s{seed}"),
+                ]
+            )
+            == 0
+        )
         ends.append(_pixels(tmp_path / f"s{seed}" / "000000.png"))
     assert np.array_equal(_cell(strip, 0, 0), ends[0]) and np.array_equal(_cell(strip, 0, 3), ends[1])
     assert not np.array_equal(_cell(strip, 0, 1), ends[0]) or not np.array_equal(_cell(strip, 0, 2), ends[1])
@@ -154,8 +312,27 @@ def test_sample_mistakes_exit_2_with_one_line(run_dir, tmp_path, capsys):
 
 
 def test_library_generate_writes_the_cli_files_byte_for_byte(run_dir, tmp_path):
-    assert main(["sample", "--checkpoint", str(run_dir), "--num", "3", "--seed", "5", "--sampler", "ddim",
-                 "--eta", "0.5", "--quiet", "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(run_dir),
+                "--num",
+                "3",
+                "--seed",
+                "5",
+                "--sampler",
+                "ddim",
+                "--eta",
+                "0.5",
+                "--quiet",
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     paths = generate(SampleSettings(str(run_dir), sampler="ddim", eta=0.5), tmp_path / "lib", num=3, seed=5)
     assert [p.name for p in paths] == ["000000.png", "000001.png", "000002.png", "grid.png"]
     for p in paths:

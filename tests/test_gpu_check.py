@@ -18,14 +18,31 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(out),
-                           "--work", str(work)], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(out), "--work", str(work)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = (out / "gpu_check.log").read_text()
     result = json.loads((out / "gpu_check.json").read_text())
     stages = result["stages"]
-    assert list(stages) == ["env", "install", "data", "resume", "cpu_sample", "torchrun", "speed", "sample", "fd",
-                            "tests", "compile", "memory"]
+    assert list(stages) == [
+        "env",
+        "install",
+        "data",
+        "resume",
+        "cpu_sample",
+        "torchrun",
+        "speed",
+        "sample",
+        "fd",
+        "tests",
+        "compile",
+        "memory",
+    ]
     assert {k for k, v in stages.items() if v["status"] == "skipped"} == {"install", "tests", "compile"}
     assert all(v["status"] == "ok" for k, v in stages.items() if k not in ("install", "tests", "compile")), stages
     assert stages["resume"]["bit_exact"] is True

@@ -17,6 +17,7 @@ from scipy.stats import norm
 
 import ddpm
 from ddpm import Schedule
+from ddpm.denoiser import image_generators
 from ddpm.likelihood import (
     discretized_gaussian_log_likelihood,
     normal_kl,
@@ -24,7 +25,6 @@ from ddpm.likelihood import (
     quantize,
     reverse_log_variance,
 )
-from ddpm.sampling import image_generators
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # the 8-bit grid in [-1, 1]
 HALF = 1 / 255
@@ -93,12 +93,21 @@ def test_normal_kl_closed_form_and_monte_carlo():
     assert log_ratio.mean().item() == pytest.approx(closed, abs=5 * se)
 
 
-@pytest.mark.parametrize("mean,log_scale", [(0.0, math.log(0.01)), (0.37, math.log(0.3)), (-1.4, math.log(0.05)),
-                                            (0.9, math.log(3e-4)), (0.2, math.log(40.0))])
+@pytest.mark.parametrize(
+    "mean,log_scale",
+    [
+        (0.0, math.log(0.01)),
+        (0.37, math.log(0.3)),
+        (-1.4, math.log(0.05)),
+        (0.9, math.log(3e-4)),
+        (0.2, math.log(40.0)),
+    ],
+)
 def test_decoder_bins_sum_to_one_and_match_the_cdf(mean, log_scale):
     """The 256 bin probabilities sum to 1 for any mean and scale, and each equals Φ(b) − Φ(a) (edges open)."""
-    logp = discretized_gaussian_log_likelihood(LEVELS, torch.full((256,), mean, dtype=torch.float64),
-                                               torch.tensor(log_scale, dtype=torch.float64))
+    logp = discretized_gaussian_log_likelihood(
+        LEVELS, torch.full((256,), mean, dtype=torch.float64), torch.tensor(log_scale, dtype=torch.float64)
+    )
     assert torch.isfinite(logp).all()
     assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-12)
     scale = math.exp(log_scale)
@@ -115,8 +124,9 @@ def test_decoder_far_tail_and_off_grid_values():
     mpmath.mp.dps = 60
     x = LEVELS[242:243]  # 0.898
     mean, scale = -0.9, 0.01
-    out = discretized_gaussian_log_likelihood(x, torch.tensor([mean], dtype=torch.float64),
-                                              torch.tensor(math.log(scale), dtype=torch.float64)).item()
+    out = discretized_gaussian_log_likelihood(
+        x, torch.tensor([mean], dtype=torch.float64), torch.tensor(math.log(scale), dtype=torch.float64)
+    ).item()
     a, b = (x.item() - HALF - mean) / scale, (x.item() + HALF - mean) / scale
     exact = float(mpmath.log(mpmath.ncdf(-a) - mpmath.ncdf(-b)))
     assert exact < -1e4 and out == pytest.approx(exact, rel=1e-9)
@@ -170,8 +180,9 @@ def test_every_term_matches_its_closed_form_for_gaussian_pixels(variance):
     levels = torch.tensor([20.0, 128.0, 140.0, 250.0], dtype=torch.float64)
     x0 = (levels / 127.5 - 1).reshape(1, 4, 1, 1)
     g = torch.Generator().manual_seed(3)
-    r = ddpm.bits_per_dim(oracle.model("eps"), x0.expand(n, 4, 1, 1), s, variance=variance, clip_x0=False,
-                          batch_size=n, generator=g)
+    r = ddpm.bits_per_dim(
+        oracle.model("eps"), x0.expand(n, 4, 1, 1), s, variance=variance, clip_x0=False, batch_size=n, generator=g
+    )
     to_bits = 1 / (4 * math.log(2))
     ab, abp, betas, post = s.alphas_cumprod, s.alphas_cumprod_prev, s.betas, s.posterior_variance
     d0 = x0.flatten() - oracle.mu
@@ -243,14 +254,29 @@ def test_bound_is_above_the_exact_nll_of_the_models_chain(variance, max_gap):
     levels = [20.0, 128.0, 140.0, 250.0]
     x0 = (torch.tensor(levels, dtype=torch.float64) / 127.5 - 1).reshape(1, 4, 1, 1).expand(n, 4, 1, 1)
     exact = _chain_nll_bits(oracle, s, levels, variance)
-    r = ddpm.bits_per_dim(oracle.model("eps"), x0, s, variance=variance, clip_x0=False, batch_size=n,
-                          generator=torch.Generator().manual_seed(5))
+    r = ddpm.bits_per_dim(
+        oracle.model("eps"),
+        x0,
+        s,
+        variance=variance,
+        clip_x0=False,
+        batch_size=n,
+        generator=torch.Generator().manual_seed(5),
+    )
     mean, se = r.total.mean().item(), r.total.std().item() / math.sqrt(n)
     assert mean > exact - 4 * se
     assert mean < exact * (1 + max_gap)
     for prediction in ("x0", "v"):
-        other = ddpm.bits_per_dim(oracle.model(prediction), x0, s, prediction, variance, clip_x0=False, batch_size=n,
-                                  generator=torch.Generator().manual_seed(5))
+        other = ddpm.bits_per_dim(
+            oracle.model(prediction),
+            x0,
+            s,
+            prediction,
+            variance,
+            clip_x0=False,
+            batch_size=n,
+            generator=torch.Generator().manual_seed(5),
+        )
         assert torch.allclose(other.total, r.total, rtol=1e-6), prediction
 
 
@@ -292,8 +318,7 @@ def test_model_called_like_a_sampler_and_batches_do_not_change_numbers():
 
     x0 = quantize(torch.rand(n, 1, 3, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1)
     events: list[dict] = []
-    a = ddpm.bits_per_dim(model, x0, s, batch_size=2, generator=image_generators(7, range(n)),
-                          callback=events.append)
+    a = ddpm.bits_per_dim(model, x0, s, batch_size=2, generator=image_generators(7, range(n)), callback=events.append)
     assert [b for b, _ in seen] == [2] * T + [2] * T + [1] * T
     for i, (_, ts) in enumerate(seen):
         assert ts == [T - 1 - i % T] * len(ts)
@@ -324,12 +349,14 @@ def test_labels_follow_their_images_through_batches():
         mu = (0.2 * y - 0.3).reshape(-1, 1, 1, 1).double()
         return (1 - a).sqrt() / (a * 0.09 + 1 - a) * (x - a.sqrt() * mu)
 
-    r = ddpm.bits_per_dim(cond, x0, s, labels=labels, batch_size=2, generator=image_generators(1, range(n)),
-                          progress=True)
+    r = ddpm.bits_per_dim(
+        cond, x0, s, labels=labels, batch_size=2, generator=image_generators(1, range(n)), progress=True
+    )
     gens = image_generators(1, range(n))
     for i, y in enumerate(labels.tolist()):
-        one = ddpm.bits_per_dim(GaussianPixels(s, 0.2 * y - 0.3, 0.3).model("eps"), x0[i:i + 1], s,
-                                generator=gens[i:i + 1])
+        one = ddpm.bits_per_dim(
+            GaussianPixels(s, 0.2 * y - 0.3, 0.3).model("eps"), x0[i : i + 1], s, generator=gens[i : i + 1]
+        )
         assert r.total[i].item() == pytest.approx(one.total.item(), rel=1e-6), i
 
 

@@ -38,8 +38,11 @@ def _setup(prediction: str, n: int = 64):
 def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction):
     x0, t, x_t, target, output = _setup(prediction)
     ab = extract(S.alphas_cumprod, t, x_t)
-    x0_hat = {"eps": lambda: x0_from_eps(x_t, output, ab), "v": lambda: x0_from_v(x_t, output, ab),
-              "x0": lambda: output}[prediction]()
+    x0_hat = {
+        "eps": lambda: x0_from_eps(x_t, output, ab),
+        "v": lambda: x0_from_v(x_t, output, ab),
+        "x0": lambda: output,
+    }[prediction]()
     x0_err = (x0 - x0_hat).square().flatten(1).mean(1)  # (B,)
     own_err = (target - output).square().flatten(1).mean(1)
     w = loss_weights(S, prediction, "min-snr", gamma=5.0)[t]
@@ -65,8 +68,9 @@ def test_unweighted_loss_is_plain_mse_bit_for_bit():
     out32, tgt32 = output.float(), target.float()
     assert torch.equal(diffusion_loss(out32, tgt32, t), torch.nn.functional.mse_loss(out32, tgt32))
     ones = loss_weights(S, "eps", "none")
-    assert diffusion_loss(out32, tgt32, t, ones).item() == pytest.approx(diffusion_loss(out32, tgt32, t).item(),
-                                                                         rel=1e-6)
+    assert diffusion_loss(out32, tgt32, t, ones).item() == pytest.approx(
+        diffusion_loss(out32, tgt32, t).item(), rel=1e-6
+    )
     w = loss_weights(S, "eps", "min-snr")
     per_image = (out32 - tgt32).square().flatten(1).mean(1)
     assert diffusion_loss(out32, tgt32, t, w).item() == pytest.approx(float((w[t] * per_image).mean()), rel=1e-6)
@@ -155,14 +159,16 @@ def test_objective_is_the_composition_of_its_parts(prediction):
         return net(x) * (1 + tt.view(-1, 1, 1, 1) / 1000)
 
     plain = Objective(S, prediction)
-    expect = torch.nn.functional.mse_loss(model(q_sample(x0, t, noise, S), t), training_target(x0, noise, t, S,
-                                                                                               prediction))
+    expect = torch.nn.functional.mse_loss(
+        model(q_sample(x0, t, noise, S), t), training_target(x0, noise, t, S, prediction)
+    )
     assert torch.equal(plain.loss(model, x0, t, noise), expect)
     weighted = Objective.create(S, prediction, "min-snr", t_sampling="laplace")
     w = loss_weights(S, prediction, "min-snr")
-    assert torch.equal(weighted.loss(model, x0, t, noise),
-                       diffusion_loss(model(q_sample(x0, t, noise, S), t), training_target(x0, noise, t, S, prediction),
-                                      t, w))
+    assert torch.equal(
+        weighted.loss(model, x0, t, noise),
+        diffusion_loss(model(q_sample(x0, t, noise, S), t), training_target(x0, noise, t, S, prediction), t, w),
+    )
     assert not torch.equal(weighted.loss(model, x0, t, noise), expect)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     p = timestep_probabilities(S, "laplace")

@@ -32,14 +32,18 @@ def test_bf16_shapes_mode_is_within_two_percent_of_the_real_step():
 def test_grad_checkpoint_keeps_under_half_the_memory_per_image_at_128_px():
     """The issue's bar, on the 128 px published network in shapes mode: per image at least 2× lower with
     --grad-checkpoint (BENCHMARKS.md's memory.py table has the figures)."""
-    rows = [memory.fit("adm-128", 128, 8, 16, bf16=False, checkpointing=ck, device="cpu", mode="shapes")
-            for ck in (False, True)]
+    rows = [
+        memory.fit("adm-128", 128, 8, 16, bf16=False, checkpointing=ck, device="cpu", mode="shapes")
+        for ck in (False, True)
+    ]
     assert rows[1].per_image * 2 < rows[0].per_image
 
 
 def test_fit_and_batches_that_fit(monkeypatch):
-    peaks = {2: memory.Peak(1 * memory.GIB, 3 * memory.GIB, 2 * memory.GIB),
-             4: memory.Peak(1 * memory.GIB, 5 * memory.GIB, 2 * memory.GIB)}
+    peaks = {
+        2: memory.Peak(1 * memory.GIB, 3 * memory.GIB, 2 * memory.GIB),
+        4: memory.Peak(1 * memory.GIB, 5 * memory.GIB, 2 * memory.GIB),
+    }
     monkeypatch.setattr(memory, "measure_step", lambda preset, size, b, **kw: peaks[b])
     row = memory.fit("tiny-32", 32, 2, 4, bf16=False, checkpointing=False, device="cpu", mode="shapes")
     assert row.per_image == memory.GIB and row.fixed == memory.GIB

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ddpm
+from ddpm.denoiser import image_generators, make_denoiser
 from ddpm.diffusion import (
     learned_log_variance,
     output_channels,
@@ -29,7 +30,6 @@ from ddpm.likelihood import (
     vlb_terms,
 )
 from ddpm.losses import LossHistory, Objective, check_objective
-from ddpm.sampling import image_generators, make_denoiser
 from ddpm.schedule import Schedule
 
 S = Schedule.linear(1000)
@@ -93,10 +93,10 @@ def test_batched_bound_terms_match_the_closed_forms_per_element():
     # The per-index term of `ddpm eval --nll` is the same function.
     table = reverse_log_variance(S, "posterior")
     for i in range(3):
-        x0_hat = model_mean[i:i + 1]
-        mean_i = x0_hat if t[i] == 0 else q_posterior(x0_hat, x_t[i:i + 1], t[i:i + 1], S)[0]
-        want = vlb_terms(x0[i:i + 1], x_t[i:i + 1], t[i:i + 1], mean_i, table[t[i]].item(), S)
-        torch.testing.assert_close(vb_term(x0_hat, x0[i:i + 1], x_t[i:i + 1], int(t[i]), S, table), want)
+        x0_hat = model_mean[i : i + 1]
+        mean_i = x0_hat if t[i] == 0 else q_posterior(x0_hat, x_t[i : i + 1], t[i : i + 1], S)[0]
+        want = vlb_terms(x0[i : i + 1], x_t[i : i + 1], t[i : i + 1], mean_i, table[t[i]].item(), S)
+        torch.testing.assert_close(vb_term(x0_hat, x0[i : i + 1], x_t[i : i + 1], int(t[i]), S, table), want)
 
 
 class _Outputs(torch.nn.Module):
@@ -146,15 +146,21 @@ def test_vlb_loss_with_a_fixed_variance_is_the_bound_in_bits_per_dim():
     net.out.data = net.out.data.double()
     for variance, name in (("fixed-small", "posterior"), ("fixed-large", "beta")):
         _, per_image = Objective.create(S, loss_type="vlb", variance=variance, prediction="x0").losses(
-            net, x0, t, noise)
+            net, x0, t, noise
+        )
         x_t = q_sample(x0, t, noise, S)
         table = reverse_log_variance(S, name)
-        want = torch.stack([vb_term(net.out[i:i + 1].detach(), x0[i:i + 1], x_t[i:i + 1], int(t[i]), S, table)[0]
-                            for i in range(len(t))])
+        want = torch.stack(
+            [
+                vb_term(net.out[i : i + 1].detach(), x0[i : i + 1], x_t[i : i + 1], int(t[i]), S, table)[0]
+                for i in range(len(t))
+            ]
+        )
         # Training computes the bound in float32; the float64 per-index code of `ddpm eval --nll` is the oracle. The
         # two log-variances of each KL round to float32 (~1e-7), which T / ln 2 ≈ 1443 turns into ~1e-4 here.
-        torch.testing.assert_close(per_image.double(), 1000 * want / (x0[0].numel() * math.log(2)), rtol=1e-5,
-                                   atol=2e-4)
+        torch.testing.assert_close(
+            per_image.double(), 1000 * want / (x0[0].numel() * math.log(2)), rtol=1e-5, atol=2e-4
+        )
 
 
 def test_importance_weights_keep_the_loss_unbiased():
@@ -211,13 +217,22 @@ def test_learned_range_sampling_at_its_ends_is_fixed_variance_sampling(steps):
     s = Schedule.linear(100, 1e-3, 0.2)
     for v, fixed in ((-1.0, "posterior"), (1.0, "beta")):
         kw = dict(shape=(4, 1, 3, 3), schedule=s, steps=steps, clip_x0=False)
-        learned = ddpm.sample(_GaussianEps(s, v=v), generator=image_generators(0, range(4)),
-                              learned_variance="learned-range", **kw)
+        learned = ddpm.sample(
+            _GaussianEps(s, v=v), generator=image_generators(0, range(4)), learned_variance="learned-range", **kw
+        )
         want = ddpm.sample(_GaussianEps(s), generator=image_generators(0, range(4)), variance=fixed, **kw)
         torch.testing.assert_close(learned, want, rtol=0, atol=1e-5)
     # An ODE sampler follows the mean part only: the variance output changes nothing.
-    a, b = (ddpm.sample(_GaussianEps(s, v=v), sampler="ddim", learned_variance="learned-range",
-                        generator=image_generators(0, range(4)), **kw) for v in (-1.0, 1.0))
+    a, b = (
+        ddpm.sample(
+            _GaussianEps(s, v=v),
+            sampler="ddim",
+            learned_variance="learned-range",
+            generator=image_generators(0, range(4)),
+            **kw,
+        )
+        for v in (-1.0, 1.0)
+    )
     assert torch.equal(a, b)
 
 
@@ -244,14 +259,22 @@ def test_denoiser_checks_the_doubled_output():
         d(torch.zeros(2, 1, 3, 3), 5)
 
 
-@pytest.mark.parametrize("kw, flag", [
-    (dict(loss_type="simple", variance="learned-range", t_sampling="uniform"), "a learned-range variance is trained "
-                                                                               "only by the bound"),
-    (dict(loss_type="hybrid", variance="fixed-small", t_sampling="uniform"), "{loss} hybrid trains a learned"),
-    (dict(loss_type="simple", variance="fixed-small", t_sampling="importance"), "{t_sampling} importance"),
-    (dict(loss_type="vlb", variance="fixed-small", t_sampling="uniform", loss_weight="min-snr"), "drop {loss_weight}"),
-    (dict(loss_type="kl", variance="fixed-small", t_sampling="uniform"), "unknown {loss} 'kl'"),
-])
+@pytest.mark.parametrize(
+    "kw, flag",
+    [
+        (
+            dict(loss_type="simple", variance="learned-range", t_sampling="uniform"),
+            "a learned-range variance is trained only by the bound",
+        ),
+        (dict(loss_type="hybrid", variance="fixed-small", t_sampling="uniform"), "{loss} hybrid trains a learned"),
+        (dict(loss_type="simple", variance="fixed-small", t_sampling="importance"), "{t_sampling} importance"),
+        (
+            dict(loss_type="vlb", variance="fixed-small", t_sampling="uniform", loss_weight="min-snr"),
+            "drop {loss_weight}",
+        ),
+        (dict(loss_type="kl", variance="fixed-small", t_sampling="uniform"), "unknown {loss} 'kl'"),
+    ],
+)
 def test_combinations_that_cannot_train_are_named(kw, flag):
     with pytest.raises(ParameterError) as e:
         check_objective(**kw)

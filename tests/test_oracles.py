@@ -42,7 +42,7 @@ def test_gaussian_oracle_keeps_the_dtype_and_mixed_timesteps():
     out = oracle.eps(x, t)
     assert out.dtype == torch.float32 and out.shape == x.shape
     for i in range(4):  # one t per row gives the same numbers as a batch of one
-        assert torch.allclose(out[i], oracle.eps(x[i:i + 1], t[i:i + 1])[0])
+        assert torch.allclose(out[i], oracle.eps(x[i : i + 1], t[i : i + 1])[0])
 
 
 def test_samples_have_the_oracle_mean_and_covariance():

@@ -20,12 +20,32 @@ def test_provenance_reads_back_what_it_writes():
 
 
 def test_settings_are_the_sampling_chunks_as_written_and_leave_out_the_picture():
-    prov = Provenance("sample", 3, 11, SamplerChoice("ddim", "info", 5, {"eta": 0.5}), None, None, True, False,
-                      "cd" * 32, version="9.9")
+    prov = Provenance(
+        "sample",
+        3,
+        11,
+        SamplerChoice("ddim", "info", 5, {"eta": 0.5}),
+        None,
+        None,
+        True,
+        False,
+        "cd" * 32,
+        version="9.9",
+    )
     settings = prov.settings()
-    assert settings == {"checkpoint_sha256": "cd" * 32, "sampler": "ddim", "spacing": "info", "steps": "5",
-                        "eta": "0.5", "guidance": "", "class": "", "clip_x0": "True", "ema": "False", "seed": "3",
-                        "version": "9.9"}
+    assert settings == {
+        "checkpoint_sha256": "cd" * 32,
+        "sampler": "ddim",
+        "spacing": "info",
+        "steps": "5",
+        "eta": "0.5",
+        "guidance": "",
+        "class": "",
+        "clip_x0": "True",
+        "ema": "False",
+        "seed": "3",
+        "version": "9.9",
+    }
     assert set(settings) <= set(SETTINGS) and "index" not in settings and "kind" not in settings
     # Another picture of the same run has the same settings: ddpm eval compares folders by them.
     assert prov.of("sample", 12).settings() == settings

@@ -24,8 +24,7 @@ PINNED = {
 }
 SETTINGS = {
     "defaults": {},
-    "older-checkpoints": {"channel_mult": "1,2", "scale_shift_norm": False, "adam_beta2": 0.999,
-                          "t_stratified": False},
+    "older-checkpoints": {"channel_mult": "1,2", "scale_shift_norm": False, "adam_beta2": 0.999, "t_stratified": False},
 }
 
 
@@ -35,17 +34,44 @@ def test_tiny_run_then_default_sampler_gives_the_pinned_numbers(tmp_path, which)
     class-conditional with flips and dropout, then the default sampler on the saved checkpoint's EMA weights: sums
     at a tolerance far below any real change (a different draw, weight or step moves them by 1e-3 or more) yet
     above float reassociation across CPUs (weights 1e-7 relative, about 1e-4 absolute; samples 1e-4 absolute)."""
-    cfg = TrainConfig(out=str(tmp_path / "run"), data="digits", preset="tiny", steps=6, batch_size=16, warmup=2,
-                      class_cond=True, flip=True, dropout=0.1, sample_every=0, num_samples=2, sample_steps=2,
-                      device="cpu", bf16=False, progress=False, **SETTINGS[which])
+    cfg = TrainConfig(
+        out=str(tmp_path / "run"),
+        data="digits",
+        preset="tiny",
+        steps=6,
+        batch_size=16,
+        warmup=2,
+        class_cond=True,
+        flip=True,
+        dropout=0.1,
+        sample_every=0,
+        num_samples=2,
+        sample_steps=2,
+        device="cpu",
+        bf16=False,
+        progress=False,
+        **SETTINGS[which],
+    )
     result = train(cfg)
     model, ckpt, schedule = ddpm.load_model(tmp_path / "run")
     name, spacing, steps = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing, DEFAULT_SAMPLER.steps
     n = 4
-    x = ddpm.sample(model, (n, 1, 8, 8), schedule, sampler=name, steps=steps, spacing=spacing,
-                    generator=ddpm.image_generators(7, range(n)), labels=torch.arange(n), device="cpu")
-    sums = (sum(float(v.double().sum()) for v in result.model.state_dict().values()),
-            sum(float(v.double().sum()) for v in ckpt.ema.values()), float(x.double().sum()))
+    x = ddpm.sample(
+        model,
+        (n, 1, 8, 8),
+        schedule,
+        sampler=name,
+        steps=steps,
+        spacing=spacing,
+        generator=ddpm.image_generators(7, range(n)),
+        labels=torch.arange(n),
+        device="cpu",
+    )
+    sums = (
+        sum(float(v.double().sum()) for v in result.model.state_dict().values()),
+        sum(float(v.double().sum()) for v in ckpt.ema.values()),
+        float(x.double().sum()),
+    )
     print("pinned sums:", repr(sums))
     weights, ema, samples = PINNED[which]
     assert sums[:2] == pytest.approx((weights, ema), rel=1e-7, abs=0), sums

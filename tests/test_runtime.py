@@ -17,8 +17,12 @@ from ddpm.errors import ParameterError, UserError
 
 def test_bf16_default_follows_the_cpu(monkeypatch):
     """bf16 autocast is the default only where the CPU has bf16 instructions (else it is slower than float32)."""
-    for caps, native in (({"avx512_bf16": True, "amx_bf16": False}, True), ({"amx_bf16": True}, True),
-                         ({"avx512_bf16": False, "amx_bf16": False, "avx2": True}, False), ({}, False)):
+    for caps, native in (
+        ({"avx512_bf16": True, "amx_bf16": False}, True),
+        ({"amx_bf16": True}, True),
+        ({"avx512_bf16": False, "amx_bf16": False, "avx2": True}, False),
+        ({}, False),
+    ):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
         monkeypatch.setattr(rt.platform, "system", lambda: "Linux")
         monkeypatch.setattr(rt.platform, "machine", lambda: "x86_64")
@@ -39,7 +43,8 @@ def test_pick_device_names_and_refusals(monkeypatch):
     with pytest.raises(ParameterError) as e:
         rt.pick_device("cuda")
     assert str(e.value).startswith("device cuda was asked for") and e.value.render(lambda n: "--" + n).endswith(
-        "use --device cpu")
+        "use --device cpu"
+    )
 
 
 def test_a_lone_process_is_rank_0_of_1_and_its_votes_are_its_own(monkeypatch):
@@ -82,9 +87,11 @@ def _glibc_with_mallinfo2() -> bool:
 def test_held_memory_keeps_a_freed_block_that_glibc_would_unmap():
     """glibc alone maps a 16 MiB block apart from the heap and returns it on free (each forward pass of a large batch
     then faults its pages in again); after hold_freed_memory() it comes from the heap and stays there when freed."""
+
     def probe(**env: str) -> dict:
-        out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], env={**os.environ, **env}, check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", _MALLOC_PROBE], env={**os.environ, **env}, check=True, capture_output=True, text=True
+        ).stdout
         return json.loads(out)
 
     size = 16 << 20
@@ -98,8 +105,12 @@ def test_held_memory_leaves_the_users_own_malloc_settings(monkeypatch):
     """DDPM_MALLOC=system, glibc's MALLOC_*_ variables and GLIBC_TUNABLES' malloc entries each leave glibc as it is."""
     calls = []
     monkeypatch.setattr(rt.ctypes, "CDLL", lambda *a: calls.append(a))
-    for name, value in (("DDPM_MALLOC", "system"), ("MALLOC_TRIM_THRESHOLD_", "0"), ("MALLOC_MMAP_THRESHOLD_", "1"),
-                        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")):
+    for name, value in (
+        ("DDPM_MALLOC", "system"),
+        ("MALLOC_TRIM_THRESHOLD_", "0"),
+        ("MALLOC_MMAP_THRESHOLD_", "1"),
+        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
+    ):
         with monkeypatch.context() as m:
             for other in ("DDPM_MALLOC", "GLIBC_TUNABLES", *rt.MALLOC_ENV):
                 m.delenv(other, raising=False)

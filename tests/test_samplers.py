@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import ddpm
+from ddpm.denoiser import make_denoiser
 from ddpm.oracles import GaussianOracle, MixtureOracle, affine_gaussian, gaussian_w2, mean_cov
 from ddpm.sampler_choice import DEFAULT_SAMPLER, DETERMINISTIC_SAMPLER
 from ddpm.sampling import (
     DEFAULT_SPACING,
     SAMPLERS,
-    make_denoiser,
     sa_weights,
     sample_ddim,
     sample_dpmpp_2m,
@@ -112,8 +112,9 @@ def test_first_order_dpm_solver_is_ddim_step_for_step():
     g = torch.Generator().manual_seed(6)
     x32 = torch.randn(32, D, 1, 1, generator=g)
     s1 = ddpm.sample(ORACLE.model(), x32.shape, SCHED, "ddim", 15, clip_x0=False, spacing="logsnr", x_T=x32)
-    s2 = ddpm.sample(ORACLE.model(), x32.shape, SCHED, "dpmpp-2m", 15, clip_x0=False, spacing="logsnr", x_T=x32,
-                     order=1)
+    s2 = ddpm.sample(
+        ORACLE.model(), x32.shape, SCHED, "dpmpp-2m", 15, clip_x0=False, spacing="logsnr", x_T=x32, order=1
+    )
     torch.testing.assert_close(s1, s2, rtol=0, atol=1e-5)
 
 
@@ -147,17 +148,24 @@ def test_sa_weights_integrate_the_interpolant_exactly():
         w[1:-1:2], w[2:-1:2] = 4.0, 2.0
         return float((f(lam) * w).sum() * (hi - lo) / (3 * n))
 
-    for nodes, lam_t, lam_s, k in (([0.3], 0.3, 0.35, 2.0), ([0.3, -0.2], 0.3, 1.1, 1.0),
-                                   ([0.3, -0.2, -0.9], 0.3, 1.1, 1.7), ([1.1, 0.3, -0.2], 0.3, 1.1, 2.0),
-                                   ([-2.0, -3.5, -4.0], -2.0, 1.5, 2.0), ([0.0, -0.01, -0.03], 0.0, 0.02, 1.5)):
+    for nodes, lam_t, lam_s, k in (
+        ([0.3], 0.3, 0.35, 2.0),
+        ([0.3, -0.2], 0.3, 1.1, 1.0),
+        ([0.3, -0.2, -0.9], 0.3, 1.1, 1.7),
+        ([1.1, 0.3, -0.2], 0.3, 1.1, 2.0),
+        ([-2.0, -3.5, -4.0], -2.0, 1.5, 2.0),
+        ([0.0, -0.01, -0.03], 0.0, 0.02, 1.5),
+    ):
         got = sa_weights(nodes, lam_t, lam_s, k)
         for j, lj in enumerate(nodes):
+
             def integrand(lam, j=j, lj=lj, nodes=nodes, k=k, lam_s=lam_s):
                 basis = torch.ones_like(lam)
                 for m, lm in enumerate(nodes):
                     if m != j:
                         basis = basis * (lam - lm) / (lj - lm)
                 return k * torch.exp(-k * (lam_s - lam)) * basis
+
             assert got[j] == pytest.approx(simpson(integrand, lam_t, lam_s), rel=1e-9, abs=1e-12), (nodes, j)
         assert sum(got) == pytest.approx(-math.expm1(-k * (lam_s - lam_t)), rel=1e-12)  # constants: 1 − e^{−kh}
 
@@ -193,8 +201,7 @@ def test_sa_solver_noise_window():
     ts = ddpm.spaced_timesteps(SCHED, 12, "logsnr")
     x = torch.randn(8, D, 1, 1, generator=torch.Generator().manual_seed(30), dtype=torch.float64)
     ode = sample_sa_solver(DENOISE, x, SCHED, ts, None, None, eta=0.0)
-    none = sample_sa_solver(DENOISE, x, SCHED, ts, torch.Generator().manual_seed(1), None,
-                            noise_sigma_min=math.inf)
+    none = sample_sa_solver(DENOISE, x, SCHED, ts, torch.Generator().manual_seed(1), None, noise_sigma_min=math.inf)
     assert torch.equal(ode, none)
     ab = SCHED.alphas_cumprod
     for threshold in (0.0, 0.3, 2.0):
@@ -241,8 +248,11 @@ def test_sample_without_spacing_is_within_10_percent_of_the_best_spacing(name):
     spacing's (benchmarks/results/samplers_oracle.md); linspace is over 2x off at 10."""
     for k in (10, 20):
         w2 = {sp: ORACLE.w2_of(*exact_law(name, k, sp)) for sp in SPACINGS}
-        default = ORACLE.w2_of(*affine_gaussian(
-            lambda x, k=k: ddpm.sample(ORACLE.model(), x.shape, SCHED, name, k, clip_x0=False, x_T=x).double(), D))
+        default = ORACLE.w2_of(
+            *affine_gaussian(
+                lambda x, k=k: ddpm.sample(ORACLE.model(), x.shape, SCHED, name, k, clip_x0=False, x_T=x).double(), D
+            )
+        )
         assert default <= 1.1 * min(w2.values()), (k, default, w2)
         if k == 10:
             assert w2["linspace"] > 2 * default, (default, w2)
@@ -264,8 +274,17 @@ def test_prediction_types_give_the_same_samples(prediction):
     x = torch.randn(64, D, 1, 1, generator=torch.Generator().manual_seed(7))
     for sampler in ("ddim", "dpmpp-3m"):
         ref = ddpm.sample(ORACLE.model("eps"), x.shape, SCHED, sampler, 20, clip_x0=False, spacing="logsnr", x_T=x)
-        out = ddpm.sample(ORACLE.model(prediction), x.shape, SCHED, sampler, 20, clip_x0=False,
-                          prediction=prediction, spacing="logsnr", x_T=x)
+        out = ddpm.sample(
+            ORACLE.model(prediction),
+            x.shape,
+            SCHED,
+            sampler,
+            20,
+            clip_x0=False,
+            prediction=prediction,
+            spacing="logsnr",
+            x_T=x,
+        )
         torch.testing.assert_close(out, ref, rtol=0, atol=2e-4)
 
 
@@ -293,8 +312,18 @@ def test_guidance_concentrates_on_the_label_and_grows_with_w():
     spread = {}
     for w in (1.0, 3.0):
         g = torch.Generator().manual_seed(9)
-        x = ddpm.sample(MIX.model, (n, 2, 1, 1), SCHED, "dpmpp-2m", 20, generator=g, labels=labels, guidance=w,
-                        spacing="logsnr", clip_x0=False)
+        x = ddpm.sample(
+            MIX.model,
+            (n, 2, 1, 1),
+            SCHED,
+            "dpmpp-2m",
+            20,
+            generator=g,
+            labels=labels,
+            guidance=w,
+            spacing="logsnr",
+            clip_x0=False,
+        )
         assert (MIX.nearest(x) == 2).all()
         # distance from the unconditional mean, along the direction of mode 2
         centre = (WEIGHTS[:, None] * MEANS).sum(0)
@@ -312,15 +341,25 @@ def test_guidance_zero_and_one_are_exact(w, ref_label):
         return MIX.model(x, t, y)
 
     for sampler in ("ddpm", "dpmpp-2m"):
-        a = ddpm.sample(MIX.model, shape, SCHED, sampler, 10, torch.Generator().manual_seed(1), labels=labels,
-                        guidance=w)
+        a = ddpm.sample(
+            MIX.model, shape, SCHED, sampler, 10, torch.Generator().manual_seed(1), labels=labels, guidance=w
+        )
         b = ddpm.sample(fixed, shape, SCHED, sampler, 10, torch.Generator().manual_seed(1))
         assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------- contract details
-@pytest.mark.parametrize("sampler, opts", [("ddpm", {}), ("ddim", {"eta": 0.5}), ("dpmpp-2m-sde", {}),
-                                           ("dpmpp-3m", {}), ("unipc", {}), ("sa-solver", {"order": 3})])
+@pytest.mark.parametrize(
+    "sampler, opts",
+    [
+        ("ddpm", {}),
+        ("ddim", {"eta": 0.5}),
+        ("dpmpp-2m-sde", {}),
+        ("dpmpp-3m", {}),
+        ("unipc", {}),
+        ("sa-solver", {"order": 3}),
+    ],
+)
 def test_image_is_independent_of_batch_size(sampler, opts):
     def one(indices):
         gens = ddpm.image_generators(123, indices)
@@ -336,8 +375,16 @@ def test_every_sampler_any_steps_any_spacing_calls_training_indices(sampler):
     for spacing in SPACINGS:
         for k in (1, 2, 3, 7, 999, 1000):
             seen = []
-            out = ddpm.sample(ORACLE.model(), (3, D, 1, 1), SCHED, sampler, k, torch.Generator().manual_seed(0),
-                              spacing=spacing, callback=lambda d, seen=seen: seen.append(d["t"]))
+            out = ddpm.sample(
+                ORACLE.model(),
+                (3, D, 1, 1),
+                SCHED,
+                sampler,
+                k,
+                torch.Generator().manual_seed(0),
+                spacing=spacing,
+                callback=lambda d, seen=seen: seen.append(d["t"]),
+            )
             assert torch.isfinite(out).all()
             assert seen == ddpm.spaced_timesteps(SCHED, k, spacing).tolist()
             assert all(isinstance(t, int) and 0 <= t < 1000 for t in seen)
@@ -387,23 +434,26 @@ def test_default_samplers_are_registered():
         assert name in SAMPLERS and spacing in SPACINGS and 1 <= steps <= 1000
 
 
-@pytest.mark.parametrize("kwargs, bad", [
-    ({"sampler": "euler-x"}, "euler-x"),
-    ({"steps": 0}, "0"),
-    ({"steps": 1001}, "1001"),
-    ({"spacing": "quadratic"}, "quadratic"),
-    ({"sampler": "ddim", "etaa": 0.1}, "etaa"),
-    ({"sampler": "ddim", "eta": 2.5}, "2.5"),
-    ({"sampler": "dpmpp-2m", "order": 3}, "3"),
-    ({"sampler": "unipc", "order": 4}, "4"),
-    ({"sampler": "unipc", "variant": "bh3"}, "bh3"),
-    ({"sampler": "dpmpp-2m-sde", "eta": -0.5}, "-0.5"),
-    ({"sampler": "sa-solver", "eta": 1.5}, "1.5"),
-    ({"sampler": "sa-solver", "order": 4}, "4"),
-    ({"sampler": "sa-solver", "noise_sigma_min": -1.0}, "-1.0"),
-    ({"threshold": 1.5}, "1.5"),
-    ({"prediction": "score"}, "score"),
-])
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [
+        ({"sampler": "euler-x"}, "euler-x"),
+        ({"steps": 0}, "0"),
+        ({"steps": 1001}, "1001"),
+        ({"spacing": "quadratic"}, "quadratic"),
+        ({"sampler": "ddim", "etaa": 0.1}, "etaa"),
+        ({"sampler": "ddim", "eta": 2.5}, "2.5"),
+        ({"sampler": "dpmpp-2m", "order": 3}, "3"),
+        ({"sampler": "unipc", "order": 4}, "4"),
+        ({"sampler": "unipc", "variant": "bh3"}, "bh3"),
+        ({"sampler": "dpmpp-2m-sde", "eta": -0.5}, "-0.5"),
+        ({"sampler": "sa-solver", "eta": 1.5}, "1.5"),
+        ({"sampler": "sa-solver", "order": 4}, "4"),
+        ({"sampler": "sa-solver", "noise_sigma_min": -1.0}, "-1.0"),
+        ({"threshold": 1.5}, "1.5"),
+        ({"prediction": "score"}, "score"),
+    ],
+)
 def test_bad_arguments_raise_naming_the_value(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         ddpm.sample(ORACLE.model(), (2, D, 1, 1), SCHED, **{"steps": 5, **kwargs})

@@ -12,8 +12,9 @@ def test_linear_matches_ddpm_table():
     assert s.betas[0].item() == pytest.approx(1e-4, abs=1e-18)
     assert s.betas[-1].item() == pytest.approx(0.02, abs=1e-17)
     # Evenly spaced: every difference is (0.02 - 1e-4) / 999.
-    assert torch.allclose(s.betas.diff(), torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64),
-                          rtol=0, atol=1e-15)
+    assert torch.allclose(
+        s.betas.diff(), torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64), rtol=0, atol=1e-15
+    )
 
 
 def test_alphas_cumprod_is_the_running_product():
@@ -48,18 +49,22 @@ def test_posterior_variance_closed_form():
     s = Schedule.linear(50, 1e-3, 0.2)
     ab = s.alphas_cumprod.tolist()
     for t in (1, 7, 49):
-        assert s.posterior_variance[t].item() == pytest.approx((1 - ab[t - 1]) / (1 - ab[t]) * s.betas[t].item(),
-                                                               rel=1e-14)
+        assert s.posterior_variance[t].item() == pytest.approx(
+            (1 - ab[t - 1]) / (1 - ab[t]) * s.betas[t].item(), rel=1e-14
+        )
     assert s.posterior_variance[0].item() == 0.0
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"timesteps": 0}, "timesteps"),
-    ({"timesteps": 10, "beta_start": 0.0}, "beta_start"),
-    ({"timesteps": 10, "beta_end": 1.0}, "beta_end"),
-    ({"timesteps": 10, "beta_start": -0.1}, "beta_start"),
-    ({"timesteps": 10, "beta_start": 0.03, "beta_end": 0.02}, "larger than beta_end"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"timesteps": 0}, "timesteps"),
+        ({"timesteps": 10, "beta_start": 0.0}, "beta_start"),
+        ({"timesteps": 10, "beta_end": 1.0}, "beta_end"),
+        ({"timesteps": 10, "beta_start": -0.1}, "beta_start"),
+        ({"timesteps": 10, "beta_start": 0.03, "beta_end": 0.02}, "larger than beta_end"),
+    ],
+)
 def test_linear_rejects_bad_arguments(kwargs, words):
     with pytest.raises(ValueError, match=words):
         Schedule.linear(**kwargs)

@@ -29,8 +29,10 @@ def test_option_keeps_help_default_and_marks():
     assert marked(dataclasses.fields(_Toy), "resume") == ("size", "flag")
 
 
-@pytest.mark.parametrize(("annotation", "kind"), [("int", int), ("int | None", int), ("float | None", float),
-                                                  ("str", str), ("bool | None", bool), (bool, bool)])
+@pytest.mark.parametrize(
+    ("annotation", "kind"),
+    [("int", int), ("int | None", int), ("float | None", float), ("str", str), ("bool | None", bool), (bool, bool)],
+)
 def test_field_type_reads_optional_annotations(annotation, kind):
     assert field_type(annotation) is kind
 
@@ -62,7 +64,8 @@ def test_train_config_marks_are_the_settings_that_change_the_numbers():
     assert {"lr", "seed", "batch_size", "prediction", "data", "adam_beta2", "init_from"} <= set(RESUME_MUST_MATCH)
     # Where the run goes, how long it runs, and what it shows may change on resume.
     assert not {"out", "resume", "steps", "minutes", "progress", "sample_every", "device", "bf16"} & set(
-        RESUME_MUST_MATCH)
+        RESUME_MUST_MATCH
+    )
     assert UNRECORDED_VALUES == {"adam_beta2": 0.999, "t_stratified": False, "preset": "tiny"}
     assert "grad_checkpoint" not in RESUME_MUST_MATCH  # memory and time, not the numbers
     p = argparse.ArgumentParser()

@@ -13,8 +13,15 @@ from ddpm.unet import PRESETS, UNet, UNetConfig, check_labels, preset_for_size, 
 
 def small_config(**kw) -> UNetConfig:
     """A net small enough that a forward pass takes milliseconds."""
-    base = dict(channels=1, image_size=8, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                attention_resolutions=(4,), groups=8)
+    base = dict(
+        channels=1,
+        image_size=8,
+        base_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        groups=8,
+    )
     base.update(kw)
     return UNetConfig(**base)
 
@@ -45,8 +52,9 @@ def n_params(net: torch.nn.Module) -> int:
     ],
 )
 def test_output_shape_equals_input_shape(size, channels, mult, attn):
-    net = randomize(UNet(small_config(channels=channels, image_size=size, channel_mult=mult,
-                                      attention_resolutions=attn))).eval()
+    net = randomize(
+        UNet(small_config(channels=channels, image_size=size, channel_mult=mult, attention_resolutions=attn))
+    ).eval()
     x = torch.randn(2, channels, size, size)
     with torch.no_grad():
         y = net(x, torch.tensor([3, 900]))
@@ -211,8 +219,12 @@ def test_scale_shift_norm_is_groupnorm_times_one_plus_scale_plus_shift():
         block = ResBlock(8, 12, 16, dropout=0.0, groups=4, scale_shift=scale_shift).double()
         torch.nn.init.normal_(block.conv2.weight)  # zero-initialised: the branch would vanish
         with torch.no_grad():
-            h = F.conv2d(F.silu(F.group_norm(x, 4, block.norm1.weight, block.norm1.bias, 1e-6)),
-                         block.conv1.weight, block.conv1.bias, padding=1)
+            h = F.conv2d(
+                F.silu(F.group_norm(x, 4, block.norm1.weight, block.norm1.bias, 1e-6)),
+                block.conv1.weight,
+                block.conv1.bias,
+                padding=1,
+            )
             e = F.linear(F.silu(emb), block.emb_proj.weight, block.emb_proj.bias)
             if scale_shift:
                 assert e.shape == (3, 24)
@@ -220,8 +232,9 @@ def test_scale_shift_norm_is_groupnorm_times_one_plus_scale_plus_shift():
                 h = F.group_norm(h, 4, block.norm2.weight, block.norm2.bias, 1e-6) * (1 + s) + b
             else:
                 h = F.group_norm(h + e[:, :, None, None], 4, block.norm2.weight, block.norm2.bias, 1e-6)
-            expected = F.conv2d(F.silu(h), block.conv2.weight, block.conv2.bias, padding=1) + \
-                F.conv2d(x, block.skip.weight, block.skip.bias)
+            expected = F.conv2d(F.silu(h), block.conv2.weight, block.conv2.bias, padding=1) + F.conv2d(
+                x, block.skip.weight, block.skip.bias
+            )
             torch.testing.assert_close(block(x, emb), expected, rtol=0, atol=1e-12)
     # The UNet passes the choice to every residual block and saves it in its config.
     net = UNet.from_preset("tiny", scale_shift_norm=True)
@@ -315,18 +328,27 @@ def diffusers_count(name: str, classes: int | None, out_channels: int) -> int:
     p = {**PRESETS[name]}
     size, mult, updown = p["image_size"], p["channel_mult"], p.get("resblock_updown", False)
     attn = [size // 2**i in p["attention_resolutions"] for i in range(len(mult))]
-    plain_down, plain_up = ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if updown else ("DownBlock2D",
-                                                                                                 "UpBlock2D")
+    plain_down, plain_up = (
+        ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if updown else ("DownBlock2D", "UpBlock2D")
+    )
     shift = p.get("scale_shift_norm", False)
     with torch.device("meta"):
         theirs = UNet2DModel(
-            sample_size=size, in_channels=3, out_channels=out_channels,
-            block_out_channels=[p["base_channels"] * m for m in mult], layers_per_block=p["num_res_blocks"],
+            sample_size=size,
+            in_channels=3,
+            out_channels=out_channels,
+            block_out_channels=[p["base_channels"] * m for m in mult],
+            layers_per_block=p["num_res_blocks"],
             down_block_types=["AttnDownBlock2D" if a else plain_down for a in attn],
             up_block_types=["AttnUpBlock2D" if a else plain_up for a in reversed(attn)],
-            downsample_type="resnet" if updown else "conv", upsample_type="resnet" if updown else "conv",
-            resnet_time_scale_shift="scale_shift" if shift else "default", attn_norm_num_groups=32 if shift else None,
-            attention_head_dim=p.get("head_channels") or 32, norm_num_groups=32, num_class_embeds=classes)
+            downsample_type="resnet" if updown else "conv",
+            upsample_type="resnet" if updown else "conv",
+            resnet_time_scale_shift="scale_shift" if shift else "default",
+            attn_norm_num_groups=32 if shift else None,
+            attention_head_dim=p.get("head_channels") or 32,
+            norm_num_groups=32,
+            num_class_embeds=classes,
+        )
     return n_params(theirs)
 
 
@@ -346,12 +368,29 @@ def test_published_preset_counts_are_pinned():
     for name in ("adm-64", "adm-128", "ddpm-256", "tiny-32", "tiny-64"):
         with torch.device("meta"):
             counts[name] = n_params(UNet.from_preset(name))
-    assert counts == {"adm-64": 295_131_267, "adm-128": 420_498_691, "ddpm-256": 113_673_219,
-                      "tiny-32": 1_192_387, "tiny-64": 1_628_611}
+    assert counts == {
+        "adm-64": 295_131_267,
+        "adm-128": 420_498_691,
+        "ddpm-256": 113_673_219,
+        "tiny-32": 1_192_387,
+        "tiny-64": 1_628_611,
+    }
 
 
-@pytest.mark.parametrize("size,name", [(8, "tiny"), (28, "tiny"), (32, "tiny"), (48, "adm-64"), (64, "adm-64"),
-                                       (96, "adm-128"), (128, "adm-128"), (256, "ddpm-256"), (512, "ddpm-256")])
+@pytest.mark.parametrize(
+    "size,name",
+    [
+        (8, "tiny"),
+        (28, "tiny"),
+        (32, "tiny"),
+        (48, "adm-64"),
+        (64, "adm-64"),
+        (96, "adm-128"),
+        (128, "adm-128"),
+        (256, "ddpm-256"),
+        (512, "ddpm-256"),
+    ],
+)
 def test_preset_for_size(size, name):
     assert preset_for_size(size) == name
 
@@ -374,13 +413,30 @@ def test_residual_resampling_matches_diffusers(resample):
 
     torch.manual_seed(0)
     ours = randomize(ResBlock(16, 16, 32, 0.0, 4, scale_shift=True, resample=resample)).eval()
-    theirs = ResnetBlock2D(in_channels=16, out_channels=16, temb_channels=32, groups=4, eps=1e-6,
-                           time_embedding_norm="scale_shift", down=resample == "down", up=resample == "up").eval()
-    theirs.load_state_dict({"norm1.weight": ours.norm1.weight, "norm1.bias": ours.norm1.bias,
-                            "conv1.weight": ours.conv1.weight, "conv1.bias": ours.conv1.bias,
-                            "time_emb_proj.weight": ours.emb_proj.weight, "time_emb_proj.bias": ours.emb_proj.bias,
-                            "norm2.weight": ours.norm2.weight, "norm2.bias": ours.norm2.bias,
-                            "conv2.weight": ours.conv2.weight, "conv2.bias": ours.conv2.bias})
+    theirs = ResnetBlock2D(
+        in_channels=16,
+        out_channels=16,
+        temb_channels=32,
+        groups=4,
+        eps=1e-6,
+        time_embedding_norm="scale_shift",
+        down=resample == "down",
+        up=resample == "up",
+    ).eval()
+    theirs.load_state_dict(
+        {
+            "norm1.weight": ours.norm1.weight,
+            "norm1.bias": ours.norm1.bias,
+            "conv1.weight": ours.conv1.weight,
+            "conv1.bias": ours.conv1.bias,
+            "time_emb_proj.weight": ours.emb_proj.weight,
+            "time_emb_proj.bias": ours.emb_proj.bias,
+            "norm2.weight": ours.norm2.weight,
+            "norm2.bias": ours.norm2.bias,
+            "conv2.weight": ours.conv2.weight,
+            "conv2.bias": ours.conv2.bias,
+        }
+    )
     x, emb = torch.randn(2, 16, 8, 8), torch.randn(2, 32)
     with torch.no_grad():
         y = ours(x, emb)
@@ -408,8 +464,14 @@ def _loss_and_grads(net: UNet, x: torch.Tensor, t: torch.Tensor, target: torch.T
 
 @pytest.mark.parametrize("updown", [False, True])
 def test_grad_checkpoint_gives_the_same_loss_and_gradients_with_dropout(updown):
-    cfg = small_config(image_size=16, channel_mult=(1, 2, 2), attention_resolutions=(8,), dropout=0.3,
-                       scale_shift_norm=True, resblock_updown=updown)
+    cfg = small_config(
+        image_size=16,
+        channel_mult=(1, 2, 2),
+        attention_resolutions=(8,),
+        dropout=0.3,
+        scale_shift_norm=True,
+        resblock_updown=updown,
+    )
     net = randomize(UNet(cfg)).train()
     x, t, target = torch.randn(3, 1, 16, 16), torch.tensor([3, 400, 999]), torch.randn(3, 1, 16, 16)
     loss, grads = _loss_and_grads(net, x, t, target, seed=7)

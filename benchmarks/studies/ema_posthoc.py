@@ -136,12 +136,21 @@ def main() -> None:
         npz = out_dir / f"{name}-samples-{args.num}.npz"
         sample_s = sample_npz(path, args.num, out_dir / f"{name}-samples-{args.num}", npz, args.threads)
         scores = score_samples(npz, out_dir / f"{name}-eval", args, overwrite=True)
-        row = {"run": str(args.run), "step": steps[-1], "snapshot_every": steps[1] - steps[0], "profile": profile,
-               "sigma_rel": sig, "dist_to_stored": distance(ema, last.ema),
-               "dist_stored_to_raw": stored_to_raw, "sample_wall_s": sample_s, "num": args.num,
-               "ref_split": args.ref_split, "ref_num": args.ref_num,
-               "scores": scores["metrics"],
-               "date": time.strftime("%Y-%m-%d %H:%M")}
+        row = {
+            "run": str(args.run),
+            "step": steps[-1],
+            "snapshot_every": steps[1] - steps[0],
+            "profile": profile,
+            "sigma_rel": sig,
+            "dist_to_stored": distance(ema, last.ema),
+            "dist_stored_to_raw": stored_to_raw,
+            "sample_wall_s": sample_s,
+            "num": args.num,
+            "ref_split": args.ref_split,
+            "ref_num": args.ref_num,
+            "scores": scores["metrics"],
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
         append_row(args.results, row)
 
 

@@ -35,11 +35,13 @@ from ddpm.sampling import SAMPLERS
 
 
 def parse_variant(spec: str) -> tuple[str, str, int, dict]:
-    """"sampler/spacing/evals[/key=json...]" → (sampler, spacing, evals, options)."""
+    """ "sampler/spacing/evals[/key=json...]" → (sampler, spacing, evals, options)."""
     parts = spec.split("/")
     if len(parts) < 3 or parts[0] not in SAMPLERS or not parts[2].isdigit():
-        raise SystemExit(f"variant {spec!r}: write sampler/spacing/evaluations[/option=value...], "
-                         f"with sampler one of {', '.join(SAMPLERS)}")
+        raise SystemExit(
+            f"variant {spec!r}: write sampler/spacing/evaluations[/option=value...], "
+            f"with sampler one of {', '.join(SAMPLERS)}"
+        )
     options = {}
     for kv in parts[3:]:
         key, sep, value = kv.partition("=")
@@ -73,8 +75,10 @@ def main() -> None:
     ref_file = cache_file(key, *REFERENCE, args.seed)
     ref = np.load(ref_file)["images"] if ref_file.exists() else np.zeros((0,))
     if len(ref) < args.num:
-        raise SystemExit(f"no 1000-step reference with {args.num} images for {ckpt.path}: run benchmarks/"
-                         f"samplers_model.py --checkpoint {args.checkpoint} --num {args.num} --part reference")
+        raise SystemExit(
+            f"no 1000-step reference with {args.num} images for {ckpt.path}: run benchmarks/"
+            f"samplers_model.py --checkpoint {args.checkpoint} --num {args.num} --part reference"
+        )
     ref_f = extract_features(net, torch.from_numpy(ref[: args.num]).float() / 127.5 - 1)
     fd_ref = frechet_distance(ref_f, real_f)
     print(f"checkpoint {ckpt.path} (step {ckpt.step}, {prediction}-prediction), N = {args.num}, seed {args.seed}\n")
@@ -82,8 +86,20 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     print(f"| ddpm/linspace/1000 (reference, library defaults) | {fd_ref:.3f} | 1 | – |")
     for spec, (sampler, spacing, steps, options) in zip(args.variants, variants, strict=True):
-        imgs, _ = samples_for(model, schedule, key, shape, sampler, spacing, steps, args.num, args.seed,
-                              args.batch, prediction=prediction, options=options)
+        imgs, _ = samples_for(
+            model,
+            schedule,
+            key,
+            shape,
+            sampler,
+            spacing,
+            steps,
+            args.num,
+            args.seed,
+            args.batch,
+            prediction=prediction,
+            options=options,
+        )
         f = extract_features(net, torch.from_numpy(imgs).float() / 127.5 - 1)
         fd = frechet_distance(f, real_f)
         b = paired_ratio(f, ref_f, real_f, reps=200)

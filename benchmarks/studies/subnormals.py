@@ -24,6 +24,7 @@ import torch
 
 from ddpm.checkpoint import load_model
 from ddpm.generate import generate
+from ddpm.sampler_choice import SampleSettings
 
 TIMES = (999, 500, 100, 10)
 
@@ -57,7 +58,7 @@ def time_generate(checkpoint: str, num: int, flush: bool, out: Path) -> tuple[fl
     """Wall seconds of ``generate`` for ``num`` images with flushing ``flush``, and the images (num, H, W, C)."""
     torch.set_flush_denormal(flush)
     start = time.perf_counter()
-    generate(checkpoint, out, num=num, npz=out / "images.npz", overwrite=True)
+    generate(SampleSettings(checkpoint, overwrite=True), out, num=num, npz=out / "images.npz")
     return time.perf_counter() - start, np.load(out / "images.npz")["images"]
 
 
@@ -85,8 +86,10 @@ def main() -> None:
                 off.append(t_off)
                 on.append(t_on)
                 same = same and bool(np.array_equal(img_off, img_on))
-        print(f"| {ck} | {sub:,} of {total:,} ({100 * sub / total:.3f}%) | {min(off):.2f} | {min(on):.2f} | "
-              f"{min(off) / min(on):.2f}× | {'yes' if same else 'no'} |")
+        print(
+            f"| {ck} | {sub:,} of {total:,} ({100 * sub / total:.3f}%) | {min(off):.2f} | {min(on):.2f} | "
+            f"{min(off) / min(on):.2f}× | {'yes' if same else 'no'} |"
+        )
 
 
 if __name__ == "__main__":

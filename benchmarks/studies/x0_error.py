@@ -32,8 +32,15 @@ TIMES = (999, 950, 900, 800, 700, 600, 500, 400, 300, 200, 100, 50, 10, 0)
 
 
 @torch.no_grad()
-def x0_errors(model: torch.nn.Module, schedule, prediction: str, x0: torch.Tensor, times: tuple[int, ...],
-              seed: int = 0, batch: int = 256) -> list[dict[str, float]]:
+def x0_errors(
+    model: torch.nn.Module,
+    schedule,
+    prediction: str,
+    x0: torch.Tensor,
+    times: tuple[int, ...],
+    seed: int = 0,
+    batch: int = 256,
+) -> list[dict[str, float]]:
     """Per index t of ``times``: σ/α, ε MSE, raw and clamped x̂_0 MSE for images ``x0`` (N, C, H, W) in [-1, 1]."""
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(x0.shape, generator=g)
@@ -43,7 +50,7 @@ def x0_errors(model: torch.nn.Module, schedule, prediction: str, x0: torch.Tenso
         a, s = ab[t].sqrt().item(), (1 - ab[t]).sqrt().item()
         se_eps = se_x0 = se_clip = 0.0
         for i in range(0, len(x0), batch):
-            x, e = x0[i:i + batch], eps[i:i + batch]
+            x, e = x0[i : i + batch], eps[i : i + batch]
             xt = a * x + s * e
             out = model(xt, torch.full((len(x),), t, dtype=torch.long))
             x0_hat, eps_hat = prediction_to_x0_eps(out, xt, ab[t].item(), prediction)
@@ -51,8 +58,15 @@ def x0_errors(model: torch.nn.Module, schedule, prediction: str, x0: torch.Tenso
             se_x0 += float(((x0_hat - x) ** 2).sum())
             se_clip += float(((x0_hat.clamp(-1, 1) - x) ** 2).sum())
         n = x0.numel()
-        rows.append({"t": t, "sigma_over_alpha": s / a, "eps_mse": se_eps / n, "x0_mse": se_x0 / n,
-                     "x0_mse_clamped": se_clip / n})
+        rows.append(
+            {
+                "t": t,
+                "sigma_over_alpha": s / a,
+                "eps_mse": se_eps / n,
+                "x0_mse": se_x0 / n,
+                "x0_mse_clamped": se_clip / n,
+            }
+        )
     return rows
 
 
@@ -68,15 +82,19 @@ def main() -> None:
     prediction = ckpt.meta.get("prediction", "eps")
     x0 = load_dataset(args.data).images[: args.num].float()
     var_about_mean = float(((x0 - x0.mean(0, keepdim=True)) ** 2).mean())
-    print(f"checkpoint {ckpt.path} (step {ckpt.step}, {prediction}-prediction); {len(x0)} images of {args.data}; "
-          f"variance about the mean image {var_about_mean:.4f}\n")
+    print(
+        f"checkpoint {ckpt.path} (step {ckpt.step}, {prediction}-prediction); {len(x0)} images of {args.data}; "
+        f"variance about the mean image {var_about_mean:.4f}\n"
+    )
     print("| t | σ/α | ε MSE | ε MSE if x̂_0 = mean image | x̂_0 MSE | x̂_0 MSE, clamped |")
     print("|---:|---:|---:|---:|---:|---:|")
     ab = schedule.alphas_cumprod
     for r in x0_errors(model, schedule, prediction, x0, tuple(t for t in TIMES if t < schedule.timesteps)):
         snr = (ab[r["t"]] / (1 - ab[r["t"]])).item()
-        print(f"| {r['t']} | {r['sigma_over_alpha']:.2f} | {r['eps_mse']:.2e} | {snr * var_about_mean:.2e} | "
-              f"{r['x0_mse']:.3f} | {r['x0_mse_clamped']:.3f} |")
+        print(
+            f"| {r['t']} | {r['sigma_over_alpha']:.2f} | {r['eps_mse']:.2e} | {snr * var_about_mean:.2e} | "
+            f"{r['x0_mse']:.3f} | {r['x0_mse_clamped']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """ddpm: denoising diffusion models trained on your own images, with exact math and fast samplers."""
 
 from .checkpoint import load_checkpoint, load_model
-from .convert import export_diffusers, import_diffusers
 from .data.dataset import ImageDataset
 from .data.load import load_dataset
 from .data.prepared import open_prepared
 from .data.preparing import prepare_dataset
+from .denoiser import image_generators
 from .diffusion import (
     eps_from_v,
     eps_from_x0,
@@ -18,9 +18,10 @@ from .diffusion import (
     x0_from_v,
 )
 from .errors import UserError
+from .interop import export_diffusers, import_diffusers
 from .likelihood import VariationalBound, bits_per_dim
 from .losses import Objective
-from .sampling import SAMPLERS, image_generators, sample, sampler_options
+from .sampling import SAMPLERS, sample, sampler_options
 from .schedule import DEFAULT_SPACING, Schedule, spaced_timesteps
 from .tutorial import Diffusion
 from .unet import PRESETS, UNet, UNetConfig

@@ -64,8 +64,9 @@ def state_path(checkpoint_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name.removesuffix(".safetensors") + ".state.pt")
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: dict[str, Tensor], ema: dict[str, Tensor],
-                    meta: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str], model: dict[str, Tensor], ema: dict[str, Tensor], meta: dict[str, Any]
+) -> Path:
     """Atomically write model and EMA state dicts plus ``meta`` (JSON-ready) to a safetensors file."""
     path = Path(path)
     tensors = {f"model.{k}": v for k, v in model.items()}
@@ -74,9 +75,18 @@ def save_checkpoint(path: str | os.PathLike[str], model: dict[str, Tensor], ema:
     return save_safetensors(path, tensors, {"ddpm": json.dumps(meta)})
 
 
-def checkpoint_meta(step: int, model: UNetConfig, schedule: Schedule, prediction: str, *,
-                    class_names: list[str] | None = None, data: str | None = None, world_size: int = 1,
-                    variance: str = "fixed-small", **extra: Any) -> dict[str, Any]:
+def checkpoint_meta(
+    step: int,
+    model: UNetConfig,
+    schedule: Schedule,
+    prediction: str,
+    *,
+    class_names: list[str] | None = None,
+    data: str | None = None,
+    world_size: int = 1,
+    variance: str = "fixed-small",
+    **extra: Any,
+) -> dict[str, Any]:
     """Everything needed to sample from a checkpoint, as JSON-ready values: the network's config, the schedule,
     what the network predicts, its reverse variance (recorded when not ``fixed-small``: see :func:`model_variance`),
     the image format and the class names; ``extra`` keys follow (training writes ``bf16`` and ``train``, its
@@ -118,8 +128,10 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} is not a ddpm checkpoint (format {meta.get('format')!r})")
     if int(meta.get("version", 0)) > FORMAT_VERSION:
-        raise UserError(f"{path} has checkpoint format version {meta['version']}, newer than this ddpm "
-                        f"understands ({FORMAT_VERSION}): upgrade ddpm")
+        raise UserError(
+            f"{path} has checkpoint format version {meta['version']}, newer than this ddpm "
+            f"understands ({FORMAT_VERSION}): upgrade ddpm"
+        )
     return meta
 
 
@@ -148,8 +160,9 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         found = list_checkpoints(p)
         if not found:
-            raise UserError(f"{p} holds no checkpoints (looked in {p / CHECKPOINT_DIR}): "
-                            "train first, or pass a .safetensors file")
+            raise UserError(
+                f"{p} holds no checkpoints (looked in {p / CHECKPOINT_DIR}): train first, or pass a .safetensors file"
+            )
         return found[-1][1]
     if not p.exists():
         raise UserError(f"checkpoint {p} does not exist: pass a .safetensors file or a run directory")
@@ -170,12 +183,14 @@ def load_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"training state {path} is missing: the run cannot be resumed exactly from it") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt or unsafe file
-        raise UserError(f"training state {path} cannot be read safely ({type(e).__name__}): "
-                        "resume from an earlier checkpoint") from None
+        raise UserError(
+            f"training state {path} cannot be read safely ({type(e).__name__}): resume from an earlier checkpoint"
+        ) from None
 
 
-def load_model(path: str | os.PathLike[str], use_ema: bool = True,
-               device: str | torch.device = "cpu") -> tuple[UNet, Checkpoint, Schedule]:
+def load_model(
+    path: str | os.PathLike[str], use_ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[UNet, Checkpoint, Schedule]:
     """Build the network of a checkpoint (file or run directory) with its EMA (or raw) weights.
 
     Returns (the UNet in eval mode on ``device``, the Checkpoint, its Schedule).
@@ -186,6 +201,8 @@ def load_model(path: str | os.PathLike[str], use_ema: bool = True,
         model.load_state_dict(ckpt.ema if use_ema else ckpt.model)
         schedule = Schedule.from_dict(ckpt.meta["schedule"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"{ckpt.path} is damaged or from an incompatible ddpm version ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from None
+        raise UserError(
+            f"{ckpt.path} is damaged or from an incompatible ddpm version ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]})"
+        ) from None
     return model.to(device).eval().requires_grad_(False), ckpt, schedule

@@ -53,8 +53,9 @@ def q_posterior(x0: Tensor, x_t: Tensor, t: Tensor, schedule: Schedule) -> tuple
     At t = 0, ᾱ_{−1} = 1: the mean is x_0 and the variance 0.
     Returns (mean (B, C, H, W), variance (B, 1, 1, 1)).
     """
-    coef_x0, coef_xt, var, _ = posterior_coefficients(*(schedule.table(name, x0.device) for name in
-                                                        ("alphas_cumprod", "alphas_cumprod_prev", "betas")))
+    coef_x0, coef_xt, var, _ = posterior_coefficients(
+        *(schedule.table(name, x0.device) for name in ("alphas_cumprod", "alphas_cumprod_prev", "betas"))
+    )
     mean = extract(coef_x0, t, x0) * x0 + extract(coef_xt, t, x_t) * x_t
     return mean, extract(var, t, x0)
 
@@ -101,7 +102,10 @@ def x0_from_mean(x_t: Tensor, mean: Tensor, alpha_bar: Tensor | float, alpha_bar
 
 
 def prediction_to_x0_eps(
-    pred: Tensor, x_t: Tensor, alpha_bar: Tensor | float, prediction: str = "eps",
+    pred: Tensor,
+    x_t: Tensor,
+    alpha_bar: Tensor | float,
+    prediction: str = "eps",
     alpha_bar_prev: Tensor | float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Turn a network output of kind ``prediction`` ('eps', 'x0', 'v' or 'mean') into (x_0, ε), both x_t's shape.
@@ -158,8 +162,9 @@ def split_output(out: Tensor, variance: str) -> tuple[Tensor, Tensor | None]:
     return pred, var_out
 
 
-def learned_log_variance(var_out: Tensor, variance: str, log_small: Tensor | float,
-                         log_large: Tensor | float) -> Tensor:
+def learned_log_variance(
+    var_out: Tensor, variance: str, log_small: Tensor | float, log_large: Tensor | float
+) -> Tensor:
     """log σ² of p_θ(x_{t−1} | x_t) from the network's variance output (B, C, H, W), x_t's shape.
 
     ``learned``: the output is log σ² itself. ``learned-range`` (improved DDPM eq. 15): v ∈ [-1, 1] mapped to

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .denoiser import Callback, Denoiser, Generators, make_denoiser, randn
 from .diffusion import q_sample
 from .errors import ParameterError, UserError
 from .sampler_choice import DEFAULT_SAMPLER
-from .sampling import SAMPLERS, Callback, Denoiser, Generators, make_denoiser, randn
+from .sampling import SAMPLERS
 from .schedule import Schedule, posterior_coefficients, spaced_timesteps
 
 
@@ -43,8 +44,9 @@ def edit_timesteps(schedule: Schedule, strength: float, steps: int, spacing: str
 def check_strength(strength: float) -> None:
     """Raise a ParameterError naming ``strength`` unless 0 <= strength <= 1."""
     if not 0.0 <= float(strength) <= 1.0:
-        raise ParameterError(f"{{strength}} must lie in [0, 1] (0 keeps the image, 1 regenerates it fully); "
-                             f"got {strength}")
+        raise ParameterError(
+            f"{{strength}} must lie in [0, 1] (0 keeps the image, 1 regenerates it fully); got {strength}"
+        )
 
 
 def _check_resample(resample: int) -> None:
@@ -53,8 +55,9 @@ def _check_resample(resample: int) -> None:
         raise ParameterError(f"{{resample}} must be at least 1 (1 = no resampling); got {resample}")
 
 
-def inpainting_denoiser(denoise: Denoiser, image: Tensor, mask: Tensor, schedule: Schedule,
-                        generator: Generators = None) -> Denoiser:
+def inpainting_denoiser(
+    denoise: Denoiser, image: Tensor, mask: Tensor, schedule: Schedule, generator: Generators = None
+) -> Denoiser:
     """Wrap ``denoise(x, t)`` so that the model sees the known pixels (mask False) drawn from q(x_t | image).
 
     image: (B, C, H, W); mask: bool, broadcastable to it, True = regenerate. Every call draws fresh noise
@@ -181,8 +184,15 @@ def edit(
     return torch.where(mask, out, image)
 
 
-def _edit_path(schedule: Schedule, sampler: str | None, steps: int | None, spacing: str | None, resample: int,
-               mask: Tensor | None, options: dict[str, Any]) -> tuple[str, int, str]:
+def _edit_path(
+    schedule: Schedule,
+    sampler: str | None,
+    steps: int | None,
+    spacing: str | None,
+    resample: int,
+    mask: Tensor | None,
+    options: dict[str, Any],
+) -> tuple[str, int, str]:
     """The (sampler, steps, spacing) of an edit: ``DEFAULT_SAMPLER`` fills in what is None (steps capped at T).
 
     RePaint (``resample`` > 1) needs a mask and takes the ancestral DDPM step, so no other sampler or options.
@@ -192,8 +202,9 @@ def _edit_path(schedule: Schedule, sampler: str | None, steps: int | None, spaci
         if mask is None:
             raise ParameterError("{resample} needs {mask}: RePaint resampling harmonises generated and known pixels")
         if sampler not in (None, "ddpm"):
-            raise ParameterError(f"{{resample}} uses the ancestral DDPM step: drop {{sampler}} {sampler} or pass "
-                                 "{sampler} ddpm")
+            raise ParameterError(
+                f"{{resample}} uses the ancestral DDPM step: drop {{sampler}} {sampler} or pass {{sampler}} ddpm"
+            )
         if options:
             raise ParameterError(f"{{resample}} takes no sampler options; got {', '.join(options)}")
         sampler = "ddpm"

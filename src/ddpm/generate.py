@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, load_model, model_variance, resolve_checkpoint
+from .denoiser import image_generators, randn
 from .diffusion import LEARNED_VARIANCES
 from .editing import check_strength, edit
 from .errors import ParameterError, UserError, check_at_least
@@ -46,7 +47,7 @@ from .images import (
 from .provenance import Provenance
 from .runtime import pick_device
 from .sampler_choice import SamplerChoice, SampleSettings, check_sampler
-from .sampling import image_generators, randn, sample
+from .sampling import sample
 from .schedule import Schedule
 from .unet import UNet
 from .version import __version__
@@ -68,8 +69,9 @@ def resolve_class(value: int | str, class_names: list[str] | None) -> int:
     lowered = [n.lower() for n in class_names]
     if text.lower() in lowered:
         return lowered.index(text.lower())
-    raise UserError(f"unknown class {text!r}: choose an index 0..{len(class_names) - 1} or one of "
-                    f"{', '.join(class_names)}")
+    raise UserError(
+        f"unknown class {text!r}: choose an index 0..{len(class_names) - 1} or one of {', '.join(class_names)}"
+    )
 
 
 def resolve_label(label: int | str | None, guidance: float | None, meta: Mapping[str, Any]) -> int | None:
@@ -118,26 +120,65 @@ class Sampling:
 
     def provenance(self, kind: str, seed: int, extra: Mapping[str, str] | None = None) -> Provenance:
         """The record of a picture of ``kind`` drawn from ``seed`` (image 0; :meth:`Provenance.of` for others)."""
-        return Provenance(kind, seed, 0, self.choice, self.label, self.guidance, self.clip_x0, self.ema, self.sha256,
-                          dict(extra or {}))
+        return Provenance(
+            kind,
+            seed,
+            0,
+            self.choice,
+            self.label,
+            self.guidance,
+            self.clip_x0,
+            self.ema,
+            self.sha256,
+            dict(extra or {}),
+        )
 
-    def draw(self, seed: int, indices: list[int], *, callback: Callable[[dict[str, Any]], None] | None = None,
-             x_T: Tensor | None = None) -> Tensor:
+    def draw(
+        self,
+        seed: int,
+        indices: list[int],
+        *,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        x_T: Tensor | None = None,
+    ) -> Tensor:
         """Images ``indices`` of ``seed``: (len(indices), C, H, W) in [-1, 1] (see :func:`draw`)."""
-        return draw(self.model, self.schedule, self.meta, self.choice, seed, indices, self.label, self.guidance,
-                    self.clip_x0, self.device, callback, x_T=x_T)
+        return draw(
+            self.model,
+            self.schedule,
+            self.meta,
+            self.choice,
+            seed,
+            indices,
+            self.label,
+            self.guidance,
+            self.clip_x0,
+            self.device,
+            callback,
+            x_T=x_T,
+        )
 
-    def batches(self, seed: int, num: int, *, batch_size: int, progress: bool = False,
-                callback_for: Callable[[list[int]], Callable[[dict[str, Any]], None] | None] | None = None,
-                ) -> Iterator[tuple[list[int], Tensor]]:
+    def batches(
+        self,
+        seed: int,
+        num: int,
+        *,
+        batch_size: int,
+        progress: bool = False,
+        callback_for: Callable[[list[int]], Callable[[dict[str, Any]], None] | None] | None = None,
+    ) -> Iterator[tuple[list[int], Tensor]]:
         """Images 0..num-1 of ``seed``, ``batch_size`` at a time (see :func:`draw_batches`)."""
         return draw_batches(self.model, self.schedule, self.meta, self.choice, seed, num, batch_size=batch_size,
                             device=self.device, label=self.label, guidance=self.guidance, clip_x0=self.clip_x0,
-                            progress=progress, callback_for=callback_for)
+                            progress=progress, callback_for=callback_for)  # fmt: skip
 
 
-def open_for_sampling(checkpoint: PathLike | None, settings: SampleSettings,
-                      device: torch.device | str | None = None, *, deterministic: bool = False) -> Sampling:
+def open_for_sampling(
+    checkpoint: PathLike | None,
+    settings: SampleSettings,
+    device: torch.device | str | None = None,
+    *,
+    deterministic: bool = False,
+) -> Sampling:
     """Load ``checkpoint`` (a file or a run directory) with the weights ``settings`` asks for, choose and check its
     sampler path (:meth:`SampleSettings.choice`; ``deterministic``: :data:`~ddpm.sampler_choice.DETERMINISTIC_SAMPLER`
     when no sampler is given) and resolve its class: the one way every command opens a checkpoint to sample it.
@@ -149,17 +190,29 @@ def open_for_sampling(checkpoint: PathLike | None, settings: SampleSettings,
     choice = settings.choice(schedule.timesteps, deterministic)
     draws_no_noise = check_sampler(choice, schedule)
     label = resolve_label(settings.label, settings.guidance, ckpt.meta)
-    return Sampling(model, ckpt, schedule, choice, label, settings.guidance, settings.clip_x0, settings.ema, dev,
-                    draws_no_noise)
+    return Sampling(
+        model, ckpt, schedule, choice, label, settings.guidance, settings.clip_x0, settings.ema, dev, draws_no_noise
+    )
 
 
 # ---------------------------------------------------------------------------- drawing
 
 
-def draw(model: Any, schedule: Schedule, meta: Mapping[str, Any], choice: SamplerChoice, seed: int,
-         indices: list[int], label: int | None, guidance: float | None, clip_x0: bool, device: torch.device,
-         callback: Callable[[dict[str, Any]], None] | None = None, x_T: Tensor | None = None,
-         cycle_classes: int | None = None) -> Tensor:
+def draw(
+    model: Any,
+    schedule: Schedule,
+    meta: Mapping[str, Any],
+    choice: SamplerChoice,
+    seed: int,
+    indices: list[int],
+    label: int | None,
+    guidance: float | None,
+    clip_x0: bool,
+    device: torch.device,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    x_T: Tensor | None = None,
+    cycle_classes: int | None = None,
+) -> Tensor:
     """Images ``indices`` of ``seed``: (len(indices), C, H, W) in [-1, 1]. The one call every path shares.
 
     ``meta`` gives channels, image_size and prediction (a checkpoint's metadata). The label of every image is
@@ -171,9 +224,22 @@ def draw(model: Any, schedule: Schedule, meta: Mapping[str, Any], choice: Sample
         labels = torch.tensor(indices, device=device) % cycle_classes
     elif label is not None:
         labels = torch.full((len(indices),), label, dtype=torch.long)
-    return sample(model, (len(indices), c, size, size), schedule, sampler=choice.name, steps=choice.steps,
-                  generator=image_generators(seed, indices), clip_x0=clip_x0, labels=labels, guidance=guidance,
-                  spacing=choice.spacing, callback=callback, x_T=x_T, device=device, **model_kind(meta, choice))
+    return sample(
+        model,
+        (len(indices), c, size, size),
+        schedule,
+        sampler=choice.name,
+        steps=choice.steps,
+        generator=image_generators(seed, indices),
+        clip_x0=clip_x0,
+        labels=labels,
+        guidance=guidance,
+        spacing=choice.spacing,
+        callback=callback,
+        x_T=x_T,
+        device=device,
+        **model_kind(meta, choice),
+    )
 
 
 def model_kind(meta: Mapping[str, Any], choice: SamplerChoice) -> dict[str, Any]:
@@ -185,29 +251,63 @@ def model_kind(meta: Mapping[str, Any], choice: SamplerChoice) -> dict[str, Any]
     options = dict(choice.options)
     if choice.name == "ddpm" and variance == "fixed-large":
         options.setdefault("variance", "beta")
-    return {"prediction": meta.get("prediction", "eps"),
-            "learned_variance": variance if variance in LEARNED_VARIANCES else None, **options}
+    return {
+        "prediction": meta.get("prediction", "eps"),
+        "learned_variance": variance if variance in LEARNED_VARIANCES else None,
+        **options,
+    }
 
 
-def draw_batches(model: Any, schedule: Schedule, meta: Mapping[str, Any], choice: SamplerChoice, seed: int,
-                 num: int, *, batch_size: int, device: torch.device, label: int | None = None,
-                 cycle_classes: int | None = None, guidance: float | None = None, clip_x0: bool = True,
-                 progress: bool = False,
-                 callback_for: Callable[[list[int]], Callable[[dict[str, Any]], None] | None] | None = None,
-                 ) -> Iterator[tuple[list[int], Tensor]]:
+def draw_batches(
+    model: Any,
+    schedule: Schedule,
+    meta: Mapping[str, Any],
+    choice: SamplerChoice,
+    seed: int,
+    num: int,
+    *,
+    batch_size: int,
+    device: torch.device,
+    label: int | None = None,
+    cycle_classes: int | None = None,
+    guidance: float | None = None,
+    clip_x0: bool = True,
+    progress: bool = False,
+    callback_for: Callable[[list[int]], Callable[[dict[str, Any]], None] | None] | None = None,
+) -> Iterator[tuple[list[int], Tensor]]:
     """Images 0..num-1 of ``seed``, ``batch_size`` at a time: yields (indices, images (B, C, H, W) in [-1, 1]).
 
     The batched loop of ``ddpm sample``, ``ddpm eval``, the training grids and ``--eval-every``; image i is the
     same at any batch size. ``callback_for(indices)`` gives a batch its sampler callback (or None); see
     :func:`draw` for the other arguments.
     """
-    with tqdm(total=num, desc=f"sampling {choice.name}, {choice.steps} steps", unit="img", dynamic_ncols=True,
-              disable=not progress) as bar:
+    with tqdm(
+        total=num,
+        desc=f"sampling {choice.name}, {choice.steps} steps",
+        unit="img",
+        dynamic_ncols=True,
+        disable=not progress,
+    ) as bar:
         for start in range(0, num, batch_size):
             idx = list(range(start, min(num, start + batch_size)))
             callback = callback_for(idx) if callback_for is not None else None
-            yield idx, draw(model, schedule, meta, choice, seed, idx, label, guidance, clip_x0, device, callback,
-                            cycle_classes=cycle_classes)
+            yield (
+                idx,
+                draw(
+                    model,
+                    schedule,
+                    meta,
+                    choice,
+                    seed,
+                    idx,
+                    label,
+                    guidance,
+                    clip_x0,
+                    device,
+                    callback,
+                    cycle_classes=cycle_classes,
+                ),
+            )
             bar.update(len(idx))
 
 
@@ -216,16 +316,27 @@ def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
         raise ParameterError(f"{{out}} {out} is a file: choose a directory")
     clash = [n for n in names if (out / n).exists()]
     if clash and not overwrite:
-        raise ParameterError(f"{out} already holds {clash[0]} (and {len(clash) - 1} more of the files this would "
-                             "write): choose another {out} or pass {overwrite}")
+        raise ParameterError(
+            f"{out} already holds {clash[0]} (and {len(clash) - 1} more of the files this would "
+            "write): choose another {out} or pass {overwrite}"
+        )
 
 
 def _scale(size: int) -> int:
     return max(1, 64 // size)
 
 
-def generate(settings: SampleSettings, out: PathLike, *, num: int = 64, seed: int = 0, batch_size: int = 256,
-             npz: PathLike | None = None, trajectories: int = 0, progress: bool = False) -> list[Path]:
+def generate(
+    settings: SampleSettings,
+    out: PathLike,
+    *,
+    num: int = 64,
+    seed: int = 0,
+    batch_size: int = 256,
+    npz: PathLike | None = None,
+    trajectories: int = 0,
+    progress: bool = False,
+) -> list[Path]:
     """Write images 0..num-1 of ``seed`` from ``settings.checkpoint`` as ``out/000000.png``, ... and
     ``out/grid.png``, each with its :class:`Provenance`; with ``trajectories=N`` also trajectory-<i>.png/.gif of the
     first N images, with ``npz`` the images as a uint8 (num, H, W, C) array ``images``. Returns the paths written."""
@@ -259,18 +370,26 @@ def generate(settings: SampleSettings, out: PathLike, *, num: int = 64, seed: in
             save_png(out / names[i], batch[j], prov.of("sample", i).text_chunks())
         path = paths.pop(idx[0], [])
         for k, j in enumerate(j for j, i in enumerate(idx) if i < n_traj):
-            _write_trajectory(out, idx[j], [(p["t"], p["x"][k], p["x0"][k]) for p in path], batch[j],
-                              prov.of("trajectory", idx[j]).text_chunks())
-    save_png(out / "grid.png", make_grid(images, pad_value=128, scale=_scale(s.image_size)),
-             prov.of("grid", f"0-{num - 1}").text_chunks())
+            _write_trajectory(
+                out,
+                idx[j],
+                [(p["t"], p["x"][k], p["x0"][k]) for p in path],
+                batch[j],
+                prov.of("trajectory", idx[j]).text_chunks(),
+            )
+    save_png(
+        out / "grid.png",
+        make_grid(images, pad_value=128, scale=_scale(s.image_size)),
+        prov.of("grid", f"0-{num - 1}").text_chunks(),
+    )
     if npz:
         save_npz(npz, images)
-    return [*(out / n for n in names), out / "grid.png", *(out / n for n in traj_names),
-            *([Path(npz)] if npz else [])]
+    return [*(out / n for n in names), out / "grid.png", *(out / n for n in traj_names), *([Path(npz)] if npz else [])]
 
 
 def save_npz(path: PathLike, images: np.ndarray) -> Path:
     """Write uint8 images (N, H, W, C) as the array ``images`` of a compressed .npz, atomically."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez_compressed would add ".npz" to a name
             np.savez_compressed(f, images=images)
@@ -278,8 +397,9 @@ def save_npz(path: PathLike, images: np.ndarray) -> Path:
     return atomic_write(path, write)
 
 
-def _write_trajectory(out: Path, index: int, path: list[tuple[int, np.ndarray, np.ndarray]], final: np.ndarray,
-                      meta: dict[str, str]) -> None:
+def _write_trajectory(
+    out: Path, index: int, path: list[tuple[int, np.ndarray, np.ndarray]], final: np.ndarray, meta: dict[str, str]
+) -> None:
     """trajectory-<index>.png (x_t over x̂_0, ~10 states ending in the image) and .gif (one frame per call)."""
     scale = _scale(final.shape[0])
     # The path's states: one per model call (x_t, x̂_0 there), then the final image as both rows.
@@ -288,8 +408,9 @@ def _write_trajectory(out: Path, index: int, path: list[tuple[int, np.ndarray, n
     strip = trajectory_strip([states[k][0] for k in cols], [states[k][1] for k in cols], scale=scale)
     labels = ",".join(str(path[k][0]) if k < len(path) else "final" for k in cols)
     save_png(out / f"trajectory-{index:06d}.png", strip, {**meta, "ddpm:columns": labels})
-    frames = [_caption(side_by_side(x, x0, scale=scale), f"{n + 1}/{len(path)} t={t}")
-              for n, (t, x, x0) in enumerate(path)]
+    frames = [
+        _caption(side_by_side(x, x0, scale=scale), f"{n + 1}/{len(path)} t={t}") for n, (t, x, x0) in enumerate(path)
+    ]
     save_gif(out / f"trajectory-{index:06d}.gif", frames)
 
 
@@ -326,8 +447,9 @@ def slerp(a: Tensor, b: Tensor, weights: Sequence[float]) -> Tensor:
     return torch.stack(frames)
 
 
-def interpolate(settings: SampleSettings, out: PathLike, seed_a: int, seed_b: int, *, frames: int = 8,
-                batch_size: int = 256) -> Path:
+def interpolate(
+    settings: SampleSettings, out: PathLike, seed_a: int, seed_b: int, *, frames: int = 8, batch_size: int = 256
+) -> Path:
     """Write ``out/interpolation.png``: ``frames`` images along the spherical interpolation between the starting
     noise of image 0 of ``seed_a`` and of ``seed_b``, with a deterministic sampler (``DETERMINISTIC_SAMPLER``
     unless ``settings.sampler`` is given); its ends are image 0 of :func:`generate` with those seeds."""
@@ -335,9 +457,11 @@ def interpolate(settings: SampleSettings, out: PathLike, seed_a: int, seed_b: in
     check_at_least("batch_size", batch_size, 1)
     s = open_for_sampling(settings.checkpoint, settings, deterministic=True)
     if not s.deterministic:
-        raise ParameterError(f"{{interpolate}} needs a deterministic sampler, and {s.choice.name!r} with these "
-                             "options adds noise: drop {sampler} (UniPC is used), or use dpmpp-2m, dpmpp-3m, or "
-                             "ddim, dpmpp-2m-sde or sa-solver with {eta} 0")
+        raise ParameterError(
+            f"{{interpolate}} needs a deterministic sampler, and {s.choice.name!r} with these "
+            "options adds noise: drop {sampler} (UniPC is used), or use dpmpp-2m, dpmpp-3m, or "
+            "ddim, dpmpp-2m-sde or sa-solver with {eta} 0"
+        )
     out = Path(out)
     _check_out_dir(out, ["interpolation.png"], settings.overwrite)
     # x_T of image 0 of each seed: the very draw `generate(seed=S)` starts image 0 from.
@@ -355,8 +479,9 @@ def interpolate(settings: SampleSettings, out: PathLike, seed_a: int, seed_b: in
     return save_png(out / "interpolation.png", strip, prov.text_chunks())
 
 
-def reproduce(checkpoint: PathLike, image: PathLike, out: PathLike, *, device: str = "auto",
-              overwrite: bool = False) -> tuple[Path, Provenance]:
+def reproduce(
+    checkpoint: PathLike, image: PathLike, out: PathLike, *, device: str = "auto", overwrite: bool = False
+) -> tuple[Path, Provenance]:
     """Make ``image`` (a sample PNG written by :func:`generate`) again from its metadata, as ``out/<its name>``;
     ``checkpoint`` must be the file it was made with (checked by SHA-256). Returns (the path, the provenance
     read from ``image``, whose ``version`` says which ddpm made it)."""
@@ -368,17 +493,22 @@ def reproduce(checkpoint: PathLike, image: PathLike, out: PathLike, *, device: s
     except OSError:
         raise ParameterError(f"{{image}} {src} is not a readable PNG: pass a PNG written by ddpm sample") from None
     if "ddpm:seed" not in info or "ddpm:index" not in info or "ddpm:checkpoint_sha256" not in info:
-        raise UserError(f"{src} has no ddpm metadata (no ddpm:seed/ddpm:index text chunks): only PNGs written by "
-                        "ddpm sample can be reproduced")
+        raise UserError(
+            f"{src} has no ddpm metadata (no ddpm:seed/ddpm:index text chunks): only PNGs written by "
+            "ddpm sample can be reproduced"
+        )
     kind = info.get("ddpm:kind", "sample")
     if kind != "sample":
-        raise UserError(f"{src} is a {kind} picture, not a sample: reproduce the sample images "
-                        "(000000.png, ...) it was made with")
+        raise UserError(
+            f"{src} is a {kind} picture, not a sample: reproduce the sample images (000000.png, ...) it was made with"
+        )
     path = resolve_checkpoint(checkpoint)
     sha, recorded = file_sha256(path), info["ddpm:checkpoint_sha256"]
     if sha != recorded:
-        raise UserError(f"{path} (sha256 {sha[:12]}) is not the checkpoint {src.name} was made with "
-                        f"(sha256 {recorded[:12]}): pass that checkpoint")
+        raise UserError(
+            f"{path} (sha256 {sha[:12]}) is not the checkpoint {src.name} was made with "
+            f"(sha256 {recorded[:12]}): pass that checkpoint"
+        )
     out = Path(out)
     _check_out_dir(out, [src.name], overwrite)
     try:
@@ -386,20 +516,24 @@ def reproduce(checkpoint: PathLike, image: PathLike, out: PathLike, *, device: s
         index = int(old.index)
     except (KeyError, ValueError) as e:
         raise UserError(f"{src} has damaged ddpm metadata ({type(e).__name__}: {e}): it cannot be reproduced") from None
-    options = {k: v for k, v in old.choice.options.items() if k != "eta"}
-    settings = SampleSettings(sampler=old.choice.name, spacing=old.choice.spacing, steps=old.choice.steps,
-                              eta=old.choice.options.get("eta"), options=options, label=old.label,
-                              guidance=old.guidance, ema=old.ema, clip_x0=old.clip_x0, device=device)
-    s = open_for_sampling(path, settings)
+    s = open_for_sampling(path, old.sample_settings(device))
     x = s.draw(old.seed, [index])
     out.mkdir(parents=True, exist_ok=True)
     again = dataclasses.replace(old, index=index, version=__version__)
     return save_png(out / src.name, to_uint8(x)[0], again.text_chunks()), old
 
 
-def edit_image(settings: SampleSettings, image: PathLike, out: PathLike, *, strength: float | None = None,
-               mask: PathLike | None = None, resample: int = 1, seed: int = 0,
-               resize: bool = True) -> tuple[Path, Provenance]:
+def edit_image(
+    settings: SampleSettings,
+    image: PathLike,
+    out: PathLike,
+    *,
+    strength: float | None = None,
+    mask: PathLike | None = None,
+    resample: int = 1,
+    seed: int = 0,
+    resize: bool = True,
+) -> tuple[Path, Provenance]:
     """SDEdit (no ``mask``) or inpaint (white pixels of ``mask`` regenerated, RePaint with ``resample`` > 1) the
     picture ``image`` with ``settings.checkpoint``; writes the PNG ``out`` with its :class:`Provenance`.
     ``settings.steps`` counts the full path; an edit uses those below round(strength·(T−1)). ``strength`` defaults
@@ -423,25 +557,44 @@ def edit_image(settings: SampleSettings, image: PathLike, out: PathLike, *, stre
     mask_t = None if mask is None else torch.from_numpy(load_mask(mask, size, fitted))[None, None].to(s.device)
     labels = None if s.label is None else torch.tensor([s.label], dtype=torch.long)
     c = s.choice
-    x = edit(s.model, picture, s.schedule, strength, mask_t, sampler=c.name, steps=c.steps, spacing=c.spacing,
-             resample=resample, generator=image_generators(seed, [0]), clip_x0=s.clip_x0, labels=labels,
-             guidance=s.guidance, **model_kind(s.meta, dataclasses.replace(c, name="edit")))
-    extra = {"strength": repr(float(strength)), "resample": str(resample), "image_sha256": file_sha256(image),
-             "mask_sha256": file_sha256(mask) if mask else ""}
+    x = edit(
+        s.model,
+        picture,
+        s.schedule,
+        strength,
+        mask_t,
+        sampler=c.name,
+        steps=c.steps,
+        spacing=c.spacing,
+        resample=resample,
+        generator=image_generators(seed, [0]),
+        clip_x0=s.clip_x0,
+        labels=labels,
+        guidance=s.guidance,
+        **model_kind(s.meta, dataclasses.replace(c, name="edit")),
+    )
+    extra = {
+        "strength": repr(float(strength)),
+        "resample": str(resample),
+        "image_sha256": file_sha256(image),
+        "mask_sha256": file_sha256(mask) if mask else "",
+    }
     if fitted is not None:
         extra["resized_from"] = f"{fitted[0]}x{fitted[1]}"
     prov = s.provenance("edit", seed, extra)
     return save_png(out, to_uint8(x)[0], prov.text_chunks()), prov
 
 
-def _edit_settings(settings: SampleSettings, strength: float | None, mask: PathLike | None,
-                   resample: int) -> tuple[float, SampleSettings]:
+def _edit_settings(
+    settings: SampleSettings, strength: float | None, mask: PathLike | None, resample: int
+) -> tuple[float, SampleSettings]:
     """The strength of an edit (1 with a mask when not given) and its settings: RePaint (``resample`` > 1) takes the
     ancestral step and needs a mask."""
     if strength is None:
         if mask is None:
-            raise ParameterError("{strength} is required without {mask}: e.g. {strength} 0.5 (0 keeps the picture, "
-                                 "1 regenerates it)")
+            raise ParameterError(
+                "{strength} is required without {mask}: e.g. {strength} 0.5 (0 keeps the picture, 1 regenerates it)"
+            )
         strength = 1.0
     check_strength(strength)
     check_at_least("resample", resample, 1, " (1 = no resampling)")

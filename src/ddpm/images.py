@@ -29,8 +29,9 @@ def to_uint8(images: Tensor, channels_last: bool = True) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy() if channels_last else x.numpy()
 
 
-def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 1, pad_value: int = 0,
-              scale: int = 1) -> np.ndarray:
+def make_grid(
+    images: np.ndarray, nrow: int | None = None, padding: int = 1, pad_value: int = 0, scale: int = 1
+) -> np.ndarray:
     """Tile uint8 images (B, H, W, C) into one (H', W', C) grid of ``nrow`` columns (default ~√B).
 
     ``scale`` enlarges every pixel to scale×scale (nearest), so 8×8 digits stay visible.
@@ -46,7 +47,7 @@ def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 1, pad
     for i in range(b):
         r, q = divmod(i, ncol)
         y, x = padding + r * (h + padding), padding + q * (w + padding)
-        grid[y:y + h, x:x + w] = images[i]
+        grid[y : y + h, x : x + w] = images[i]
     return grid
 
 
@@ -72,20 +73,30 @@ def read_png_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         return dict(getattr(im, "text", {}) or {})
 
 
-def save_gif(path: str | os.PathLike[str], frames: Sequence[np.ndarray], duration_ms: int = 80,
-             hold_last_ms: int = 1000) -> Path:
+def save_gif(
+    path: str | os.PathLike[str], frames: Sequence[np.ndarray], duration_ms: int = 80, hold_last_ms: int = 1000
+) -> Path:
     """Write uint8 frames (each (H, W, C)) as a looping animated GIF, holding the last frame longer."""
     if not frames:
         raise ValueError("save_gif needs at least one frame")
     path = Path(path)
     pil = [_pil(f) for f in frames]
     durations = [duration_ms] * (len(pil) - 1) + [hold_last_ms]
-    return atomic_write(path, lambda tmp: pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
-                                                   duration=durations, loop=0), durable=False)
+    return atomic_write(
+        path,
+        lambda tmp: pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0),
+        durable=False,
+    )
 
 
-def plot_curve(xs: Sequence[float], ys: Sequence[float], width: int = 640, height: int = 360,
-               title: str = "loss", log_y: bool = True) -> np.ndarray:
+def plot_curve(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    width: int = 640,
+    height: int = 360,
+    title: str = "loss",
+    log_y: bool = True,
+) -> np.ndarray:
     """A line chart of ys against xs as a uint8 (H, W, 3) image, drawn with Pillow (no plotting library).
 
     With ``log_y`` the y axis is logarithmic (diffusion losses fall over decades). Axis ticks show the
@@ -96,8 +107,11 @@ def plot_curve(xs: Sequence[float], ys: Sequence[float], width: int = 640, heigh
     left, right, top, bottom = 70, width - 15, 25, height - 35
     draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
     draw.text((left, 5), title, fill="black")
-    pts = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)
-           if math.isfinite(float(y)) and (float(y) > 0 or not log_y)]
+    pts = [
+        (float(x), float(y))
+        for x, y in zip(xs, ys, strict=True)
+        if math.isfinite(float(y)) and (float(y) > 0 or not log_y)
+    ]
     if len(pts) >= 2:
         fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
         x0, x1 = pts[0][0], pts[-1][0]
@@ -108,8 +122,7 @@ def plot_curve(xs: Sequence[float], ys: Sequence[float], width: int = 640, heigh
         span_x = (x1 - x0) or 1.0
 
         def to_px(p: tuple[float, float]) -> tuple[float, float]:
-            return (left + (p[0] - x0) / span_x * (right - left),
-                    bottom - (fy(p[1]) - lo) / (hi - lo) * (bottom - top))
+            return (left + (p[0] - x0) / span_x * (right - left), bottom - (fy(p[1]) - lo) / (hi - lo) * (bottom - top))
 
         draw.line([to_px(p) for p in pts], fill=(31, 119, 180), width=2)
         draw.text((5, top), f"{ymax:.4g}", fill="black")
@@ -174,8 +187,10 @@ def load_image(path: str | os.PathLike[str], channels: int, size: int, resize: b
     h, w = array.shape[:2]
     if (w, h) != (size, size):
         if not resize:
-            raise UserError(f"{path} is {w}x{h} but the model makes {size}x{size} images: resize it to "
-                            f"{size}x{size} first, or let ddpm do it as training does (drop --no-resize)")
+            raise UserError(
+                f"{path} is {w}x{h} but the model makes {size}x{size} images: resize it to "
+                f"{size}x{size} first, or let ddpm do it as training does (drop --no-resize)"
+            )
         array = fit_square(array, size)
     array = np.rint(array).astype(np.uint8) if array.dtype != np.uint8 else array
     if channels == 1:
@@ -208,10 +223,15 @@ def load_mask(path: str | os.PathLike[str], size: int, picture: tuple[int, int] 
         return gray >= 128
     if picture is not None and (w, h) == tuple(picture):
         return fit_square(gray, size) >= 128
-    also = f" or {picture[0]}x{picture[1]} (the picture's size)" if picture is not None and \
-        tuple(picture) != (size, size) else ""
-    raise UserError(f"mask {path} is {w}x{h} but the image is {size}x{size}: make the mask {size}x{size}{also} "
-                    "(white = regenerate, black = keep)")
+    also = (
+        f" or {picture[0]}x{picture[1]} (the picture's size)"
+        if picture is not None and tuple(picture) != (size, size)
+        else ""
+    )
+    raise UserError(
+        f"mask {path} is {w}x{h} but the image is {size}x{size}: make the mask {size}x{size}{also} "
+        "(white = regenerate, black = keep)"
+    )
 
 
 def _open_user_image(path: str | os.PathLike[str], what: str) -> Image.Image:
@@ -251,15 +271,17 @@ def trajectory_columns(num_states: int, columns: int = 10) -> list[int]:
     return sorted({round(j * (num_states - 1) / (k - 1)) for j in range(k)})
 
 
-def trajectory_strip(xs: Sequence[np.ndarray], x0s: Sequence[np.ndarray], scale: int = 1,
-                     padding: int = 1, pad_value: int = 128) -> np.ndarray:
+def trajectory_strip(
+    xs: Sequence[np.ndarray], x0s: Sequence[np.ndarray], scale: int = 1, padding: int = 1, pad_value: int = 128
+) -> np.ndarray:
     """Two rows of uint8 (H, W, C) pictures, x_t on top and x̂_0 below, one column per state: (H', W', C)."""
     if len(xs) != len(x0s) or not xs:
         raise ValueError(f"need as many x_t as x̂_0 pictures (and at least one); got {len(xs)} and {len(x0s)}")
     return make_grid(np.stack([*xs, *x0s]), nrow=len(xs), padding=padding, pad_value=pad_value, scale=scale)
 
 
-def side_by_side(left: np.ndarray, right: np.ndarray, scale: int = 1, padding: int = 1,
-                 pad_value: int = 128) -> np.ndarray:
+def side_by_side(
+    left: np.ndarray, right: np.ndarray, scale: int = 1, padding: int = 1, pad_value: int = 128
+) -> np.ndarray:
     """One GIF frame: uint8 (H, W, C) ``left`` | ``right``, enlarged ``scale`` times: (H', W', C)."""
     return make_grid(np.stack([left, right]), nrow=2, padding=padding, pad_value=pad_value, scale=scale)

@@ -25,14 +25,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .denoiser import Callback, Denoised, Denoiser, Generators, make_denoiser, randn
 from .diffusion import q_posterior
-from .sampling import Callback, Denoiser, Generators, make_denoiser, model_device, randn
+from .sampling import model_device
 from .schedule import Schedule
 
 VARIANCES = ("posterior", "beta", "learned")
@@ -40,16 +41,18 @@ BINS = 256  # 8-bit data: pixel k in 0..255 sits at k/127.5 − 1
 HALF_BIN = 1.0 / (BINS - 1)  # half the distance between neighbouring levels in [-1, 1]
 
 
-def normal_kl(mean1: Tensor | float, logvar1: Tensor | float, mean2: Tensor | float,
-              logvar2: Tensor | float) -> Tensor:
+def normal_kl(mean1: Tensor | float, logvar1: Tensor | float, mean2: Tensor | float, logvar2: Tensor | float) -> Tensor:
     """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise, in nats; any broadcastable shapes.
 
     KL = ½ (logvar2 − logvar1 + e^{logvar1 − logvar2} + (mean1 − mean2)² e^{−logvar2} − 1).
     """
-    mean1, logvar1, mean2, logvar2 = (torch.as_tensor(v, dtype=torch.float64) if not isinstance(v, Tensor) else v
-                                      for v in (mean1, logvar1, mean2, logvar2))
-    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2).square() * torch.exp(-logvar2)
-                  - 1.0)
+    mean1, logvar1, mean2, logvar2 = (
+        torch.as_tensor(v, dtype=torch.float64) if not isinstance(v, Tensor) else v
+        for v in (mean1, logvar1, mean2, logvar2)
+    )
+    return 0.5 * (
+        logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2).square() * torch.exp(-logvar2) - 1.0
+    )
 
 
 def quantize(x: Tensor) -> Tensor:
@@ -100,9 +103,12 @@ def prior_kl(x0: Tensor, schedule: Schedule) -> Tensor:
     """
     a = schedule.alphas_cumprod[-1].item()
     x0 = x0.to(torch.float64)
-    return normal_kl(math.sqrt(a) * x0, torch.tensor(math.log1p(-a), dtype=torch.float64, device=x0.device),
-                     torch.zeros((), dtype=torch.float64, device=x0.device),
-                     torch.zeros((), dtype=torch.float64, device=x0.device))
+    return normal_kl(
+        math.sqrt(a) * x0,
+        torch.tensor(math.log1p(-a), dtype=torch.float64, device=x0.device),
+        torch.zeros((), dtype=torch.float64, device=x0.device),
+        torch.zeros((), dtype=torch.float64, device=x0.device),
+    )
 
 
 def reverse_log_variance(schedule: Schedule, variance: str = "posterior") -> Tensor:
@@ -126,12 +132,15 @@ def learned_variance_bounds(schedule: Schedule) -> tuple[Tensor, Tensor]:
 def _check_variance(variance: str) -> None:
     """Reject a reverse variance other than ``VARIANCES``."""
     if variance not in VARIANCES:
-        raise ValueError(f"unknown reverse variance {variance!r}; choose 'posterior' (β̃_t, fixed small) "
-                         "or 'beta' (β_t, fixed large), or 'learned' for a network that predicts its variance")
+        raise ValueError(
+            f"unknown reverse variance {variance!r}; choose 'posterior' (β̃_t, fixed small) "
+            "or 'beta' (β_t, fixed large), or 'learned' for a network that predicts its variance"
+        )
 
 
-def vlb_terms(x0: Tensor, x_t: Tensor, t: Tensor, model_mean: Tensor, model_log_variance: Tensor | float,
-              schedule: Schedule) -> Tensor:
+def vlb_terms(
+    x0: Tensor, x_t: Tensor, t: Tensor, model_mean: Tensor, model_log_variance: Tensor | float, schedule: Schedule
+) -> Tensor:
     """The bound's term L_t of each image at its own index, in nats summed over dimensions: (B,).
 
     x0: the data (on the 8-bit grid), x_t: a draw of q(x_t | x_0), model_mean: the mean μ_θ(x_t, t) of
@@ -146,8 +155,9 @@ def vlb_terms(x0: Tensor, x_t: Tensor, t: Tensor, model_mean: Tensor, model_log_
     # Each row takes one of the two formulas, computed on its rows only: the other one's value there may be
     # infinite (β̃_0 = 0; a decoder bin far in a tail), and its gradient, though multiplied by zero, would be NaN.
     if bool(first.any()):
-        out[first] = -discretized_gaussian_log_likelihood(x0[first], model_mean[first], 0.5 * log_var[first]
-                                                          ).flatten(1).sum(1)
+        out[first] = (
+            -discretized_gaussian_log_likelihood(x0[first], model_mean[first], 0.5 * log_var[first]).flatten(1).sum(1)
+        )
     rest = ~first
     if bool(rest.any()):
         true_mean, true_var = q_posterior(x0[rest], x_t[rest], t[rest], schedule)
@@ -207,72 +217,82 @@ def _check_images(x0: Tensor) -> None:
         raise ValueError("x0 holds NaN or infinite values; the bound needs images in [-1, 1]")
     lo, hi = x0.min().item(), x0.max().item()
     if lo < -1 - HALF_BIN or hi > 1 + HALF_BIN:
-        raise ValueError(f"x0 must be images scaled to [-1, 1] (8-bit pixel p as p/127.5 − 1); its values span "
-                         f"[{lo:.4g}, {hi:.4g}]")
+        raise ValueError(
+            f"x0 must be images scaled to [-1, 1] (8-bit pixel p as p/127.5 − 1); its values span [{lo:.4g}, {hi:.4g}]"
+        )
 
 
 @torch.no_grad()
 def bits_per_dim(
-    model: Callable[..., Tensor], x0: Tensor, schedule: Schedule, prediction: str = "eps",
-    variance: str | None = None, clip_x0: bool = True, labels: Tensor | None = None, guidance: float | None = None,
-    batch_size: int = 64, generator: Generators = None, progress: bool = False, callback: Callback = None,
-    device: torch.device | str | None = None, learned_variance: str | None = None,
+    model: Callable[..., Tensor],
+    x0: Tensor,
+    schedule: Schedule,
+    prediction: str = "eps",
+    variance: str | None = None,
+    clip_x0: bool = True,
+    labels: Tensor | None = None,
+    guidance: float | None = None,
+    batch_size: int = 64,
+    generator: Generators = None,
+    progress: bool = False,
+    callback: Callback = None,
+    device: torch.device | str | None = None,
+    learned_variance: str | None = None,
 ) -> VariationalBound:
     """The DDPM variational bound on −log p(x_0) of every image, in bits/dim (Ho et al. 2020, Table 1's NLL).
 
     Args:
-        model: ``model(x_t, t[, labels])`` as for :func:`ddpm.sample` (a network in eval mode, as
-            :func:`ddpm.load_model` returns it); called through the samplers' own wrapper (``make_denoiser``) at
-            every index t = T−1, ..., 0, once per batch, so T · ⌈B / batch_size⌉ calls.
-        x0: (B, C, H, W) images in [-1, 1]. Values are taken to their nearest 8-bit level (p/127.5 − 1) first,
-            so the bound is that of the 8-bit image (e.g. what a PNG of it holds); data already on the grid,
-            like every 8-bit image set, are unchanged. The model sees x_t in x0's floating dtype.
+        model: ``model(x_t, t[, labels])`` as for :func:`ddpm.sample`, in eval mode; called through the samplers'
+            own wrapper (``make_denoiser``) at every index t = T−1, ..., 0: T · ⌈B / batch_size⌉ calls.
+        x0: (B, C, H, W) images in [-1, 1], taken to their nearest 8-bit level (p/127.5 − 1) first, so the bound
+            is that of the 8-bit image; the model sees x_t in x0's floating dtype.
         schedule: the training schedule (all T steps are used; a subset would not be the paper's bound).
         prediction: what the model predicts, ``"eps"``, ``"x0"``, ``"v"`` or ``"mean"``.
-        variance: the reverse variance σ_t², ``"posterior"`` (β̃_t) or ``"beta"`` (β_t): use the one the
-            model is sampled with (``sample_ddpm``'s ``variance``); ``"learned"`` the network's own (the default
-            when ``learned_variance`` is given, else ``"posterior"``).
-        clip_x0: clamp x̂_0 to [-1, 1] as the samplers do (default). The bound is then that of the chain the
-            ancestral sampler draws from; any function of x_t gives a valid reverse chain, so both are upper
-            bounds of their own chain's NLL, and improved-diffusion's ``calc_bpd_loop`` clips too.
-        labels, guidance: class labels (B,) and classifier-free guidance weight, as for :func:`ddpm.sample`.
-        batch_size: images per model call.
-        generator: draws of x_t ~ q(x_t | x_0); a list with one generator per image (e.g.
-            ``image_generators(seed, range(B))``) makes image i's numbers independent of ``batch_size``.
-        progress: show a tqdm bar over the model calls.
-        callback: called after every model call with {"batch", "t", "calls", "total_calls"}.
-        device: where the model runs (default: the model's parameters' device). The bound's own arithmetic
-            (x_t draws, KL terms, decoder) is done in float64 on the CPU whatever the device.
-        learned_variance: ``"learned"`` or ``"learned-range"`` for a network that predicts its variance (2C
-            output channels), as for :func:`ddpm.sample`.
+        variance: the reverse variance σ_t², ``"posterior"`` (β̃_t) or ``"beta"`` (β_t), as the model is sampled
+            (``sample_ddpm``'s ``variance``); ``"learned"`` the network's own (the default with
+            ``learned_variance``, else ``"posterior"``).
+        clip_x0: clamp x̂_0 to [-1, 1] as the samplers do: the bound of the chain the ancestral sampler draws
+            from (any function of x_t gives a valid reverse chain; improved-diffusion's ``calc_bpd_loop`` clips).
+        labels, guidance: class labels (B,) and guidance weight; batch_size: images per model call.
+        generator: draws of x_t ~ q(x_t | x_0); one generator per image (``image_generators(seed, range(B))``)
+            makes image i's numbers independent of ``batch_size``.
+        progress, callback: a tqdm bar; a function called after every model call with {"batch", "t", "calls",
+            "total_calls"}.
+        device: where the model runs (default: its parameters'); the bound's own arithmetic is float64 on the CPU.
+        learned_variance: ``"learned"`` or ``"learned-range"`` for a network with 2C outputs, as for ``sample``.
 
     Returns:
         :class:`VariationalBound` with ``total`` (B,), ``prior`` (B,), ``terms`` (B, T) in bits/dim.
     """
     variance = variance or ("learned" if learned_variance is not None else "posterior")
     gens = _check_bound_args(x0, variance, batch_size, generator, labels, learned_variance)
-    n, T = x0.shape[0], schedule.timesteps
-    device = model_device(model) if device is None else device
+    device, dtype = model_device(model) if device is None else device, x0.dtype  # dtype: what the model sees
     to_bits = 1.0 / (x0[0].numel() * math.log(2.0))
     log_variance = None if variance == "learned" else reverse_log_variance(schedule, variance)
-    dtype = x0.dtype  # what the model sees, as in sampling
-    # The bound's own arithmetic runs in float64 on the CPU (any accelerator, MPS included, only runs the model).
-    x0 = quantize(x0.detach().to("cpu", torch.float64))
-    n_batches = (n + batch_size - 1) // batch_size
-    terms = torch.empty(n, T, dtype=torch.float64)
-    with _reporting(n_batches * T, progress, callback) as report:
-        for b in range(n_batches):
-            sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-            denoise = make_denoiser(model, schedule, prediction, clip_x0, None if labels is None else labels[sl],
-                                    guidance, learned_variance=learned_variance)
-            terms[sl] = _batch_terms(denoise, x0[sl], generator if gens is None else gens[sl], schedule,
-                                     log_variance, dtype, device, partial(report, b)) * to_bits
+    x0 = quantize(x0.detach().to("cpu", torch.float64))  # the bound's arithmetic: float64 on the CPU (any device)
+    terms = torch.empty(x0.shape[0], schedule.timesteps, dtype=torch.float64)
+    denoiser = partial(make_denoiser, model, schedule, prediction, clip_x0, guidance=guidance,
+                       learned_variance=learned_variance)  # fmt: skip
+    starts = range(0, x0.shape[0], batch_size)
+    with _reporting(len(starts) * schedule.timesteps, progress, callback) as report:
+        for b, start in enumerate(starts):
+            sl = slice(start, start + batch_size)
+            denoise = denoiser(labels=None if labels is None else labels[sl])
+            draws = generator if gens is None else gens[sl]
+            batch = _batch_terms(denoise, x0[sl], draws, schedule, log_variance, dtype, device, partial(report, b))
+            terms[sl] = batch * to_bits
     prior = prior_kl(x0, schedule).flatten(1).sum(1) * to_bits
     return VariationalBound(total=prior + terms.sum(1), prior=prior, terms=terms)
 
 
-def _check_bound_args(x0: Tensor, variance: str, batch_size: int, generator: Generators,
-                      labels: Tensor | None, learned_variance: str | None) -> list[torch.Generator] | None:
+def _check_bound_args(
+    x0: Tensor,
+    variance: str,
+    batch_size: int,
+    generator: Generators,
+    labels: Tensor | None,
+    learned_variance: str | None,
+) -> list[torch.Generator] | None:
     """Validate :func:`bits_per_dim`'s arguments for x0 (B, C, H, W); returns the per-image generators, if a list."""
     _check_variance(variance)
     if variance == "learned" and learned_variance is None:
@@ -291,9 +311,16 @@ def _check_bound_args(x0: Tensor, variance: str, batch_size: int, generator: Gen
     return gens
 
 
-def _batch_terms(denoise: Denoiser, x0: Tensor, generator: Generators, schedule: Schedule,
-                 log_variance: Tensor | None, dtype: torch.dtype, device: torch.device | str,
-                 on_call: Callable[[int], None]) -> Tensor:
+def _batch_terms(
+    denoise: Denoiser,
+    x0: Tensor,
+    generator: Generators,
+    schedule: Schedule,
+    log_variance: Tensor | None,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    on_call: Callable[[int], None],
+) -> Tensor:
     """Every term of the bound for one batch, in nats: x0 (b, C, H, W) float64 on the CPU → (b, T) float64.
 
     Column t ≥ 1 is KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)), column 0 the decoder's −log p(x_0|x_t), each
@@ -309,8 +336,13 @@ def _batch_terms(denoise: Denoiser, x0: Tensor, generator: Generators, schedule:
         x_t = (math.sqrt(ab[t]) * x0 + math.sqrt(1 - ab[t]) * noise).to(dtype)
         # (2) the model's x̂_0 exactly as a sampler sees it (prediction type, clipping, guidance).
         denoised = denoise(x_t.to(device), t)
-        log_var = log_variance if log_variance is not None else denoised.log_variance(
-            log_small[t].item(), log_large[t].item()).to("cpu", torch.float64)
+        log_var = (
+            log_variance
+            if log_variance is not None
+            else cast(Denoised, denoised)
+            .log_variance(log_small[t].item(), log_large[t].item())
+            .to("cpu", torch.float64)
+        )
         # (3) KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) for t ≥ 1, the decoder's −log p(x_0|x_t) at t = 0.
         out[:, t] = vb_term(denoised[0].to("cpu", torch.float64), x0, x_t, t, schedule, log_var)
         on_call(t)

@@ -107,8 +107,9 @@ def loss_weights(schedule: Schedule, prediction: str, weighting: str = "none", g
     return w_x0 * per_unit[prediction]
 
 
-def timestep_probabilities(schedule: Schedule, sampling: str = "uniform", loc: float = 0.0,
-                           scale: float = 0.5) -> Tensor:
+def timestep_probabilities(
+    schedule: Schedule, sampling: str = "uniform", loc: float = 0.0, scale: float = 0.5
+) -> Tensor:
     """The probability (T,) float64 of drawing each index t under ``sampling`` (see the module notes)."""
     T = schedule.timesteps
     if sampling in ("uniform", "importance"):  # importance: uniform until its history is full (LossHistory)
@@ -117,7 +118,7 @@ def timestep_probabilities(schedule: Schedule, sampling: str = "uniform", loc: f
         raise ValueError(f"unknown timestep sampling {sampling!r}; choose one of {', '.join(T_SAMPLINGS)}")
     if not (math.isfinite(scale) and scale > 0) or not math.isfinite(loc):
         raise ValueError(f"the Laplace density needs a finite loc and a positive scale; got {loc!r}, {scale!r}")
-    lam = log_snr(schedule.alphas_cumprod)  # decreasing in t
+    lam = torch.as_tensor(log_snr(schedule.alphas_cumprod))  # decreasing in t
     # Interval of t: (edge[t+1], edge[t]] in λ, halfway to the neighbours; the ends reach ±∞.
     mid = 0.5 * (lam[1:] + lam[:-1])
     inf = torch.tensor([math.inf], dtype=torch.float64)
@@ -142,8 +143,14 @@ def stratified_uniforms(n: int, generator: torch.Generator, device: torch.device
     return u[torch.randperm(n, generator=generator, device=device)]
 
 
-def draw_timesteps(n: int, probabilities: Tensor | None, timesteps: int, generator: torch.Generator,
-                   device: torch.device | str = "cpu", stratified: bool = False) -> Tensor:
+def draw_timesteps(
+    n: int,
+    probabilities: Tensor | None,
+    timesteps: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    stratified: bool = False,
+) -> Tensor:
     """n indices (n,) int64: uniform from 0..T−1 when ``probabilities`` is None (DDPM's draw),
     else from the distribution ``probabilities`` (T,). ``stratified`` draws the n as one stratified set
     (:func:`stratified_uniforms`) through the same inverse distribution function."""
@@ -202,7 +209,7 @@ class LossHistory:
         values = torch.full((self.timesteps, self.per_t), math.nan, dtype=torch.float64)
         for ti, kept in enumerate(self._values):
             if kept:
-                values[ti, :len(kept)] = torch.tensor(kept, dtype=torch.float64)
+                values[ti, : len(kept)] = torch.tensor(kept, dtype=torch.float64)
         return {"values": values, "counts": torch.tensor([len(v) for v in self._values], dtype=torch.int64)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -210,7 +217,7 @@ class LossHistory:
         values, counts = state["values"], state["counts"]
         if tuple(values.shape) != (self.timesteps, self.per_t):
             raise ValueError(f"a loss history of shape {tuple(values.shape)} does not fit T={self.timesteps}")
-        self._values = [values[ti, :int(c)].tolist() for ti, c in enumerate(counts.tolist())]
+        self._values = [values[ti, : int(c)].tolist() for ti, c in enumerate(counts.tolist())]
         self._p = None
 
 
@@ -237,25 +244,42 @@ class Objective:
     log_variances: tuple[Tensor, Tensor] | None = None
 
     @classmethod
-    def create(cls, schedule: Schedule, prediction: str = "eps", loss_weight: str = "none",
-               gamma: float | None = None, t_sampling: str = "uniform", laplace_loc: float = 0.0,
-               laplace_scale: float = 0.5, device: torch.device | str = "cpu", stratified: bool = False,
-               loss_type: str = "simple", variance: str = "fixed-small",
-               vlb_weight: float = DEFAULT_VLB_WEIGHT) -> Objective:
+    def create(
+        cls,
+        schedule: Schedule,
+        prediction: str = "eps",
+        loss_weight: str = "none",
+        gamma: float | None = None,
+        t_sampling: str = "uniform",
+        laplace_loc: float = 0.0,
+        laplace_scale: float = 0.5,
+        device: torch.device | str = "cpu",
+        stratified: bool = False,
+        loss_type: str = "simple",
+        variance: str = "fixed-small",
+        vlb_weight: float = DEFAULT_VLB_WEIGHT,
+    ) -> Objective:
         """The objective of :func:`loss_weights` ``loss_weight``, :func:`timestep_probabilities` ``t_sampling`` and
         ``loss_type`` with the reverse ``variance``."""
         check_objective(loss_type, variance, t_sampling, loss_weight, vlb_weight)
-        probs = None if t_sampling in ("uniform", "importance") else timestep_probabilities(
-            schedule, t_sampling, laplace_loc, laplace_scale).to(device)
+        probs = (
+            None
+            if t_sampling in ("uniform", "importance")
+            else timestep_probabilities(schedule, t_sampling, laplace_loc, laplace_scale).to(device)
+        )
         weights = None if loss_weight == "none" else loss_weights(schedule, prediction, loss_weight, gamma).to(device)
         history = LossHistory(schedule.timesteps) if t_sampling == "importance" else None
         log_variances = None
         if loss_type != "simple":  # the bound's σ² tables, on the device once
-            tables = learned_variance_bounds(schedule) if variance in LEARNED_VARIANCES else (reverse_log_variance(
-                schedule, "posterior" if variance == "fixed-small" else "beta"),) * 2
+            tables = (
+                learned_variance_bounds(schedule)
+                if variance in LEARNED_VARIANCES
+                else (reverse_log_variance(schedule, "posterior" if variance == "fixed-small" else "beta"),) * 2
+            )
             log_variances = (tables[0].to(device), tables[1].to(device))
-        return cls(schedule, prediction, probs, weights, stratified, loss_type, variance, vlb_weight, history,
-                   log_variances)
+        return cls(
+            schedule, prediction, probs, weights, stratified, loss_type, variance, vlb_weight, history, log_variances
+        )
 
     def draw_t(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
         """n training timesteps (n,) int64, see :func:`draw_timesteps`."""
@@ -263,7 +287,7 @@ class Objective:
         return draw_timesteps(n, probs, self.schedule.timesteps, generator, device, self.stratified)
 
     def loss(self, model: Callable[..., Tensor], x0: Tensor, t: Tensor, noise: Tensor, labels: Tensor | None = None,
-             memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+             memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:  # fmt: skip
         """The loss (scalar) of ``model`` on clean images x0 (B, C, H, W) at timesteps t (B,) with noise ε (B, C, H, W).
 
         x_t = q_sample(x0, t, ε) with **that** ε; the network's output on (x_t, t[, labels]) is compared to its
@@ -272,14 +296,16 @@ class Objective:
         return self.losses(model, x0, t, noise, labels, memory_format)[0]
 
     def losses(self, model: Callable[..., Tensor], x0: Tensor, t: Tensor, noise: Tensor, labels: Tensor | None = None,
-               memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Tensor, Tensor | None]:
+               memory_format: torch.memory_format = torch.contiguous_format,
+               ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
         """(the loss (scalar), each image's loss (B,) detached for the loss-aware sampler or None); see :meth:`loss`."""
         x_t = q_sample(x0, t, noise, self.schedule).contiguous(memory_format=memory_format)
         output = model(x_t, t) if labels is None else model(x_t, t, labels)
         pred, var_out = split_output(output, self.variance)
         if self.loss_type == "simple" and self.history is None:
-            return diffusion_loss(pred, training_target(x0, noise, t, self.schedule, self.prediction), t,
-                                  self.weights), None
+            return diffusion_loss(
+                pred, training_target(x0, noise, t, self.schedule, self.prediction), t, self.weights
+            ), None
         per_image = torch.zeros(x0.shape[0], dtype=torch.float32, device=x0.device)
         if self.loss_type in ("simple", "hybrid"):
             target = training_target(x0, noise, t, self.schedule, self.prediction)
@@ -289,7 +315,7 @@ class Objective:
             mean_pred = pred.detach() if self.loss_type == "hybrid" else pred  # hybrid: the bound trains Σ only
             bound = self.schedule.timesteps * self.vlb_bits(x0, x_t, t, mean_pred, var_out)
             per_image = per_image + (self.vlb_weight * bound if self.loss_type == "hybrid" else bound)
-        importance = 1.0
+        importance: Tensor | float = 1.0
         probs = None if self.history is None else self.history.probabilities()
         if probs is not None:  # 1/(T p_t): the loss's expectation over t stays that of uniform draws
             importance = 1.0 / (self.schedule.timesteps * extract(probs.to(x0.device), t, per_image))
@@ -306,13 +332,15 @@ class Objective:
             ab_prev = extract(self.schedule.table("alphas_cumprod_prev", x0.device), t, x0)
             x0_hat, _ = prediction_to_x0_eps(pred, x_t, ab, self.prediction, ab_prev)
             model_mean = q_posterior(x0_hat, x_t, t, self.schedule)[0]
+        assert self.log_variances is not None  # tables built in Objective.create for the bound
         small, large = (extract(v, t, x0) for v in self.log_variances)
         log_var = learned_log_variance(var_out.float(), self.variance, small, large) if var_out is not None else small
         return vlb_terms(x0, x_t, t, model_mean, log_var, self.schedule) / (x0[0].numel() * math.log(2.0))
 
 
-def check_objective(loss_type: str, variance: str, t_sampling: str, loss_weight: str = "none",
-                    vlb_weight: float = DEFAULT_VLB_WEIGHT) -> None:
+def check_objective(
+    loss_type: str, variance: str, t_sampling: str, loss_weight: str = "none", vlb_weight: float = DEFAULT_VLB_WEIGHT
+) -> None:
     """Reject a combination that cannot train, with a ``ParameterError`` naming the parameters."""
     if loss_type not in LOSS_TYPES:
         raise ParameterError(f"unknown {{loss}} {loss_type!r}: choose one of {', '.join(LOSS_TYPES)}")
@@ -321,13 +349,18 @@ def check_objective(loss_type: str, variance: str, t_sampling: str, loss_weight:
     if variance in LEARNED_VARIANCES and loss_type == "simple":
         raise ParameterError(f"a {variance} variance is trained only by the bound: pass {{loss}} hybrid (or vlb)")
     if loss_type == "hybrid" and variance not in LEARNED_VARIANCES:
-        raise ParameterError("{loss} hybrid trains a learned variance through its bound term: pass {variance} "
-                             "learned-range (or learned), or use {loss} vlb for the bound with a fixed variance")
+        raise ParameterError(
+            "{loss} hybrid trains a learned variance through its bound term: pass {variance} "
+            "learned-range (or learned), or use {loss} vlb for the bound with a fixed variance"
+        )
     if t_sampling == "importance" and loss_type == "simple":
-        raise ParameterError("{t_sampling} importance weighs timesteps by the history of the bound's terms: use it "
-                             "with {loss} vlb or hybrid")
+        raise ParameterError(
+            "{t_sampling} importance weighs timesteps by the history of the bound's terms: use it "
+            "with {loss} vlb or hybrid"
+        )
     if loss_type == "vlb" and loss_weight != "none":
-        raise ParameterError("{loss_weight} weighs the MSE of L_simple; the bound (loss vlb) has its own weights: "
-                             "drop {loss_weight}")
+        raise ParameterError(
+            "{loss_weight} weighs the MSE of L_simple; the bound (loss vlb) has its own weights: drop {loss_weight}"
+        )
     if not (math.isfinite(vlb_weight) and vlb_weight > 0):
         raise ParameterError(f"{{vlb_weight}} must be a positive number; got {vlb_weight!r}")

@@ -49,8 +49,9 @@ class GaussianOracle:
     """x_0 ~ N(μ, Σ) in ``d`` dimensions, Σ anisotropic (standard deviations ``std_min``..``std_max``, log-spaced)
     along randomly rotated axes. Points are shaped (B, d, 1, 1)."""
 
-    def __init__(self, schedule: Schedule, d: int = 6, std_min: float = 0.05, std_max: float = 0.5,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, schedule: Schedule, d: int = 6, std_min: float = 0.05, std_max: float = 0.5, seed: int = 0
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
         self.d = d

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from .denoiser import Denoised
 from .errors import ParameterError, UserError
-from .sampling import SAMPLERS, Denoised, sampler_options
+from .sampling import SAMPLERS, sampler_options
 from .schedule import SPACINGS, Schedule, spaced_timesteps
 from .settings import option
 
@@ -47,8 +48,9 @@ def parse_options(pairs: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ParameterError(f"{{options}} {pair!r} is not KEY=VALUE: write e.g. {{options}} "
-                                 "lower_order_final=true")
+            raise ParameterError(
+                f"{{options}} {pair!r} is not KEY=VALUE: write e.g. {{options}} lower_order_final=true"
+            )
         out[key.strip().replace("-", "_")] = value
     return out
 
@@ -83,14 +85,22 @@ def _eta_option(name: str, accepted: dict[str, Any], eta: float | None) -> dict[
         return {"eta": value}
     if eta is not None:
         with_eta = ", ".join(n for n in SAMPLERS if "eta" in sampler_options(n))
-        raise ParameterError(f"{{eta}} is a noise level and sampler {name!r} has none: drop {{eta}} or pick one of "
-                             f"{with_eta}")
+        raise ParameterError(
+            f"{{eta}} is a noise level and sampler {name!r} has none: drop {{eta}} or pick one of {with_eta}"
+        )
     return {}
 
 
-def choose_sampler(timesteps: int, *, sampler: str | None = None, spacing: str | None = None,
-                   steps: int | None = None, eta: float | None = None, options: Mapping[str, Any] | None = None,
-                   deterministic: bool = False) -> SamplerChoice:
+def choose_sampler(
+    timesteps: int,
+    *,
+    sampler: str | None = None,
+    spacing: str | None = None,
+    steps: int | None = None,
+    eta: float | None = None,
+    options: Mapping[str, Any] | None = None,
+    deterministic: bool = False,
+) -> SamplerChoice:
     """The sampler path asked for, with the measured defaults (:data:`DEFAULT_SAMPLER`; :data:`DETERMINISTIC_SAMPLER`
     when ``deterministic`` and no ``sampler`` is given) filled in for a schedule of ``timesteps`` steps.
 
@@ -110,8 +120,10 @@ def choose_sampler(timesteps: int, *, sampler: str | None = None, spacing: str |
         if key == "eta":
             raise ParameterError("set eta with {eta}, not {options}")
         if key not in accepted:
-            raise UserError(f"sampler {name!r} has no option {key!r}; its options: "
-                            f"{', '.join(k for k in accepted if k != 'eta') or 'none'}")
+            raise UserError(
+                f"sampler {name!r} has no option {key!r}; its options: "
+                f"{', '.join(k for k in accepted if k != 'eta') or 'none'}"
+            )
         chosen[key] = typed_option(key, value, accepted[key])
     chosen.update(_eta_option(name, accepted, eta))
     return SamplerChoice(name, spacing or default.spacing, steps, chosen)
@@ -123,18 +135,29 @@ def check_sampler(choice: SamplerChoice, schedule: Schedule) -> bool:
     before = g.get_state()
     try:
         timesteps = spaced_timesteps(schedule, choice.steps, choice.spacing)
-        SAMPLERS[choice.name](lambda x, t: Denoised(torch.zeros_like(x), x, torch.zeros_like(x), "learned-range"),
-                              torch.zeros(1, 1, 1, 1), schedule, timesteps, g, None, **choice.options)
+        SAMPLERS[choice.name](
+            lambda x, t: Denoised(torch.zeros_like(x), x, torch.zeros_like(x), "learned-range"),
+            torch.zeros(1, 1, 1, 1),
+            schedule,
+            timesteps,
+            g,
+            None,
+            **choice.options,
+        )
     except (ValueError, TypeError) as e:
-        raise ParameterError(f"sampler {choice.name!r} refuses these settings ({e}): "
-                             "fix {options}/{eta}/{steps}") from None
+        raise ParameterError(
+            f"sampler {choice.name!r} refuses these settings ({e}): fix {{options}}/{{eta}}/{{steps}}"
+        ) from None
     return torch.equal(g.get_state(), before)
 
 
 def _options_listing() -> str:
     """Every sampler's options but eta, with their defaults: "ddpm: variance=posterior, ...; unipc: ..."."""
-    listed = "; ".join(f"{n}: " + ", ".join(f"{k}={v}" for k, v in opts.items())
-                       for n in SAMPLERS if (opts := {k: v for k, v in sampler_options(n).items() if k != "eta"}))
+    listed = "; ".join(
+        f"{n}: " + ", ".join(f"{k}={v}" for k, v in opts.items())
+        for n in SAMPLERS
+        if (opts := {k: v for k, v in sampler_options(n).items() if k != "eta"})
+    )
     return listed or "none"
 
 
@@ -146,36 +169,66 @@ class SampleSettings:
     them in; ``label`` is a class index or name, ``options`` the sampler's options (name -> value or text)."""
 
     checkpoint: str | None = option("a .safetensors checkpoint, or a run directory (its latest)", default=None)
-    sampler: str | None = option(f"sampler (default: {DEFAULT_SAMPLER.name}, chosen by measurement)", default=None,
-                                 choices=tuple(SAMPLERS))
-    spacing: str | None = option("how the sampling steps are spread over the T training steps (default: "
-                                 f"{DEFAULT_SAMPLER.spacing})", default=None, choices=tuple(SPACINGS))
-    steps: int | None = option(f"sampling steps (default: {DEFAULT_SAMPLER.steps}, for every sampler, capped at T; "
-                               "an edit uses those below round(strength*(T-1)))", default=None)
-    eta: float | None = option("noise level in [0, 1] of ddim (default 0), dpmpp-2m-sde and sa-solver (default 1): "
-                               "0 deterministic (the probability-flow ODE), 1 as random as DDPM (the reverse SDE)",
-                               default=None)
-    options: dict[str, Any] = option("a sampler-specific option, repeatable (option=default): "
-                                     + _options_listing(), default_factory=dict, flag="--option",
-                                     action="append", metavar="KEY=VALUE", convert=parse_options)
-    label: int | str | None = option("class index or name, for a model trained with --class-cond", default=None,
-                                     flag="--class", metavar="C")
-    guidance: float | None = option("classifier-free guidance weight with --class (0: unconditional, 1: "
-                                    "conditional, >1: stronger; default 1)", default=None, metavar="W")
-    ema: bool = option("use the raw weights instead of the EMA weights", default=True, flag="--no-ema",
-                       action="store_false")
-    clip_x0: bool = option("do not clip the predicted x0 to [-1, 1]", default=True, flag="--no-clip",
-                           action="store_false")
+    sampler: str | None = option(
+        f"sampler (default: {DEFAULT_SAMPLER.name}, chosen by measurement)", default=None, choices=tuple(SAMPLERS)
+    )
+    spacing: str | None = option(
+        f"how the sampling steps are spread over the T training steps (default: {DEFAULT_SAMPLER.spacing})",
+        default=None,
+        choices=tuple(SPACINGS),
+    )
+    steps: int | None = option(
+        f"sampling steps (default: {DEFAULT_SAMPLER.steps}, for every sampler, capped at T; "
+        "an edit uses those below round(strength*(T-1)))",
+        default=None,
+    )
+    eta: float | None = option(
+        "noise level in [0, 1] of ddim (default 0), dpmpp-2m-sde and sa-solver (default 1): "
+        "0 deterministic (the probability-flow ODE), 1 as random as DDPM (the reverse SDE)",
+        default=None,
+    )
+    options: dict[str, Any] = option(
+        "a sampler-specific option, repeatable (option=default): " + _options_listing(),
+        default_factory=dict,
+        flag="--option",
+        action="append",
+        metavar="KEY=VALUE",
+        convert=parse_options,
+    )
+    label: int | str | None = option(
+        "class index or name, for a model trained with --class-cond", default=None, flag="--class", metavar="C"
+    )
+    guidance: float | None = option(
+        "classifier-free guidance weight with --class (0: unconditional, 1: conditional, >1: stronger; default 1)",
+        default=None,
+        metavar="W",
+    )
+    ema: bool = option(
+        "use the raw weights instead of the EMA weights", default=True, flag="--no-ema", action="store_false"
+    )
+    clip_x0: bool = option(
+        "do not clip the predicted x0 to [-1, 1]", default=True, flag="--no-clip", action="store_false"
+    )
     device: str = option("cpu, cuda, mps or auto (default: auto)", default="auto")
     overwrite: bool = option("replace files that are already there", default=False, action="store_true")
 
     def choice(self, timesteps: int, deterministic: bool = False) -> SamplerChoice:
         """The sampler path these settings ask for on a schedule of ``timesteps`` steps (see :func:`choose_sampler`)."""
-        return choose_sampler(timesteps, sampler=self.sampler, spacing=self.spacing, steps=self.steps, eta=self.eta,
-                              options=parse_options(self.options), deterministic=deterministic)
+        return choose_sampler(
+            timesteps,
+            sampler=self.sampler,
+            spacing=self.spacing,
+            steps=self.steps,
+            eta=self.eta,
+            options=parse_options(self.options),
+            deterministic=deterministic,
+        )
 
     def sampler_flags_given(self) -> list[str]:
         """The settings of the sampler path that differ from "not given", by name (for commands that refuse them)."""
         unset = SampleSettings()
-        return [name for name in ("sampler", "spacing", "steps", "eta", "options", "label", "guidance", "ema",
-                                  "clip_x0") if getattr(self, name) != getattr(unset, name)]
+        return [
+            name
+            for name in ("sampler", "spacing", "steps", "eta", "options", "label", "guidance", "ema", "clip_x0")
+            if getattr(self, name) != getattr(unset, name)
+        ]

@@ -25,157 +25,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .diffusion import LEARNED_VARIANCES, PREDICTIONS, eps_from_x0, learned_log_variance, prediction_to_x0_eps
+from .denoiser import Callback, Denoised, Denoiser, Generators, make_denoiser, randn
 from .schedule import DEFAULT_SPACING, Schedule, log_snr, posterior_coefficients, spaced_timesteps
-from .seeding import image_seed
-from .unet import check_labels, model_num_classes
-
-Generators = torch.Generator | Sequence[torch.Generator] | None
-Denoiser = Callable[[Tensor, int], tuple[Tensor, Tensor]]
-Callback = Callable[[dict[str, Any]], None] | None
-
-
-def randn(shape: Sequence[int], generator: Generators, device: torch.device | str = "cpu",
-          dtype: torch.dtype = torch.float32) -> Tensor:
-    """Standard normal noise of ``shape`` (B, ...). With a list of generators, row i comes from generator i.
-
-    Draws happen on the generator's device (CPU generators give the same numbers on every machine)
-    and are moved to ``device``.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        gen_device = generator.device if generator is not None else device
-        return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
-    gens = list(generator)
-    if len(gens) != shape[0]:
-        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; pass one per image")
-    rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in gens]
-    return torch.stack(rows).to(device)
-
-
-def image_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per image, seeded from (seed, image index) so image i never depends on the batch."""
-    return [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
-
-
-class Denoised(tuple):
-    """(x̂_0, ε̂), both (B, C, H, W), from a network that also predicts its variance: ``variance_output`` (B, C, H, W)
-    is that part of its output, read by :meth:`log_variance`. Unpacks like the plain pair."""
-
-    def __new__(cls, x0: Tensor, eps: Tensor, variance_output: Tensor, variance: str) -> Denoised:
-        self = super().__new__(cls, (x0, eps))
-        self.variance_output, self.variance = variance_output, variance
-        return self
-
-    def log_variance(self, log_small: Tensor | float, log_large: Tensor | float) -> Tensor:
-        """log σ² (B, C, H, W) of the step whose fixed choices are log β̃ = ``log_small`` and log β = ``log_large``."""
-        return learned_log_variance(self.variance_output, self.variance, log_small, log_large)
-
-
-def make_denoiser(
-    model: Callable[..., Tensor],
-    schedule: Schedule,
-    prediction: str = "eps",
-    clip_x0: bool = True,
-    labels: Tensor | None = None,
-    guidance: float | None = None,
-    *,
-    threshold: float | None = None,
-    learned_variance: str | None = None,
-) -> Denoiser:
-    """Wrap ``model(x_t, t[, labels])`` into ``denoise(x, t) -> (x0, eps)`` (both (B, C, H, W)).
-
-    Classifier-free guidance combines the two outputs as out_u + w · (out_c − out_u) in one batched
-    call; w = 0 and w = 1 call only the unconditional / conditional model, so they are exact. The
-    combination is affine with weights summing to one, so it is the same in ε, x_0 or v space.
-    With ``clip_x0`` the predicted x_0 is clamped to [-1, 1] and ε recomputed from it, so that every
-    sampler stays consistent with the clipped prediction.
-    With ``threshold=p`` (e.g. 0.995), dynamic thresholding (Imagen, Saharia et al. 2022, §2.3) is used
-    instead, whatever ``clip_x0`` says: per image, s = max(1, p-quantile of |x̂_0|), and x̂_0 is clamped
-    to [−s, s] and divided by s.
-    ``learned_variance`` (``"learned"`` or ``"learned-range"``) says that the model returns 2C channels, the
-    prediction and then its variance output; the denoiser returns a :class:`Denoised` pair then.
-    """
-    if threshold is not None and not 0.0 < float(threshold) <= 1.0:
-        raise ValueError(f"threshold is a quantile in (0, 1] (e.g. 0.995); got {threshold!r}")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-    if learned_variance is not None and learned_variance not in LEARNED_VARIANCES:
-        raise ValueError(f"learned_variance must be None or one of {', '.join(LEARNED_VARIANCES)}; "
-                         f"got {learned_variance!r}")
-    call = _model_call(model, labels, guidance, learned_variance is not None)
-    ab, ab_prev = schedule.alphas_cumprod, schedule.alphas_cumprod_prev
-
-    def denoise(x: Tensor, t: int) -> tuple[Tensor, Tensor]:
-        a = ab[t].item()
-        out = call(x, t)
-        pred = out if learned_variance is None else out[:, :x.shape[1]]
-        x0, eps = prediction_to_x0_eps(pred, x, a, prediction, ab_prev[t].item())
-        if threshold is not None:
-            x0 = _dynamic_threshold(x0, float(threshold))
-            eps = eps_from_x0(x, x0, a)
-        elif clip_x0:
-            x0 = x0.clamp(-1, 1)
-            eps = eps_from_x0(x, x0, a)
-        if learned_variance is None:
-            return x0, eps
-        return Denoised(x0, eps, out[:, x.shape[1]:], learned_variance)
-
-    return denoise
-
-
-def _model_call(model: Callable[..., Tensor], labels: Tensor | None, guidance: float | None,
-                learned_variance: bool = False) -> Callable[[Tensor, int], Tensor]:
-    """``call(x, t)``: the model's prediction at x (B, C, H, W) and the python int index t, guided when
-    ``labels`` (B,) are given; checks that the prediction has x's shape (twice its channels with a
-    ``learned_variance``)."""
-    if guidance is not None and labels is None:
-        raise ValueError("guidance needs labels: pass labels= (a LongTensor (B,)) with guidance=")
-    if labels is not None:
-        check_labels(labels, model_num_classes(model))  # once here: the network checks only shapes
-
-    def call(x: Tensor, t: int) -> Tensor:
-        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        out = model(x, tt) if labels is None else _guided(model, x, tt, labels.to(x.device), guidance,
-                                                          x.shape[1] if learned_variance else None)
-        want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if learned_variance else tuple(x.shape)
-        if tuple(out.shape) != want:
-            raise ValueError(f"the model returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
-                             f"it must return {want} (" + ("the prediction, then its variance output)"
-                                                           if learned_variance else "a prediction with x_t's shape)"))
-        return out
-
-    return call
-
-
-def _guided(model: Callable[..., Tensor], x: Tensor, tt: Tensor, y: Tensor, guidance: float | None,
-            guided_channels: int | None = None) -> Tensor:
-    """Classifier-free guidance: out_u + w · (out_c − out_u) for x (B, C, H, W), tt (B,), labels y (B,).
-
-    w = None or 1 is the conditional output alone and w = 0 the unconditional one (label −1), one call each;
-    any other w evaluates both halves in one batch of 2B. With ``guided_channels`` only the first that many
-    output channels (the prediction) are combined, and the rest (a learned variance) is the conditional one's, as
-    in GLIDE.
-    """
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"labels must be a LongTensor of shape ({x.shape[0]},); got {tuple(y.shape)}")
-    if guidance is None or guidance == 1:
-        return model(x, tt, y)
-    if guidance == 0:
-        return model(x, tt, torch.full_like(y, -1))
-    both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([torch.full_like(y, -1), y]))
-    out_u, out_c = both.chunk(2)
-    if guided_channels is None:
-        return out_u + guidance * (out_c - out_u)
-    k = guided_channels
-    return torch.cat([out_u[:, :k] + guidance * (out_c[:, :k] - out_u[:, :k]), out_c[:, k:]], dim=1)
-
-
-def _dynamic_threshold(x0: Tensor, p: float) -> Tensor:
-    """Dynamic thresholding of x̂_0 (B, C, H, W): per image s = max(1, p-quantile of |x̂_0|), clamp to [−s, s], ÷ s."""
-    s = torch.quantile(x0.flatten(1).abs().float(), p, dim=1).to(x0.dtype).clamp(min=1.0)
-    s = s.reshape(-1, *([1] * (x0.ndim - 1)))  # (B, 1, 1, 1)
-    return torch.maximum(torch.minimum(x0, s), -s) / s
-
 
 # ---------------------------------------------------------------------------- samplers
 
@@ -191,7 +42,7 @@ def _steps(schedule: Schedule, timesteps: Tensor) -> list[Step]:
     ts = [int(t) for t in timesteps.tolist()]
     ab = schedule.alphas_cumprod.tolist()
     a = [ab[t] for t in ts] + [1.0]
-    lam = [0.5 * log_snr(v) for v in a]
+    lam = [0.5 * float(log_snr(v)) for v in a]
     return [(t, a[i], a[i + 1], lam[i], lam[i + 1]) for i, t in enumerate(ts)]
 
 
@@ -224,8 +75,9 @@ def _check_order(order: int, highest: int, sampler: str) -> None:
 ANCESTRAL_VARIANCES = ("posterior", "beta", "learned")
 
 
-def sample_ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
-                callback: Callback = None, *, variance: str = "posterior") -> Tensor:
+def sample_ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor,
+                generator: Generators = None, callback: Callback = None, *,
+                variance: str = "posterior") -> Tensor:  # fmt: skip
     """Ancestral sampling (DDPM, Ho et al. 2020, Algorithm 2), on any decreasing subset of indices.
 
     For consecutive kept indices t > s, the step's own β is recomputed from ᾱ: β = 1 − ᾱ_t/ᾱ_s, so
@@ -235,8 +87,10 @@ def sample_ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Ten
     as improved DDPM respaces). The last step (to ᾱ = 1) adds no noise and returns the posterior mean, which is x̂_0.
     """
     if variance not in ANCESTRAL_VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose 'posterior' (β̃_t), 'beta' (β_t) or 'learned' (the "
-                         "network's own, for a network that predicts it)")
+        raise ValueError(
+            f"unknown variance {variance!r}; choose 'posterior' (β̃_t), 'beta' (β_t) or 'learned' (the "
+            "network's own, for a network that predicts it)"
+        )
     steps = _steps(schedule, timesteps)
     for i, (t, a_t, a_s, _, _) in enumerate(steps):
         c_x0, c_xt, var_post, beta = posterior_coefficients(a_t, a_s)
@@ -254,8 +108,9 @@ def sample_ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Ten
     return x
 
 
-def sample_ddim(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
-                callback: Callback = None, *, eta: float = 0.0) -> Tensor:
+def sample_ddim(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor,
+                generator: Generators = None, callback: Callback = None, *,
+                eta: float = 0.0) -> Tensor:  # fmt: skip
     """DDIM (Song, Meng & Ermon 2021) on any decreasing subset of indices. x: (B, C, H, W) → (B, C, H, W).
 
     ``eta = 0`` is the deterministic sampler (a first-order solver of the probability-flow ODE);
@@ -277,8 +132,9 @@ def sample_ddim(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Ten
     return x
 
 
-def sample_dpmpp_2m(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
-                    callback: Callback = None, *, order: int = 2, lower_order_final: bool = False) -> Tensor:
+def sample_dpmpp_2m(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor,
+                    generator: Generators = None, callback: Callback = None, *, order: int = 2,
+                    lower_order_final: bool = False) -> Tensor:  # fmt: skip
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): data-prediction multistep solver in λ = log(α/σ).
 
     x: (B, C, H, W) → (B, C, H, W). The first step is first order (no history yet). ``order=1`` is
@@ -309,8 +165,9 @@ def sample_dpmpp_2m(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps:
     return x
 
 
-def sample_dpmpp_3m(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
-                    callback: Callback = None, *, lower_order_final: bool = False) -> Tensor:
+def sample_dpmpp_3m(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor,
+                    generator: Generators = None, callback: Callback = None, *,
+                    lower_order_final: bool = False) -> Tensor:  # fmt: skip
     """Third-order multistep DPM-Solver++ (Lu et al. 2022, §4 with a quadratic Taylor term). x: (B, C, H, W).
 
     Exact solution of the probability-flow ODE in data-prediction form (Lu et al. eq. 7):
@@ -357,7 +214,8 @@ def _dpmpp_3m_update(hist: list[tuple[float, Tensor]], h: float, order: int) -> 
 
 
 def sample_dpmpp_2m_sde(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor,
-                        generator: Generators = None, callback: Callback = None, *, eta: float = 1.0) -> Tensor:
+                        generator: Generators = None, callback: Callback = None, *,
+                        eta: float = 1.0) -> Tensor:  # fmt: skip
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, App. B): the data-prediction reverse SDE, second-order multistep.
 
     x: (B, C, H, W) → (B, C, H, W). With k = 1 + η, exact integration of the linear part with
@@ -370,13 +228,15 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x: Tensor, schedule: Schedule, timest
     """
     # The 2-node, corrector-free case of SA-Solver's exponential Adams step, noise on every step.
     _check_eta(eta, "dpmpp-2m-sde", "0 ODE, 1 the reverse SDE")
-    return sample_sa_solver(denoise, x, schedule, timesteps, generator, callback, eta=eta, order=2, corrector=False,
-                            noise_sigma_min=0.0)
+    return sample_sa_solver(
+        denoise, x, schedule, timesteps, generator, callback, eta=eta, order=2, corrector=False, noise_sigma_min=0.0
+    )
 
 
 def sample_sa_solver(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor,
-                     generator: Generators = None, callback: Callback = None, *, eta: float = 1.0, order: int = 2,
-                     corrector: bool = True, noise_sigma_min: float = 0.3) -> Tensor:
+                     generator: Generators = None, callback: Callback = None, *, eta: float = 1.0,
+                     order: int = 2, corrector: bool = True,
+                     noise_sigma_min: float = 0.3) -> Tensor:  # fmt: skip
     """SA-Solver (Xue et al. 2023): stochastic Adams predictor–corrector for the data-prediction SDE family.
 
     x: (B, C, H, W) → (B, C, H, W). With k = 1 + η, every step from λ_t to λ_s (h = λ_s − λ_t) is
@@ -457,8 +317,16 @@ def sa_weights(nodes: Sequence[float], lam_t: float, lam_s: float, k: float) -> 
     return torch.linalg.solve(vander.T, moments).tolist()  # Σ_j b_j u_j^n = J_n for n < m
 
 
-def _sa_step(x: Tensor, a_t: float, a_s: float, lam_t: float, lam_s: float, nodes: list[tuple[float, Tensor]],
-             eta: float, z: Tensor | None) -> Tensor:
+def _sa_step(
+    x: Tensor,
+    a_t: float,
+    a_s: float,
+    lam_t: float,
+    lam_s: float,
+    nodes: list[tuple[float, Tensor]],
+    eta: float,
+    z: Tensor | None,
+) -> Tensor:
     """One SA-Solver step from λ_t to λ_s with x̂_0 interpolated through ``nodes`` [(λ, x̂_0)]; x: (B, C, H, W)."""
     h = lam_s - lam_t
     weights = sa_weights([lam for lam, _ in nodes], lam_t, lam_s, 1.0 + eta)
@@ -470,9 +338,9 @@ def _sa_step(x: Tensor, a_t: float, a_s: float, lam_t: float, lam_s: float, node
     return out
 
 
-def sample_unipc(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor, generator: Generators = None,
-                 callback: Callback = None, *, order: int = 3, variant: str = "bh2", corrector: bool = True,
-                 lower_order_final: bool = False) -> Tensor:
+def sample_unipc(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Tensor,
+                 generator: Generators = None, callback: Callback = None, *, order: int = 3,
+                 variant: str = "bh2", corrector: bool = True, lower_order_final: bool = False) -> Tensor:  # fmt: skip
     """UniPC (Zhao et al. 2023): multistep predictor UniP-p with corrector UniC-p, in data prediction.
 
     x: (B, C, H, W) → (B, C, H, W). Orders ramp 1, 2, ..., ``order`` as x̂_0 history builds up. After each
@@ -507,8 +375,16 @@ def sample_unipc(denoise: Denoiser, x: Tensor, schedule: Schedule, timesteps: Te
     return x
 
 
-def _unipc_update(x: Tensor, a_t: float, a_s: float, lam_t: float, lam_s: float,
-                  points: list[tuple[float, Tensor]], variant: str, x0_new: Tensor | None) -> Tensor:
+def _unipc_update(
+    x: Tensor,
+    a_t: float,
+    a_s: float,
+    lam_t: float,
+    lam_s: float,
+    points: list[tuple[float, Tensor]],
+    variant: str,
+    x0_new: Tensor | None,
+) -> Tensor:
     """One UniP-p (``x0_new`` None) or UniC-p step from λ_t to λ_s in data prediction; x: (B, C, H, W).
 
     ``points`` are (λ, x̂_0) newest first; points[0] is the evaluation at λ_t (D_0 below), the rest the
@@ -573,11 +449,24 @@ def sampler_options(name: str) -> dict[str, Any]:
 
 @torch.no_grad()
 def sample(
-    model: Callable[..., Tensor], shape: Sequence[int], schedule: Schedule, sampler: str = "ddpm",
-    steps: int | None = None, generator: Generators = None, clip_x0: bool = True, prediction: str = "eps",
-    labels: Tensor | None = None, guidance: float | None = None, progress: bool = False, *,
-    spacing: str | None = None, callback: Callback = None, x_T: Tensor | None = None,
-    device: torch.device | str | None = None, threshold: float | None = None, learned_variance: str | None = None,
+    model: Callable[..., Tensor],
+    shape: Sequence[int],
+    schedule: Schedule,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    generator: Generators = None,
+    clip_x0: bool = True,
+    prediction: str = "eps",
+    labels: Tensor | None = None,
+    guidance: float | None = None,
+    progress: bool = False,
+    *,
+    spacing: str | None = None,
+    callback: Callback = None,
+    x_T: Tensor | None = None,
+    device: torch.device | str | None = None,
+    threshold: float | None = None,
+    learned_variance: str | None = None,
     **options: Any,
 ) -> Tensor:
     """Draw images from a diffusion model.
@@ -585,42 +474,35 @@ def sample(
     Args:
         model: any callable ``model(x_t, t)`` (or ``model(x_t, t, labels)``) returning a prediction
             of x_t's shape; ``t`` is a LongTensor (B,) of indices into ``schedule``.
-        shape: (B, C, H, W) of the batch.
-        schedule: the training schedule.
-        sampler: one of ``SAMPLERS`` (``"ddpm"``, ...).
+        shape: (B, C, H, W) of the batch; schedule: the training schedule; sampler: one of ``SAMPLERS``.
         steps: number of model evaluations' worth of steps; None means T. Fewer steps use a respaced
             subset of indices (``spacing``) that ends at index 0.
         generator: None, a generator, or one generator per image.
-        clip_x0: clamp the predicted x_0 to [-1, 1] at every step.
-        prediction: what the model predicts: ``"eps"``, ``"x0"`` or ``"v"``.
-        labels: LongTensor (B,) of class indices (-1 = no label) for conditional models.
-        guidance: classifier-free guidance weight w (0 unconditional, 1 conditional).
-        progress: show a tqdm bar.
-        callback: called after each model evaluation with a dict (i, t, x, x0).
-        spacing: how ``steps`` indices are picked (see :func:`ddpm.spaced_timesteps`); None means
-            ``DEFAULT_SPACING`` (``"info"``, measured best on the Gaussian oracle). Irrelevant when steps is
-            None or T (every index is used).
+        clip_x0: clamp the predicted x_0 to [-1, 1] at every step; prediction: ``"eps"``, ``"x0"`` or ``"v"``.
+        labels: LongTensor (B,) of class indices (-1 = no label); guidance: the classifier-free guidance weight w
+            (0 unconditional, 1 conditional).
+        progress: show a tqdm bar; callback: called after each model evaluation with a dict (i, t, x, x0).
+        spacing: how ``steps`` indices are picked (:func:`ddpm.spaced_timesteps`); None means ``DEFAULT_SPACING``,
+            the measured best on the Gaussian oracle. Irrelevant when steps is None or T (every index is used).
         x_T: starting noise (B, C, H, W); drawn from ``generator`` when None.
         threshold: dynamic-thresholding quantile (e.g. 0.995) used instead of the plain clamp.
         learned_variance: ``"learned"`` or ``"learned-range"`` for a model that also predicts its reverse variance
             (2C output channels): the ``"ddpm"`` sampler then draws with the model's own σ² unless ``variance`` is
             given; the other samplers use the mean part only.
-        options: sampler-specific keywords: ``variance`` for ``"ddpm"``; ``eta`` for ``"ddim"`` and
-            ``"dpmpp-2m-sde"``; ``order`` / ``lower_order_final`` for ``"dpmpp-2m"``; ``lower_order_final``
-            for ``"dpmpp-3m"``; ``order`` / ``variant`` / ``corrector`` / ``lower_order_final`` for
-            ``"unipc"``; ``eta`` / ``order`` / ``corrector`` / ``noise_sigma_min`` for ``"sa-solver"``.
+        options: sampler-specific keywords (``variance`` for ``"ddpm"``, ``eta``, ``order``, ...), listed with
+            their defaults by :func:`sampler_options`.
 
-    Returns:
-        Tensor (B, C, H, W), float32, the final x_0 estimate (in [-1, 1] when clipping).
+    Returns the final x_0 estimate (B, C, H, W), float32 (in [-1, 1] when clipping).
     """
     _check_options(sampler, options)
     shape = tuple(int(s) for s in shape)
     device = model_device(model) if device is None else device
-    timesteps = spaced_timesteps(schedule, schedule.timesteps if steps is None else steps,
-                                 DEFAULT_SPACING if spacing is None else spacing)
+    steps, spacing = schedule.timesteps if steps is None else steps, DEFAULT_SPACING if spacing is None else spacing
+    timesteps = spaced_timesteps(schedule, steps, spacing)
     x = _start_noise(shape, generator, device, x_T)
-    denoise = make_denoiser(model, schedule, prediction, clip_x0, labels, guidance, threshold=threshold,
-                            learned_variance=learned_variance)
+    denoise = make_denoiser(
+        model, schedule, prediction, clip_x0, labels, guidance, threshold=threshold, learned_variance=learned_variance
+    )
     if sampler == "ddpm" and learned_variance is not None:
         options = {"variance": "learned", **options}
     if progress:
@@ -636,8 +518,9 @@ def _check_options(sampler: str, options: dict[str, Any]) -> None:
             raise ValueError(f"sampler {sampler!r} has no option {key!r}; its options: {', '.join(accepted) or 'none'}")
 
 
-def _start_noise(shape: tuple[int, ...], generator: Generators, device: torch.device | str,
-                 x_T: Tensor | None) -> Tensor:
+def _start_noise(
+    shape: tuple[int, ...], generator: Generators, device: torch.device | str, x_T: Tensor | None
+) -> Tensor:
     """The starting x_T, ``shape`` (B, C, H, W) float32 on ``device``: ``x_T`` when given, else drawn."""
     x = randn(shape, generator, device) if x_T is None else x_T.to(device=device, dtype=torch.float32)
     if tuple(x.shape) != shape:

@@ -36,8 +36,9 @@ def log_snr(alpha_bar: Tensor | float) -> Tensor | float:
     return math.inf if alpha_bar >= 1.0 else math.log(alpha_bar) - math.log1p(-alpha_bar)
 
 
-def posterior_coefficients(alpha_bar: Tensor | float, alpha_bar_prev: Tensor | float,
-                           beta: Tensor | float | None = None) -> tuple[Any, Any, Any, Any]:
+def posterior_coefficients(
+    alpha_bar: Tensor | float, alpha_bar_prev: Tensor | float, beta: Tensor | float | None = None
+) -> tuple[Any, Any, Any, Any]:
     """The step t → s of the reverse chain, q(x_s | x_t, x_0), from ᾱ_t and ᾱ_s (DDPM eq. 6–7).
 
     ``alpha_bar`` is ᾱ_t, ``alpha_bar_prev`` the ᾱ of the next index down (1 after index 0): python floats
@@ -180,8 +181,9 @@ def _check_timesteps(timesteps: int) -> None:
         raise ValueError(f"timesteps must be an integer >= 1; got {timesteps!r}")
 
 
-def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = DEFAULT_SPACING, *,
-                     scale: float = INFO_SCALE) -> Tensor:
+def spaced_timesteps(
+    schedule: Schedule, steps: int, spacing: str = DEFAULT_SPACING, *, scale: float = INFO_SCALE
+) -> Tensor:
     """Pick ``steps`` indices of the training schedule to sample with.
 
     Returns a LongTensor (steps,) of distinct indices in **decreasing** order. For steps >= 2 it starts
@@ -226,7 +228,7 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = DEFAULT_SPAC
         idx = (T - 1 - torch.arange(steps, dtype=torch.float64) * (T / steps)).round().long()
         idx[-1] = 0
     else:  # logsnr and info: log-SNR targets, each rounded to the index with the nearest log-SNR
-        lam = log_snr(schedule.alphas_cumprod)  # decreasing in t
+        lam = torch.as_tensor(log_snr(schedule.alphas_cumprod))  # decreasing in t
         if spacing == "logsnr":
             targets = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
         else:

@@ -17,9 +17,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .denoiser import Generators
 from .diffusion import q_sample
 from .images import to_uint8
-from .sampling import Generators, sample
+from .sampling import sample
 from .schedule import Schedule
 
 
@@ -30,8 +31,15 @@ class Diffusion:
     ``self.schedule``, for code written against the tutorials.
     """
 
-    def __init__(self, noise_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 img_size: int = 64, channels: int = 3, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        noise_steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        img_size: int = 64,
+        channels: int = 3,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.noise_steps = noise_steps
         self.img_size = img_size
         self.channels = channels
@@ -48,13 +56,26 @@ class Diffusion:
 
     def sample_timesteps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n training timesteps drawn uniformly from 0..T−1: LongTensor (n,) on ``device``."""
-        return torch.randint(0, self.noise_steps, (n,), generator=generator,
-                             device=generator.device if generator is not None else self.device).to(self.device)
+        return torch.randint(
+            0,
+            self.noise_steps,
+            (n,),
+            generator=generator,
+            device=generator.device if generator is not None else self.device,
+        ).to(self.device)
 
     @torch.no_grad()
-    def sample(self, model: Callable[..., Tensor], n: int, labels: Tensor | None = None,
-               cfg_scale: float | None = None, sampler: str = "ddpm", steps: int | None = None,
-               generator: Generators = None, progress: bool = False) -> Tensor:
+    def sample(
+        self,
+        model: Callable[..., Tensor],
+        n: int,
+        labels: Tensor | None = None,
+        cfg_scale: float | None = None,
+        sampler: str = "ddpm",
+        steps: int | None = None,
+        generator: Generators = None,
+        progress: bool = False,
+    ) -> Tensor:
         """Generate n images with ``model(x_t, t[, labels])``: uint8 tensor (n, C, H, W), rounded.
 
         ``cfg_scale`` is the classifier-free guidance weight (the tutorials' name for ``guidance``).
@@ -63,10 +84,19 @@ class Diffusion:
         if hasattr(model, "eval"):
             model.eval()
         try:
-            x = sample(model, (n, self.channels, self.img_size, self.img_size), self.schedule, sampler=sampler,
-                       steps=steps, generator=generator, labels=labels, guidance=cfg_scale, progress=progress,
-                       device=self.device)
+            x = sample(
+                model,
+                (n, self.channels, self.img_size, self.img_size),
+                self.schedule,
+                sampler=sampler,
+                steps=steps,
+                generator=generator,
+                labels=labels,
+                guidance=cfg_scale,
+                progress=progress,
+                device=self.device,
+            )
         finally:
             if was_training:
-                model.train()
+                model.train()  # type: ignore[attr-defined]  # a module: it had .training
         return torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2).to(self.device)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -117,8 +117,9 @@ class UNetConfig:
         if self.groups < 1:
             raise UserError(f"groups must be >= 1, got {self.groups}")
         if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
-            raise UserError(f"downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
-                            f"got {self.downsample_padding!r}")
+            raise UserError(
+                f"downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, got {self.downsample_padding!r}"
+            )
         if self.head_channels is None and self.num_heads < 1:
             raise UserError(f"num_heads must be >= 1, got {self.num_heads}")
         if self.head_channels is not None and self.head_channels < 1:
@@ -132,47 +133,45 @@ class UNetConfig:
             )
 
 
-# name -> UNetConfig keyword arguments. `channels`, `image_size` and `num_classes` are the data's
-# business and are set by UNet.from_preset. Each published network's parameter count, as its paper gives it, is
-# checked in tests/test_unet.py (with the paper's class count and output channels, against diffusers' UNet2DModel
-# built to the same configuration).
+# name -> UNetConfig keyword arguments. `channels`, `image_size` and `num_classes` are the data's business, set by
+# UNet.from_preset. Each published network's parameter count, as its paper gives it, is checked in tests/test_unet.py
+# (with the paper's class count and output channels, against diffusers' UNet2DModel built to the same configuration).
+# fmt: off
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU budgets (8×8 digits, 28×28 Fashion-MNIST): three levels (28/14/7), the only attention is the middle
-    # block's at the lowest one; three levels and adaptive GroupNorm (scale_shift_norm) won the screens at equal
-    # wall-clock (benchmarks/quality_per_minute.py; BENCHMARKS.md, "Decisions and the measurements behind them").
-    "tiny": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(),
-                 dropout=0.0, image_size=8, scale_shift_norm=True),
+    # CPU budgets (8×8 digits, 28×28 Fashion-MNIST): three levels (28/14/7), the only attention the middle block's;
+    # three levels and adaptive GroupNorm (scale_shift_norm) won the screens at equal wall-clock
+    # (benchmarks/quality_per_minute.py; BENCHMARKS.md, "Decisions and the measurements behind them").
+    "tiny": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(), dropout=0.0,
+                 image_size=8, scale_shift_norm=True),
     # CPU budgets for colour images, in tiny's spirit (width 32, one residual block per level, adaptive GroupNorm, no
     # dropout), with the published networks' attention at 16 px: 32/16/8 (tiny-32) and 64/32/16/8 (tiny-64).
-    # Not yet compared with the published networks at equal wall-clock.
     "tiny-32": dict(channels=3, image_size=32, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                     attention_resolutions=(16,), dropout=0.0, scale_shift_norm=True),
     "tiny-64": dict(channels=3, image_size=64, base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
                     attention_resolutions=(16,), dropout=0.0, scale_shift_norm=True),
-    # 28×28 / 32×32: a few M params, attention at the 7×7 / 8×8 level.
+    # 28×28 / 32×32: attention at the 7×7 / 8×8 level.
     "small": dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7, 8),
                   dropout=0.1, image_size=28),
     # Ho et al. (2020), CIFAR-10 32×32: 35.7M params.
     "ddpm-cifar10": dict(channels=3, image_size=32, base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
                          attention_resolutions=(16,), dropout=0.1, num_heads=1, groups=32),
-    # Dhariwal & Nichol (2021, "Diffusion Models Beat GANs", the ImageNet 64×64 model of guided-diffusion): width
-    # 192, 3 blocks, (1,2,3,4), attention at 32/16/8 px with 64-channel heads, adaptive GroupNorm, residual up/down,
-    # dropout 0.1. 296M params as published (class-conditional on 1000 classes, 6 output channels for the learned
-    # variance: 295,904,454); without those, as here, 295,131,267.
+    # Dhariwal & Nichol (2021, "Diffusion Models Beat GANs", the ImageNet 64×64 model of guided-diffusion): width 192,
+    # 3 blocks, (1,2,3,4), attention at 32/16/8 px with 64-channel heads, adaptive GroupNorm, residual up/down,
+    # dropout 0.1; 296M params as published (with 1000 classes and a learned variance's 6 output channels).
     "adm-64": dict(channels=3, image_size=64, base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
                    attention_resolutions=(32, 16, 8), dropout=0.1, head_channels=64, scale_shift_norm=True,
                    resblock_updown=True),
-    # Dhariwal & Nichol (2021), the ImageNet 128×128 model: width 256, 2 blocks, (1,1,2,3,4), attention at 32/16/8
-    # px with 4 heads, adaptive GroupNorm, residual up/down, no dropout. 422M params as published (1000 classes,
-    # 6 output channels: 421,529,606); 420,498,691 here.
+    # Dhariwal & Nichol (2021), the ImageNet 128×128 model: width 256, 2 blocks, (1,1,2,3,4), attention at 32/16/8 px
+    # with 4 heads, adaptive GroupNorm, residual up/down, no dropout; 422M params as published (likewise).
     "adm-128": dict(channels=3, image_size=128, base_channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2,
                     attention_resolutions=(32, 16, 8), dropout=0.0, num_heads=4, scale_shift_norm=True,
                     resblock_updown=True),
     # Ho et al. (2020), the LSUN / CelebA-HQ 256×256 model: width 128, 2 blocks, (1,1,2,2,4,4), attention at 16 px
-    # with one head, no dropout: 114M params (113,673,219).
-    "ddpm-256": dict(channels=3, image_size=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4, 4),
-                     num_res_blocks=2, attention_resolutions=(16,), dropout=0.0, num_heads=1),
+    # with one head, no dropout: 114M params.
+    "ddpm-256": dict(channels=3, image_size=256, base_channels=128, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+                     attention_resolutions=(16,), dropout=0.0, num_heads=1),
 }
+# fmt: on
 
 # `ddpm train` without --preset: the network for the image size, the first row whose size is at least the data's
 # (larger images get the last). `tiny` up to 32 px keeps the CPU-budget default (the digits demo and the 25-minute
@@ -220,7 +219,10 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(g, channels, eps=1e-6)
 
 
-def _zero(module: nn.Module) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def _zero(module: M) -> M:
     """Zero a module's parameters (used for the last layer of each residual branch and the output)."""
     for p in module.parameters():
         nn.init.zeros_(p)
@@ -245,8 +247,16 @@ class ResBlock(nn.Module):
     nearest-upsampled (the residual up/down of Dhariwal & Nichol 2021).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int,
-                 scale_shift: bool = False, resample: str | None = None) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        dropout: float,
+        groups: int,
+        scale_shift: bool = False,
+        resample: str | None = None,
+    ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
         self.resample = resample
@@ -281,8 +291,10 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, num_heads: int, groups: int) -> None:
         super().__init__()
         if channels % num_heads:
-            raise UserError(f"attention over {channels} channels cannot be split into {num_heads} heads; "
-                            f"choose num_heads / head_channels that divide it")
+            raise UserError(
+                f"attention over {channels} channels cannot be split into {num_heads} heads; "
+                f"choose num_heads / head_channels that divide it"
+            )
         self.num_heads = num_heads
         self.norm = _norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
@@ -403,8 +415,14 @@ class UNet(nn.Module):
         self.conv_out = _zero(nn.Conv2d(cur, cfg.out_channels or cfg.channels, 3, padding=1))
 
     @classmethod
-    def from_preset(cls, name: str, channels: int | None = None, image_size: int | None = None,
-                    num_classes: int | None = None, **overrides: Any) -> UNet:
+    def from_preset(
+        cls,
+        name: str,
+        channels: int | None = None,
+        image_size: int | None = None,
+        num_classes: int | None = None,
+        **overrides: Any,
+    ) -> UNet:
         """Build a preset network. ``channels``/``image_size`` default to the preset's own (1×8 for tiny,
         1×28 for small, 3×32 for ddpm-cifar10); any other UNetConfig field can be overridden by keyword."""
         if name not in PRESETS:
@@ -430,8 +448,10 @@ class UNet(nn.Module):
             raise ValueError(f"expected x of shape (B, {cfg.channels}, H, W), got {tuple(x.shape)}")
         divisor = 2 ** (len(cfg.channel_mult) - 1)
         if x.shape[2] % divisor or x.shape[3] % divisor:
-            raise ValueError(f"image size {tuple(x.shape[2:])} is not divisible by {divisor} "
-                             f"(= 2^(len(channel_mult)-1) for channel_mult={cfg.channel_mult})")
+            raise ValueError(
+                f"image size {tuple(x.shape[2:])} is not divisible by {divisor} "
+                f"(= 2^(len(channel_mult)-1) for channel_mult={cfg.channel_mult})"
+            )
         if t.shape != (x.shape[0],):
             raise ValueError(f"expected t of shape ({x.shape[0]},) (one timestep per image), got {tuple(t.shape)}")
         if labels is not None:
@@ -455,7 +475,7 @@ class UNet(nn.Module):
         self._check_inputs(x, t, labels)
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels).to(x.dtype))  # (B, 4·base)
         if self.label_emb is not None:
-            n = self.config.num_classes
+            n = int(self.config.num_classes or 0)  # set whenever label_emb is
             if labels is None:
                 idx = torch.full((x.shape[0],), n, dtype=torch.long, device=x.device)
             else:
@@ -465,7 +485,7 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:
-            for layer in layers:
+            for layer in cast(nn.ModuleList, layers):
                 h = self._block(layer, h, emb)
             skips.append(h)
 
@@ -474,7 +494,7 @@ class UNet(nn.Module):
 
         for layers in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
-            for layer in layers:
+            for layer in cast(nn.ModuleList, layers):
                 h = self._block(layer, h, emb)
 
         return self.conv_out(F.silu(self.norm_out(h)))
@@ -488,8 +508,11 @@ class UNet(nn.Module):
         return layer(*args)
 
 
-def _down_path(cfg: UNetConfig, res: Callable[..., nn.Module], attn: Callable[[int], nn.Module],
-               ) -> tuple[nn.ModuleList, list[int], int, int]:
+def _down_path(
+    cfg: UNetConfig,
+    res: Callable[..., nn.Module],
+    attn: Callable[[int], nn.Module],
+) -> tuple[nn.ModuleList, list[int], int, int]:
     """The down path's blocks, the channels of every tensor it saves for the up path, and the channels and size
     it ends at."""
     ch = cfg.base_channels
@@ -512,8 +535,14 @@ def _down_path(cfg: UNetConfig, res: Callable[..., nn.Module], attn: Callable[[i
     return down, skip_chs, cur, size
 
 
-def _up_path(cfg: UNetConfig, res: Callable[..., nn.Module], attn: Callable[[int], nn.Module], skip_chs: list[int],
-             cur: int, size: int) -> tuple[nn.ModuleList, int]:
+def _up_path(
+    cfg: UNetConfig,
+    res: Callable[..., nn.Module],
+    attn: Callable[[int], nn.Module],
+    skip_chs: list[int],
+    cur: int,
+    size: int,
+) -> tuple[nn.ModuleList, int]:
     """The up path: num_res_blocks + 1 blocks per level, each eating one saved skip; and its last channels."""
     ch = cfg.base_channels
     up = nn.ModuleList()

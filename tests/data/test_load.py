@@ -83,8 +83,11 @@ def test_digits_values_labels_and_name():
     raw = load_digits()
     assert torch.equal(ds.images[5, 0], torch.from_numpy(raw.images[5] / 16 * 2 - 1).float())
     # held as digits' own 17 levels (x = k/8 - 1), a quarter of float32's memory
-    assert ds.pixels.dtype == torch.uint8 and ds.levels == 16 and torch.equal(ds.pixels[5, 0].double(),
-                                                                              torch.from_numpy(raw.images[5]))
+    assert (
+        ds.pixels.dtype == torch.uint8
+        and ds.levels == 16
+        and torch.equal(ds.pixels[5, 0].double(), torch.from_numpy(raw.images[5]))
+    )
     assert ds.labels is not None and ds.labels.dtype == torch.int64
     assert ds.labels.tolist() == raw.target.tolist() and sorted(set(ds.labels.tolist())) == list(range(10))
     assert ds.class_names == [str(k) for k in range(10)]
@@ -517,13 +520,16 @@ def cli_text(*args, **kwargs) -> str:
 
 def test_parameter_errors_read_as_flags_through_the_cli(tmp_path):
     missing = str(tmp_path / "nope")
-    assert cli_text(missing) == (f"--data {missing!r}: no such file or folder, and not a known dataset name "
-                                 "(known: digits, fashion-mnist)")
+    assert cli_text(missing) == (
+        f"--data {missing!r}: no such file or folder, and not a known dataset name (known: digits, fashion-mnist)"
+    )
     assert cli_text(" ") == "--data is empty; pass a folder of images, a dataset file, or one of: digits, fashion-mnist"
     save(gray(0, (4, 4)), tmp_path / "a" / "x.png")
     save(gray(0, (6, 6)), tmp_path / "a" / "y.png")
-    assert cli_text(str(tmp_path / "a")) == (f"images in {tmp_path / 'a'} have different sizes (4x4, 6x6); pass "
-                                             "--image-size N to resize and center-crop them to NxN")
+    assert cli_text(str(tmp_path / "a")) == (
+        f"images in {tmp_path / 'a'} have different sizes (4x4, 6x6); pass "
+        "--image-size N to resize and center-crop them to NxN"
+    )
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "bad.png").write_bytes(b"junk")
     assert cli_text(str(tmp_path / "b")).endswith("fix or remove them, or pass --skip-bad to skip them")
@@ -541,8 +547,19 @@ def test_image_files_are_the_visible_images_in_path_part_order(tmp_path):
     (tmp_path / "l.png").symlink_to(tmp_path / "a.png")
     for recursive in (True, False):
         found = tmp_path.rglob("*") if recursive else tmp_path.iterdir()
-        before = sorted(p for p in found if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-                        and p.is_file() and not any(part.startswith(".") for part in p.relative_to(tmp_path).parts))
+        before = sorted(
+            p
+            for p in found
+            if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(tmp_path).parts)
+        )
         assert image_files(tmp_path, recursive) == before
     assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path, True)] == [
-        "a/b/c.JPG", "a/z.png", "a-b/x.png", "a.png", "dir.png/q.gif", "l.png"]
+        "a/b/c.JPG",
+        "a/z.png",
+        "a-b/x.png",
+        "a.png",
+        "dir.png/q.gif",
+        "l.png",
+    ]

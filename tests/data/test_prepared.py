@@ -153,7 +153,8 @@ def test_added_removed_changed_files_and_another_size_mean_a_new_preparation(tmp
     again(4, "files were added, removed or changed")
     assert not (folder / first).exists()  # the old array is gone, nothing else is left behind
     assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == sorted(
-        [manifest(folder)["pixels"]["file"], "manifest.json"])
+        [manifest(folder)["pixels"]["file"], "manifest.json"]
+    )
     # another size is another set beside it; another resize method makes this one stale
     assert P.prepare_dataset(str(src), 3, progress=False, say=None) == src / ".ddpm" / "d-3px"
     P.RESIZE_METHOD, old = "something-else", P.RESIZE_METHOD
@@ -167,11 +168,13 @@ def test_a_killed_preparation_is_never_used_and_resumes(tmp_path, small_blocks, 
     src = tmp_path / "k"
     for i in range(10):
         save(noise_image(i, (7, 7)), src / f"{i:02d}.png")
-    killer = ("import os, sys\nimport ddpm.data.preparing as P\nP.BLOCK_ROWS, P.SYNC_EVERY_S = 2, 0.0\ncalls = [0]\n"
-              "real = P.decode_fitted\ndef dying(path, size):\n    calls[0] += 1\n"
-              "    if calls[0] == 7:\n        os._exit(9)  # like kill -9: no cleanup, nothing flushed\n"
-              "    return real(path, size)\nP.decode_fitted = dying\n"
-              "P.prepare_dataset(sys.argv[1], 5, workers=1, progress=False)\n")
+    killer = (
+        "import os, sys\nimport ddpm.data.preparing as P\nP.BLOCK_ROWS, P.SYNC_EVERY_S = 2, 0.0\ncalls = [0]\n"
+        "real = P.decode_fitted\ndef dying(path, size):\n    calls[0] += 1\n"
+        "    if calls[0] == 7:\n        os._exit(9)  # like kill -9: no cleanup, nothing flushed\n"
+        "    return real(path, size)\nP.decode_fitted = dying\n"
+        "P.prepare_dataset(sys.argv[1], 5, workers=1, progress=False)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     r = subprocess.run([sys.executable, "-c", killer, str(src)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 9, r.stderr
@@ -253,8 +256,9 @@ def test_damaged_prepared_files_are_refused_or_rebuilt(tmp_path, capsys):
     assert torch.equal(P.open_prepared(folder).gather(torch.arange(70)), load_dataset(str(src)).pixels)
 
 
-def test_bad_files_stop_it_as_today_and_skip_bad_finishes_without_decoding_again(tmp_path, small_blocks,
-                                                                                    monkeypatch, capsys):
+def test_bad_files_stop_it_as_today_and_skip_bad_finishes_without_decoding_again(
+    tmp_path, small_blocks, monkeypatch, capsys
+):
     src = tmp_path / "b"
     for i in range(5):
         save(noise_image(i, (4, 4)), src / "one" / f"{i}.png")
@@ -263,8 +267,10 @@ def test_bad_files_stop_it_as_today_and_skip_bad_finishes_without_decoding_again
     save(noise_image(9, (4, 4)), src / "two" / "ok.png")
     assert main(["prepare", "--data", str(src), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: 1 file(s) in {src} could not be read as images: two/bad.png; fix or remove them, or "
-                   "pass --skip-bad to skip them\n")
+    assert err == (
+        f"error: 1 file(s) in {src} could not be read as images: two/bad.png; fix or remove them, or "
+        "pass --skip-bad to skip them\n"
+    )
     decoded = []
     real = P.decode_image
     monkeypatch.setattr(P, "decode_image", lambda path: decoded.append(path) or real(path))
@@ -284,8 +290,10 @@ def test_sizes_must_agree_at_the_native_size(tmp_path, capsys):
     save(noise_image(0, (4, 4)), tmp_path / "s" / "a.png")
     save(noise_image(1, (6, 6)), tmp_path / "s" / "b.png")
     assert main(["prepare", "--data", str(tmp_path / "s"), "--quiet"]) == 2
-    assert capsys.readouterr().err == (f"error: images in {tmp_path / 's'} have different sizes (4x4, 6x6); pass "
-                                       "--image-size N to resize and center-crop them to NxN\n")
+    assert capsys.readouterr().err == (
+        f"error: images in {tmp_path / 's'} have different sizes (4x4, 6x6); pass "
+        "--image-size N to resize and center-crop them to NxN\n"
+    )
     save(noise_image(0, (6, 4)), tmp_path / "r" / "a.png")
     with pytest.raises(ParameterError, match="are 6x4, not square"):
         P.prepare_dataset(str(tmp_path / "r"), progress=False)
@@ -324,9 +332,26 @@ def test_built_in_sets_prepare_losslessly_and_train_bit_for_bit_as_in_memory(tmp
 
 
 def _train(out: Path, data: str, steps: int, resume: bool = False, **kw) -> dict[str, torch.Tensor]:
-    cfg = TrainConfig(out=str(out), data=data, preset="tiny", steps=steps, batch_size=8, warmup=2, sample_every=0,
-                      num_samples=2, sample_steps=2, device="cpu", bf16=False, progress=False, flip=True,
-                      class_cond=True, dropout=0.1, resume=resume, checkpoint_every=0, **kw)
+    cfg = TrainConfig(
+        out=str(out),
+        data=data,
+        preset="tiny",
+        steps=steps,
+        batch_size=8,
+        warmup=2,
+        sample_every=0,
+        num_samples=2,
+        sample_steps=2,
+        device="cpu",
+        bf16=False,
+        progress=False,
+        flip=True,
+        class_cond=True,
+        dropout=0.1,
+        resume=resume,
+        checkpoint_every=0,
+        **kw,
+    )
     return {k: v.clone() for k, v in train(cfg).model.state_dict().items()}
 
 
@@ -353,9 +378,33 @@ def test_training_on_a_folder_reads_its_prepared_set_bit_for_bit_and_resumes_exa
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm", "train",
-           "--preset", "tiny", "--batch-size", "4", "--warmup", "2", "--sample-every", "0", "--sample-steps", "2",
-           "--num-samples", "2", "--device", "cpu", "--no-bf16", "--quiet", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ddpm",
+        "train",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "2",
+        "--sample-every",
+        "0",
+        "--sample-steps",
+        "2",
+        "--num-samples",
+        "2",
+        "--device",
+        "cpu",
+        "--no-bf16",
+        "--quiet",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -374,9 +423,25 @@ def test_torchrun_prepares_once_resumes_exactly_and_matches_one_process(tmp_path
 
     a, b = load_checkpoint(tmp_path / "straight").model, load_checkpoint(tmp_path / "split").model
     assert all(torch.equal(a[k], b[k]) for k in a)
-    one = train(TrainConfig(out=str(tmp_path / "one"), data=str(src), image_size=8, class_cond=True, flip=True,
-                            preset="tiny", batch_size=8, steps=4, warmup=2, sample_every=0, sample_steps=2,
-                            num_samples=2, device="cpu", bf16=False, progress=False)).model.state_dict()
+    one = train(
+        TrainConfig(
+            out=str(tmp_path / "one"),
+            data=str(src),
+            image_size=8,
+            class_cond=True,
+            flip=True,
+            preset="tiny",
+            batch_size=8,
+            steps=4,
+            warmup=2,
+            sample_every=0,
+            sample_steps=2,
+            num_samples=2,
+            device="cpu",
+            bf16=False,
+            progress=False,
+        )
+    ).model.state_dict()
     assert max((one[k] - a[k]).abs().max().item() for k in a) < 1e-4
     # rank 0's error reaches every rank: both stop with the same one-line error, without waiting for a timeout
     (src / "a" / "bad.png").write_bytes(b"junk")

@@ -15,9 +15,9 @@ from PIL import Image
 
 from ddpm.checkpoint import resolve_checkpoint
 from ddpm.cli import build_parser, main
-from ddpm.evaluation.evaluate import EvalSettings
 from ddpm.evaluation.inception import INCEPTION_SHA256
 from ddpm.evaluation.reference import subset_indices
+from ddpm.evaluation.settings import EvalSettings
 from ddpm.files import file_sha256
 from ddpm.settings import flag_of
 
@@ -35,8 +35,24 @@ def run(argv, cache):
 @pytest.mark.slow
 def test_eval_checkpoint_then_samples_file_with_every_metric(run_dir, tmp_path, cache, capsys):
     out = tmp_path / "e"
-    argv = ["eval", "--checkpoint", str(run_dir), "--num", "12", "--steps", "4", "--ref-num", "20", "--seed", "5",
-            "--metrics", "fid,kid,pr,fd", "--memorization", "--out", str(out)]
+    argv = [
+        "eval",
+        "--checkpoint",
+        str(run_dir),
+        "--num",
+        "12",
+        "--steps",
+        "4",
+        "--ref-num",
+        "20",
+        "--seed",
+        "5",
+        "--metrics",
+        "fid,kid,pr,fd",
+        "--memorization",
+        "--out",
+        str(out),
+    ]
     assert run(argv, cache) == 0
     table = capsys.readouterr().out
     assert "FID" in table and "precision" in table and "FD" in table
@@ -64,8 +80,26 @@ def test_eval_checkpoint_then_samples_file_with_every_metric(run_dir, tmp_path, 
 
     # The same images again, from the file: same numbers, and the reference comes from the cache.
     again = tmp_path / "again"
-    assert run(["eval", "--samples", str(out / "samples.npz"), "--data", "digits", "--ref-num", "20",
-                "--metrics", "fid,fd", "--memorization", "--out", str(again)], cache) == 0
+    assert (
+        run(
+            [
+                "eval",
+                "--samples",
+                str(out / "samples.npz"),
+                "--data",
+                "digits",
+                "--ref-num",
+                "20",
+                "--metrics",
+                "fid,fd",
+                "--memorization",
+                "--out",
+                str(again),
+            ],
+            cache,
+        )
+        == 0
+    )
     rec2 = json.loads((again / "eval.json").read_text())
     assert rec2["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-6)
     assert rec2["metrics"]["fd"] == pytest.approx(m["fd"], rel=1e-6)
@@ -78,8 +112,10 @@ def test_eval_checkpoint_then_samples_file_with_every_metric(run_dir, tmp_path, 
 @pytest.mark.slow
 def test_eval_folder_of_pngs(run_dir, tmp_path, cache):
     folder = tmp_path / "s"
-    assert main(["sample", "--checkpoint", str(run_dir), "--num", "6", "--steps", "3", "--out", str(folder),
-                 "--quiet"]) == 0
+    assert (
+        main(["sample", "--checkpoint", str(run_dir), "--num", "6", "--steps", "3", "--out", str(folder), "--quiet"])
+        == 0
+    )
     Image.new("L", (20, 20)).save(folder / "step-000000012.png")  # a training grid in RUN/samples: no metadata
     assert run(["eval", "--samples", str(folder), "--data", "digits", "--metrics", "fd"], cache) == 0
     rec = json.loads((folder / "eval.json").read_text())  # beside the samples
@@ -122,10 +158,14 @@ def test_bad_input_is_one_line_and_overwrites_nothing(run_dir, tmp_path, cache, 
         (["--samples", str(fine), "--data", "digits", "--num", "3", "--metrics", "pr"], "more than k = 3"),
         (["--samples", str(fine), "--checkpoint", str(run_dir), "--data", "digits"], "exactly one"),
         (["--checkpoint", str(run_dir), "--num", "2000", "--out", str(tmp_path / "n")], "larger than the reference"),
-        (["--samples", str(fine), "--data", str(fine), "--metrics", "fd"],
-         f"--metrics fd needs a labelled data set (FeatureNet is a classifier), and {fine} has no labels"),
-        (["--samples", str(fine), "--data", "digits", "--metrics", "fd", "--featurenet", str(tmp_path / "no.st")],
-         f"error: --featurenet {tmp_path / 'no.st'}: no such file"),
+        (
+            ["--samples", str(fine), "--data", str(fine), "--metrics", "fd"],
+            f"--metrics fd needs a labelled data set (FeatureNet is a classifier), and {fine} has no labels",
+        ),
+        (
+            ["--samples", str(fine), "--data", "digits", "--metrics", "fd", "--featurenet", str(tmp_path / "no.st")],
+            f"error: --featurenet {tmp_path / 'no.st'}: no such file",
+        ),
         (["--samples", str(fine), "--data", str(tmp_path / "none")], f"error: --data '{tmp_path / 'none'}': no such"),
     ]
     for argv, match in cases:
@@ -156,8 +196,9 @@ def test_train_eval_every_refuses_unlabelled_fd_before_training(tmp_path, capsys
     for i in range(4):
         Image.new("L", (8, 8), 40 * i).save(folder / f"{i}.png")
     out = tmp_path / "r"
-    assert main(["train", "--data", str(folder), "--out", str(out), "--steps", "2", "--eval-every", "1",
-                 "--quiet"]) == 2
+    assert (
+        main(["train", "--data", str(folder), "--out", str(out), "--steps", "2", "--eval-every", "1", "--quiet"]) == 2
+    )
     assert "needs a labelled data set" in capsys.readouterr().err
     assert not list((out / "checkpoints").glob("*.safetensors"))
 
@@ -168,9 +209,28 @@ def test_eval_nll_is_the_library_bound_with_its_protocol(run_dir, tmp_path, cach
     import torch
 
     from ddpm import bits_per_dim, image_generators, load_dataset, load_model
+
     out = tmp_path / "nll"
-    assert run(["eval", "--checkpoint", str(run_dir), "--nll", "--nll-num", "3", "--nll-variance", "beta",
-                "--batch-size", "2", "--out", str(out)], cache) == 0
+    assert (
+        run(
+            [
+                "eval",
+                "--checkpoint",
+                str(run_dir),
+                "--nll",
+                "--nll-num",
+                "3",
+                "--nll-variance",
+                "beta",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+            ],
+            cache,
+        )
+        == 0
+    )
     record = json.loads((out / "eval.json").read_text())
     assert set(record["metrics"]) == {"nll"} and not (out / "samples.npz").exists()
     proto = record["protocol"]["nll"]

@@ -54,7 +54,6 @@ def test_feature_net_trains_and_round_trips(tmp_path, size):
     assert torch.equal(extract_features(net2, images), f)
 
 
-
 def test_feature_net_trains_the_same_under_no_grad():
     """The --eval-every hook samples under torch.no_grad() and trains the FeatureNet there on a cold cache: the
     training must turn gradients back on and give the same weights as outside no_grad."""
@@ -65,8 +64,10 @@ def test_feature_net_trains_the_same_under_no_grad():
         inside = train_feature_net(images, labels, epochs=1, batch_size=8, seed=0, width=8)
     for a, b in zip(outside.state_dict().values(), inside.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert any(not torch.equal(a, b) for a, b in zip(
-        outside.state_dict().values(), FeatureNet(1, 2, 8).state_dict().values(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(outside.state_dict().values(), FeatureNet(1, 2, 8).state_dict().values(), strict=True)
+    )
 
 
 def test_accuracy_counts_hits():
@@ -125,6 +126,7 @@ def test_featurenet_for_errors_name_the_parameter(tmp_path):
     with pytest.raises(ParameterError) as info:
         featurenet_for(pixels, None, "halves", tmp_path, featurenet=missing)
     assert info.value.render(lambda name: "--" + name) == (  # the CLI's flag for it: --featurenet
-        f"--featurenet {missing}: no such file; drop the flag to use (or train) the cached one")
+        f"--featurenet {missing}: no such file; drop the flag to use (or train) the cached one"
+    )
     with pytest.raises(ParameterError, match="train_labels is None.*halves has no labels"):
         featurenet_for(pixels, None, "halves", tmp_path)

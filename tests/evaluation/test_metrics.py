@@ -162,8 +162,12 @@ def test_precision_recall_on_point_clouds_with_known_overlap():
     assert precision_recall(a, b + 20.0) == (0.0, 0.0)
     # The fake set covers one of the real set's two modes: every fake is realistic (precision ≈ 1) but
     # only that mode's half of the real data is covered (recall ≈ 0.5).
-    real = torch.cat([torch.randn(500, 2, generator=g, dtype=torch.float64) - 10,
-                      torch.randn(500, 2, generator=g, dtype=torch.float64) + 10])
+    real = torch.cat(
+        [
+            torch.randn(500, 2, generator=g, dtype=torch.float64) - 10,
+            torch.randn(500, 2, generator=g, dtype=torch.float64) + 10,
+        ]
+    )
     fake = torch.randn(1000, 2, generator=g, dtype=torch.float64) - 10
     p, r = precision_recall(real, fake)
     assert p > 0.95 and 0.45 < r < 0.5

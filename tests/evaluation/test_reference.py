@@ -1,7 +1,6 @@
 """Tests for ddpm.evaluation.reference: cached reference features are keyed by content, subsets are seeded, FD
 from statistics."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -29,8 +28,9 @@ class CountingExtractor:
     def protocol(self) -> dict[str, str]:
         return {"name": self.name, "sha256": self.sha256}
 
-    def features(self, pixels: np.ndarray, batch_size: int = 50, progress: bool = False,
-                 desc: str = "") -> torch.Tensor:
+    def features(
+        self, pixels: np.ndarray, batch_size: int = 50, progress: bool = False, desc: str = ""
+    ) -> torch.Tensor:
         self.embedded += len(pixels)
         x = torch.as_tensor(pixels).reshape(len(pixels), -1).float() / 255
         return (x @ self.weight).double()

@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 
 from ddpm.errors import ParameterError, UserError
-from ddpm.evaluation.evaluate import EvalSettings, evaluate_images, read_samples
+from ddpm.evaluation.evaluate import evaluate_images
+from ddpm.evaluation.samples import read_samples
+from ddpm.evaluation.settings import EvalSettings
 from ddpm.images import save_png
 from ddpm.provenance import Provenance
 from ddpm.sampler_choice import SamplerChoice, SampleSettings
 
-PROV = Provenance("sample", 7, 0, SamplerChoice("ddim", "trailing", 12, {"eta": 0.5}), None, None, True, True,
-                  "ab" * 32)
+PROV = Provenance(
+    "sample", 7, 0, SamplerChoice("ddim", "trailing", 12, {"eta": 0.5}), None, None, True, True, "ab" * 32
+)
 
 
 def image(value: int) -> np.ndarray:
@@ -28,9 +31,20 @@ def test_a_folder_of_ddpm_samples_records_their_settings(tmp_path):
     assert pixels.shape == (3, 1, 4, 4) and pixels[:, 0, 0, 0].tolist() == [0, 10, 20]
     assert (info["files"], info["skipped_non_sample_pictures"]) == (3, 2)
     assert info["ddpm_metadata"] == {
-        "checkpoint_sha256": "ab" * 32, "sampler": "ddim", "spacing": "trailing", "steps": "12", "eta": "0.5",
-        "guidance": "", "class": "", "clip_x0": "True", "ema": "True", "seed": "7", "version": PROV.version,
-        "files_with_metadata": 3, "all_alike": True}
+        "checkpoint_sha256": "ab" * 32,
+        "sampler": "ddim",
+        "spacing": "trailing",
+        "steps": "12",
+        "eta": "0.5",
+        "guidance": "",
+        "class": "",
+        "clip_x0": "True",
+        "ema": "True",
+        "seed": "7",
+        "version": PROV.version,
+        "files_with_metadata": 3,
+        "all_alike": True,
+    }
 
 
 def test_damaged_metadata_counts_as_none_and_different_settings_are_not_alike(tmp_path):
@@ -62,9 +76,13 @@ def test_npz_files(tmp_path):
 
 
 def test_settings_are_checked_before_any_work(tmp_path):
-    cases = [({}, "exactly one of checkpoint RUN"), ({"samples": "x", "metrics": "fid,is"}, "metrics 'fid,is'"),
-             ({"samples": "x", "nll": True}, "nll needs checkpoint"), ({"samples": "x", "num": 1}, "num must be"),
-             ({"samples": "x"}, "samples needs data")]
+    cases = [
+        ({}, "exactly one of checkpoint RUN"),
+        ({"samples": "x", "metrics": "fid,is"}, "metrics 'fid,is'"),
+        ({"samples": "x", "nll": True}, "nll needs checkpoint"),
+        ({"samples": "x", "num": 1}, "num must be"),
+        ({"samples": "x"}, "samples needs data"),
+    ]
     for values, match in cases:
         with pytest.raises(ParameterError, match=match):
             evaluate_images(EvalSettings(**values, out=str(tmp_path / "out")))
@@ -76,6 +94,22 @@ def test_each_field_declares_its_help():
     assert all(f.metadata["help"] for f in fields)
     flagged = [f.name for f in fields if f.metadata.get("cli", True)]
     assert flagged == [f.name for f in dataclasses.fields(SampleSettings)] + [
-                       "samples", "data", "image_size", "num", "seed", "ref_split", "ref_num", "metrics", "nll",
-                       "nll_num", "nll_variance", "memorization", "out", "batch_size", "inception", "featurenet",
-                       "cache_dir", "progress"]
+        "samples",
+        "data",
+        "image_size",
+        "num",
+        "seed",
+        "ref_split",
+        "ref_num",
+        "metrics",
+        "nll",
+        "nll_num",
+        "nll_variance",
+        "memorization",
+        "out",
+        "batch_size",
+        "inception",
+        "featurenet",
+        "cache_dir",
+        "progress",
+    ]

@@ -8,18 +8,21 @@ from ddpm.errors import ParameterError, UserError
 from ddpm.train import TrainConfig
 
 
-@pytest.mark.parametrize(("change", "named", "says"), [
-    ({"out": ""}, "out", "is required"),
-    ({"batch_size": 0}, "batch_size", "must be at least 1; got 0"),
-    ({"warmup": -1}, "warmup", "must be >= 0; got -1"),
-    ({"lr": 2.0}, "lr", "must lie in (0, 1); got 2.0"),
-    ({"adam_beta2": 1.0}, "adam_beta2", "must be in [0, 1)"),
-    ({"lr_schedule": "step"}, "lr_schedule", "'step': choose one of constant, cosine, linear"),
-    ({"nonfinite": "ignore"}, "nonfinite", "must be 'stop' or 'skip'"),
-    ({"base_channels": 0}, "base_channels", "must be at least 1; got 0"),
-    ({"channel_mult": "1,x"}, "channel_mult", "takes comma-separated positive integers (e.g. 1,2,2); got '1,x'"),
-    ({"init_from": "ck", "res_blocks": 2}, "init_from", "keeps its checkpoint's network"),
-])
+@pytest.mark.parametrize(
+    ("change", "named", "says"),
+    [
+        ({"out": ""}, "out", "is required"),
+        ({"batch_size": 0}, "batch_size", "must be at least 1; got 0"),
+        ({"warmup": -1}, "warmup", "must be >= 0; got -1"),
+        ({"lr": 2.0}, "lr", "must lie in (0, 1); got 2.0"),
+        ({"adam_beta2": 1.0}, "adam_beta2", "must be in [0, 1)"),
+        ({"lr_schedule": "step"}, "lr_schedule", "'step': choose one of constant, cosine, linear"),
+        ({"nonfinite": "ignore"}, "nonfinite", "must be 'stop' or 'skip'"),
+        ({"base_channels": 0}, "base_channels", "must be at least 1; got 0"),
+        ({"channel_mult": "1,x"}, "channel_mult", "takes comma-separated positive integers (e.g. 1,2,2); got '1,x'"),
+        ({"init_from": "ck", "res_blocks": 2}, "init_from", "keeps its checkpoint's network"),
+    ],
+)
 def test_bad_settings_are_named(change, named, says):
     with pytest.raises(ParameterError) as e:
         TrainConfig(**{"out": "run", **change}).validate()
@@ -36,11 +39,23 @@ def test_unknown_names_are_plain_user_errors():
 
 
 def test_network_overrides_map_settings_to_network_fields():
-    cfg = TrainConfig(out="run", base_channels=16, channel_mult="1, 2,4", res_blocks=3, attention="none",
-                      norm_groups=8, scale_shift_norm=False)
-    assert cfg.network_overrides() == {"base_channels": 16, "num_res_blocks": 3, "groups": 8,
-                                       "channel_mult": (1, 2, 4), "attention_resolutions": (),
-                                       "scale_shift_norm": False}
+    cfg = TrainConfig(
+        out="run",
+        base_channels=16,
+        channel_mult="1, 2,4",
+        res_blocks=3,
+        attention="none",
+        norm_groups=8,
+        scale_shift_norm=False,
+    )
+    assert cfg.network_overrides() == {
+        "base_channels": 16,
+        "num_res_blocks": 3,
+        "groups": 8,
+        "channel_mult": (1, 2, 4),
+        "attention_resolutions": (),
+        "scale_shift_norm": False,
+    }
     assert TrainConfig(out="run", attention="7,8").network_overrides() == {"attention_resolutions": (7, 8)}
     assert TrainConfig(out="run").network_overrides() == {}
 

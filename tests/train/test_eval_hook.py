@@ -79,7 +79,8 @@ def test_refuses_what_cannot_be_scored_before_training(tmp_path):
         TrainingEval("fd", 16, halves(labelled=False), "imgs", seed=0, steps=4, device=CPU, cache_dir=tmp_path)
     assert info.value.render(flags.__getitem__) == (
         "--eval-metric fd needs a labelled data set (FeatureNet is a classifier), and imgs has none: use class "
-        "subfolders, or --eval-metric fid")
+        "subfolders, or --eval-metric fid"
+    )
     with pytest.raises(ParameterError, match="eval_metric must be fd or fid; got 'is'"):
         TrainingEval("is", 16, halves(), "halves", seed=0, steps=4, device=CPU, cache_dir=tmp_path)
     assert not tmp_path.joinpath("featurenet").exists()

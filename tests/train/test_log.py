@@ -47,7 +47,15 @@ def test_the_training_grid_is_the_default_sampler_on_seeded_images_one_class_per
     write_grid(tmp_path / "grid.png", net, schedule, cfg, data, torch.device("cpu"))
     name, spacing = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing
     assert default_choice(3, schedule).steps == 3 and default_choice(500, schedule).steps == 50
-    x = ddpm.sample(net, (12, 1, 8, 8), schedule, sampler=name, steps=3, spacing=spacing,
-                    generator=ddpm.image_generators(5, range(12)), labels=torch.arange(12) % 10)
+    x = ddpm.sample(
+        net,
+        (12, 1, 8, 8),
+        schedule,
+        sampler=name,
+        steps=3,
+        spacing=spacing,
+        generator=ddpm.image_generators(5, range(12)),
+        labels=torch.arange(12) % 10,
+    )
     expected = make_grid(to_uint8(x), nrow=10, pad_value=128, scale=8)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png")), expected.squeeze(-1))

@@ -53,8 +53,17 @@ def test_resume_refuses_a_different_configuration(tmp_path, capsys):
 
 
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "ddpm", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "ddpm",
+        "train",
+        *args,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -86,18 +95,46 @@ def test_ddp_two_processes_agree_and_match_one_process(tmp_path, bf16):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
     run = tmp_path / "ddp"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script), str(run), str(bf16)], capture_output=True, text=True, env=subprocess_env(),
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(run),
+            str(bf16),
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     w0, w1 = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
     assert_identical(w0, w1)
     assert load_checkpoint(run).meta["bf16"] is bf16
 
     def run_alone(name: str, batch_size: int) -> dict[str, torch.Tensor]:
-        return train(TrainConfig(out=str(tmp_path / name), data="digits", preset="tiny", batch_size=batch_size,
-                                 steps=6, warmup=2, sample_every=0, sample_steps=2, num_samples=2, class_cond=True,
-                                 flip=True, progress=False, device="cpu", bf16=bf16)).model.state_dict()
+        return train(
+            TrainConfig(
+                out=str(tmp_path / name),
+                data="digits",
+                preset="tiny",
+                batch_size=batch_size,
+                steps=6,
+                warmup=2,
+                sample_every=0,
+                sample_steps=2,
+                num_samples=2,
+                class_cond=True,
+                flip=True,
+                progress=False,
+                device="cpu",
+                bf16=bf16,
+            )
+        ).model.state_dict()
 
     # One process with the same effective batch (2 x 8) takes the same steps, up to float summation order ...
     ref = run_alone("single", 16)
@@ -169,11 +206,15 @@ def test_minutes_budget_ends_the_run_early_says_so_and_resume_continues(tmp_path
     assert main(argv) == 0
     ((step, _),) = list_checkpoints(out)
     assert 1 <= step < 100000
-    assert f"stopped at step {step} of 100000: the --minutes 0.01 budget ran out; the same command with --resume" \
+    assert (
+        f"stopped at step {step} of 100000: the --minutes 0.01 budget ran out; the same command with --resume"
         in capsys.readouterr().out
+    )
     assert main([*argv, "--resume"]) == 0
-    assert f"resuming from {out / 'checkpoints' / f'step-{step:09d}.safetensors'} at step {step}" \
+    assert (
+        f"resuming from {out / 'checkpoints' / f'step-{step:09d}.safetensors'} at step {step}"
         in capsys.readouterr().out
+    )
     assert list_checkpoints(out)[-1][0] > step
     assert main(["train", *BASE, "--out", str(tmp_path / "alone"), "--minutes", "0.01"]) == 0
     assert "budget ran out" not in capsys.readouterr().out
@@ -183,8 +224,16 @@ def test_minutes_budget_ends_the_run_early_says_so_and_resume_continues(tmp_path
 def test_sigkill_always_leaves_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
     for delay in (0.0, 0.13, 0.31, 0.77):
-        proc = _start(out, "--steps", "100000", "--checkpoint-every", "1", "--keep", "2",
-                      *(["--resume"] if list_checkpoints(out) else []))
+        proc = _start(
+            out,
+            "--steps",
+            "100000",
+            "--checkpoint-every",
+            "1",
+            "--keep",
+            "2",
+            *(["--resume"] if list_checkpoints(out) else []),
+        )
         _wait_for_checkpoint(out, proc) if not list_checkpoints(out) else time.sleep(2.0)
         time.sleep(delay)
         proc.kill()  # SIGKILL: no handler runs, possibly in the middle of a checkpoint write
@@ -263,8 +312,10 @@ def test_bad_data_one_line_errors(tmp_path, capsys):
         assert main(["train", *BASE[2:], *data, "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
-    assert main(["train", *BASE[2:], "--data", str(folder), "--skip-bad", "--out", str(tmp_path / "r"),
-                 "--steps", "1"]) == 0
+    assert (
+        main(["train", *BASE[2:], "--data", str(folder), "--skip-bad", "--out", str(tmp_path / "r"), "--steps", "1"])
+        == 0
+    )
     assert "skipped 1 unreadable file(s)" in capsys.readouterr().out
 
 
@@ -279,15 +330,56 @@ def test_class_conditional_digits(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
     run = tmp_path / "run"
-    assert main(["train", "--data", "digits", "--preset", "tiny", "--class-cond", "--steps", "400",
-                 "--batch-size", "64", "--sample-every", "0", "--num-samples", "10", "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "digits",
+                "--preset",
+                "tiny",
+                "--class-cond",
+                "--steps",
+                "400",
+                "--batch-size",
+                "64",
+                "--sample-every",
+                "0",
+                "--num-samples",
+                "10",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     digits = load_digits()
     clf = LogisticRegression(max_iter=2000).fit(digits.data, digits.target)
     shares = {}
     for w in ("2", "0"):
         out = tmp_path / f"w{w}"
-        assert main(["sample", "--checkpoint", str(run), "--class", "3", "--guidance", w, "--num", "40",
-                     "--out", str(out), "--npz", str(tmp_path / f"w{w}.npz"), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "--checkpoint",
+                    str(run),
+                    "--class",
+                    "3",
+                    "--guidance",
+                    w,
+                    "--num",
+                    "40",
+                    "--out",
+                    str(out),
+                    "--npz",
+                    str(tmp_path / f"w{w}.npz"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         imgs = np.load(tmp_path / f"w{w}.npz")["images"][..., 0].reshape(40, 64).astype(np.float64) / 255 * 16
         shares[w] = float(np.mean(clf.predict(imgs) == 3))
     assert shares["2"] >= 0.7 and shares["0"] <= 0.4, shares
@@ -326,8 +418,19 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     (SIGTERM after step 3) and resumed with the same --steps ends bit-identical to one that was not."""
     import ddpm.train.loop as loop
 
-    opts = ["--loss-weight", "min-snr", "--t-sampling", "laplace", "--lr-schedule", "cosine", "--prediction", "v",
-            "--no-t-stratified", "--adam-beta2", "0.95"]
+    opts = [
+        "--loss-weight",
+        "min-snr",
+        "--t-sampling",
+        "laplace",
+        "--lr-schedule",
+        "cosine",
+        "--prediction",
+        "v",
+        "--no-t-stratified",
+        "--adam-beta2",
+        "0.95",
+    ]
     straight, split, plain = tmp_path / "straight", tmp_path / "split", tmp_path / "plain"
     assert main(["train", *BASE, *opts, "--out", str(straight), "--steps", "6"]) == 0
     calls = []
@@ -346,8 +449,11 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
     assert main(["train", *BASE, *opts, "--out", str(split), "--steps", "6", "--resume"]) == 0
     assert_identical(run_weights(straight), run_weights(split))
     train_meta = load_checkpoint(split).meta["train"]
-    assert (train_meta["loss_weight"], train_meta["t_sampling"], train_meta["lr_schedule"]) == \
-        ("min-snr", "laplace", "cosine")
+    assert (train_meta["loss_weight"], train_meta["t_sampling"], train_meta["lr_schedule"]) == (
+        "min-snr",
+        "laplace",
+        "cosine",
+    )
     assert (train_meta["t_stratified"], train_meta["adam_beta2"]) == (False, 0.95)
     # The cosine decay runs from BASE's 3 warm-up steps to 0 at --steps; the record of step k holds the LR
     # of optimisation step k - 1.
@@ -373,14 +479,29 @@ def test_objective_options_resume_bit_identical_and_change_the_numbers(tmp_path,
 def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):
     """--base-channels/--channel-mult/--res-blocks/--attention override the preset's fields; the network and the
     flags are saved, the sampler rebuilds the network from the checkpoint, and resume must keep them."""
-    shape = ["--base-channels", "16", "--channel-mult", "1,2,2", "--res-blocks", "2", "--attention", "4",
-             "--scale-shift-norm", "--norm-groups", "8"]
+    shape = [
+        "--base-channels",
+        "16",
+        "--channel-mult",
+        "1,2,2",
+        "--res-blocks",
+        "2",
+        "--attention",
+        "4",
+        "--scale-shift-norm",
+        "--norm-groups",
+        "8",
+    ]
     run = tmp_path / "run"
     assert main(["train", *BASE, *shape, "--out", str(run), "--steps", "2"]) == 0
     ck = load_checkpoint(run)
     net = ck.meta["model"]
-    assert (net["base_channels"], net["channel_mult"], net["num_res_blocks"], net["attention_resolutions"]) == \
-        (16, [1, 2, 2], 2, [4])
+    assert (net["base_channels"], net["channel_mult"], net["num_res_blocks"], net["attention_resolutions"]) == (
+        16,
+        [1, 2, 2],
+        2,
+        [4],
+    )
     # 8x8 digits: levels 8, 4, 2 with two blocks each (three on the way up); attention at the 4x4 level only,
     # besides the middle block's: down blocks 3 and 4, up blocks 3, 4 and 5 (indices count the downsamplers).
     assert ck.model["conv_in.weight"].shape == (16, 1, 3, 3)
@@ -399,10 +520,12 @@ def test_network_shape_flags_build_save_and_resume(tmp_path, capsys):
     assert load_checkpoint(run).step == 4
     # "none" removes the preset's attention levels; malformed lists are one-line errors.
     assert TrainConfig(out="x", attention="none").network_overrides() == {"attention_resolutions": ()}
-    for bad, words in ((["--channel-mult", "1,x"], "--channel-mult takes comma-separated positive integers"),
-                       (["--attention", "0"], "--attention takes comma-separated positive integers"),
-                       (["--base-channels", "0"], "--base-channels must be at least 1"),
-                       (["--norm-groups", "0"], "--norm-groups must be at least 1")):
+    for bad, words in (
+        (["--channel-mult", "1,x"], "--channel-mult takes comma-separated positive integers"),
+        (["--attention", "0"], "--attention takes comma-separated positive integers"),
+        (["--base-channels", "0"], "--base-channels must be at least 1"),
+        (["--norm-groups", "0"], "--norm-groups must be at least 1"),
+    ):
         assert main(["train", *BASE, *bad, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1

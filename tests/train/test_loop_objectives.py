@@ -38,8 +38,23 @@ def test_hybrid_learned_range_with_importance_resumes_bit_identically(tmp_path, 
     assert ck.model["conv_out.weight"].shape[0] == 2
     capsys.readouterr()
     # It samples with its own variance (ancestral) or its mean (the ODE samplers, said in one line) ...
-    assert main(["sample", "--checkpoint", str(split), "--out", str(tmp_path / "anc"), "--num", "3", "--sampler",
-                 "ddpm", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(split),
+                "--out",
+                str(tmp_path / "anc"),
+                "--num",
+                "3",
+                "--sampler",
+                "ddpm",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "learned its variance" not in capsys.readouterr().out
     assert main(["sample", "--checkpoint", str(split), "--out", str(tmp_path / "ode"), "--num", "3", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -47,8 +62,24 @@ def test_hybrid_learned_range_with_importance_resumes_bit_identically(tmp_path, 
     for d in ("anc", "ode"):
         assert np.asarray(Image.open(tmp_path / d / "grid.png")).std() > 0
     # ... and `ddpm eval --nll` scores it with its own Σ.
-    assert main(["eval", "--checkpoint", str(split), "--data", "digits", "--nll", "--nll-num", "4", "--quiet",
-                 "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(split),
+                "--data",
+                "digits",
+                "--nll",
+                "--nll-num",
+                "4",
+                "--quiet",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert report["protocol"]["nll"]["variance"] == "learned"
     assert np.isfinite(report["metrics"]["nll"]["bits_per_dim"])
@@ -57,31 +88,85 @@ def test_hybrid_learned_range_with_importance_resumes_bit_identically(tmp_path, 
 def test_the_papers_baseline_rows_train(tmp_path, capsys):
     """μ̃ prediction with the true bound and a fixed Σ (Table 2's first block), and ε with the bound and a learned
     Σ: finite losses, and a fixed-large run samples with σ² = β by default."""
-    for name, opts in (("mean-vlb", ["--prediction", "mean", "--loss", "vlb", "--variance", "fixed-large"]),
-                       ("eps-vlb-learned", ["--loss", "vlb", "--variance", "learned"])):
+    for name, opts in (
+        ("mean-vlb", ["--prediction", "mean", "--loss", "vlb", "--variance", "fixed-large"]),
+        ("eps-vlb-learned", ["--loss", "vlb", "--variance", "learned"]),
+    ):
         run = tmp_path / name
         assert main(["train", *BASE, *SHORT, *opts, "--out", str(run), "--steps", "3", "--log-every", "1"]) == 0
         losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert len(losses) == 3 and all(np.isfinite(losses))
     assert load_checkpoint(tmp_path / "mean-vlb").meta["variance"] == "fixed-large"
     capsys.readouterr()
-    assert main(["sample", "--checkpoint", str(tmp_path / "mean-vlb"), "--out", str(tmp_path / "s"), "--num", "2",
-                 "--sampler", "ddpm", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(tmp_path / "mean-vlb"),
+                "--out",
+                str(tmp_path / "s"),
+                "--num",
+                "2",
+                "--sampler",
+                "ddpm",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     # A fixed-large network's ancestral sampler draws with β unless told otherwise.
-    assert main(["sample", "--checkpoint", str(tmp_path / "mean-vlb"), "--out", str(tmp_path / "b"), "--num", "2",
-                 "--sampler", "ddpm", "--option", "variance=beta", "--quiet"]) == 0
-    assert main(["sample", "--checkpoint", str(tmp_path / "mean-vlb"), "--out", str(tmp_path / "p"), "--num", "2",
-                 "--sampler", "ddpm", "--option", "variance=posterior", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(tmp_path / "mean-vlb"),
+                "--out",
+                str(tmp_path / "b"),
+                "--num",
+                "2",
+                "--sampler",
+                "ddpm",
+                "--option",
+                "variance=beta",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(tmp_path / "mean-vlb"),
+                "--out",
+                str(tmp_path / "p"),
+                "--num",
+                "2",
+                "--sampler",
+                "ddpm",
+                "--option",
+                "variance=posterior",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     same = np.asarray(Image.open(tmp_path / "s" / "000000.png"))
     assert np.array_equal(same, np.asarray(Image.open(tmp_path / "b" / "000000.png")))
     assert not np.array_equal(same, np.asarray(Image.open(tmp_path / "p" / "000000.png")))
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--variance", "learned-range"], "a learned-range variance is trained only by the bound: pass --loss hybrid"),
-    (["--loss", "hybrid"], "--loss hybrid trains a learned variance through its bound term: pass --variance"),
-    (["--t-sampling", "importance"], "--t-sampling importance weighs timesteps"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--variance", "learned-range"], "a learned-range variance is trained only by the bound: pass --loss hybrid"),
+        (["--loss", "hybrid"], "--loss hybrid trains a learned variance through its bound term: pass --variance"),
+        (["--t-sampling", "importance"], "--t-sampling importance weighs timesteps"),
+    ],
+)
 def test_objective_mistakes_are_one_line(tmp_path, capsys, args, says):
     assert main(["train", *BASE, *args, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
@@ -119,14 +204,33 @@ def test_ddp_ranks_share_one_loss_history_that_matches_one_process(tmp_path):
 
     script = tmp_path / "ddp.py"
     script.write_text(DDP_IMPORTANCE)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script), str(tmp_path / "ddp"), "8"], capture_output=True, text=True, env=subprocess_env(),
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path / "ddp"),
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert_identical(load_file(str(tmp_path / "ddp" / "rank0.safetensors")),
-                      load_file(str(tmp_path / "ddp" / "rank1.safetensors")))
-    r = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "16"], capture_output=True, text=True,
-                       env=subprocess_env(), timeout=300)
+    assert_identical(
+        load_file(str(tmp_path / "ddp" / "rank0.safetensors")), load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
+    )
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one"), "16"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_training_state(state_path(load_checkpoint(tmp_path / "ddp").path))["loss_history"]
     b = load_training_state(state_path(load_checkpoint(tmp_path / "one").path))["loss_history"]

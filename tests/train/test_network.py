@@ -18,8 +18,23 @@ from ddpm.train import TrainConfig
 from ddpm.train.setup import check_compatible
 from ddpm.unet import PRESET_BY_SIZE, PRESETS, UNet
 
-QUICK = ["--batch-size", "2", "--warmup", "1", "--sample-every", "0", "--checkpoint-every", "0", "--sample-steps", "1",
-         "--num-samples", "1", "--log-every", "1", "--quiet"]
+QUICK = [
+    "--batch-size",
+    "2",
+    "--warmup",
+    "1",
+    "--sample-every",
+    "0",
+    "--checkpoint-every",
+    "0",
+    "--sample-steps",
+    "1",
+    "--num-samples",
+    "1",
+    "--log-every",
+    "1",
+    "--quiet",
+]
 
 
 def _photos(folder: Path, n: int = 2, size: tuple[int, int] = (90, 70)) -> Path:
@@ -41,12 +56,36 @@ def test_default_preset_is_chosen_from_the_image_size_and_said(tmp_path, capsys)
     assert ck.meta["model"]["base_channels"] == 32 and ck.meta["model"]["channel_mult"] == [1, 2, 2]
     # At 64 px: adm-64 (narrowed here so that the test is quick), and the CPU-budget network is named.
     run = tmp_path / "photos"
-    assert main(["train", "--data", str(_photos(tmp_path / "p")), "--image-size", "64", "--base-channels", "64",
-                 "--channel-mult", "1,1,1,1", "--res-blocks", "1", "--out", str(run), "--steps", "1", "--device", "cpu",
-                 *QUICK]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(_photos(tmp_path / "p")),
+                "--image-size",
+                "64",
+                "--base-channels",
+                "64",
+                "--channel-mult",
+                "1,1,1,1",
+                "--res-blocks",
+                "1",
+                "--out",
+                str(run),
+                "--steps",
+                "1",
+                "--device",
+                "cpu",
+                *QUICK,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert ("network: adm-64 (chosen for 64x64 images; --preset names another): levels 64→32→16→8 px, attention at "
-            "32, 16, 8 px and the middle") in out
+    assert (
+        "network: adm-64 (chosen for 64x64 images; --preset names another): levels 64→32→16→8 px, attention at "
+        "32, 16, 8 px and the middle"
+    ) in out
     assert "on a CPU, --preset tiny-64 is the small network for this size" in out
     model = load_checkpoint(run).meta["model"]
     assert model["resblock_updown"] is True and model["head_channels"] == 64 and model["dropout"] == 0.1
@@ -54,10 +93,11 @@ def test_default_preset_is_chosen_from_the_image_size_and_said(tmp_path, capsys)
 
 
 def test_named_preset_is_said_too(tmp_path, capsys):
-    assert main(["train", "--data", "digits", "--preset", "tiny-32", "--out", str(tmp_path / "r"), "--steps", "1",
-                 *QUICK]) == 0
-    assert "network: tiny-32 (--preset): levels 8→4→2 px, attention in the middle block only" in \
-        capsys.readouterr().out
+    assert (
+        main(["train", "--data", "digits", "--preset", "tiny-32", "--out", str(tmp_path / "r"), "--steps", "1", *QUICK])
+        == 0
+    )
+    assert "network: tiny-32 (--preset): levels 8→4→2 px, attention in the middle block only" in capsys.readouterr().out
 
 
 def test_resume_without_preset_keeps_the_runs_own(tmp_path, capsys):
@@ -68,13 +108,17 @@ def test_resume_without_preset_keeps_the_runs_own(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--out", str(run), "--steps", "2", "--resume", *QUICK]) == 0
     assert load_checkpoint(run).meta["train"]["preset"] == "tiny-32"
     capsys.readouterr()
-    assert main(["train", "--data", "digits", "--preset", "tiny", "--out", str(run), "--steps", "3", "--resume",
-                 *QUICK]) == 2
+    assert (
+        main(["train", "--data", "digits", "--preset", "tiny", "--out", str(run), "--steps", "3", "--resume", *QUICK])
+        == 2
+    )
     assert "--preset 'tiny-32' in the checkpoint, 'tiny' now" in capsys.readouterr().err
     # A checkpoint written before "auto" records "tiny", the default then; one older still records nothing.
     ck = load_checkpoint(run)
-    for steps, record in ((3, {**ck.meta["train"], "preset": "tiny"}),
-                          (4, {k: v for k, v in ck.meta["train"].items() if k != "preset"})):
+    for steps, record in (
+        (3, {**ck.meta["train"], "preset": "tiny"}),
+        (4, {k: v for k, v in ck.meta["train"].items() if k != "preset"}),
+    ):
         save_checkpoint(ck.path, ck.model, ck.ema, {**ck.meta, "train": record})
         assert main(["train", "--data", "digits", "--out", str(run), "--steps", str(steps), "--resume", *QUICK]) == 0
         ck = load_checkpoint(run)
@@ -89,8 +133,27 @@ def test_grad_checkpoint_trains_the_same_run(tmp_path):
     runs = {}
     for flag in ("--no-grad-checkpoint", "--grad-checkpoint"):
         out = tmp_path / flag
-        assert main(["train", "--data", "digits", "--preset", "tiny-32", "--dropout", "0.2", "--out", str(out),
-                     "--steps", "3", "--no-bf16", flag, *QUICK]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    "digits",
+                    "--preset",
+                    "tiny-32",
+                    "--dropout",
+                    "0.2",
+                    "--out",
+                    str(out),
+                    "--steps",
+                    "3",
+                    "--no-bf16",
+                    flag,
+                    *QUICK,
+                ]
+            )
+            == 0
+        )
         ck = load_checkpoint(out)
         runs[flag] = {**{f"model.{k}": v for k, v in ck.model.items()}, **{f"ema.{k}": v for k, v in ck.ema.items()}}
         assert ck.meta["train"]["grad_checkpoint"] is (flag == "--grad-checkpoint")
@@ -118,8 +181,14 @@ def _step_and_sample(name: str) -> None:
     opt.step()
     assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     with torch.no_grad():
-        out = sample(net.eval(), (1, 3, size, size), Schedule.linear(1000), sampler="ddim", steps=2,
-                     generator=torch.Generator().manual_seed(0))
+        out = sample(
+            net.eval(),
+            (1, 3, size, size),
+            Schedule.linear(1000),
+            sampler="ddim",
+            steps=2,
+            generator=torch.Generator().manual_seed(0),
+        )
     assert out.shape == (1, 3, size, size) and torch.isfinite(out).all()
 
 
@@ -143,8 +212,28 @@ def test_train_without_preset_trains_the_resolutions_network(tmp_path, capsys, s
     run = tmp_path / "run"
     photos = _photos(tmp_path / "photos", n=1, size=(size + 30, size + 10))
     quick = [a for a in QUICK if a not in ("--batch-size", "2")]
-    assert main(["train", "--data", str(photos), "--image-size", str(size), "--out", str(run), "--steps", "1",
-                 "--batch-size", "1", "--grad-checkpoint", "--device", "cpu", *quick]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(photos),
+                "--image-size",
+                str(size),
+                "--out",
+                str(run),
+                "--steps",
+                "1",
+                "--batch-size",
+                "1",
+                "--grad-checkpoint",
+                "--device",
+                "cpu",
+                *quick,
+            ]
+        )
+        == 0
+    )
     # The first lines: where the folder was prepared, then the network.
     first = [line for line in capsys.readouterr().out.splitlines()[:2] if line.startswith("network: ")]
     assert first and first[0].startswith(f"network: {name} (chosen for {size}x{size} images")

@@ -42,8 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample,
-            "edit": cmd_edit, "convert": cmd_convert, "eval": cmd_eval}
+COMMANDS = {
+    "train": cmd_train,
+    "prepare": cmd_prepare,
+    "sample": cmd_sample,
+    "edit": cmd_edit,
+    "convert": cmd_convert,
+    "eval": cmd_eval,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""``ddpm convert``: flags in, :mod:`ddpm.convert` out."""
+"""``ddpm convert``: flags in, :mod:`ddpm.interop` out."""
 
 from __future__ import annotations
 
@@ -6,33 +6,33 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import read_meta
-from ..convert import (
-    VARIANCE_TO_DIFFUSERS,
-    checkpoint_summary,
-    export_diffusers,
-    import_diffusers,
-    is_diffusers_folder,
-    pipeline_flags,
-)
 from ..errors import UserError
+from ..interop.configs import VARIANCE_TO_DIFFUSERS, pipeline_flags
+from ..interop.convert import checkpoint_summary, export_diffusers, import_diffusers, is_diffusers_folder
 
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``ddpm convert``."""
     s = sub.add_parser(
-        "convert", help="import a diffusers model, or export a checkpoint to diffusers",
+        "convert",
+        help="import a diffusers model, or export a checkpoint to diffusers",
         description="Convert between diffusers and ddpm. SRC a diffusers folder (config.json + weights + "
-                    "scheduler_config.json at its root, or unet/ + scheduler/): DST becomes a ddpm run directory "
-                    "(or one .safetensors file). SRC a ddpm checkpoint or run directory: DST becomes a diffusers "
-                    "pipeline folder. DST is never overwritten.")
+        "scheduler_config.json at its root, or unet/ + scheduler/): DST becomes a ddpm run directory "
+        "(or one .safetensors file). SRC a ddpm checkpoint or run directory: DST becomes a diffusers "
+        "pipeline folder. DST is never overwritten.",
+    )
     s.add_argument("src", metavar="SRC", help="a diffusers folder, or a ddpm checkpoint file / run directory")
     s.add_argument("dst", metavar="DST", help="where to write; must not exist (an empty directory is fine)")
     s.add_argument("--no-ema", action="store_true", help="export: the raw weights instead of the EMA weights")
-    s.add_argument("--variance", default=None, choices=list(VARIANCE_TO_DIFFUSERS),
-                   help="export: the scheduler's variance_type, posterior = fixed_small, beta = fixed_large "
-                        "(default: the imported model's own, else beta for a network trained with the fixed-large "
-                        "variance and posterior otherwise); a network that predicts its variance (learned-range) "
-                        "is exported as learned_range and takes no --variance")
+    s.add_argument(
+        "--variance",
+        default=None,
+        choices=list(VARIANCE_TO_DIFFUSERS),
+        help="export: the scheduler's variance_type, posterior = fixed_small, beta = fixed_large "
+        "(default: the imported model's own, else beta for a network trained with the fixed-large "
+        "variance and posterior otherwise); a network that predicts its variance (learned-range) "
+        "is exported as learned_range and takes no --variance",
+    )
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

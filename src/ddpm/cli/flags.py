@@ -25,8 +25,14 @@ def field_type(annotation: Any) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool}[name]
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, *, show_default: bool = True,
-                     bool_action: Any = argparse.BooleanOptionalAction, required: Collection[str] = ()) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    *,
+    show_default: bool = True,
+    bool_action: Any = argparse.BooleanOptionalAction,
+    required: Collection[str] = (),
+) -> None:
     """Add a flag for each field of ``config_cls`` with a help text and no ``cli=False`` mark.
 
     ``show_default`` appends " (default: X)" to the help of valued fields with a default other than None or "";

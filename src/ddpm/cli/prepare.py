@@ -27,18 +27,21 @@ class PrepareSettings:
 def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``ddpm prepare``."""
     p = sub.add_parser(
-        "prepare", help="decode a data set once, for fast training starts",
+        "prepare",
+        help="decode a data set once, for fast training starts",
         description="Decode a folder of images (or IDX, CIFAR, digits, fashion-mnist) once into one uint8 array that "
-                    "training memory-maps: every later `ddpm train` with the same --data, --image-size and "
-                    "--prepared-dir starts at once, and all torchrun ranks share one copy. `ddpm train` does this "
-                    "itself for a folder of images; this command does it ahead of time. A prepared copy of the same "
-                    "files and settings is reused; a killed preparation resumes where it stopped.")
+        "training memory-maps: every later `ddpm train` with the same --data, --image-size and "
+        "--prepared-dir starts at once, and all torchrun ranks share one copy. `ddpm train` does this "
+        "itself for a folder of images; this command does it ahead of time. A prepared copy of the same "
+        "files and settings is reused; a killed preparation resumes where it stopped.",
+    )
     add_config_flags(p, PrepareSettings, show_default=False, required=("data",))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """``ddpm prepare``: prepare (or find) the set and say where it is and how big."""
     s = settings_from(args, PrepareSettings)
-    prepare_dataset(s.data, s.image_size, skip_bad=s.skip_bad, prepared_dir=s.prepared_dir, workers=s.workers,
-                    progress=s.progress)
+    prepare_dataset(
+        s.data, s.image_size, skip_bad=s.skip_bad, prepared_dir=s.prepared_dir, workers=s.workers, progress=s.progress
+    )
     return 0

@@ -133,7 +133,6 @@ def describe_shape(title: str, shape: tuple[int, ...], num_classes: int | None) 
     return f"{title} ({n} images, {h}x{w}, {c} channel{'s' if c != 1 else ''}, {classes})"
 
 
-
 def list_names(paths: list[str], first: int = 3) -> str:
     """The first ``first`` of ``paths`` joined for a message, and how many more there are."""
     shown = ", ".join(paths[:first])

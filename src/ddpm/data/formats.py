@@ -60,8 +60,9 @@ def _fit_codes(codes: np.ndarray, levels: int, image_size: int | None, source: s
     h, w = images.shape[-2:]
     if image_size is None:
         if h != w:
-            raise ParameterError(f"{source} holds {h}x{w} images, not square; pass {{image_size}} N to center-crop "
-                                 "them")
+            raise ParameterError(
+                f"{source} holds {h}x{w} images, not square; pass {{image_size}} N to center-crop them"
+            )
         return images
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
@@ -180,17 +181,22 @@ def find_idx_images(folder: Path, split: str = "train") -> Path | None:
     With ``split="test"``: the one whose name starts with t10k or test (UserError when the folder holds
     IDX files but no such one)."""
     with os.scandir(folder) as found:  # names first: a folder of 200,000 images costs no stat or read per image
-        candidates = [Path(e.path) for e in found
-                      if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS]
+        candidates = [
+            Path(e.path)
+            for e in found
+            if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS
+        ]
     files = sorted(p for p in candidates if p.is_file() and _head_magic(p) == _IDX_IMAGES_MAGIC)
     if not files:
         return None
     if split == "test":
         test = [p for p in files if p.name.lower().startswith(("t10k", "test"))]
         if len(test) != 1:
-            raise ParameterError(f"{folder} holds {len(test)} test IDX image files (named t10k-* or test-*) among "
-                                 f"{', '.join(p.name for p in files)}; pass {{data}} PATH to the test file, "
-                                 "train split")
+            raise ParameterError(
+                f"{folder} holds {len(test)} test IDX image files (named t10k-* or test-*) among "
+                f"{', '.join(p.name for p in files)}; pass {{data}} PATH to the test file, "
+                "train split"
+            )
         return test[0]
     train = [p for p in files if p.name.lower().startswith("train")]
     if len(train) == 1:
@@ -275,12 +281,14 @@ def find_cifar(folder: Path, split: str = "train") -> tuple[str, list[Path]] | N
     if found is None or split == "train":
         return found
     kind = found[0]
-    name = {"bin10": "test_batch.bin", "bin100": "test.bin"}.get(kind)
     if kind == "py":
         name = "test" if found[1][0].name == "train" else "test_batch"
+    else:
+        name = {"bin10": "test_batch.bin", "bin100": "test.bin"}[kind]
     if not (folder / name).is_file():
-        raise UserError(f"{folder} is a CIFAR training set without its test file {name}: copy it there, "
-                        "or use the train split")
+        raise UserError(
+            f"{folder} is a CIFAR training set without its test file {name}: copy it there, or use the train split"
+        )
     return kind, [folder / name]
 
 
@@ -382,26 +390,26 @@ def load_cifar(folder: Path, kind: str, files: list[Path], image_size: int | Non
     else:
         for path in files:
             batch = _load_pickle(path)
-            data = batch.get("data")
+            array = batch.get("data")
             labels = batch.get("fine_labels", batch.get("labels"))
             if (
-                not isinstance(data, np.ndarray)
-                or data.dtype != np.uint8
-                or data.ndim != 2
-                or data.shape[1] != _CIFAR_PIXELS
+                not isinstance(array, np.ndarray)
+                or array.dtype != np.uint8
+                or array.ndim != 2
+                or array.shape[1] != _CIFAR_PIXELS
                 or labels is None
-                or len(labels) != len(data)
+                or len(labels) != len(array)
             ):
                 raise UserError(
                     f"{path} is not a CIFAR python batch (needs uint8 'data' of shape (N, 3072) and "
                     "one label per row); download the python version again"
                 )
-            pixel_parts.append(data)
+            pixel_parts.append(array)
             label_parts.append(np.asarray(labels))
         meta_file = folder / ("meta" if files[0].name in ("train", "test") else "batches.meta")
         if meta_file.is_file():
-            meta = _load_pickle(meta_file)
-            found = meta.get("fine_label_names", meta.get("label_names"))
+            meta_dict = _load_pickle(meta_file)
+            found = meta_dict.get("fine_label_names", meta_dict.get("label_names"))
             names = _names_from(found) if found is not None else None
     pixels = np.concatenate(pixel_parts).reshape(-1, 3, 32, 32)  # channel-major: R plane, G plane, B plane
     labels_t, names = _labelled(np.concatenate(label_parts), names, str(folder))

@@ -72,25 +72,29 @@ def load_dataset(
     return _load_path(data, image_size, skip_bad, Path(fashion_mnist_dir), split)
 
 
-def _load_path(spec: str, image_size: int | None, skip_bad: bool, fashion_mnist_dir: Path,
-               split: str) -> ImageDataset:
+def _load_path(spec: str, image_size: int | None, skip_bad: bool, fashion_mnist_dir: Path, split: str) -> ImageDataset:
     """``spec`` as a path: an IDX file, or a folder of CIFAR batches, IDX files or images."""
     path = Path(spec).expanduser()
     if not path.exists():
         raise missing_source(spec)
     if path.is_file():
         if split == "test":
-            raise ParameterError(f"{{data}} {spec!r} is one IDX file, which has no test split: pass the test file "
-                                 "itself as the data, with the train split")
+            raise ParameterError(
+                f"{{data}} {spec!r} is one IDX file, which has no test split: pass the test file "
+                "itself as the data, with the train split"
+            )
         return load_idx_file(path, image_size)
     if not path.is_dir():
-        raise ParameterError(f"{{data}} {spec!r} is neither a file nor a folder; pass a folder of images or a dataset "
-                             "file")
+        raise ParameterError(
+            f"{{data}} {spec!r} is neither a file nor a folder; pass a folder of images or a dataset file"
+        )
 
     if (path / PREPARED_MANIFEST).is_file():
         if split == "test":
-            raise ParameterError(f"{{data}} {spec!r} is a prepared set, which holds a train split only: pass the "
-                                 "held-out data itself, with the train split")
+            raise ParameterError(
+                f"{{data}} {spec!r} is a prepared set, which holds a train split only: pass the "
+                "held-out data itself, with the train split"
+            )
         return open_prepared(path, image_size=image_size)
     cifar = find_cifar(path, split)
     if cifar is not None:
@@ -101,7 +105,8 @@ def _load_path(spec: str, image_size: int | None, skip_bad: bool, fashion_mnist_
         is_fashion = path.resolve() == fashion_mnist_dir.expanduser().resolve()
         return load_idx_file(idx, image_size, names=FASHION_MNIST_CLASSES if is_fashion else None)
     if split == "test":
-        raise UserError(f"{spec} has no test split (no t10k/test IDX file or CIFAR test batch; a folder of images "
-                        "is all train): pass a folder of held-out images as the data, with the train split")
+        raise UserError(
+            f"{spec} has no test split (no t10k/test IDX file or CIFAR test batch; a folder of images "
+            "is all train): pass a folder of held-out images as the data, with the train split"
+        )
     return load_image_folder(path, image_size, skip_bad)
-

@@ -59,7 +59,7 @@ class Source:
 
 
 def source_kind(spec: str) -> str:
-    """"prepared" (a prepared set), "images" (a folder of images) or "memory" (anything else load_dataset reads,
+    """ "prepared" (a prepared set), "images" (a folder of images) or "memory" (anything else load_dataset reads,
     or a path it will refuse with the right message)."""
     if spec in KNOWN_DATASETS:
         return "memory"
@@ -142,8 +142,9 @@ def prepared_locations(spec: str, image_size: int | None = None, prepared_dir: s
     return candidate_folders(path, label, image_size, prepared_dir)
 
 
-def candidate_folders(path: Path | None, label: str, image_size: int | None,
-                      prepared_dir: str | Path | None) -> list[Path]:
+def candidate_folders(
+    path: Path | None, label: str, image_size: int | None, prepared_dir: str | Path | None
+) -> list[Path]:
     """:func:`prepared_locations` of a source at ``path`` (None: a built-in set) named ``label``."""
     tag = f"{image_size}px" if image_size is not None else "native"
     unique = f"{label}-{hashlib.sha256(str(path or label).encode('utf-8', 'surrogateescape')).hexdigest()[:8]}-{tag}"
@@ -157,8 +158,20 @@ def candidate_folders(path: Path | None, label: str, image_size: int | None,
 # reading and checking a prepared set
 
 
-_MANIFEST_KEYS = ("name", "source", "image_size", "resize", "count", "channels", "size", "levels", "pixels", "labels",
-                  "class_names", "skipped")
+_MANIFEST_KEYS = (
+    "name",
+    "source",
+    "image_size",
+    "resize",
+    "count",
+    "channels",
+    "size",
+    "levels",
+    "pixels",
+    "labels",
+    "class_names",
+    "skipped",
+)
 
 
 class Unusable(Exception):
@@ -268,9 +281,11 @@ class _BlockCheck:
                 count = min(self.block_rows, self.n - start)
                 f.seek(self.offset + start * self.row_bytes)
                 if zlib.crc32(f.read(count * self.row_bytes)) != int(self.crcs[b]):
-                    raise UserError(f"the prepared set {self.folder} is damaged: images {start}..{start + count - 1} "
-                                    f"of {self.path.name} do not match their checksum; delete {self.folder} and "
-                                    "run again to prepare it anew")
+                    raise UserError(
+                        f"the prepared set {self.folder} is damaged: images {start}..{start + count - 1} "
+                        f"of {self.path.name} do not match their checksum; delete {self.folder} and "
+                        "run again to prepare it anew"
+                    )
                 self.checked[b] = True
 
 
@@ -290,8 +305,10 @@ def open_prepared(path: str | Path, *, image_size: int | None = None, check_sour
     except Unusable as e:
         raise ParameterError(f"{{data}} {folder} is not a usable prepared set: {e}; prepare it again") from None
     if image_size is not None and image_size != m["size"]:
-        raise ParameterError(f"{{data}} {folder} holds {m['size']}x{m['size']} images, not {image_size}: pass "
-                             f"{{image_size}} {m['size']} or prepare the source at {image_size}")
+        raise ParameterError(
+            f"{{data}} {folder} holds {m['size']}x{m['size']} images, not {image_size}: pass "
+            f"{{image_size}} {m['size']} or prepare the source at {image_size}"
+        )
     if check_source:
         _check_current(folder, m)
     pixels = np.load(folder / m["pixels"]["file"], mmap_mode="r", allow_pickle=False)  # (N, C, S, S) uint8
@@ -301,8 +318,15 @@ def open_prepared(path: str | Path, *, image_size: int | None = None, check_sour
     labels = None
     if m["labels"] is not None:
         labels = torch.from_numpy(np.load(folder / m["labels"]["file"], allow_pickle=False).copy())
-    return ImageDataset(pixels_t, labels, m["class_names"], m["name"], [s["file"] for s in m["skipped"]],
-                        levels=m["levels"], row_check=_BlockCheck(folder, m))
+    return ImageDataset(
+        pixels_t,
+        labels,
+        m["class_names"],
+        m["name"],
+        [s["file"] for s in m["skipped"]],
+        levels=m["levels"],
+        row_check=_BlockCheck(folder, m),
+    )
 
 
 def _check_current(folder: Path, m: dict[str, Any]) -> None:
@@ -317,5 +341,7 @@ def _check_current(folder: Path, m: dict[str, Any]) -> None:
     except UserError:  # a built-in set not installed here, say: the set stands on its own
         return
     if current is not None and current != src["fingerprint"]:
-        raise ParameterError(f"{{data}} {folder} was prepared from {spec}, which has changed since (files added, "
-                             f"removed or changed): prepare it again, or pass {{data}} {spec} itself")
+        raise ParameterError(
+            f"{{data}} {folder} was prepared from {spec}, which has changed since (files added, "
+            f"removed or changed): prepare it again, or pass {{data}} {spec} itself"
+        )

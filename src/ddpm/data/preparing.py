@@ -75,22 +75,32 @@ def _check_skipped(m: dict[str, Any], skip_bad: bool, where: str) -> None:
     load_dataset would."""
     if m["skipped"] and not skip_bad:
         bad = [s["file"] for s in m["skipped"]]
-        raise ParameterError(f"{len(bad)} file(s) in {where} could not be read as images: {list_names(bad)}; "
-                             "fix or remove them, or pass {skip_bad} to skip them")
+        raise ParameterError(
+            f"{len(bad)} file(s) in {where} could not be read as images: {list_names(bad)}; "
+            "fix or remove them, or pass {skip_bad} to skip them"
+        )
 
 
 def _human(size: int) -> str:
     """A byte count for a message: "512 bytes", "1.5 MB"."""
+    value = float(size)
     for unit in ("bytes", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
     raise AssertionError("unreachable")
 
 
-def prepare_dataset(data: str, image_size: int | None = None, *, skip_bad: bool = False,
-                    prepared_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
-                    say: Callable[[str], None] | None = print) -> Path:
+def prepare_dataset(
+    data: str,
+    image_size: int | None = None,
+    *,
+    skip_bad: bool = False,
+    prepared_dir: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] | None = print,
+) -> Path:
     """Make sure a finished, current prepared copy of ``data`` at ``image_size`` exists; returns its folder.
 
     ``data`` is what ``--data`` takes (a folder of images, IDX, CIFAR, ``digits``, ``fashion-mnist``, or a prepared
@@ -136,12 +146,22 @@ def prepare_dataset(data: str, image_size: int | None = None, *, skip_bad: bool 
             if new:  # a failed first attempt leaves no empty folders behind (a killed one leaves its journal)
                 _remove_if_empty(folder)
             raise
-    raise ParameterError(f"cannot write a prepared copy of {data} in {' or '.join(map(str, places))}: pass "
-                         "{prepared_dir} DIR on a writable disk")
+    raise ParameterError(
+        f"cannot write a prepared copy of {data} in {' or '.join(map(str, places))}: pass "
+        "{prepared_dir} DIR on a writable disk"
+    )
 
 
-def _prepare_locked(folder: Path, source: Source, settings: dict[str, Any], skip_bad: bool, workers: int | None,
-                    progress: bool, say: Callable[[str], None], stale: str | None) -> Path:
+def _prepare_locked(
+    folder: Path,
+    source: Source,
+    settings: dict[str, Any],
+    skip_bad: bool,
+    workers: int | None,
+    progress: bool,
+    say: Callable[[str], None],
+    stale: str | None,
+) -> Path:
     """Prepare into ``folder`` (its lock held), unless another process finished it while this one waited."""
     try:
         m = usable_manifest(folder, source, settings)
@@ -150,8 +170,10 @@ def _prepare_locked(folder: Path, source: Source, settings: dict[str, Any], skip
     if m is None:
         foreign = [p.name for p in folder.iterdir() if not _ours(p.name)]
         if foreign:
-            raise ParameterError(f"{folder} holds files that are not a prepared set ({list_names(foreign)}): "
-                                 "move them, or pass {prepared_dir} DIR to keep the prepared copy elsewhere")
+            raise ParameterError(
+                f"{folder} holds files that are not a prepared set ({list_names(foreign)}): "
+                "move them, or pass {prepared_dir} DIR to keep the prepared copy elsewhere"
+            )
         if stale:
             say(f"the prepared copy in {folder} is out of date ({stale}): preparing it again")
         t0 = time.monotonic()
@@ -161,11 +183,15 @@ def _prepare_locked(folder: Path, source: Source, settings: dict[str, Any], skip
             else:
                 m = _build_memory(folder, source, settings)
         except OSError as e:
-            raise ParameterError(f"cannot write the prepared copy in {folder}: {e.strerror or e}; free space there or "
-                                 "pass {prepared_dir} DIR on another disk") from None
+            raise ParameterError(
+                f"cannot write the prepared copy in {folder}: {e.strerror or e}; free space there or "
+                "pass {prepared_dir} DIR on another disk"
+            ) from None
         skipped = f"; skipped {len(m['skipped'])} unreadable file(s)" if m["skipped"] else ""
-        say(f"prepared {m['name']} in {folder} ({_human(_set_bytes(folder, m))}, "
-            f"{time.monotonic() - t0:.1f} s{skipped})")
+        say(
+            f"prepared {m['name']} in {folder} ({_human(_set_bytes(folder, m))}, "
+            f"{time.monotonic() - t0:.1f} s{skipped})"
+        )
         return folder
     _check_skipped(m, skip_bad, str(source.path or source.spec))
     say(f"data: {m['name']}, prepared in {folder} ({_human(_set_bytes(folder, m))})")
@@ -179,8 +205,11 @@ def _set_bytes(folder: Path, m: dict[str, Any]) -> int:
 
 def _ours(name: str) -> bool:
     """Whether a file name in a prepared-set folder is one this module writes."""
-    return (name in (PREPARED_MANIFEST, ".lock") or name.startswith(("pixels-", "labels-", "journal-"))
-            or is_partial_write(name))
+    return (
+        name in (PREPARED_MANIFEST, ".lock")
+        or name.startswith(("pixels-", "labels-", "journal-"))
+        or is_partial_write(name)
+    )
 
 
 @contextlib.contextmanager
@@ -215,6 +244,7 @@ def _remove_if_empty(folder: Path) -> None:
 
 def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
     """``array`` saved to ``path`` (temporary name, fsync, rename); its file entry for the manifest."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
             np.save(f, array, allow_pickle=False)
@@ -235,19 +265,39 @@ def _finish(folder: Path, m: dict[str, Any], keep: set[str]) -> dict[str, Any]:
     return m
 
 
-def _manifest(source: Source, settings: dict[str, Any], shape: tuple[int, int, int, int], levels: int,
-              pixels: dict[str, Any], labels: dict[str, Any] | None, names: list[str] | None,
-              skipped: list[dict[str, str]]) -> dict[str, Any]:
+def _manifest(
+    source: Source,
+    settings: dict[str, Any],
+    shape: tuple[int, int, int, int],
+    levels: int,
+    pixels: dict[str, Any],
+    labels: dict[str, Any] | None,
+    names: list[str] | None,
+    skipped: list[dict[str, str]],
+) -> dict[str, Any]:
     n, c, s, _ = shape
     title = source.label if source.kind == "images" or source.path is None else source.path.name
     return {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT,
+        "version": VERSION,
         "name": describe_shape(title, shape, None if names is None else len(names)),
-        "source": {"spec": source.spec, "path": str(source.path) if source.path else None, "kind": source.kind,
-                   "files": source.files, "fingerprint": source.fingerprint},
-        "image_size": settings["image_size"], "resize": settings["resize"],
-        "count": n, "channels": c, "size": s, "levels": levels,
-        "pixels": pixels, "labels": labels, "class_names": names, "skipped": skipped,
+        "source": {
+            "spec": source.spec,
+            "path": str(source.path) if source.path else None,
+            "kind": source.kind,
+            "files": source.files,
+            "fingerprint": source.fingerprint,
+        },
+        "image_size": settings["image_size"],
+        "resize": settings["resize"],
+        "count": n,
+        "channels": c,
+        "size": s,
+        "levels": levels,
+        "pixels": pixels,
+        "labels": labels,
+        "class_names": names,
+        "skipped": skipped,
         "made_with": {"ddpm": __version__, "pillow": Image.__version__, "numpy": np.__version__},
     }
 
@@ -259,8 +309,10 @@ def _build_memory(folder: Path, source: Source, settings: dict[str, Any]) -> dic
     ident = prepared_id(source, settings)
     pixels = _write_npy(folder / f"pixels-{ident}.npy", np.ascontiguousarray(codes))
     flat = np.ascontiguousarray(codes).reshape(len(codes), -1)  # (N, C*S*S)
-    pixels.update(block_rows=BLOCK_ROWS, crc32=[zlib.crc32(flat[i:i + BLOCK_ROWS].data)
-                                                for i in range(0, len(flat), BLOCK_ROWS)])
+    pixels.update(
+        block_rows=BLOCK_ROWS,
+        crc32=[zlib.crc32(flat[i : i + BLOCK_ROWS].data) for i in range(0, len(flat), BLOCK_ROWS)],
+    )
     labels = None if ds.labels is None else _write_npy(folder / f"labels-{ident}.npy", ds.labels.numpy())
     m = _manifest(source, settings, tuple(codes.shape), levels, pixels, labels, ds.class_names, [])
     m["name"] = ds.name
@@ -305,8 +357,14 @@ def _decode_block(task: tuple[str, int, int, int, int | None, list[str]]) -> dic
     with open(partial, "r+b") as f:
         f.seek(offset + start * rows[0].nbytes)
         f.write(rows.data)
-    return {"start": start, "n": len(names), "kinds": "".join(kinds), "bad": bad, "sizes": sizes,
-            "crc32": zlib.crc32(rows.data)}
+    return {
+        "start": start,
+        "n": len(names),
+        "kinds": "".join(kinds),
+        "bad": bad,
+        "sizes": sizes,
+        "crc32": zlib.crc32(rows.data),
+    }
 
 
 def _ignore_sigint() -> None:
@@ -404,14 +462,17 @@ def _native_size(source: Source) -> int:
             continue
         h, w = arr.shape[:2]
         if h != w:
-            raise ParameterError(f"images in {source.path} are {w}x{h}, not square; pass {{image_size}} N to resize "
-                                 "and center-crop them to NxN")
+            raise ParameterError(
+                f"images in {source.path} are {w}x{h}, not square; pass {{image_size}} N to resize "
+                "and center-crop them to NxN"
+            )
         return h
     raise UserError(f"none of the {len(source.entries)} image files in {source.path} could be read; check the files")
 
 
-def _build_images(folder: Path, source: Source, settings: dict[str, Any], skip_bad: bool, workers: int | None,
-                  progress: bool) -> dict[str, Any]:
+def _build_images(
+    folder: Path, source: Source, settings: dict[str, Any], skip_bad: bool, workers: int | None, progress: bool
+) -> dict[str, Any]:
     """Decode a folder of images into ``folder``: blocks of BLOCK_ROWS rows in parallel into a partial file, then
     (if files were skipped, or every image is gray) a pass that writes the final layout, then the manifest."""
     n, image_size = len(source.entries), settings["image_size"]
@@ -430,10 +491,20 @@ def _build_images(folder: Path, source: Source, settings: dict[str, Any], skip_b
             f.write(json.dumps(head) + "\n")
     offset = npy_header(partial)[3]
     files = [p for p, _ in source.entries]
-    tasks = [(str(partial), offset, start, size, image_size, files[start:start + BLOCK_ROWS])
-             for start in range(0, n, BLOCK_ROWS) if start not in done]
-    bar = tqdm(total=n, initial=sum(r["n"] for r in done.values()), desc=f"preparing {source.label}", unit="img",
-               dynamic_ncols=True, disable=not progress, smoothing=0.05)
+    tasks = [
+        (str(partial), offset, start, size, image_size, files[start : start + BLOCK_ROWS])
+        for start in range(0, n, BLOCK_ROWS)
+        if start not in done
+    ]
+    bar = tqdm(
+        total=n,
+        initial=sum(r["n"] for r in done.values()),
+        desc=f"preparing {source.label}",
+        unit="img",
+        dynamic_ncols=True,
+        disable=not progress,
+        smoothing=0.05,
+    )
     log = _Journal(journal, partial)
     try:
         for record in _decoded_blocks(tasks, workers or default_workers()):
@@ -453,21 +524,34 @@ def _check_sizes(records: list[dict[str, Any]], size: int, folder: Path | None) 
     if found:
         found.add((size, size))
         examples = ", ".join(f"{w}x{h}" for w, h in sorted(found)[:3])
-        raise ParameterError(f"images in {folder} have different sizes ({examples}{', ...' if len(found) > 3 else ''}"
-                             "); pass {image_size} N to resize and center-crop them to NxN")
+        raise ParameterError(
+            f"images in {folder} have different sizes ({examples}{', ...' if len(found) > 3 else ''}"
+            "); pass {image_size} N to resize and center-crop them to NxN"
+        )
 
 
-def _finish_images(folder: Path, source: Source, settings: dict[str, Any], skip_bad: bool, ident: str,
-                   partial: Path, journal: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+def _finish_images(
+    folder: Path,
+    source: Source,
+    settings: dict[str, Any],
+    skip_bad: bool,
+    ident: str,
+    partial: Path,
+    journal: Path,
+    records: list[dict[str, Any]],
+) -> dict[str, Any]:
     """All blocks decoded: refuse unreadable files unless skip_bad, then the final pixel file (the partial one
     renamed, or rewritten without the skipped rows / with one channel), the labels and the manifest."""
     _check_sizes(records, npy_header(partial)[0][-1], source.path)
     kinds = "".join(r["kinds"] for r in records)
     bad = [(r["start"] + i, reason) for r in records for i, reason in r["bad"]]
+    assert source.path is not None  # a folder of images
     names = [Path(source.entries[i][0]).relative_to(source.path).as_posix() for i, _ in bad]
     if bad and not skip_bad:
-        raise ParameterError(f"{len(bad)} file(s) in {source.path} could not be read as images: {list_names(names)}; "
-                             "fix or remove them, or pass {skip_bad} to skip them")
+        raise ParameterError(
+            f"{len(bad)} file(s) in {source.path} could not be read as images: {list_names(names)}; "
+            "fix or remove them, or pass {skip_bad} to skip them"
+        )
     keep = np.array([k != "x" for k in kinds])
     if not keep.any():
         raise UserError(f"none of the {len(kinds)} image files in {source.path} could be read; check the files")
@@ -481,15 +565,21 @@ def _finish_images(folder: Path, source: Source, settings: dict[str, Any], skip_
         crcs = _rewrite(partial, final, np.flatnonzero(keep), channels)
         partial.unlink()
     fsync_dir(folder)
-    pixels = {"file": final.name, "bytes": final.stat().st_size, "offset": npy_header(final)[3],
-              "block_rows": BLOCK_ROWS, "crc32": crcs}
+    pixels = {
+        "file": final.name,
+        "bytes": final.stat().st_size,
+        "offset": npy_header(final)[3],
+        "block_rows": BLOCK_ROWS,
+        "crc32": crcs,
+    }
     labels = None
     if source.class_names is not None:
         values = np.array([source.entries[i][1] for i in np.flatnonzero(keep)], dtype=np.int64)
         labels = _write_npy(folder / f"labels-{ident}.npy", values)
     skipped = [{"file": name, "reason": reason} for name, (_, reason) in zip(names, bad, strict=True)]
-    m = _manifest(source, settings, (int(keep.sum()), channels, size, size), 255, pixels, labels,
-                  source.class_names, skipped)
+    m = _manifest(
+        source, settings, (int(keep.sum()), channels, size, size), 255, pixels, labels, source.class_names, skipped
+    )
     return _finish(folder, m, {final.name} | ({labels["file"]} if labels else set()))
 
 
@@ -502,8 +592,8 @@ def _rewrite(partial: Path, final: Path, rows: np.ndarray, channels: int) -> lis
     def write(tmp: Path) -> None:
         dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), channels, *src.shape[2:]))
         for b in range(0, len(rows), BLOCK_ROWS):
-            block = np.ascontiguousarray(src[rows[b:b + BLOCK_ROWS], :channels])
-            dst[b:b + len(block)] = block
+            block = np.ascontiguousarray(src[rows[b : b + BLOCK_ROWS], :channels])
+            dst[b : b + len(block)] = block
             crcs.append(zlib.crc32(block.data))
         dst.flush()
         del dst
@@ -516,8 +606,9 @@ def _rewrite(partial: Path, final: Path, rows: np.ndarray, channels: int) -> lis
 # what training reads
 
 
-def training_data(data: str, image_size: int | None, skip_bad: bool, prepared_dir: str | Path | None, px: Dist,
-                  progress: bool = True) -> ImageDataset:
+def training_data(
+    data: str, image_size: int | None, skip_bad: bool, prepared_dir: str | Path | None, px: Dist, progress: bool = True
+) -> ImageDataset:
     """The data a training run reads, on every rank of ``px``.
 
     A folder of images (or a prepared set) is prepared if needed by rank 0 alone, the others waiting, then every
@@ -530,14 +621,22 @@ def training_data(data: str, image_size: int | None, skip_bad: bool, prepared_di
         return load_dataset(data, image_size, skip_bad=skip_bad)
 
     def prepare() -> Path:
-        return prepare_dataset(data, image_size, skip_bad=skip_bad, prepared_dir=prepared_dir,
-                               progress=progress and px.main, say=print if px.main else None)
+        return prepare_dataset(
+            data,
+            image_size,
+            skip_bad=skip_bad,
+            prepared_dir=prepared_dir,
+            progress=progress and px.main,
+            say=print if px.main else None,
+        )
 
     folder = prepare() if px.world == 1 else _from_main(px, prepare)
     if not (folder / PREPARED_MANIFEST).is_file():  # another machine's rank 0 made it, on a disk this one lacks
-        raise ParameterError(f"rank {px.rank} cannot see the prepared set {folder} that rank 0 made: keep it on a "
-                             "file system every machine sees ({prepared_dir} DIR), or run `ddpm prepare` with the same "
-                             "flags on each machine first")
+        raise ParameterError(
+            f"rank {px.rank} cannot see the prepared set {folder} that rank 0 made: keep it on a "
+            "file system every machine sees ({prepared_dir} DIR), or run `ddpm prepare` with the same "
+            "flags on each machine first"
+        )
     return open_prepared(folder, image_size=image_size, check_source=False)
 
 

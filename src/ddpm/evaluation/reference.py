@@ -63,10 +63,15 @@ def subset_indices(total: int, num: int, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------- reference features
 
 
-def reference_features(extractor: Any, pixels: np.ndarray, cache_dir: Path, info: dict[str, Any],
-                       batch_size: int = 50, progress: bool = False,
-                       before_compute: Callable[[int], None] | None = None
-                       ) -> tuple[Tensor, Tensor, Tensor, Path, bool]:
+def reference_features(
+    extractor: Any,
+    pixels: np.ndarray,
+    cache_dir: Path,
+    info: dict[str, Any],
+    batch_size: int = 50,
+    progress: bool = False,
+    before_compute: Callable[[int], None] | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Path, bool]:
     """Features of reference pixels uint8 (N, C, H, W), from the cache or computed (and then cached).
 
     Returns (features (N, D) float64, mean (D,), covariance (D, D), cache file, was it cached). The key is

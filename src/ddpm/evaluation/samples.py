@@ -49,8 +49,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             keys = list(z.keys())
             key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
             if key is None:
-                raise UserError(f"{path} holds arrays {', '.join(keys)} but none named 'images': name the "
-                                "uint8 NHWC array 'images'")
+                raise UserError(
+                    f"{path} holds arrays {', '.join(keys)} but none named 'images': name the uint8 NHWC array 'images'"
+                )
             arr = z[key]
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} as an .npz ({e})") from None
@@ -63,15 +64,24 @@ def _read_folder(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """The sample images of a folder, and the provenance that ``ddpm sample`` wrote into them, if any."""
     files, provenances, skipped = _sample_files(path)
     if not files:
-        raise ParameterError(f"{{samples}} {path} holds no images (PNG/JPEG/...; ddpm's grids and trajectories do not "
-                             "count): point it at the folder ddpm sample wrote, or at an .npz")
+        raise ParameterError(
+            f"{{samples}} {path} holds no images (PNG/JPEG/...; ddpm's grids and trajectories do not "
+            "count): point it at the folder ddpm sample wrote, or at an .npz"
+        )
     pixels = _decode_all(files, path)
-    info: dict[str, Any] = {"source": str(path), "format": "image files", "files": len(files),
-                            "skipped_non_sample_pictures": skipped}
+    info: dict[str, Any] = {
+        "source": str(path),
+        "format": "image files",
+        "files": len(files),
+        "skipped_non_sample_pictures": skipped,
+    }
     recorded = [p.settings() for p in provenances if p is not None]
     if recorded:  # written by ddpm sample: the protocol travels in the PNGs
-        info["ddpm_metadata"] = {**recorded[0], "files_with_metadata": len(recorded),
-                                 "all_alike": all(s == recorded[0] for s in recorded)}
+        info["ddpm_metadata"] = {
+            **recorded[0],
+            "files_with_metadata": len(recorded),
+            "all_alike": all(s == recorded[0] for s in recorded),
+        }
     return pixels, info
 
 
@@ -119,6 +129,8 @@ def _decode_all(files: list[Path], folder: Path) -> np.ndarray:
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         seen = sorted(f"{s[1]}x{s[0]}{' RGB' if len(s) == 3 else ' gray'}" for s in shapes)
-        raise UserError(f"the images in {folder} differ in size or channels ({', '.join(seen[:3])}): a sample folder "
-                        "must hold one model's images, all the same size")
+        raise UserError(
+            f"the images in {folder} differ in size or channels ({', '.join(seen[:3])}): a sample folder "
+            "must hold one model's images, all the same size"
+        )
     return from_nhwc(np.stack(arrays).astype(np.uint8), str(folder))

@@ -26,109 +26,185 @@ class TrainConfig:
     """Everything a training run depends on; saved in every checkpoint. CLI flags are derived from it."""
 
     out: str = option("run directory: checkpoints, sample grids and metrics go here", default="")
-    data: str = option("'digits', 'fashion-mnist', or a path to IDX files / CIFAR batches / an image folder",
-                       default="digits", resume=True)
+    data: str = option(
+        "'digits', 'fashion-mnist', or a path to IDX files / CIFAR batches / an image folder",
+        default="digits",
+        resume=True,
+    )
     resume: bool = option("continue the run in --out from its latest checkpoint, exactly", default=False)
-    steps: int | None = option("total optimisation steps, counting those before a resume (default 5000 when "
-                               "--minutes is not given)", default=None)
+    steps: int | None = option(
+        "total optimisation steps, counting those before a resume (default 5000 when --minutes is not given)",
+        default=None,
+    )
     minutes: float | None = option("stop after this many minutes of training (and at --steps if given)", default=None)
-    preset: str = option(f"network preset: {', '.join(PRESETS)}, or {AUTO_PRESET}: chosen from the image size ("
-                         + ", ".join(f"{name} up to {size} px" for size, name in PRESET_BY_SIZE[:-1])
-                         + f", {PRESET_BY_SIZE[-1][1]} above; said at start; a resumed run keeps its own)",
-                         default=AUTO_PRESET, resume=True, unrecorded="tiny")
-    init_from: str | None = option("start a new run from this checkpoint's weights, EMA and raw (a file or run "
-                                   "directory, e.g. one made by `ddpm convert`); its network is used, not --preset",
-                                   default=None, resume=True)
-    base_channels: int | None = option("network width: channels of the first level (default: the preset's)",
-                                       default=None, resume=True)
-    channel_mult: str | None = option("width multiplier of each resolution level, comma-separated, e.g. 1,2,2 (one "
-                                      "level per entry; default: the preset's)", default=None, resume=True)
-    res_blocks: int | None = option("residual blocks per resolution level (default: the preset's)",
-                                    default=None, resume=True)
-    attention: str | None = option("feature-map sizes that get self-attention besides the middle block's, "
-                                   "comma-separated, e.g. 7,8, or 'none' (default: the preset's)",
-                                   default=None, resume=True)
-    norm_groups: int | None = option("GroupNorm groups (fewer where a width is not divisible; default: the preset's, "
-                                     "32)", default=None, resume=True)
-    scale_shift_norm: bool | None = option("residual blocks take the time embedding as a scale and shift of their "
-                                           "second GroupNorm (adaptive GroupNorm) instead of an addend (default: "
-                                           "the preset's)", default=None, resume=True)
-    image_size: int | None = option("resize/crop images to this size (default: the data's own size)",
-                                    default=None, resume=True)
+    preset: str = option(
+        f"network preset: {', '.join(PRESETS)}, or {AUTO_PRESET}: chosen from the image size ("
+        + ", ".join(f"{name} up to {size} px" for size, name in PRESET_BY_SIZE[:-1])
+        + f", {PRESET_BY_SIZE[-1][1]} above; said at start; a resumed run keeps its own)",
+        default=AUTO_PRESET,
+        resume=True,
+        unrecorded="tiny",
+    )
+    init_from: str | None = option(
+        "start a new run from this checkpoint's weights, EMA and raw (a file or run "
+        "directory, e.g. one made by `ddpm convert`); its network is used, not --preset",
+        default=None,
+        resume=True,
+    )
+    base_channels: int | None = option(
+        "network width: channels of the first level (default: the preset's)", default=None, resume=True
+    )
+    channel_mult: str | None = option(
+        "width multiplier of each resolution level, comma-separated, e.g. 1,2,2 (one "
+        "level per entry; default: the preset's)",
+        default=None,
+        resume=True,
+    )
+    res_blocks: int | None = option(
+        "residual blocks per resolution level (default: the preset's)", default=None, resume=True
+    )
+    attention: str | None = option(
+        "feature-map sizes that get self-attention besides the middle block's, "
+        "comma-separated, e.g. 7,8, or 'none' (default: the preset's)",
+        default=None,
+        resume=True,
+    )
+    norm_groups: int | None = option(
+        "GroupNorm groups (fewer where a width is not divisible; default: the preset's, 32)", default=None, resume=True
+    )
+    scale_shift_norm: bool | None = option(
+        "residual blocks take the time embedding as a scale and shift of their "
+        "second GroupNorm (adaptive GroupNorm) instead of an addend (default: "
+        "the preset's)",
+        default=None,
+        resume=True,
+    )
+    image_size: int | None = option(
+        "resize/crop images to this size (default: the data's own size)", default=None, resume=True
+    )
     skip_bad: bool = option("skip image files that cannot be read instead of stopping", default=False)
-    prepared_dir: str | None = option("where to keep the prepared copy of an image folder (default: .ddpm inside "
-                                      "the folder, else the cache, $DDPM_CACHE or ~/.cache/ddpm)", default=None)
+    prepared_dir: str | None = option(
+        "where to keep the prepared copy of an image folder (default: .ddpm inside "
+        "the folder, else the cache, $DDPM_CACHE or ~/.cache/ddpm)",
+        default=None,
+    )
     flip: bool = option("random horizontal flips of the training images", default=False, resume=True)
-    class_cond: bool = option("condition on the dataset's labels (for classifier-free guidance)",
-                              default=False, resume=True)
-    label_dropout: float = option("with --class-cond, the share of labels dropped to 'no label'",
-                                  default=0.1, resume=True)
+    class_cond: bool = option(
+        "condition on the dataset's labels (for classifier-free guidance)", default=False, resume=True
+    )
+    label_dropout: float = option(
+        "with --class-cond, the share of labels dropped to 'no label'", default=0.1, resume=True
+    )
     batch_size: int = option("images per optimisation step per process", default=64, resume=True)
-    grad_accum: int = option("micro-batches per step: effective batch = batch-size x processes x grad-accum "
-                             "(the same step in 1/grad-accum of the activation memory)", default=1, resume=True)
-    grad_checkpoint: bool = option("recompute each residual and attention block's activations in the backward pass "
-                                   "instead of keeping them: the same loss and gradients in a fraction of the "
-                                   "activation memory, for a second forward pass of those blocks", default=False)
+    grad_accum: int = option(
+        "micro-batches per step: effective batch = batch-size x processes x grad-accum "
+        "(the same step in 1/grad-accum of the activation memory)",
+        default=1,
+        resume=True,
+    )
+    grad_checkpoint: bool = option(
+        "recompute each residual and attention block's activations in the backward pass "
+        "instead of keeping them: the same loss and gradients in a fraction of the "
+        "activation memory, for a second forward pass of those blocks",
+        default=False,
+    )
     lr: float = option("AdamW learning rate after warm-up", default=1e-3, resume=True)
     warmup: int = option("linear learning-rate warm-up steps", default=200, resume=True)
-    lr_schedule: str = option("after warm-up: 'constant', or 'cosine'/'linear' decay to 0 at --steps (with --minutes "
-                              "alone: at the step the measured speed reaches by the deadline)",
-                              default="constant", resume=True)
-    loss_weight: str = option("per-timestep loss weight: 'none' (plain MSE), 'min-snr' (min(SNR, gamma) on the x0 "
-                              "error, Hang et al. 2023) or 'p2' (1/(1+SNR)^gamma on the eps error, Choi et al. 2022)",
-                              default="none", resume=True)
-    loss_gamma: float | None = option("gamma of --loss-weight (default: 5 for min-snr, 1 for p2)",
-                                      default=None, resume=True)
-    t_stratified: bool = option("stratified timesteps: the batch's draws of u in [0, 1) are one random shift of "
-                                "0, 1/B, ..., (B-1)/B, shuffled, so every batch covers the t-range evenly (each draw "
-                                "keeps its density)", default=True, resume=True, unrecorded=False)
-    t_sampling: str = option("how training timesteps are drawn: 'uniform', 'laplace' (log-SNR ~ "
-                             "Laplace(--laplace-loc, --laplace-scale), Hang et al. 2024) or 'importance' (with --loss "
-                             "vlb/hybrid: p_t from the history of each t's loss, improved DDPM)", default="uniform",
-                             resume=True)
+    lr_schedule: str = option(
+        "after warm-up: 'constant', or 'cosine'/'linear' decay to 0 at --steps (with --minutes "
+        "alone: at the step the measured speed reaches by the deadline)",
+        default="constant",
+        resume=True,
+    )
+    loss_weight: str = option(
+        "per-timestep loss weight: 'none' (plain MSE), 'min-snr' (min(SNR, gamma) on the x0 "
+        "error, Hang et al. 2023) or 'p2' (1/(1+SNR)^gamma on the eps error, Choi et al. 2022)",
+        default="none",
+        resume=True,
+    )
+    loss_gamma: float | None = option(
+        "gamma of --loss-weight (default: 5 for min-snr, 1 for p2)", default=None, resume=True
+    )
+    t_stratified: bool = option(
+        "stratified timesteps: the batch's draws of u in [0, 1) are one random shift of "
+        "0, 1/B, ..., (B-1)/B, shuffled, so every batch covers the t-range evenly (each draw "
+        "keeps its density)",
+        default=True,
+        resume=True,
+        unrecorded=False,
+    )
+    t_sampling: str = option(
+        "how training timesteps are drawn: 'uniform', 'laplace' (log-SNR ~ "
+        "Laplace(--laplace-loc, --laplace-scale), Hang et al. 2024) or 'importance' (with --loss "
+        "vlb/hybrid: p_t from the history of each t's loss, improved DDPM)",
+        default="uniform",
+        resume=True,
+    )
     laplace_loc: float = option("centre of the Laplace density on log-SNR", default=0.0, resume=True)
     laplace_scale: float = option("scale of the Laplace density on log-SNR", default=0.5, resume=True)
     weight_decay: float = option("AdamW weight decay", default=0.0, resume=True)
-    adam_beta2: float = option("AdamW beta2, the decay of the squared-gradient average", default=0.99, resume=True,
-                               unrecorded=0.999)
+    adam_beta2: float = option(
+        "AdamW beta2, the decay of the squared-gradient average", default=0.99, resume=True, unrecorded=0.999
+    )
     grad_clip: float = option("clip the gradient norm to this value (0: off)", default=1.0, resume=True)
-    ema_decay: float = option("EMA decay of the weights (warmed up as min(decay, (1+n)/(10+n)))",
-                              default=0.999, resume=True)
+    ema_decay: float = option(
+        "EMA decay of the weights (warmed up as min(decay, (1+n)/(10+n)))", default=0.999, resume=True
+    )
     seed: int = option("seed of every random draw of the run", default=0, resume=True)
     timesteps: int = option("diffusion steps T", default=1000, resume=True)
     schedule: str = option("beta schedule: linear or cosine", default="linear", resume=True)
     beta_start: float = option("first beta of the linear schedule", default=1e-4, resume=True)
     beta_end: float = option("last beta of the linear schedule", default=0.02, resume=True)
-    prediction: str = option("what the network predicts: eps, x0, v or mean (the posterior mean, the DDPM paper's "
-                             "baseline)", default="eps", resume=True)
-    variance: str = option("the reverse process's variance: fixed-small (beta-tilde), fixed-large (beta), learned "
-                           "(the network predicts log sigma^2) or learned-range (it interpolates beta-tilde and beta, "
-                           "improved DDPM); learned ones double the network's output channels and need --loss hybrid "
-                           "or vlb", default="fixed-small", resume=True)
-    loss: str = option("training objective: simple (MSE of the prediction, DDPM's L_simple), vlb (the true "
-                       "variational bound) or hybrid (simple + --vlb-weight x the bound, which then trains only the "
-                       "variance; improved DDPM)", default="simple", resume=True)
+    prediction: str = option(
+        "what the network predicts: eps, x0, v or mean (the posterior mean, the DDPM paper's baseline)",
+        default="eps",
+        resume=True,
+    )
+    variance: str = option(
+        "the reverse process's variance: fixed-small (beta-tilde), fixed-large (beta), learned "
+        "(the network predicts log sigma^2) or learned-range (it interpolates beta-tilde and beta, "
+        "improved DDPM); learned ones double the network's output channels and need --loss hybrid "
+        "or vlb",
+        default="fixed-small",
+        resume=True,
+    )
+    loss: str = option(
+        "training objective: simple (MSE of the prediction, DDPM's L_simple), vlb (the true "
+        "variational bound) or hybrid (simple + --vlb-weight x the bound, which then trains only the "
+        "variance; improved DDPM)",
+        default="simple",
+        resume=True,
+    )
     vlb_weight: float = option("lambda of --loss hybrid", default=DEFAULT_VLB_WEIGHT, resume=True)
     dropout: float | None = option("dropout in residual blocks (default: the preset's)", default=None, resume=True)
-    nonfinite: str = option("on a NaN/inf loss or gradient: 'stop' (no checkpoint is written) or 'skip' the step",
-                            default="stop")
-    sample_every: int = option("write a sample grid (EMA weights) every this many steps (0: only at the end)",
-                               default=1000)
+    nonfinite: str = option(
+        "on a NaN/inf loss or gradient: 'stop' (no checkpoint is written) or 'skip' the step", default="stop"
+    )
+    sample_every: int = option(
+        "write a sample grid (EMA weights) every this many steps (0: only at the end)", default=1000
+    )
     sample_steps: int = option("steps of the default sampler for the grids written during training", default=20)
     num_samples: int = option("images in each sample grid", default=64)
     checkpoint_every: int = option("write a checkpoint every this many steps (0: only at the end)", default=1000)
     keep: int = option("checkpoints to keep (the newest)", default=3)
     log_every: int = option("append a metrics line to metrics.jsonl every this many steps", default=50)
     tensorboard: bool = option("also write TensorBoard events (needs the tensorboard package)", default=False)
-    eval_every: int = option("score --eval-num EMA samples against the train split every this many steps, into "
-                             "metrics.jsonl and eval.png (0: off)", default=0)
+    eval_every: int = option(
+        "score --eval-num EMA samples against the train split every this many steps, into "
+        "metrics.jsonl and eval.png (0: off)",
+        default=0,
+    )
     eval_num: int = option("images sampled for each --eval-every score", default=500)
-    eval_metric: str = option("--eval-every metric: fd (FeatureNet, seconds on a CPU) or fid (Inception-v3)",
-                              default="fd")
+    eval_metric: str = option(
+        "--eval-every metric: fd (FeatureNet, seconds on a CPU) or fid (Inception-v3)", default="fd"
+    )
     device: str = option("cpu, cuda, mps or auto", default="auto")
-    bf16: bool | None = option("bf16 autocast for the network (default: on where the hardware computes bf16 natively: "
-                               "CUDA GPUs that support it, CPUs with AVX512-BF16/AMX or Arm BF16; on resume, the "
-                               "run's own choice)", default=None)
+    bf16: bool | None = option(
+        "bf16 autocast for the network (default: on where the hardware computes bf16 natively: "
+        "CUDA GPUs that support it, CPUs with AVX512-BF16/AMX or Arm BF16; on resume, the "
+        "run's own choice)",
+        default=None,
+    )
     compile: bool = option("torch.compile the network", default=False)
     channels_last: bool | None = option("channels-last memory format (default: on for CUDA)", default=None)
     progress: bool = option("no progress bar", default=True, flag="--quiet", action="store_false")
@@ -144,22 +220,25 @@ class TrainConfig:
         if self.schedule not in ("linear", "cosine"):
             raise UserError(f"unknown schedule {self.schedule!r}: choose linear or cosine")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ParameterError(f"unknown {{lr_schedule}} {self.lr_schedule!r}: choose one of "
-                                 f"{', '.join(LR_SCHEDULES)}")
+            raise ParameterError(
+                f"unknown {{lr_schedule}} {self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}"
+            )
         if self.loss_weight not in LOSS_WEIGHTS:
-            raise ParameterError(f"unknown {{loss_weight}} {self.loss_weight!r}: choose one of "
-                                 f"{', '.join(LOSS_WEIGHTS)}")
+            raise ParameterError(
+                f"unknown {{loss_weight}} {self.loss_weight!r}: choose one of {', '.join(LOSS_WEIGHTS)}"
+            )
         if self.t_sampling not in T_SAMPLINGS:
-            raise ParameterError(f"unknown {{t_sampling}} {self.t_sampling!r}: choose one of "
-                                 f"{', '.join(T_SAMPLINGS)}")
+            raise ParameterError(f"unknown {{t_sampling}} {self.t_sampling!r}: choose one of {', '.join(T_SAMPLINGS)}")
         check_objective(self.loss, self.variance, self.t_sampling, self.loss_weight, self.vlb_weight)
         if not (math.isfinite(self.adam_beta2) and 0 <= self.adam_beta2 < 1):
             raise ParameterError(f"{{adam_beta2}} must be in [0, 1), e.g. 0.999 or 0.99; got {self.adam_beta2}")
         if self.loss_gamma is not None and not (math.isfinite(self.loss_gamma) and self.loss_gamma > 0):
             raise ParameterError(f"{{loss_gamma}} must be a positive number; got {self.loss_gamma}")
         if not (math.isfinite(self.laplace_scale) and self.laplace_scale > 0) or not math.isfinite(self.laplace_loc):
-            raise ParameterError(f"{{laplace_scale}} must be positive and {{laplace_loc}} finite; got "
-                                 f"{self.laplace_scale}, {self.laplace_loc}")
+            raise ParameterError(
+                f"{{laplace_scale}} must be positive and {{laplace_loc}} finite; got "
+                f"{self.laplace_scale}, {self.laplace_loc}"
+            )
         if self.nonfinite not in ("stop", "skip"):
             raise ParameterError(f"{{nonfinite}} must be 'stop' or 'skip'; got {self.nonfinite!r}")
         for name in ("batch_size", "grad_accum", "timesteps", "num_samples", "sample_steps", "keep", "log_every"):
@@ -179,19 +258,25 @@ class TrainConfig:
         if not 0 <= self.label_dropout < 1:
             raise ParameterError(f"{{label_dropout}} must lie in [0, 1); got {self.label_dropout}")
         if self.network_overrides() and self.init_from is not None:  # also raises on a malformed list
-            raise ParameterError("{init_from} keeps its checkpoint's network: drop {base_channels}, {channel_mult}, "
-                                 "{res_blocks} and {attention}")
+            raise ParameterError(
+                "{init_from} keeps its checkpoint's network: drop {base_channels}, {channel_mult}, "
+                "{res_blocks} and {attention}"
+            )
         if self.eval_every < 0 or self.eval_num < 2 or self.eval_metric not in ("fd", "fid"):
-            raise ParameterError(f"{{eval_every}} must be >= 0, {{eval_num}} >= 2 and {{eval_metric}} fd or fid; got "
-                            f"{self.eval_every}, {self.eval_num}, {self.eval_metric!r}")
+            raise ParameterError(
+                f"{{eval_every}} must be >= 0, {{eval_num}} >= 2 and {{eval_metric}} fd or fid; got "
+                f"{self.eval_every}, {self.eval_num}, {self.eval_metric!r}"
+            )
 
     def network_overrides(self) -> dict[str, Any]:
         """The UNetConfig fields that --base-channels, --channel-mult, --res-blocks, --attention, --norm-groups and
         --scale-shift-norm set."""
         out: dict[str, Any] = {}
-        for setting, value, name in (("base_channels", self.base_channels, "base_channels"),
-                                     ("res_blocks", self.res_blocks, "num_res_blocks"),
-                                     ("norm_groups", self.norm_groups, "groups")):
+        for setting, value, name in (
+            ("base_channels", self.base_channels, "base_channels"),
+            ("res_blocks", self.res_blocks, "num_res_blocks"),
+            ("norm_groups", self.norm_groups, "groups"),
+        ):
             if value is not None:
                 if value < 1:
                     raise ParameterError(f"{{{setting}}} must be at least 1; got {value}")
@@ -223,8 +308,9 @@ class TrainConfig:
 
 # The settings a resumed run must keep, and the values a checkpoint that does not record a field was trained with.
 RESUME_MUST_MATCH: tuple[str, ...] = marked(fields(TrainConfig), "resume")
-UNRECORDED_VALUES: dict[str, Any] = {f.name: f.metadata["unrecorded"] for f in fields(TrainConfig)
-                                     if "unrecorded" in f.metadata}
+UNRECORDED_VALUES: dict[str, Any] = {
+    f.name: f.metadata["unrecorded"] for f in fields(TrainConfig) if "unrecorded" in f.metadata
+}
 
 
 def _int_list(setting: str, text: str, example: str) -> tuple[int, ...]:

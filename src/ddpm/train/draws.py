@@ -28,7 +28,7 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     per_epoch = max(1, n // batch_size)
     epoch, j = divmod(step, per_epoch)
     perm = _epoch_order(n, max(1, math.ceil(batch_size / n)), seed, epoch)
-    return perm[j * batch_size:(j + 1) * batch_size]
+    return perm[j * batch_size : (j + 1) * batch_size]
 
 
 @functools.lru_cache(maxsize=2)
@@ -49,8 +49,16 @@ class Draws:
     flip: Tensor  # (G,) bool: mirrored (--flip runs)
 
 
-def step_draws(step: int, seed: int, n_images: int, global_batch: int, image_shape: tuple[int, ...] | torch.Size,
-               objective: Objective, label_dropout: float, device: torch.device | str = "cpu") -> Draws:
+def step_draws(
+    step: int,
+    seed: int,
+    n_images: int,
+    global_batch: int,
+    image_shape: tuple[int, ...] | torch.Size,
+    objective: Objective,
+    label_dropout: float,
+    device: torch.device | str = "cpu",
+) -> Draws:
     """Step ``step``'s draws, a pure function of the arguments: the images from :func:`batch_indices`, then
     t, ε, label dropout and flips, in that order, from one generator on ``device`` seeded by (seed, step).
 

@@ -40,8 +40,17 @@ class TrainingEval:
     images 0..num-1 from the same seeds with the default sampler, so the curve moves only with the weights.
     """
 
-    def __init__(self, metric: str, num: int, data: Any, data_name: str, seed: int, steps: int,
-                 device: torch.device, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        metric: str,
+        num: int,
+        data: Any,
+        data_name: str,
+        seed: int,
+        steps: int,
+        device: torch.device,
+        cache_dir: Path | None = None,
+    ) -> None:
         if metric not in ("fd", "fid"):
             raise ParameterError(f"{{eval_metric}} must be fd or fid; got {metric!r}")
         self.metric, self.num, self.data, self.data_name = metric, num, data, data_name
@@ -50,8 +59,10 @@ class TrainingEval:
         self.ref: tuple[Any, torch.Tensor, torch.Tensor, int] | None = None
         # Fail before training starts, not at the first evaluation.
         if metric == "fd" and data.labels is None:
-            raise ParameterError(f"{{eval_metric}} fd needs a labelled data set (FeatureNet is a classifier), and "
-                                 f"{data_name} has none: use class subfolders, or {{eval_metric}} fid")
+            raise ParameterError(
+                f"{{eval_metric}} fd needs a labelled data set (FeatureNet is a classifier), and "
+                f"{data_name} has none: use class subfolders, or {{eval_metric}} fid"
+            )
         if metric == "fid":
             find_inception()
 
@@ -59,6 +70,7 @@ class TrainingEval:
         """(extractor, reference mean (D,), covariance (D, D), reference count), built on the first call."""
         if self.ref is None:
             pixels = self.data.as_uint8()
+            ext: Any
             if self.metric == "fd":
                 ext = featurenet_for(pixels, self.data.labels, self.data_name, self.cache_dir, device=self.device)
             else:
@@ -70,8 +82,14 @@ class TrainingEval:
         return self.ref
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, schedule: Any, prediction: str,
-                 num_classes: int | None = None, variance: str = "fixed-small") -> dict[str, float]:
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        schedule: Any,
+        prediction: str,
+        num_classes: int | None = None,
+        variance: str = "fixed-small",
+    ) -> dict[str, float]:
         """Sample with ``model`` (in eval mode) and score: {"eval_<metric>", "eval_num", "eval_ref_num", "eval_s"}.
 
         With ``num_classes`` image i is of class i mod num_classes, so every class is scored."""
@@ -80,13 +98,32 @@ class TrainingEval:
         was_training = model.training
         model.eval()
         choice = default_choice(self.steps, schedule)
-        meta = {"channels": self.data.channels, "image_size": self.data.image_size, "prediction": prediction,
-                "variance": variance}
-        pixels = [to_pixels(x) for _, x in draw_batches(model, schedule, meta, choice, self.seed, self.num,
-                                                        batch_size=BATCH_SIZE, device=self.device,
-                                                        cycle_classes=num_classes)]
+        meta = {
+            "channels": self.data.channels,
+            "image_size": self.data.image_size,
+            "prediction": prediction,
+            "variance": variance,
+        }
+        pixels = [
+            to_pixels(x)
+            for _, x in draw_batches(
+                model,
+                schedule,
+                meta,
+                choice,
+                self.seed,
+                self.num,
+                batch_size=BATCH_SIZE,
+                device=self.device,
+                cycle_classes=num_classes,
+            )
+        ]
         model.train(was_training)
         feats = ext.features(np.concatenate(pixels))
         value = fd_against(feats, mean, cov)
-        return {f"eval_{self.metric}": value, "eval_num": self.num, "eval_ref_num": ref_num,
-                "eval_s": time.perf_counter() - t0}
+        return {
+            f"eval_{self.metric}": value,
+            "eval_num": self.num,
+            "eval_ref_num": ref_num,
+            "eval_s": time.perf_counter() - t0,
+        }

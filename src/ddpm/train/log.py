@@ -30,13 +30,17 @@ class MetricsLog:
         self.eval_curve: list[tuple[int, float]] = []  # (step, FD or FID) of --eval-every
         if resume_step is not None and path.exists():
             # Lines written after the checkpoint we resume from belong to steps that will be redone.
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             atomic_write(path, "".join(line + "\n" for line in kept))
             self.curve = [(r["step"], r["loss_smooth"]) for r in map(json.loads, kept) if "loss_smooth" in r]
-            self.eval_curve = [(r["step"], v) for r in map(json.loads, kept) for k, v in r.items()
-                               if k in ("eval_fd", "eval_fid")]
-        self.tb = None
+            self.eval_curve = [
+                (r["step"], v) for r in map(json.loads, kept) for k, v in r.items() if k in ("eval_fd", "eval_fid")
+            ]
+        self.tb: Any = None  # a TensorBoard SummaryWriter with --tensorboard
 
     @classmethod
     def open(cls, cfg: TrainConfig, out: Path, step: int) -> MetricsLog:
@@ -80,8 +84,9 @@ class MetricsLog:
             save_png(path, plot_curve(xs, ys, title="training loss (smoothed), log scale"))
 
 
-def write_grid(path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfig, data: ImageDataset,
-               device: torch.device) -> None:
+def write_grid(
+    path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfig, data: ImageDataset, device: torch.device
+) -> None:
     """Sample cfg.num_samples images from ``model`` (seeded by cfg.seed) with the default sampler at
     cfg.sample_steps and write them as one grid PNG, in one batch.
 
@@ -89,10 +94,23 @@ def write_grid(path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfi
     """
     n = cfg.num_samples
     classes = data.num_classes if cfg.class_cond and data.num_classes else None
-    meta = {"channels": data.channels, "image_size": data.image_size, "prediction": cfg.prediction,
-            "variance": cfg.variance}
-    (_, x), = draw_batches(model, schedule, meta, default_choice(cfg.sample_steps, schedule), cfg.seed, n,
-                           batch_size=n, device=device, cycle_classes=classes)
+    meta = {
+        "channels": data.channels,
+        "image_size": data.image_size,
+        "prediction": cfg.prediction,
+        "variance": cfg.variance,
+    }
+    ((_, x),) = draw_batches(
+        model,
+        schedule,
+        meta,
+        default_choice(cfg.sample_steps, schedule),
+        cfg.seed,
+        n,
+        batch_size=n,
+        device=device,
+        cycle_classes=classes,
+    )
     save_png(path, make_grid(to_uint8(x), nrow=classes, pad_value=128, scale=max(1, 64 // data.image_size)))
 
 

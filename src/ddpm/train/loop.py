@@ -97,11 +97,20 @@ class _Run:
         if self.objective.history is not None:
             state["loss_history"] = self.objective.history.state_dict()
         save_training_state(state_path(path), state)
-        meta = checkpoint_meta(step, nets.raw.config, self.schedule, cfg.prediction, variance=cfg.variance,
-                               class_names=data.class_names if cfg.class_cond else None, data=data.name,
-                               world_size=self.px.world, bf16=bool(nets.bf16), train=cfg.record())
+        meta = checkpoint_meta(
+            step,
+            nets.raw.config,
+            self.schedule,
+            cfg.prediction,
+            variance=cfg.variance,
+            class_names=data.class_names if cfg.class_cond else None,
+            data=data.name,
+            world_size=self.px.world,
+            bf16=bool(nets.bf16),
+            train=cfg.record(),
+        )
         save_checkpoint(path, nets.raw.state_dict(), nets.ema.state_dict(), meta)
-        for _, old in list_checkpoints(self.out)[:-cfg.keep]:
+        for _, old in list_checkpoints(self.out)[: -cfg.keep]:
             old.unlink(missing_ok=True)
             state_path(old).unlink(missing_ok=True)
         return path
@@ -111,9 +120,12 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     out = Path(cfg.out)
     data = training_data(cfg.data, cfg.image_size, cfg.skip_bad, cfg.prepared_dir, px, progress=cfg.progress)
     if cfg.class_cond and data.labels is None:
-        raise ParameterError(f"{{class_cond}} needs labels, but {cfg.data} has none: use class subfolders, "
-                             "an IDX label file, or drop {class_cond}")
+        raise ParameterError(
+            f"{{class_cond}} needs labels, but {cfg.data} has none: use class subfolders, "
+            "an IDX label file, or drop {class_cond}"
+        )
     if cfg.class_cond:
+        assert data.labels is not None and data.num_classes is not None  # checked just above
         check_labels(data.labels, data.num_classes)  # once: the network checks only shapes
     if px.main:
         prepare_run_dir(out, cfg.resume)
@@ -121,9 +133,20 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
             print(f"skipped {len(data.skipped)} unreadable file(s) (--skip-bad): {', '.join(data.skipped[:5])}")
     px.barrier()
     schedule = cfg.make_schedule()
-    objective = Objective.create(schedule, cfg.prediction, cfg.loss_weight, cfg.loss_gamma, cfg.t_sampling,
-                                 cfg.laplace_loc, cfg.laplace_scale, px.device, stratified=cfg.t_stratified,
-                                 loss_type=cfg.loss, variance=cfg.variance, vlb_weight=cfg.vlb_weight)
+    objective = Objective.create(
+        schedule,
+        cfg.prediction,
+        cfg.loss_weight,
+        cfg.loss_gamma,
+        cfg.t_sampling,
+        cfg.laplace_loc,
+        cfg.laplace_scale,
+        px.device,
+        stratified=cfg.t_stratified,
+        loss_type=cfg.loss,
+        variance=cfg.variance,
+        vlb_weight=cfg.vlb_weight,
+    )
     nets = build_networks(cfg, data, px, out)
     if objective.history is not None and nets.state.get("loss_history") is not None:
         objective.history.load_state_dict(nets.state["loss_history"])
@@ -139,8 +162,9 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
         last_path = _finish(run, step, last_path)
         _say_why_it_stopped(cfg, step, caught, skipped)
     px.barrier()
-    return TrainResult(last_path or out / CHECKPOINT_DIR / checkpoint_name(step), step, nets.raw, nets.ema,
-                       bool(caught))
+    return TrainResult(
+        last_path or out / CHECKPOINT_DIR / checkpoint_name(step), step, nets.raw, nets.ema, bool(caught)
+    )
 
 
 def _loop(run: _Run, caught: list[int]) -> tuple[int, int, Path | None]:
@@ -152,7 +176,7 @@ def _loop(run: _Run, caught: list[int]) -> tuple[int, int, Path | None]:
     # (N, C, H, W) uint8 codes or float32, each batch converted on the device: held there, or (a prepared set)
     # left in its memory map, each batch's rows gathered on the CPU
     pixels = run.data.pixels if run.data.memory_mapped else run.data.pixels.to(px.device)
-    labels = run.data.labels.to(px.device) if cfg.class_cond else None
+    labels = run.data.labels.to(px.device) if cfg.class_cond and run.data.labels is not None else None
     step = start = run.nets.step
     report = _Report(start, time.monotonic(), progress_bar(total, step) if cfg.progress and px.main else None)
     run.nets.raw.train()
@@ -191,23 +215,34 @@ def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Ten
     batch would.
     """
     cfg, px, nets = run.cfg, run.px, run.nets
-    d = step_draws(step, cfg.seed, len(run.data), cfg.batch_size * px.world * cfg.grad_accum, pixels.shape[1:],
-                   run.objective, cfg.label_dropout, px.device)
+    d = step_draws(
+        step,
+        cfg.seed,
+        len(run.data),
+        cfg.batch_size * px.world * cfg.grad_accum,
+        pixels.shape[1:],
+        run.objective,
+        cfg.label_dropout,
+        px.device,
+    )
     nets.opt.zero_grad(set_to_none=True)
     parts = [_micro_batch(run, step, a, d, pixels, labels) for a in range(cfg.grad_accum)]
     loss = sum(value for value, _ in parts)
-    gnorm = float(torch.nn.utils.clip_grad_norm_(nets.raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0
-                                                 else math.inf))
+    gnorm = float(
+        torch.nn.utils.clip_grad_norm_(nets.raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    )
     # Every rank takes part in the vote, so all skip (or stop at) the same step.
     if px.any(not (math.isfinite(gnorm) and math.isfinite(loss))):
         if cfg.nonfinite == "stop":
-            raise ParameterError(f"the loss or gradient became non-finite at step {step} (loss {loss}): lower "
-                                 f"{{lr}} (now {cfg.lr}) or turn off {{bf16}}, then {{resume}}; the checkpoints on "
-                                 "disk are untouched (or pass {nonfinite} skip)")
+            raise ParameterError(
+                f"the loss or gradient became non-finite at step {step} (loss {loss}): lower "
+                f"{{lr}} (now {cfg.lr}) or turn off {{bf16}}, then {{resume}}; the checkpoints on "
+                "disk are untouched (or pass {nonfinite} skip)"
+            )
         nets.opt.zero_grad(set_to_none=True)
         return None
     if run.objective.history is not None:  # every rank records the global batch's losses, in its order
-        per_image = px.gather(torch.stack([p for _, p in parts]))  # (W, A, B): rank r's micro-batch a
+        per_image = px.gather(torch.stack([p for _, p in parts if p is not None]))  # (W, A, B): rank r's micro-batch a
         run.objective.history.update(d.t.cpu(), per_image.transpose(0, 1).reshape(-1).cpu())
     for group in nets.opt.param_groups:
         group["lr"] = lr_at(step, cfg, horizon)
@@ -217,8 +252,9 @@ def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Ten
     return _Stats(loss, gnorm, decay)
 
 
-def _micro_batch(run: _Run, step: int, a: int, d: Draws, pixels: Tensor,
-                 labels: Tensor | None) -> tuple[float, Tensor | None]:
+def _micro_batch(
+    run: _Run, step: int, a: int, d: Draws, pixels: Tensor, labels: Tensor | None
+) -> tuple[float, Tensor | None]:
     """Forward and backward of micro-batch ``a`` (gradients accumulate); returns its loss / grad-accum and, for the
     loss-aware timestep sampler, each image's loss (B,)."""
     cfg, px, nets = run.cfg, run.px, run.nets
@@ -230,7 +266,7 @@ def _micro_batch(run: _Run, step: int, a: int, d: Draws, pixels: Tensor,
         x0 = torch.where(d.flip[sl].view(-1, 1, 1, 1), x0.flip(-1), x0)
     y = None if labels is None else torch.where(d.drop[sl], -1, labels[d.indices[sl]])
     # DDP all-reduces gradients on the last micro-batch only.
-    sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else nets.model.no_sync()
+    sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else nets.model.no_sync()  # type: ignore[operator]
     with sync, torch.autocast(px.device.type, dtype=torch.bfloat16, enabled=nets.bf16):
         loss, per_image = run.objective.losses(nets.model, x0, d.t[sl], d.noise[sl], y, nets.memory_format)
         (loss / A).backward()
@@ -268,25 +304,38 @@ def _report(run: _Run, r: _Report, step: int, stats: _Stats, horizon: int | None
     rate = (step - r.start_step) * cfg.batch_size * run.px.world * cfg.grad_accum / elapsed
     if r.bar is not None:
         left = None if deadline is None else max(0.0, deadline - time.monotonic()) / 60
-        r.bar.set_postfix({"loss": f"{r.smooth:.4f}", "img/s": f"{rate:.0f}",
-                           **({} if left is None else {"left": f"{left:.1f}min"})}, refresh=False)
+        r.bar.set_postfix(
+            {"loss": f"{r.smooth:.4f}", "img/s": f"{rate:.0f}", **({} if left is None else {"left": f"{left:.1f}min"})},
+            refresh=False,
+        )
         r.bar.update(1)
     if run.metrics is not None and step % cfg.log_every == 0:
-        run.metrics.write({"step": step, "loss": stats.loss, "loss_smooth": r.smooth,
-                           "lr": lr_at(step - 1, cfg, horizon), "grad_norm": stats.grad_norm,
-                           "ema_decay": stats.ema_decay, "images_per_s": rate, "time_s": elapsed,
-                           "skipped_steps": r.skipped, "bf16": run.nets.bf16})
+        run.metrics.write(
+            {
+                "step": step,
+                "loss": stats.loss,
+                "loss_smooth": r.smooth,
+                "lr": lr_at(step - 1, cfg, horizon),
+                "grad_norm": stats.grad_norm,
+                "ema_decay": stats.ema_decay,
+                "images_per_s": rate,
+                "time_s": elapsed,
+                "skipped_steps": r.skipped,
+                "bf16": run.nets.bf16,
+            }
+        )
 
 
 def _periodic(run: _Run, step: int) -> Path | None:
     """The every-K-steps work after ``step``: sample grid, --eval-every score, checkpoint (its path)."""
     cfg, px, out = run.cfg, run.px, run.out
-    if px.main and cfg.sample_every and step % cfg.sample_every == 0:
+    if run.metrics is not None and cfg.sample_every and step % cfg.sample_every == 0:  # rank 0
         write_grid(out / "samples" / f"step-{step:09d}.png", run.nets.ema, run.schedule, cfg, run.data, px.device)
         run.metrics.plot(out / "loss.png")
-    if run.evaluator is not None and step % cfg.eval_every == 0:
-        result = run.evaluator(run.nets.ema, run.schedule, cfg.prediction,
-                               run.data.num_classes if cfg.class_cond else None, cfg.variance)
+    if run.evaluator is not None and run.metrics is not None and step % cfg.eval_every == 0:
+        result = run.evaluator(
+            run.nets.ema, run.schedule, cfg.prediction, run.data.num_classes if cfg.class_cond else None, cfg.variance
+        )
         run.metrics.write_eval(step, result, out / "eval.png")
     if px.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
         return run.save(step)
@@ -312,11 +361,15 @@ def _finish(run: _Run, step: int, last_path: Path | None) -> Path:
 def _say_why_it_stopped(cfg: TrainConfig, step: int, caught: list[int], skipped: int) -> None:
     """One line each (rank 0): stopped by a signal, stopped by the --minutes budget, steps skipped."""
     if caught:
-        print(f"stopped by signal {signal.Signals(caught[0]).name} at step {step}; "
-              f"checkpoint written, continue with --resume")
+        print(
+            f"stopped by signal {signal.Signals(caught[0]).name} at step {step}; "
+            f"checkpoint written, continue with --resume"
+        )
     elif cfg.minutes is not None and cfg.steps is not None and step < cfg.steps:
-        print(f"stopped at step {step} of {cfg.steps}: the --minutes {cfg.minutes:g} budget ran out; "
-              "the same command with --resume continues")
+        print(
+            f"stopped at step {step} of {cfg.steps}: the --minutes {cfg.minutes:g} budget ran out; "
+            "the same command with --resume continues"
+        )
     if skipped:
         print(f"skipped {skipped} step(s) with a non-finite loss or gradient")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -57,8 +57,9 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
         ck = load_checkpoint(path)
         if preset == AUTO_PRESET:  # no --preset: the run's own, as recorded
             preset = ck.meta["train"].get("preset", UNRECORDED_VALUES["preset"])
-        check_compatible(ck.meta["train"], replace(cfg, preset=preset), px.world, int(ck.meta.get("world_size", 1)),
-                         path)
+        check_compatible(
+            ck.meta["train"], replace(cfg, preset=preset), px.world, int(ck.meta.get("world_size", 1)), path
+        )
         raw = UNet(UNetConfig.from_dict(ck.meta["model"]))
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
     elif cfg.init_from is not None:  # a new run that starts from another checkpoint's network and weights
@@ -87,14 +88,14 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
     use_cuda = device.type == "cuda"
     channels_last = cfg.channels_last if cfg.channels_last is not None else use_cuda
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    raw.to(device, memory_format=fmt)
+    raw.to(device, memory_format=fmt)  # type: ignore[call-overload]  # nn.Module.to takes it
     ema.to(device)
     _optimizer_to(opt, device)
     model: nn.Module = raw
     if px.world > 1:
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if use_cuda else None)
     if cfg.compile:
-        model = torch.compile(model)
+        model = cast(nn.Module, torch.compile(model))
     return Networks(raw, ema, model, opt, step, bf16, fmt, preset, extra)
 
 
@@ -106,8 +107,10 @@ def describe_network(net: UNet) -> str:
     attn = [s for s in sizes if s in cfg.attention_resolutions]
     where = f"at {', '.join(map(str, attn))} px and the middle" if attn else "in the middle block only"
     count = sum(p.numel() for p in net.parameters())
-    return f"levels {'→'.join(map(str, sizes))} px, attention {where}, {count / 1e6:.{1 if count >= 1e8 else 2}f}M " \
-           "parameters"
+    return (
+        f"levels {'→'.join(map(str, sizes))} px, attention {where}, {count / 1e6:.{1 if count >= 1e8 else 2}f}M "
+        "parameters"
+    )
 
 
 def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, announce: bool) -> tuple[UNet, str]:
@@ -117,8 +120,11 @@ def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, anno
     chosen = preset == AUTO_PRESET
     if chosen:
         preset = preset_for_size(data.image_size)
-    overrides: dict[str, Any] = {"channels": data.channels, "image_size": data.image_size,
-                                 "num_classes": data.num_classes if cfg.class_cond else None}
+    overrides: dict[str, Any] = {
+        "channels": data.channels,
+        "image_size": data.image_size,
+        "num_classes": data.num_classes if cfg.class_cond else None,
+    }
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
     if cfg.variance in LEARNED_VARIANCES:
@@ -127,11 +133,11 @@ def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, anno
     try:
         raw = UNet.from_preset(preset, **overrides)
     except ValueError as e:
-        raise ParameterError(f"preset {preset!r} does not fit the data: {e} (flags: {{image_size}}, "
-                             "{preset}, {channel_mult})") from None
+        raise ParameterError(
+            f"preset {preset!r} does not fit the data: {e} (flags: {{image_size}}, {{preset}}, {{channel_mult}})"
+        ) from None
     if announce:
-        how = f"chosen for {data.image_size}x{data.image_size} images; --preset names another" if chosen else \
-            "--preset"
+        how = f"chosen for {data.image_size}x{data.image_size} images; --preset names another" if chosen else "--preset"
         cpu = CPU_BUDGET_PRESET.get(preset) if device.type == "cpu" else None
         tip = f"; on a CPU, --preset {cpu} is the small network for this size" if cpu else ""
         print(f"network: {preset} ({how}): {describe_network(raw)}{tip}")
@@ -144,6 +150,7 @@ def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet
     The data must fit that network (channels, image size, classes) and the run must keep its schedule and
     prediction type; ``--dropout`` may change (it has no weights).
     """
+    assert cfg.init_from is not None
     ck = load_checkpoint(cfg.init_from)
     where = f"{{init_from}} {ck.path}"
     try:
@@ -151,25 +158,37 @@ def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet
         saved_schedule, saved_prediction = ck.meta["schedule"], ck.meta.get("prediction", "eps")
     except (KeyError, TypeError, ValueError) as e:
         raise ParameterError(f"{where} is damaged or from an incompatible ddpm version ({type(e).__name__})") from None
-    fixes = {"channels": "use data with that many channels",
-             "image_size": f"pass {{image_size}} {mcfg.image_size}",
-             "num_classes": "{class_cond} and the data's classes must match the checkpoint's"}
-    for name, have in (("channels", data.channels), ("image_size", data.image_size),
-                       ("num_classes", data.num_classes if cfg.class_cond else None)):
+    fixes = {
+        "channels": "use data with that many channels",
+        "image_size": f"pass {{image_size}} {mcfg.image_size}",
+        "num_classes": "{class_cond} and the data's classes must match the checkpoint's",
+    }
+    for name, have in (
+        ("channels", data.channels),
+        ("image_size", data.image_size),
+        ("num_classes", data.num_classes if cfg.class_cond else None),
+    ):
         if getattr(mcfg, name) != have:
-            raise ParameterError(f"{where}: its network has {name}={getattr(mcfg, name)} but the data gives {have}: "
-                                 f"{fixes[name]}")
+            raise ParameterError(
+                f"{where}: its network has {name}={getattr(mcfg, name)} but the data gives {have}: {fixes[name]}"
+            )
     if cfg.make_schedule().to_dict() != saved_schedule:
-        raise ParameterError(f"{where}: it was trained with the schedule {saved_schedule}, this run has "
-                             f"{cfg.make_schedule().to_dict()}: match {{schedule}}/{{timesteps}}/{{beta_start}}/"
-                             "{beta_end} (a custom table cannot be fine-tuned)")
+        raise ParameterError(
+            f"{where}: it was trained with the schedule {saved_schedule}, this run has "
+            f"{cfg.make_schedule().to_dict()}: match {{schedule}}/{{timesteps}}/{{beta_start}}/"
+            "{beta_end} (a custom table cannot be fine-tuned)"
+        )
     if (mcfg.out_channels or mcfg.channels) != output_channels(mcfg.channels, cfg.variance):
-        raise ParameterError(f"{where}: its network has {mcfg.out_channels or mcfg.channels} output channels, "
-                             f"{{variance}} {cfg.variance} needs {output_channels(mcfg.channels, cfg.variance)}: pass "
-                             f"{{variance}} {ck.meta.get('variance', 'fixed-small')}")
+        raise ParameterError(
+            f"{where}: its network has {mcfg.out_channels or mcfg.channels} output channels, "
+            f"{{variance}} {cfg.variance} needs {output_channels(mcfg.channels, cfg.variance)}: pass "
+            f"{{variance}} {ck.meta.get('variance', 'fixed-small')}"
+        )
     if saved_prediction != cfg.prediction:
-        raise ParameterError(f"{where}: it predicts {saved_prediction}, this run {{prediction}} {cfg.prediction}: "
-                             f"pass {{prediction}} {saved_prediction}")
+        raise ParameterError(
+            f"{where}: it predicts {saved_prediction}, this run {{prediction}} {cfg.prediction}: "
+            f"pass {{prediction}} {saved_prediction}"
+        )
     if cfg.dropout is not None:
         mcfg.dropout = cfg.dropout
     raw, ema = UNet(mcfg), UNet(mcfg)
@@ -184,11 +203,14 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
         raise ParameterError(f"{{out}} {out} is a file, not a directory: choose another {{out}}")
     existing = list_checkpoints(out)
     if existing and not resume:
-        raise ParameterError(f"{out} already holds a run ({len(existing)} checkpoints, latest step "
-                             f"{existing[-1][0]}): pass {{resume}} to continue it, or choose another {{out}}")
+        raise ParameterError(
+            f"{out} already holds a run ({len(existing)} checkpoints, latest step "
+            f"{existing[-1][0]}): pass {{resume}} to continue it, or choose another {{out}}"
+        )
     if resume and not existing:
-        raise ParameterError(f"nothing to resume in {out}: it holds no checkpoints (drop {{resume}} to start a new "
-                             "run)")
+        raise ParameterError(
+            f"nothing to resume in {out}: it holds no checkpoints (drop {{resume}} to start a new run)"
+        )
     (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
     remove_partial_writes(out / CHECKPOINT_DIR)  # half-written files of a killed process
@@ -217,8 +239,11 @@ def check_compatible(saved: dict[str, Any], cfg: TrainConfig, world: int, saved_
     default then, which is today's default unless :data:`UNRECORDED_VALUES` says otherwise."""
     defaults = {f.name: f.default for f in fields(TrainConfig)} | UNRECORDED_VALUES
     recorded = {k: saved.get(k, defaults[k]) for k in RESUME_MUST_MATCH}
-    diffs = [f"{{{k}}} {recorded[k]!r} in the checkpoint, {getattr(cfg, k)!r} now"
-             for k in RESUME_MUST_MATCH if recorded[k] != getattr(cfg, k)]
+    diffs = [
+        f"{{{k}}} {recorded[k]!r} in the checkpoint, {getattr(cfg, k)!r} now"
+        for k in RESUME_MUST_MATCH
+        if recorded[k] != getattr(cfg, k)
+    ]
     if saved_world != world:
         diffs.append(f"{saved_world} processes in the checkpoint, {world} now (the effective batch would change)")
     if diffs:

@@ -1,4 +1,4 @@
-"""diffusers interop (ddpm.convert): networks that agree number for number, samplers that draw the same images,
+"""diffusers interop (ddpm.interop): networks that agree number for number, samplers that draw the same images,
 exact round trips, and one-line refusals. diffusers itself (pinned in the test extras) is the oracle; no network.
 """
 
@@ -16,36 +16,67 @@ from safetensors.torch import load_file
 import ddpm
 from ddpm.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ddpm.cli import main
-from ddpm.convert import (
-    export_diffusers,
-    import_diffusers,
+from ddpm.errors import ParameterError, UserError
+from ddpm.interop import export_diffusers, import_diffusers
+from ddpm.interop.configs import (
     pipeline_flags,
     schedule_from_diffusers,
     unet_config_from_diffusers,
     unet_config_to_diffusers,
 )
-from ddpm.errors import ParameterError, UserError
 from ddpm.unet import UNetConfig
 
 diffusers_logging.set_verbosity_error()
 
 # google/ddpm-cifar10-32's config.json, key for key (the 2022 layout: everything else takes diffusers' defaults).
 CIFAR10_CONFIG = {
-    "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu", "attention_head_dim": None,
-    "block_out_channels": [128, 256, 256, 256], "center_input_sample": False,
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"], "downsample_padding": 0,
-    "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2, "mid_block_scale_factor": 1,
-    "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
-    "time_embedding_type": "positional", "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "_class_name": "UNet2DModel",
+    "_diffusers_version": "0.0.4",
+    "act_fn": "silu",
+    "attention_head_dim": None,
+    "block_out_channels": [128, 256, 256, 256],
+    "center_input_sample": False,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "downsample_padding": 0,
+    "flip_sin_to_cos": False,
+    "freq_shift": 1,
+    "in_channels": 3,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-06,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 32,
+    "time_embedding_type": "positional",
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
 }
-CIFAR10_SCHEDULER = {"_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02,
-                     "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000,
-                     "trained_betas": None, "variance_type": "fixed_large"}
+CIFAR10_SCHEDULER = {
+    "_class_name": "DDPMScheduler",
+    "_diffusers_version": "0.1.1",
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "clip_sample": True,
+    "num_train_timesteps": 1000,
+    "trained_betas": None,
+    "variance_type": "fixed_large",
+}
 # A small model in the same (DDPM) layout, 1×8×8 like the digits data.
-SMALL = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
-             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-             layers_per_block=1, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6,
-             norm_num_groups=8, attention_head_dim=None)
+SMALL = dict(
+    sample_size=8,
+    in_channels=1,
+    out_channels=1,
+    block_out_channels=(32, 64),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=1,
+    downsample_padding=0,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    norm_eps=1e-6,
+    norm_num_groups=8,
+    attention_head_dim=None,
+)
 
 
 def _pipe(path):
@@ -83,8 +114,15 @@ def _random_unet(preset, **kw):
 def _save_ours(path, net, schedule=None, prediction="eps", variance=None):
     schedule = schedule or ddpm.Schedule.linear(1000)
     cfg = net.config
-    meta = {"step": 5, "model": cfg.to_dict(), "schedule": schedule.to_dict(), "prediction": prediction,
-            "image_size": cfg.image_size, "channels": cfg.channels, "class_names": None}
+    meta = {
+        "step": 5,
+        "model": cfg.to_dict(),
+        "schedule": schedule.to_dict(),
+        "prediction": prediction,
+        "image_size": cfg.image_size,
+        "channels": cfg.channels,
+        "class_names": None,
+    }
     if variance is not None:  # the reverse variance the network was trained for (none recorded: fixed-small)
         meta["variance"] = variance
     ema = {k: v.clone() + 0.01 for k, v in net.state_dict().items()}  # EMA differs from raw: export must pick it
@@ -147,13 +185,27 @@ def test_import_the_paper_cifar10_layout_bin_and_2022_attention_names(tmp_path):
 
 
 def test_import_pipeline_layout_safetensors_cosine_v_prediction_and_round_trip(tmp_path):
-    cfg = dict(SMALL, block_out_channels=(16, 32, 32), down_block_types=("AttnDownBlock2D", "DownBlock2D",
-               "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D", "AttnUpBlock2D"), layers_per_block=2,
-               sample_size=16, in_channels=2, out_channels=2, downsample_padding=1, attention_head_dim=8, dropout=0.1)
+    cfg = dict(
+        SMALL,
+        block_out_channels=(16, 32, 32),
+        down_block_types=("AttnDownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "AttnUpBlock2D"),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=2,
+        out_channels=2,
+        downsample_padding=1,
+        attention_head_dim=8,
+        dropout=0.1,
+    )
     torch.manual_seed(0)
     theirs = UNet2DModel(**cfg).eval()
-    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False,
-                          timestep_spacing="trailing")
+    sched = DDPMScheduler(
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        clip_sample=False,
+        timestep_spacing="trailing",
+    )
     DDPMPipeline(unet=theirs, scheduler=sched).save_pretrained(tmp_path / "pipe")
     assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
@@ -200,9 +252,31 @@ def test_import_learned_range_samples_as_ddpm_pipeline_and_round_trips(tmp_path)
     assert pipeline_flags(ckpt.meta) == "--sampler ddpm --steps 1000"
     _agree(theirs, ours, (1, 8, 8), [(0, 999), (1, 250), (500, 750)])  # prediction and variance halves
 
-    assert main(["sample", "--checkpoint", str(path), "--num", "2", "--seed", "3", "--out", str(tmp_path / "s"),
-                 "--npz", str(tmp_path / "s.npz"), "--quiet", "--sampler", "ddpm", "--steps", "10",
-                 "--spacing", "leading"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(path),
+                "--num",
+                "2",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "s"),
+                "--npz",
+                str(tmp_path / "s.npz"),
+                "--quiet",
+                "--sampler",
+                "ddpm",
+                "--steps",
+                "10",
+                "--spacing",
+                "leading",
+            ]
+        )
+        == 0
+    )
     pipe = DDPMPipeline(unet=theirs, scheduler=DDPMScheduler(variance_type="learned_range"))
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler.alphas_cumprod = schedule.alphas_cumprod  # float64, as ours
@@ -211,9 +285,17 @@ def test_import_learned_range_samples_as_ddpm_pipeline_and_round_trips(tmp_path)
     got = np.load(tmp_path / "s.npz")["images"][..., 0].astype(int)
     assert np.array_equal(got, ref) and ref.std() > 20
     # The learned variance counts: the fixed β̃ draws other images from the same noise.
-    fixed = ddpm.sample(ours, (2, 1, 8, 8), schedule, sampler="ddpm", steps=10, spacing="leading",
-                        learned_variance="learned-range", variance="posterior",
-                        generator=ddpm.image_generators(3, range(2)))
+    fixed = ddpm.sample(
+        ours,
+        (2, 1, 8, 8),
+        schedule,
+        sampler="ddpm",
+        steps=10,
+        spacing="leading",
+        learned_variance="learned-range",
+        variance="posterior",
+        generator=ddpm.image_generators(3, range(2)),
+    )
     assert ((fixed[:, 0] / 2 + 0.5).clamp(0, 1) * 255 - torch.from_numpy(ref)).abs().max() > 10
 
     export_diffusers(path, tmp_path / "back")
@@ -227,13 +309,16 @@ def test_import_learned_range_samples_as_ddpm_pipeline_and_round_trips(tmp_path)
     assert w_back.keys() == w_saved.keys() and all(torch.equal(w_back[k], w_saved[k]) for k in w_saved)
 
 
-@pytest.mark.parametrize("sched", [
-    {"beta_schedule": "linear", "beta_start": 2e-4, "beta_end": 0.03, "num_train_timesteps": 500},
-    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"beta_schedule": "sigmoid"},
-    {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 300},
-    {"trained_betas": [0.01, 0.02, 0.05, 0.1], "num_train_timesteps": 4},
-])
+@pytest.mark.parametrize(
+    "sched",
+    [
+        {"beta_schedule": "linear", "beta_start": 2e-4, "beta_end": 0.03, "num_train_timesteps": 500},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "sigmoid"},
+        {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 300},
+        {"trained_betas": [0.01, 0.02, 0.05, 0.1], "num_train_timesteps": 4},
+    ],
+)
 def test_schedules_match_diffusers_tables(sched):
     schedule, prediction = schedule_from_diffusers(sched)
     theirs = DDPMScheduler(**sched)
@@ -246,11 +331,14 @@ def test_schedules_match_diffusers_tables(sched):
 # ---------------------------------------------------------------------------- export
 
 
-@pytest.mark.parametrize("preset, kw, shape", [
-    ("tiny", dict(channels=1, image_size=8), (1, 8, 8)),
-    ("small", dict(channels=3, image_size=16, num_heads=2, downsample_padding="same"), (3, 16, 16)),
-    ("small", dict(channels=1, image_size=8, scale_shift_norm=True), (1, 8, 8)),
-])
+@pytest.mark.parametrize(
+    "preset, kw, shape",
+    [
+        ("tiny", dict(channels=1, image_size=8), (1, 8, 8)),
+        ("small", dict(channels=3, image_size=16, num_heads=2, downsample_padding="same"), (3, 16, 16)),
+        ("small", dict(channels=1, image_size=8, scale_shift_norm=True), (1, 8, 8)),
+    ],
+)
 def test_exported_models_load_in_diffusers_and_agree(tmp_path, preset, kw, shape):
     net = _random_unet(preset, **kw)
     src = _save_ours(tmp_path / "c.safetensors", net)
@@ -283,11 +371,14 @@ def test_class_conditional_export_is_a_unet_with_a_no_label_row(tmp_path, capsys
     assert (a - b).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("kw, field", [
-    (dict(channel_mult=(2, 2)), "channel_mult"),
-    (dict(base_channels=24, groups=32), "groups"),  # 24 channels: ddpm drops to 24 groups, diffusers cannot
-    (dict(channel_mult=(1, 2), attention_resolutions=(8,), num_heads=2), "num_heads"),  # widths 32 and 64
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(channel_mult=(2, 2)), "channel_mult"),
+        (dict(base_channels=24, groups=32), "groups"),  # 24 channels: ddpm drops to 24 groups, diffusers cannot
+        (dict(channel_mult=(1, 2), attention_resolutions=(8,), num_heads=2), "num_heads"),  # widths 32 and 64
+    ],
+)
 def test_export_refuses_what_unet2dmodel_cannot_hold(kw, field):
     cfg = UNetConfig(**{**ddpm.PRESETS["tiny"], "channels": 1, **kw})
     with pytest.raises(UserError, match=f"^{field}=") as e:
@@ -319,8 +410,9 @@ def test_ddpm_pipeline_and_our_ancestral_sampler_draw_the_same_images(tmp_path):
     pipe = _pipe(tmp_path / "d")
     seed, n = 7, 2
 
-    ours = ddpm.sample(model, (n, 1, 8, 8), schedule, sampler="ddpm", variance="beta",
-                       generator=ddpm.image_generators(seed, range(n)))
+    ours = ddpm.sample(
+        model, (n, 1, 8, 8), schedule, sampler="ddpm", variance="beta", generator=ddpm.image_generators(seed, range(n))
+    )
     ours = (ours / 2 + 0.5).clamp(0, 1)  # DDPMPipeline's output scaling
     float32_tables = pipe(n, generator=ddpm.image_generators(seed, range(n)), output_type="pt").images
     assert (float32_tables - ours).abs().max() < 1e-4
@@ -347,8 +439,15 @@ def test_ddpm_pipeline_draws_a_learned_range_network_as_our_ancestral_sampler_do
     seed, n = 7, 2
 
     def ours(**options):
-        x = ddpm.sample(model, (n, 1, 8, 8), schedule, sampler="ddpm", learned_variance="learned-range",
-                        generator=ddpm.image_generators(seed, range(n)), **options)
+        x = ddpm.sample(
+            model,
+            (n, 1, 8, 8),
+            schedule,
+            sampler="ddpm",
+            learned_variance="learned-range",
+            generator=ddpm.image_generators(seed, range(n)),
+            **options,
+        )
         return (x / 2 + 0.5).clamp(0, 1)  # DDPMPipeline's output scaling
 
     learned = ours()
@@ -383,21 +482,75 @@ def test_convert_cli_end_to_end(tmp_path, capsys, run_dir):
 
     # ddpm sample with DDPMPipeline's settings (10 steps on diffusers' default 'leading' spacing) gives its images.
     flags = ["--sampler", "ddpm", "--steps", "10", "--spacing", "leading", "--option", "variance=beta"]
-    assert main(["sample", "--checkpoint", str(run), "--num", "2", "--seed", "3", "--out", str(tmp_path / "s"),
-                 "--npz", str(tmp_path / "s.npz"), "--quiet", *flags]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(run),
+                "--num",
+                "2",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "s"),
+                "--npz",
+                str(tmp_path / "s.npz"),
+                "--quiet",
+                *flags,
+            ]
+        )
+        == 0
+    )
     pipe = DDPMPipeline(unet=theirs, scheduler=DDPMScheduler(variance_type="fixed_large"))
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler.alphas_cumprod = ddpm.Schedule.linear(1000).alphas_cumprod  # float64, as ours
     ref = pipe(2, generator=ddpm.image_generators(3, range(2)), num_inference_steps=10).images  # PIL, rounded
     got = np.load(tmp_path / "s.npz")["images"]
     assert np.array_equal(got[..., 0], np.stack([np.asarray(im) for im in ref]))
-    assert main(["edit", "--checkpoint", str(run), "--image", str(tmp_path / "s" / "000000.png"), "--strength",
-                 "0.3", "--steps", "3", "--out", str(tmp_path / "e.png")]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                "--checkpoint",
+                str(run),
+                "--image",
+                str(tmp_path / "s" / "000000.png"),
+                "--strength",
+                "0.3",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "e.png"),
+            ]
+        )
+        == 0
+    )
 
     # Fine-tuning starts from the imported network and weights (a tiny lr keeps them), whatever --preset says.
     ft = tmp_path / "ft"
-    tune = ["train", "--data", "digits", "--preset", "small", "--out", str(ft), "--batch-size", "4", "--lr", "1e-9",
-            "--warmup", "0", "--sample-every", "0", "--num-samples", "1", "--sample-steps", "2", "--quiet"]
+    tune = [
+        "train",
+        "--data",
+        "digits",
+        "--preset",
+        "small",
+        "--out",
+        str(ft),
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-9",
+        "--warmup",
+        "0",
+        "--sample-every",
+        "0",
+        "--num-samples",
+        "1",
+        "--sample-steps",
+        "2",
+        "--quiet",
+    ]
     assert main([*tune, "--init-from", str(run), "--steps", "2"]) == 0
     before, after = load_checkpoint(run), load_checkpoint(ft)
     assert after.meta["model"] == before.meta["model"] and after.step == 2
@@ -426,8 +579,10 @@ def test_convert_and_init_from_mistakes_exit_2_with_one_line(tmp_path, capsys, r
         (["convert", str(tmp_path / "hub"), str(tmp_path / "taken")], "never overwrites"),
         (["convert", str(run_dir), str(tmp_path / "taken")], "never overwrites"),
         (["convert", str(tmp_path / "nothing"), str(tmp_path / "x")], "does not exist"),
-        (["convert", str(tmp_path / "hub" / "diffusion_pytorch_model.safetensors"), str(tmp_path / "x")],
-         "diffusers weights file"),
+        (
+            ["convert", str(tmp_path / "hub" / "diffusion_pytorch_model.safetensors"), str(tmp_path / "x")],
+            "diffusers weights file",
+        ),
         ([*train, "--out", str(tmp_path / "t1"), "--image-size", "16"], "image_size=8"),
         ([*train, "--out", str(tmp_path / "t2"), "--prediction", "v"], "--prediction eps"),
         ([*train, "--out", str(tmp_path / "t3"), "--schedule", "cosine"], "--schedule"),
@@ -443,37 +598,44 @@ def test_convert_and_init_from_mistakes_exit_2_with_one_line(tmp_path, capsys, r
 # ---------------------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"flip_sin_to_cos": True}, "flip_sin_to_cos"),
-    ({"freq_shift": 0}, "freq_shift"),
-    ({"act_fn": "gelu"}, "act_fn"),
-    ({"norm_eps": 1e-5}, "norm_eps"),
-    ({"resnet_time_scale_shift": "ada_group"}, "resnet_time_scale_shift"),
-    ({"resnet_time_scale_shift": "scale_shift", "attn_norm_num_groups": None}, "attn_norm_num_groups"),
-    ({"class_embed_type": "timestep"}, "class_embed_type"),
-    ({"num_class_embeds": 10}, "num_class_embeds"),
-    ({"time_embedding_type": "fourier"}, "time_embedding_type"),
-    ({"center_input_sample": True}, "center_input_sample"),
-    ({"down_block_types": ["DownBlock2D", "SkipDownBlock2D"]}, "down_block_types"),
-    ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D"]}, "up_block_types"),
-    ({"block_out_channels": [32, 48]}, "block_out_channels"),
-    ({"mid_block_scale_factor": 2}, "mid_block_scale_factor"),
-    ({"downsample_padding": 2}, "downsample_padding"),
-    ({"downsample_type": "resnet"}, "downsample_type"),
-    ({"out_channels": 2}, "out_channels"),
-    ({"sample_size": None}, "sample_size"),
-    ({"sample_size": [8, 16]}, "sample_size"),
-    ({"attention_head_dim": 24}, "attention_head_dim"),
-    ({"time_embedding_dim": 64}, "time_embedding_dim"),
-    ({"add_attention": False}, "add_attention"),
-    ({"mid_block_type": None}, "mid_block_type"),
-    ({"attn_norm_num_groups": 4}, "attn_norm_num_groups"),
-    ({"_class_name": "UNet2DConditionModel"}, "_class_name"),
-    ({"shiny_new_option": 1}, "shiny_new_option"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"flip_sin_to_cos": True}, "flip_sin_to_cos"),
+        ({"freq_shift": 0}, "freq_shift"),
+        ({"act_fn": "gelu"}, "act_fn"),
+        ({"norm_eps": 1e-5}, "norm_eps"),
+        ({"resnet_time_scale_shift": "ada_group"}, "resnet_time_scale_shift"),
+        ({"resnet_time_scale_shift": "scale_shift", "attn_norm_num_groups": None}, "attn_norm_num_groups"),
+        ({"class_embed_type": "timestep"}, "class_embed_type"),
+        ({"num_class_embeds": 10}, "num_class_embeds"),
+        ({"time_embedding_type": "fourier"}, "time_embedding_type"),
+        ({"center_input_sample": True}, "center_input_sample"),
+        ({"down_block_types": ["DownBlock2D", "SkipDownBlock2D"]}, "down_block_types"),
+        ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D"]}, "up_block_types"),
+        ({"block_out_channels": [32, 48]}, "block_out_channels"),
+        ({"mid_block_scale_factor": 2}, "mid_block_scale_factor"),
+        ({"downsample_padding": 2}, "downsample_padding"),
+        ({"downsample_type": "resnet"}, "downsample_type"),
+        ({"out_channels": 2}, "out_channels"),
+        ({"sample_size": None}, "sample_size"),
+        ({"sample_size": [8, 16]}, "sample_size"),
+        ({"attention_head_dim": 24}, "attention_head_dim"),
+        ({"time_embedding_dim": 64}, "time_embedding_dim"),
+        ({"add_attention": False}, "add_attention"),
+        ({"mid_block_type": None}, "mid_block_type"),
+        ({"attn_norm_num_groups": 4}, "attn_norm_num_groups"),
+        ({"_class_name": "UNet2DConditionModel"}, "_class_name"),
+        ({"shiny_new_option": 1}, "shiny_new_option"),
+    ],
+)
 def test_unrepresentable_unet_configs_are_refused_naming_the_field(change, field):
-    cfg = {**SMALL, "down_block_types": list(SMALL["down_block_types"]),
-           "up_block_types": list(SMALL["up_block_types"]), **change}
+    cfg = {
+        **SMALL,
+        "down_block_types": list(SMALL["down_block_types"]),
+        "up_block_types": list(SMALL["up_block_types"]),
+        **change,
+    }
     with pytest.raises(UserError, match=field) as e:
         unet_config_from_diffusers(cfg)
     assert "\n" not in str(e.value)
@@ -487,30 +649,36 @@ def test_the_small_config_itself_is_accepted():
     assert unet_config_from_diffusers(ada).scale_shift_norm is True
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"variance_type": "learned"}, "variance_type"),  # σ² there, log σ² in ddpm
-    ({"variance_type": "fixed_tiny"}, "variance_type"),
-    ({"prediction_type": "flow"}, "prediction_type"),
-    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
-    ({"clip_sample_range": 2.0}, "clip_sample_range"),
-    ({"beta_schedule": "laplace"}, "beta_schedule"),
-    ({"_class_name": "EulerDiscreteScheduler"}, "_class_name"),
-    ({"trained_betas": [0.1, 0.2], "num_train_timesteps": 3}, "trained_betas"),
-    ({"beta_start": 0.03, "beta_end": 0.02}, "beta_start"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"variance_type": "learned"}, "variance_type"),  # σ² there, log σ² in ddpm
+        ({"variance_type": "fixed_tiny"}, "variance_type"),
+        ({"prediction_type": "flow"}, "prediction_type"),
+        ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+        ({"clip_sample_range": 2.0}, "clip_sample_range"),
+        ({"beta_schedule": "laplace"}, "beta_schedule"),
+        ({"_class_name": "EulerDiscreteScheduler"}, "_class_name"),
+        ({"trained_betas": [0.1, 0.2], "num_train_timesteps": 3}, "trained_betas"),
+        ({"beta_start": 0.03, "beta_end": 0.02}, "beta_start"),
+    ],
+)
 def test_unrepresentable_schedulers_are_refused_naming_the_field(change, field):
     with pytest.raises(UserError, match=field) as e:
         schedule_from_diffusers(change)
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("unet, variance_type, field", [
-    ({"out_channels": 2}, "fixed_small", "out_channels"),  # 2C is a learned variance: the scheduler must say so
-    ({"out_channels": 2}, "fixed_large", "out_channels"),
-    ({}, "learned_range", "out_channels"),  # learned_range needs the variance half
-    ({"out_channels": 3}, "learned_range", "out_channels"),
-    ({"out_channels": 2}, "learned", "variance_type"),  # σ² in diffusers, log σ² in ddpm
-])
+@pytest.mark.parametrize(
+    "unet, variance_type, field",
+    [
+        ({"out_channels": 2}, "fixed_small", "out_channels"),  # 2C is a learned variance: the scheduler must say so
+        ({"out_channels": 2}, "fixed_large", "out_channels"),
+        ({}, "learned_range", "out_channels"),  # learned_range needs the variance half
+        ({"out_channels": 3}, "learned_range", "out_channels"),
+        ({"out_channels": 2}, "learned", "variance_type"),  # σ² in diffusers, log σ² in ddpm
+    ],
+)
 def test_learned_variance_imports_must_pair_out_channels_with_learned_range(tmp_path, unet, variance_type, field):
     src = tmp_path / "hub"
     src.mkdir()
@@ -535,8 +703,9 @@ def test_learned_variance_exports_refuse_what_diffusers_would_sample_otherwise(t
     assert main(["convert", str(ranged), str(tmp_path / "b"), "--variance", "posterior"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --variance cannot be chosen") and err.count("\n") == 1
-    narrow = _save_ours(tmp_path / "narrow.safetensors", _random_unet("tiny", channels=1, image_size=8),
-                        variance="learned-range")
+    narrow = _save_ours(
+        tmp_path / "narrow.safetensors", _random_unet("tiny", channels=1, image_size=8), variance="learned-range"
+    )
     with pytest.raises(UserError, match="out_channels=1 but its variance 'learned-range' needs 2"):
         export_diffusers(narrow, tmp_path / "c")
     assert not any((tmp_path / d).exists() for d in "abc")
@@ -547,8 +716,10 @@ def test_export_variance_follows_the_variance_the_network_was_trained_for(tmp_pa
     src = _save_ours(tmp_path / "large.safetensors", net, variance="fixed-large")
     export_diffusers(src, tmp_path / "default")
     export_diffusers(src, tmp_path / "chosen", variance="posterior")
-    kinds = [json.loads((tmp_path / d / "scheduler" / "scheduler_config.json").read_text())["variance_type"]
-             for d in ("default", "chosen")]
+    kinds = [
+        json.loads((tmp_path / d / "scheduler" / "scheduler_config.json").read_text())["variance_type"]
+        for d in ("default", "chosen")
+    ]
     assert kinds == ["fixed_large", "fixed_small"]
     assert pipeline_flags(load_checkpoint(src).meta) == "--sampler ddpm --steps 1000 --option variance=beta"
 
