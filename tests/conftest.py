@@ -12,6 +12,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="session")
+def session_cache(tmp_path_factory):
+    """A cache folder of the suite's own ($DDPM_CACHE: reference features, FeatureNets, the precision and memory of
+    the runs' networks), so the tests neither read nor fill the user's."""
+    before = os.environ.get("DDPM_CACHE")
+    os.environ["DDPM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("DDPM_CACHE", None)
+    else:
+        os.environ["DDPM_CACHE"] = before
+
+
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """One intra-op thread for the whole suite.
 

@@ -12,9 +12,15 @@ import torch
 from safetensors.torch import load_file
 
 from ddpm.files import (
+    Busy,
+    DiskFullError,
+    append_line,
     atomic_write,
     cache_dir,
+    exclusive_lock,
     file_sha256,
+    human,
+    is_disk_full,
     is_partial_write,
     remove_partial_writes,
     save_safetensors,
@@ -40,10 +46,66 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
         tmp.write_bytes(b"ne")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
-        atomic_write(target, fails_halfway)
+    with pytest.raises(
+        DiskFullError,
+        match=rf"^cannot write {re.escape(str(target))}: the disk is full \(.* free there, "
+        r"1.0 kB needed\): free some space",
+    ):
+        atomic_write(target, fails_halfway, size_hint=1000)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+    def fails_otherwise(tmp: Path) -> None:
+        tmp.write_bytes(b"x")
+        raise OSError(13, "Permission denied")
+
+    with pytest.raises(PermissionError):  # not a full disk: raised as it is
+        atomic_write(target, fails_otherwise)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_torch_saves_full_disk_message_is_a_full_disk(tmp_path):
+    assert is_disk_full(OSError(28, "No space left on device")) and is_disk_full(OSError(122, "Disk quota exceeded"))
+    assert is_disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"))
+    assert not is_disk_full(RuntimeError("shape mismatch")) and not is_disk_full(OSError(2, "No such file"))
+    assert human(512) == "512 bytes" and human(1.5e6) == "1.5 MB" and human(23.4e9) == "23.4 GB"
+
+
+def test_append_line_names_a_full_disk(tmp_path, monkeypatch):
+    log = tmp_path / "metrics.jsonl"
+    append_line(log, "a")
+    real_open = open
+
+    def full_open(path, mode="r", *a, **k):
+        if str(path) == str(log) and "a" in mode:
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr("builtins.open", full_open)
+    with pytest.raises(DiskFullError, match="metrics.jsonl: the disk is full"):
+        append_line(log, "b")
+    monkeypatch.undo()
+    assert log.read_text() == "a\n"
+
+
+def test_a_second_holder_is_refused_with_the_first_ones_process(tmp_path):
+    lock = tmp_path / ".lock"
+    code = (f"import time; from ddpm.files import exclusive_lock\n"
+            f"with exclusive_lock({str(lock)!r}, 'x'):\n    print('held', flush=True); time.sleep(60)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Busy, match=rf"^run directory r is in use by another ddpm \(process {holder.pid} on "):
+            with exclusive_lock(lock, "run directory r"):
+                pass
+        waited = []
+        holder.kill()  # kill -9: the kernel drops the lock
+        holder.wait()
+        with exclusive_lock(lock, "run directory r", on_wait=waited.append):
+            pass
+        assert waited == []  # free again: taken at once
+    finally:
+        holder.kill()
 
 
 def test_partial_write_names():

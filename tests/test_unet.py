@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ddpm import Schedule, sample
-from ddpm.unet import PRESETS, UNet, UNetConfig, check_labels, preset_for_size, timestep_embedding
+from ddpm.unet import PRESETS, UNet, UNetConfig, auto_preset, check_labels, timestep_embedding
 
 
 def small_config(**kw) -> UNetConfig:
@@ -378,29 +378,23 @@ def test_published_preset_counts_are_pinned():
 
 
 @pytest.mark.parametrize(
-    "size,name",
-    [
-        (8, "tiny"),
-        (28, "tiny"),
-        (32, "tiny"),
-        (48, "adm-64"),
-        (64, "adm-64"),
-        (96, "adm-128"),
-        (128, "adm-128"),
-        (256, "ddpm-256"),
-        (512, "ddpm-256"),
-    ],
-)
-def test_preset_for_size(size, name):
-    assert preset_for_size(size) == name
+    "size,cpu,gpu",
+    [(8, "tiny", "tiny"), (28, "tiny", "tiny"), (32, "tiny", "tiny"), (48, "tiny-64", "adm-64"),
+     (64, "tiny-64", "adm-64"), (96, "tiny-128", "adm-128"), (128, "tiny-128", "adm-128"),
+     (256, "tiny-256", "ddpm-256"), (512, "tiny-256", "ddpm-256")],
+)  # fmt: skip
+def test_auto_preset_by_size_and_device(size, cpu, gpu):
+    assert auto_preset(size, "cpu") == (cpu, gpu)
+    assert auto_preset(size, "cuda") == auto_preset(size, "mps") == (gpu, cpu)
 
 
 def test_auto_presets_reach_8_px_with_attention_at_16():
     for size in (64, 128, 256):
-        cfg = UNetConfig(**PRESETS[preset_for_size(size)])
-        assert cfg.image_size == size
-        assert size // 2 ** (len(cfg.channel_mult) - 1) == 8  # the lowest level is 8 px
-        assert 16 in cfg.attention_resolutions
+        for name in auto_preset(size, "cpu"):
+            cfg = UNetConfig(**PRESETS[name])
+            assert cfg.image_size == size
+            assert size // 2 ** (len(cfg.channel_mult) - 1) == 8, name  # the lowest level is 8 px
+            assert 16 in cfg.attention_resolutions, name
 
 
 @pytest.mark.parametrize("resample", ["down", "up"])

@@ -169,6 +169,27 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def remove_orphans(directory: str | os.PathLike[str]) -> list[str]:
+    """Delete the training-state files in ``directory`` that have no checkpoint beside them (a write that stopped
+    between the two files); returns their names."""
+    d = Path(directory)
+    names = {p.name for p in d.iterdir()} if d.is_dir() else set()
+    orphans = sorted(
+        n for n in names if n.endswith(".state.pt") and n.replace(".state.pt", ".safetensors") not in names
+    )
+    for name in orphans:
+        (d / name).unlink(missing_ok=True)
+    return orphans
+
+
+def checkpoint_bytes(net: torch.nn.Module) -> int:
+    """About the bytes one checkpoint of ``net`` takes on disk: the raw and EMA weights (float32) in the safetensors
+    file, AdamW's two moments in the state file, and their headers."""
+    params = sum(p.numel() for p in net.parameters())
+    buffers = sum(b.numel() for b in net.buffers())
+    return 16 * params + 8 * buffers + (1 << 18)
+
+
 def save_training_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Atomically write the resume-only state (tensors, numbers, strings, lists, dicts)."""
     path = Path(path)

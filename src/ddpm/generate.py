@@ -29,7 +29,7 @@ from .denoiser import image_generators, randn
 from .diffusion import LEARNED_VARIANCES
 from .editing import check_strength, edit
 from .errors import ParameterError, UserError, check_at_least
-from .files import atomic_write, file_sha256
+from .files import atomic_write, file_sha256, human
 from .images import (
     from_uint8,
     load_image,
@@ -44,12 +44,13 @@ from .images import (
     trajectory_columns,
     trajectory_strip,
 )
+from .memory import HEADROOM, Peak, StepMemory, available_memory, counted_peak, fake_tensors, step_bound
 from .provenance import Provenance
 from .runtime import pick_device
 from .sampler_choice import SamplerChoice, SampleSettings, check_sampler
 from .sampling import sample
 from .schedule import Schedule
-from .unet import UNet
+from .unet import UNet, UNetConfig
 from .version import __version__
 
 TRAJECTORY_COLUMNS = 10
@@ -166,10 +167,42 @@ class Sampling:
         progress: bool = False,
         callback_for: Callable[[list[int]], Callable[[dict[str, Any]], None] | None] | None = None,
     ) -> Iterator[tuple[list[int], Tensor]]:
-        """Images 0..num-1 of ``seed``, ``batch_size`` at a time (see :func:`draw_batches`)."""
+        """Images 0..num-1 of ``seed``, ``batch_size`` at a time or as many as fit (see :func:`draw_batches`)."""
+        batch_size = fitting_batch(self.model, min(batch_size, num), self.device, self.guidance)
         return draw_batches(self.model, self.schedule, self.meta, self.choice, seed, num, batch_size=batch_size,
                             device=self.device, label=self.label, guidance=self.guidance, clip_x0=self.clip_x0,
                             progress=progress, callback_for=callback_for)  # fmt: skip
+
+
+def fitting_batch(model: UNet, batch_size: int, device: torch.device, guidance: float | None = None) -> int:
+    """``batch_size``, or the largest batch of ``model``'s sampling that fits in ``device``'s memory where it does not
+    (said in one line; image i is the same at any batch size)."""
+    cfg = model.config
+    budget = available_memory(device) / HEADROOM
+    guided = 2 if guidance not in (None, 0, 1) else 1  # guidance calls the network on 2B images
+    if step_bound(sum(p.numel() for p in model.parameters()), cfg, guided * batch_size) < budget / 2:
+        return batch_size
+    memory = sampling_memory(cfg)
+    fits = max(1, memory.largest_batch(budget) // guided)
+    if fits >= batch_size:
+        return batch_size
+    print(f"memory: sampling {batch_size} images at a time needs about "
+          f"{human(memory.bytes(guided * batch_size) * HEADROOM)}, {human(budget * HEADROOM)} is available: batches "
+          f"of {fits} (the images are the same at any batch size)")  # fmt: skip
+    return fits
+
+
+def sampling_memory(config: UNetConfig) -> StepMemory:
+    """The memory of one network call at sampling time (no gradients), counted on FakeTensors at batches 2 and 4."""
+
+    def counted(batch: int) -> Peak:
+        with fake_tensors(), torch.no_grad():
+            net = UNet(config).eval()
+            shape = (batch, config.channels, config.image_size, config.image_size)
+            x, t = torch.randn(shape), torch.randint(0, 1000, (batch,))
+            return counted_peak([*net.parameters(), x, t], lambda: net(x, t) and None)
+
+    return StepMemory.fit(2, counted(2), 4, counted(4))
 
 
 def open_for_sampling(
@@ -212,11 +245,13 @@ def draw(
     callback: Callable[[dict[str, Any]], None] | None = None,
     x_T: Tensor | None = None,
     cycle_classes: int | None = None,
+    progress: bool = False,
 ) -> Tensor:
     """Images ``indices`` of ``seed``: (len(indices), C, H, W) in [-1, 1]. The one call every path shares.
 
     ``meta`` gives channels, image_size and prediction (a checkpoint's metadata). The label of every image is
     ``label``, or with ``cycle_classes=K`` image i's class is i mod K (one class per column of a grid).
+    ``progress`` shows a bar over the model calls where they take more than a second.
     """
     c, size = int(meta["channels"]), int(meta["image_size"])
     labels = None
@@ -238,6 +273,7 @@ def draw(
         callback=callback,
         x_T=x_T,
         device=device,
+        progress=progress,
         **model_kind(meta, choice),
     )
 

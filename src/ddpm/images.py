@@ -185,12 +185,20 @@ def load_image(path: str | os.PathLike[str], channels: int, size: int, resize: b
     with im:
         array = decode_picture(im)
     h, w = array.shape[:2]
+    if (w, h) != (size, size) and not resize:
+        raise UserError(
+            f"{path} is {w}x{h} but the model makes {size}x{size} images: resize it to "
+            f"{size}x{size} first, or let ddpm do it as training does (drop --no-resize)"
+        )
+    return conform(array, channels, size)
+
+
+def conform(array: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """A decoded picture (H, W) or (H, W, 3) (uint8, or float32 0..255) as training reads it at ``size`` px with
+    ``channels`` channels: uint8 (size, size, channels), brought to the size by :func:`fit_square` where it differs,
+    gray repeated to RGB or RGB converted to gray (Pillow's L) where the channels differ."""
+    h, w = array.shape[:2]
     if (w, h) != (size, size):
-        if not resize:
-            raise UserError(
-                f"{path} is {w}x{h} but the model makes {size}x{size} images: resize it to "
-                f"{size}x{size} first, or let ddpm do it as training does (drop --no-resize)"
-            )
         array = fit_square(array, size)
     array = np.rint(array).astype(np.uint8) if array.dtype != np.uint8 else array
     if channels == 1:

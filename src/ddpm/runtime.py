@@ -54,6 +54,15 @@ def cpu_bf16_native() -> bool:
     return False
 
 
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it ("AMD EPYC", "Intel(R) Xeon(R) ..."), else the platform's."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def default_bf16(device: torch.device) -> bool:
     """The bf16 autocast default for ``device``: on where the hardware computes bf16 natively."""
     if device.type == "cuda":
@@ -121,6 +130,19 @@ class Dist:
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
+
+    def broadcast(self, values: list[int]) -> list[int]:
+        """Rank 0's ``values`` on every rank (so all ranks take rank 0's decisions)."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return [int(v) for v in t.tolist()]
+
+    @property
+    def local_world(self) -> int:
+        """The processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE), which share its memory."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world)))
 
     def gather(self, rows: Tensor) -> Tensor:
         """Every rank's ``rows`` (same shape on each) stacked in rank order: (world, *rows.shape)."""

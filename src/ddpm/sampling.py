@@ -539,7 +539,7 @@ def model_device(model: Callable[..., Tensor]) -> torch.device:
 
 def _with_progress(denoise: Denoiser, total: int, name: str) -> Denoiser:
     """``denoise`` that also advances a tqdm bar of ``total`` model calls, closed after the last one."""
-    bar = tqdm(total=total, desc=f"sampling ({name})", unit="step", leave=False)
+    bar = tqdm(total=total, desc=f"sampling ({name})", unit="step", leave=False, delay=1.0)  # shown after 1 s
 
     def wrapped(x: Tensor, t: int) -> tuple[Tensor, Tensor]:
         out = denoise(x, t)

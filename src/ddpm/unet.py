@@ -13,7 +13,7 @@ Layout, for ``channel_mult=(1, 2, 2)`` and 32×32 input::
 Every down-path output is saved and concatenated onto the input of one up-path block, as in the
 reference implementation of Ho et al. (2020), whose CIFAR-10 net (35.7M parameters) is the
 ``ddpm-cifar10`` preset here. :data:`PRESETS` holds the published networks for 32 to 256 px and small CPU-budget
-ones; :func:`preset_for_size` picks one from the image size (``ddpm train`` without ``--preset``).
+ones; :func:`auto_preset` picks one from the image size and the device (``ddpm train`` without ``--preset``).
 
 With ``grad_checkpoint`` set on a network, training keeps only the inputs of its residual and attention blocks and
 recomputes the rest during the backward pass (``torch.utils.checkpoint``, the same dropout masks): the same loss and
@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .errors import UserError
 
-__all__ = ["AUTO_PRESET", "PRESETS", "UNet", "UNetConfig", "preset_for_size", "timestep_embedding"]
+__all__ = ["AUTO_PRESET", "PRESETS", "UNet", "UNetConfig", "auto_preset", "timestep_embedding"]
 
 DOWNSAMPLE_PADDINGS = ("symmetric", "same")
 
@@ -149,6 +149,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                     attention_resolutions=(16,), dropout=0.0, scale_shift_norm=True),
     "tiny-64": dict(channels=3, image_size=64, base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
                     attention_resolutions=(16,), dropout=0.0, scale_shift_norm=True),
+    # The same down to 8 px for 128 and 256 px, narrower at the large levels, where a CPU's time goes.
+    "tiny-128": dict(channels=3, image_size=128, base_channels=16, channel_mult=(1, 2, 4, 4, 4), num_res_blocks=1,
+                     attention_resolutions=(16,), dropout=0.0, scale_shift_norm=True),
+    "tiny-256": dict(channels=3, image_size=256, base_channels=16, channel_mult=(1, 1, 2, 4, 4, 4), num_res_blocks=1,
+                     attention_resolutions=(16,), dropout=0.0, scale_shift_norm=True),
     # 28×28 / 32×32: attention at the 7×7 / 8×8 level.
     "small": dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7, 8),
                   dropout=0.1, image_size=28),
@@ -173,21 +178,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # fmt: on
 
-# `ddpm train` without --preset: the network for the image size, the first row whose size is at least the data's
-# (larger images get the last). `tiny` up to 32 px keeps the CPU-budget default (the digits demo and the 25-minute
-# Fashion-MNIST figures); from 64 px the published networks, whose levels go down to 8 px with attention at 16 px.
+# `ddpm train` without --preset: the network for the image size and the device, from the first row whose size is at
+# least the data's (larger images get the last). On a GPU the published networks; on a CPU the CPU-budget ones, whose
+# widths were chosen by images/s and a short FID screen (benchmarks/cpu_presets.py; BENCHMARKS.md, "cpu_presets.py").
+# Up to 32 px both are `tiny` (the digits demo and the 25-minute Fashion-MNIST figures).
 AUTO_PRESET = "auto"
-PRESET_BY_SIZE: tuple[tuple[int, str], ...] = ((32, "tiny"), (64, "adm-64"), (128, "adm-128"), (256, "ddpm-256"))
-# The CPU-budget network of the same resolution as a published one, named where the published one is chosen.
-CPU_BUDGET_PRESET = {"adm-64": "tiny-64", "ddpm-cifar10": "tiny-32"}
+AUTO_PRESETS: tuple[tuple[int, str, str], ...] = (
+    (32, "tiny", "tiny"), (64, "tiny-64", "adm-64"), (128, "tiny-128", "adm-128"), (256, "tiny-256", "ddpm-256"),
+)  # fmt: skip
 
 
-def preset_for_size(image_size: int) -> str:
-    """The preset `ddpm train` uses without --preset for square images of ``image_size`` px (PRESET_BY_SIZE)."""
-    for size, name in PRESET_BY_SIZE:
-        if image_size <= size:
-            return name
-    return PRESET_BY_SIZE[-1][1]
+def auto_preset(image_size: int, device_type: str) -> tuple[str, str]:
+    """(the preset ``ddpm train`` uses without --preset for square images of ``image_size`` px on a device of type
+    ``device_type``, the one the other kind of device would get): a CPU gets the CPU-budget network, anything else
+    the published one (see :data:`AUTO_PRESETS`)."""
+    row = next((r for r in AUTO_PRESETS if image_size <= r[0]), AUTO_PRESETS[-1])
+    cpu, published = row[1], row[2]
+    return (cpu, published) if device_type == "cpu" else (published, cpu)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:

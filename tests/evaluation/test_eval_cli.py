@@ -17,8 +17,10 @@ from ddpm.checkpoint import resolve_checkpoint
 from ddpm.cli import build_parser, main
 from ddpm.evaluation.inception import INCEPTION_SHA256
 from ddpm.evaluation.reference import subset_indices
+from ddpm.evaluation.samples import conform_samples, read_samples
 from ddpm.evaluation.settings import EvalSettings
 from ddpm.files import file_sha256
+from ddpm.images import conform
 from ddpm.settings import flag_of
 
 
@@ -134,9 +136,6 @@ def test_bad_input_is_one_line_and_overwrites_nothing(run_dir, tmp_path, cache, 
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    mixed = pngs(tmp_path / "mixed", [8, 8, 16])
-    big = pngs(tmp_path / "big", [16, 16])
-    rgb = pngs(tmp_path / "rgb", [8, 8], "RGB")
     fine = pngs(tmp_path / "fine", [8] * 6)
     kept = tmp_path / "kept"
     kept.mkdir()
@@ -145,9 +144,6 @@ def test_bad_input_is_one_line_and_overwrites_nothing(run_dir, tmp_path, cache, 
     np.savez(floats, images=np.zeros((4, 8, 8, 1), np.float32))
     cases = [
         (["--samples", str(empty), "--data", "digits"], "holds no images"),
-        (["--samples", str(mixed), "--data", "digits"], "differ in size"),
-        (["--samples", str(big), "--data", "digits"], "16x16 with 1 channel but digits is 8x8"),
-        (["--samples", str(rgb), "--data", "digits"], "3 channels"),
         (["--samples", str(fine), "--data", "digits", "--ref-num", "5"], "6 samples but only 5 reference"),
         (["--samples", str(fine), "--data", "digits", "--ref-num", "5000"], "larger than the train split"),
         (["--samples", str(fine), "--data", "digits", "--ref-split", "test"], "no test split"),
@@ -174,6 +170,45 @@ def test_bad_input_is_one_line_and_overwrites_nothing(run_dir, tmp_path, cache, 
         assert err.startswith("error: ") and match in err, (argv, err)
     assert (kept / "eval.json").read_text() == "mine"
     assert not (fine / "eval.json").exists() and not (tmp_path / "n").exists()
+
+
+def test_samples_of_another_size_or_mode_are_brought_to_the_references_and_said(tmp_path, cache, capsys):
+    """Mixed sizes, a larger size and colour against the 8x8 gray digits: each picture brought to 8x8 gray as
+    training reads pictures (the same pixels as conform), scored, and said in one line."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((8, 8), (40, 50), (16, 16), (9, 12))]
+    for i, p in enumerate(pictures):
+        Image.fromarray(p).save(folder / f"{i}.png")
+    assert run(["eval", "--samples", str(folder), "--data", "digits", "--metrics", "fd"], cache) == 0
+    err = capsys.readouterr().err
+    assert "brought the 4 samples from 12x9 RGB, 16x16 RGB, 50x40 RGB to 8x8 gray, as training reads pictures" in err
+    rec = json.loads((folder / "eval.json").read_text())
+    assert rec["protocol"]["generated"]["resized_from"] == ["12x9 RGB", "16x16 RGB", "50x40 RGB", "8x8 RGB"]
+    assert math.isfinite(rec["metrics"]["fd"])
+    gen, _ = conform_samples(read_samples(folder)[0], 1, 8)
+    assert gen.shape == (4, 1, 8, 8) and np.array_equal(gen[1, 0], conform(pictures[1], 1, 8)[:, :, 0])
+
+
+@pytest.mark.slow
+def test_fid_of_photos_of_another_size_against_a_folder_at_32_px(tmp_path, cache):
+    """The issue's case: a folder of 500x400 photos against a folder of images at --image-size 32."""
+    from sklearn.datasets import load_sample_images
+
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    photos.mkdir()
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        for folder, (h, w) in ((photos, (400, 500)), (data, (70, 90))):
+            img = load_sample_images().images[i % 2]
+            y, x = rng.integers(0, img.shape[0] - h), rng.integers(0, img.shape[1] - w)
+            Image.fromarray(img[y : y + h, x : x + w]).save(folder / f"{i}.png")
+    args = ["eval", "--samples", str(photos), "--data", str(data), "--image-size", "32", "--metrics", "fid"]
+    assert run(args, cache) == 0
+    rec = json.loads((photos / "eval.json").read_text())
+    assert math.isfinite(rec["metrics"]["fid"]) and rec["protocol"]["generated"]["resized_from"] == ["500x400 RGB"]
 
 
 def test_train_eval_every_writes_the_metric(tmp_path, cache, monkeypatch):

@@ -24,6 +24,11 @@ REPO = Path(__file__).resolve().parents[2]
 DRAWS = ["--dropout", "0.1", "--flip", "--class-cond"]
 
 
+def run_files(run: Path) -> dict[Path, bytes]:
+    """Every file of a run directory and its bytes, but the lock file (which records its latest holder)."""
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
 @pytest.mark.parametrize("bf16", ["--bf16", "--no-bf16"])
 def test_resume_is_bit_identical(tmp_path, bf16):
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -43,13 +48,13 @@ def test_resume_is_bit_identical(tmp_path, bf16):
 def test_resume_refuses_a_different_configuration(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *BASE, "--out", str(run), "--steps", "2"]) == 0
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before = run_files(run)
     assert main(["train", *BASE, "--out", str(run), "--steps", "4", "--resume", "--lr", "0.002"]) == 2
     err = capsys.readouterr().err
     assert "--lr 0.001 in the checkpoint, 0.002 now" in err and err.count("\n") == 1
     assert main(["train", *BASE, "--out", str(tmp_path / "empty"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert run_files(run) == before
 
 
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
@@ -269,14 +274,14 @@ def test_nonfinite_loss_stops_without_touching_checkpoints(tmp_path, capsys, mon
     directory, checkpoints included, is byte for byte as it was."""
     run = tmp_path / "run"
     assert main(["train", *BASE, "--out", str(run), "--steps", "2"]) == 0
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before = run_files(run)
     capsys.readouterr()
     _nan_at_call(monkeypatch, 2)  # resumed at step 2: step 2 trains, step 3's loss is NaN
     code = main(["train", *BASE, "--out", str(run), "--steps", "6", "--resume"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("error: the loss or gradient became non-finite at step 3 (loss nan)") and "--resume" in err
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert run_files(run) == before
 
 
 def test_nonfinite_skip_counts_the_step(tmp_path, capsys, monkeypatch):

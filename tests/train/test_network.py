@@ -15,8 +15,8 @@ from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.cli import main
 from ddpm.errors import UserError
 from ddpm.train import TrainConfig
-from ddpm.train.setup import check_compatible
-from ddpm.unet import PRESET_BY_SIZE, PRESETS, UNet
+from ddpm.train.setup import check_compatible, why_this_network
+from ddpm.unet import AUTO_PRESETS, PRESETS, UNet
 
 QUICK = [
     "--batch-size",
@@ -54,42 +54,25 @@ def test_default_preset_is_chosen_from_the_image_size_and_said(tmp_path, capsys)
     ck = load_checkpoint(run)
     assert ck.meta["train"]["preset"] == "tiny"  # the resolved name is what the run records
     assert ck.meta["model"]["base_channels"] == 32 and ck.meta["model"]["channel_mult"] == [1, 2, 2]
-    # At 64 px: adm-64 (narrowed here so that the test is quick), and the CPU-budget network is named.
+    # At 64 px on a CPU: the CPU-budget network, and the published one a GPU would get is named.
     run = tmp_path / "photos"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(_photos(tmp_path / "p")),
-                "--image-size",
-                "64",
-                "--base-channels",
-                "64",
-                "--channel-mult",
-                "1,1,1,1",
-                "--res-blocks",
-                "1",
-                "--out",
-                str(run),
-                "--steps",
-                "1",
-                "--device",
-                "cpu",
-                *QUICK,
-            ]
-        )
-        == 0
-    )
+    args = ["train", "--data", str(_photos(tmp_path / "p")), "--image-size", "64", "--out", str(run), "--steps", "1"]
+    assert main([*args, "--device", "cpu", *QUICK]) == 0
     out = capsys.readouterr().out
     assert (
-        "network: adm-64 (chosen for 64x64 images; --preset names another): levels 64→32→16→8 px, attention at "
-        "32, 16, 8 px and the middle"
+        "network: tiny-64 (chosen for 64x64 images on a CPU; on a GPU it would be adm-64; --preset names either): "
+        "levels 64→32→16→8 px, attention at 16 px and the middle"
     ) in out
-    assert "on a CPU, --preset tiny-64 is the small network for this size" in out
-    model = load_checkpoint(run).meta["model"]
-    assert model["resblock_updown"] is True and model["head_channels"] == 64 and model["dropout"] == 0.1
-    assert load_checkpoint(run).meta["train"]["preset"] == "adm-64"
+    assert load_checkpoint(run).meta["train"]["preset"] == "tiny-64"
+
+
+def test_a_gpu_run_is_said_to_get_the_published_network():
+    gpu = torch.device("cuda", 0)
+    assert why_this_network(64, gpu, "adm-64", "tiny-64") == (
+        "chosen for 64x64 images on a CUDA device; on a CPU it would be tiny-64; --preset names either"
+    )
+    assert why_this_network(28, gpu, "tiny", "tiny") == "chosen for 28x28 images; --preset names another"
+    assert why_this_network(28, gpu, "tiny", None) == "--preset"
 
 
 def test_named_preset_is_said_too(tmp_path, capsys):
@@ -162,10 +145,10 @@ def test_grad_checkpoint_trains_the_same_run(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
 
 
-SMALL = [name for name in PRESETS if name in ("tiny", "tiny-32", "tiny-64", "small")]
+SMALL = [name for name in PRESETS if name in ("tiny", "tiny-32", "tiny-64", "tiny-128", "tiny-256", "small")]
 # The size defaults (adm-64, adm-128, ddpm-256) train a step and sample through the CLI below, which costs a few
 # minutes on a CPU already; the other big presets are checked here.
-BY_SIZE = [name for _, name in PRESET_BY_SIZE if name not in SMALL]
+BY_SIZE = [gpu for _, _, gpu in AUTO_PRESETS if gpu not in SMALL]
 BIG = [name for name in PRESETS if name not in SMALL and name not in BY_SIZE]
 
 
@@ -204,36 +187,15 @@ def test_big_presets_train_a_step_and_sample(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size,name", [(64, "adm-64"), (128, "adm-128"), (256, "ddpm-256")])
+@pytest.mark.parametrize("size,name", [(64, "tiny-64"), (128, "tiny-128"), (256, "tiny-256")])
 def test_train_without_preset_trains_the_resolutions_network(tmp_path, capsys, size, name):
-    """`ddpm train --data FOLDER --image-size N` alone: the published network for N px, said in the first lines,
-    trained a step (one image per step: these are hundreds of millions of parameters on a CPU) and sampled (the
-    final one-image grid)."""
+    """`ddpm train --data FOLDER --image-size N` alone on a CPU: the CPU-budget network for N px, said in the first
+    lines, trained a step and sampled (the final one-image grid)."""
     run = tmp_path / "run"
     photos = _photos(tmp_path / "photos", n=1, size=(size + 30, size + 10))
     quick = [a for a in QUICK if a not in ("--batch-size", "2")]
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(photos),
-                "--image-size",
-                str(size),
-                "--out",
-                str(run),
-                "--steps",
-                "1",
-                "--batch-size",
-                "1",
-                "--grad-checkpoint",
-                "--device",
-                "cpu",
-                *quick,
-            ]
-        )
-        == 0
-    )
+    args = ["train", "--data", str(photos), "--image-size", str(size), "--out", str(run), "--steps", "1"]
+    assert main([*args, "--batch-size", "1", "--device", "cpu", *quick]) == 0
     # The first lines: where the folder was prepared, then the network.
     first = [line for line in capsys.readouterr().out.splitlines()[:2] if line.startswith("network: ")]
     assert first and first[0].startswith(f"network: {name} (chosen for {size}x{size} images")

@@ -35,7 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ParameterError, UserError, check_at_least
-from ..files import atomic_write, fsync_dir, is_partial_write
+from ..files import atomic_write, exclusive_lock, fsync_dir, human, is_partial_write
 from ..runtime import Dist
 from ..version import __version__
 from .dataset import PREPARED_MANIFEST, ImageDataset, check_request, describe_shape, list_names
@@ -81,16 +81,6 @@ def _check_skipped(m: dict[str, Any], skip_bad: bool, where: str) -> None:
         )
 
 
-def _human(size: int) -> str:
-    """A byte count for a message: "512 bytes", "1.5 MB"."""
-    value = float(size)
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
 def prepare_dataset(
     data: str,
     image_size: int | None = None,
@@ -121,26 +111,25 @@ def prepare_dataset(
     source = describe_source(data, kind)
     settings = _settings(source, image_size)
     places = candidate_folders(source.path, source.label, image_size, prepared_dir)
-    stale: dict[Path, str] = {}
-    for folder in places:
-        try:
-            m = usable_manifest(folder, source, settings)
-        except Unusable as e:
-            stale[folder] = str(e)
-            continue
-        if m is not None:
-            _check_skipped(m, skip_bad, str(source.path or data))
-            say(f"data: {m['name']}, prepared in {folder} ({_human(_set_bytes(folder, m))})")
-            return folder
+    found, stale = _usable(places, source, settings)
+    if found is not None:
+        folder, m = found
+        _check_skipped(m, skip_bad, str(source.path or data))
+        say(f"data: {m['name']}, prepared in {folder} ({human(_set_bytes(folder, m))})")
+        return folder
     for folder in places:
         try:
             new = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
-            lock = open(folder / ".lock", "a+b")  # closed by the with below
+            (folder / ".lock").touch()
         except OSError:
             continue  # not writable here: the next place
+
+        def waiting(_holder: dict[str, Any], folder: Path = folder) -> None:
+            say(f"waiting for another process that is preparing {folder}")
+
         try:
-            with lock, _locked(lock, folder, say):
+            with exclusive_lock(folder / ".lock", f"the prepared folder {folder}", on_wait=waiting):
                 return _prepare_locked(folder, source, settings, skip_bad, workers, progress, say, stale.get(folder))
         except BaseException:
             if new:  # a failed first attempt leaves no empty folders behind (a killed one leaves its journal)
@@ -150,6 +139,22 @@ def prepare_dataset(
         f"cannot write a prepared copy of {data} in {' or '.join(map(str, places))}: pass "
         "{prepared_dir} DIR on a writable disk"
     )
+
+
+def _usable(places: list[Path], source: Source, settings: dict[str, Any],
+            ) -> tuple[tuple[Path, dict[str, Any]] | None, dict[Path, str]]:  # fmt: skip
+    """The first of ``places`` that holds a finished, current prepared set (with its manifest), and why each place
+    looked at before it could not be used."""
+    stale: dict[Path, str] = {}
+    for folder in places:
+        try:
+            m = usable_manifest(folder, source, settings)
+        except Unusable as e:
+            stale[folder] = str(e)
+            continue
+        if m is not None:
+            return (folder, m), stale
+    return None, stale
 
 
 def _prepare_locked(
@@ -189,12 +194,11 @@ def _prepare_locked(
             ) from None
         skipped = f"; skipped {len(m['skipped'])} unreadable file(s)" if m["skipped"] else ""
         say(
-            f"prepared {m['name']} in {folder} ({_human(_set_bytes(folder, m))}, "
-            f"{time.monotonic() - t0:.1f} s{skipped})"
+            f"prepared {m['name']} in {folder} ({human(_set_bytes(folder, m))}, {time.monotonic() - t0:.1f} s{skipped})"
         )
         return folder
     _check_skipped(m, skip_bad, str(source.path or source.spec))
-    say(f"data: {m['name']}, prepared in {folder} ({_human(_set_bytes(folder, m))})")
+    say(f"data: {m['name']}, prepared in {folder} ({human(_set_bytes(folder, m))})")
     return folder
 
 
@@ -210,26 +214,6 @@ def _ours(name: str) -> bool:
         or name.startswith(("pixels-", "labels-", "journal-"))
         or is_partial_write(name)
     )
-
-
-@contextlib.contextmanager
-def _locked(lock: Any, folder: Path, say: Callable[[str], None]) -> Iterator[None]:
-    """Hold the lock file ``lock`` (open) exclusively: one preparation of a folder at a time. Where fcntl does not
-    exist (Windows) nothing is locked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        say(f"waiting for another process that is preparing {folder}")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _remove_if_empty(folder: Path) -> None:

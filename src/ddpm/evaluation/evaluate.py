@@ -28,7 +28,7 @@ from ..runtime import pick_device
 from ..version import __version__
 from .memorization import memorization_report
 from .reference import subset_indices, to_pixels
-from .samples import read_samples
+from .samples import Images, conform_samples, read_samples
 from .scores import PR_K, bound, score
 from .settings import DEFAULT_METRICS, METRICS, EvalRun, EvalSettings, log
 
@@ -146,10 +146,6 @@ def _sample_checkpoint(run: EvalRun, s: Sampling, ref: np.ndarray) -> tuple[np.n
     """Images 0..num-1 of the checkpoint as uint8 (num, C, H, W), exactly as ``ddpm sample`` draws them, saved as
     samples.npz in the run's folder, and their record."""
     cfg = run.cfg
-    if (s.channels, s.image_size) != (ref.shape[1], ref.shape[2]):
-        raise ParameterError(f"{s.checkpoint.path.name} makes {s.image_size}x{s.image_size} images with {s.channels} "
-                             f"channel(s) but {run.data} is {_describe_shape(ref)}: compare with the data it was "
-                             "trained on (or {image_size})")  # fmt: skip
     num = 1000 if cfg.num is None else cfg.num
     if num > len(ref):
         raise ParameterError(f"{{num}} {num} is larger than the reference set ({len(ref)} {cfg.ref_split} images "
@@ -158,6 +154,10 @@ def _sample_checkpoint(run: EvalRun, s: Sampling, ref: np.ndarray) -> tuple[np.n
     gen = np.concatenate([to_pixels(x) for _, x in batches])
     run.out.mkdir(parents=True, exist_ok=True)
     save_npz(run.out / "samples.npz", gen.transpose(0, 2, 3, 1))
+    gen, was = conform_samples(gen, ref.shape[1], ref.shape[2])
+    if was:
+        log(f"brought the samples from the model's {', '.join(was)} to the reference's {_describe_shape(ref)}, as "
+            "training reads pictures (shorter side to the size, centre crop, Lanczos)")  # fmt: skip
     c = s.choice
     info = {
         "source": "checkpoint", "checkpoint": str(s.checkpoint.path), "checkpoint_sha256": s.sha256,
@@ -169,20 +169,23 @@ def _sample_checkpoint(run: EvalRun, s: Sampling, ref: np.ndarray) -> tuple[np.n
     return gen, info
 
 
-def _given_samples(run: EvalRun, given: tuple[np.ndarray, dict[str, Any]] | None,
+def _given_samples(run: EvalRun, given: tuple[Images, dict[str, Any]] | None,
                    ref: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
-    """The images of ``--samples`` (the first ``num`` of them, uint8 (N, C, H, W)) and what their files say, checked
-    against the reference set."""
+    """The images of ``--samples`` (the first ``num`` of them) as uint8 (N, C, H, W), brought to the reference's size
+    and channels as training reads pictures where they differ (said), and what their files say."""
     assert given is not None  # read when there is no checkpoint
-    gen, info = given
+    images, info = given
     cfg = run.cfg
     if cfg.num is not None:
-        if cfg.num > len(gen):
-            raise ParameterError(f"{{num}} {cfg.num} is more than the {len(gen)} images in {cfg.samples}")
-        gen = gen[: cfg.num]
-    if gen.shape[1:] != ref.shape[1:]:
-        raise ParameterError(f"the samples are {_describe_shape(gen)} but {run.data} is {_describe_shape(ref)}: "
-                             "compare images with the data set they imitate (or pass {image_size})")  # fmt: skip
+        if cfg.num > len(images):
+            raise ParameterError(f"{{num}} {cfg.num} is more than the {len(images)} images in {cfg.samples}")
+        images = images[: cfg.num]
+    gen, was = conform_samples(images, ref.shape[1], ref.shape[2])
+    if was:
+        to = f"{ref.shape[2]}x{ref.shape[3]} {'RGB' if ref.shape[1] == 3 else 'gray'}"
+        log(f"brought the {len(gen)} samples from {', '.join(was[:3])} to {to}, as training reads pictures (shorter "
+            "side to the size, centre crop, Lanczos), to compare them with the reference images")  # fmt: skip
+        info["resized_from"] = was
     if len(gen) < 2:
         raise ParameterError(f"{{samples}} {cfg.samples} holds {len(gen)} image: statistics need at least 2")
     if len(gen) > len(ref):

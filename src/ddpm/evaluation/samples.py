@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..data.folders import decode_image, image_files
 from ..errors import ParameterError, UserError
+from ..images import conform
 from ..provenance import Provenance
 
 
@@ -31,8 +32,12 @@ def from_nhwc(arr: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
 
 
-def read_samples(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Images to score as uint8 (N, C, H, W), and what their files say about how they were made."""
+Images = np.ndarray | list[np.ndarray]  # uint8 (N, C, H, W), or images (H, W) / (H, W, 3) of several sizes
+
+
+def read_samples(path: Path) -> tuple[Images, dict[str, Any]]:
+    """Images to score, as uint8 (N, C, H, W) or (where they differ in size or channels) a list of decoded pictures,
+    and what their files say about how they were made."""
     if not path.exists():
         raise ParameterError(f"{{samples}} {path}: no such file or folder")
     if path.is_file():
@@ -60,7 +65,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return from_nhwc(arr, str(path)), {"source": str(path), "format": f"npz array {key!r}"}
 
 
-def _read_folder(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_folder(path: Path) -> tuple[Images, dict[str, Any]]:
     """The sample images of a folder, and the provenance that ``ddpm sample`` wrote into them, if any."""
     files, provenances, skipped = _sample_files(path)
     if not files:
@@ -118,19 +123,28 @@ def _sample_files(path: Path) -> tuple[list[Path], list[Provenance | None], int]
     return files, provenances, skipped
 
 
-def _decode_all(files: list[Path], folder: Path) -> np.ndarray:
-    """The image files, all of one size and mode, as uint8 (N, C, H, W)."""
+def _decode_all(files: list[Path], folder: Path) -> Images:
+    """The image files as uint8 (N, C, H, W) where they are of one size and mode, else as a list of pictures."""
     arrays = []
     for p in files:
         try:
             arrays.append(decode_image(p))
         except Exception:  # noqa: BLE001 - any decoder failure means the same to the user
             raise UserError(f"{p} cannot be read as an image: remove it or fix it") from None
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        seen = sorted(f"{s[1]}x{s[0]}{' RGB' if len(s) == 3 else ' gray'}" for s in shapes)
-        raise UserError(
-            f"the images in {folder} differ in size or channels ({', '.join(seen[:3])}): a sample folder "
-            "must hold one model's images, all the same size"
-        )
+    if len({a.shape for a in arrays}) > 1:
+        return [np.rint(a).astype(np.uint8) if a.dtype != np.uint8 else a for a in arrays]
     return from_nhwc(np.stack(arrays).astype(np.uint8), str(folder))
+
+
+def conform_samples(images: Images, channels: int, size: int) -> tuple[np.ndarray, list[str]]:
+    """The images as uint8 (N, ``channels``, ``size``, ``size``), each brought to that size and those channels as
+    training reads pictures (:func:`ddpm.images.conform`: shorter side, centre crop, Lanczos); with the sizes and
+    channels they were brought from ("500x400 RGB"), or [] where they were already so."""
+    if isinstance(images, np.ndarray) and images.shape[1:] == (channels, size, size):
+        return images, []
+    if isinstance(images, np.ndarray):  # (N, C, H, W): pictures (H, W) or (H, W, 3)
+        pictures = [p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0) for p in images]
+    else:
+        pictures = list(images)
+    was = sorted({f"{p.shape[1]}x{p.shape[0]} {'RGB' if p.ndim == 3 else 'gray'}" for p in pictures})
+    return np.stack([conform(p, channels, size).transpose(2, 0, 1) for p in pictures]), was

@@ -16,7 +16,7 @@ from ..errors import ParameterError, UserError
 from ..losses import DEFAULT_VLB_WEIGHT, LOSS_WEIGHTS, T_SAMPLINGS, check_objective
 from ..schedule import Schedule
 from ..settings import marked, option
-from ..unet import AUTO_PRESET, PRESET_BY_SIZE, PRESETS
+from ..unet import AUTO_PRESET, AUTO_PRESETS, PRESETS
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
@@ -38,9 +38,12 @@ class TrainConfig:
     )
     minutes: float | None = option("stop after this many minutes of training (and at --steps if given)", default=None)
     preset: str = option(
-        f"network preset: {', '.join(PRESETS)}, or {AUTO_PRESET}: chosen from the image size ("
-        + ", ".join(f"{name} up to {size} px" for size, name in PRESET_BY_SIZE[:-1])
-        + f", {PRESET_BY_SIZE[-1][1]} above; said at start; a resumed run keeps its own)",
+        f"network preset: {', '.join(PRESETS)}, or {AUTO_PRESET}: chosen from the image size and the device (on a "
+        "CPU "
+        + ", ".join(f"{cpu} up to {size} px" for size, cpu, _ in AUTO_PRESETS[:-1])
+        + f", {AUTO_PRESETS[-1][1]} above; on a GPU "
+        + ", ".join(f"{gpu} up to {size} px" for size, _, gpu in AUTO_PRESETS[:-1])
+        + f", {AUTO_PRESETS[-1][2]} above; said at start; a resumed run keeps its own)",
         default=AUTO_PRESET,
         resume=True,
         unrecorded="tiny",
@@ -102,11 +105,18 @@ class TrainConfig:
         default=1,
         resume=True,
     )
-    grad_checkpoint: bool = option(
-        "recompute each residual and attention block's activations in the backward pass "
-        "instead of keeping them: the same loss and gradients in a fraction of the "
-        "activation memory, for a second forward pass of those blocks",
-        default=False,
+    micro_batch: int | None = option(
+        "images per forward and backward pass of each process, a divisor of --batch-size: the same step in passes of "
+        "this many, in less memory (default: the whole batch, or the largest divisor whose step fits in this "
+        "machine's memory, said at start; a resumed run keeps its own)",
+        default=None,
+        resume=True,
+    )
+    grad_checkpoint: bool | None = option(
+        "recompute each residual and attention block's activations in the backward pass instead of keeping them: the "
+        "same loss and gradients in a fraction of the activation memory, for a second forward pass of those blocks "
+        "(default: off, on where a step does not fit in memory otherwise; a resumed run keeps its own)",
+        default=None,
     )
     lr: float = option("AdamW learning rate after warm-up", default=1e-3, resume=True)
     warmup: int = option("linear learning-rate warm-up steps", default=200, resume=True)
@@ -213,6 +223,16 @@ class TrainConfig:
         """Raise a ParameterError (a UserError) naming the first bad setting."""
         if not self.out:
             raise ParameterError("{out} is required: the run directory to write checkpoints and samples into")
+        self._validate_choices()
+        self._validate_numbers()
+        if self.network_overrides() and self.init_from is not None:  # also raises on a malformed list
+            raise ParameterError(
+                "{init_from} keeps its checkpoint's network: drop {base_channels}, {channel_mult}, "
+                "{res_blocks} and {attention}"
+            )
+
+    def _validate_choices(self) -> None:
+        """The settings that name one of a few choices, and the objective they make together."""
         if self.preset not in PRESETS and self.preset != AUTO_PRESET:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}, or {AUTO_PRESET}")
         if self.prediction not in PREDICTIONS:
@@ -230,6 +250,13 @@ class TrainConfig:
         if self.t_sampling not in T_SAMPLINGS:
             raise ParameterError(f"unknown {{t_sampling}} {self.t_sampling!r}: choose one of {', '.join(T_SAMPLINGS)}")
         check_objective(self.loss, self.variance, self.t_sampling, self.loss_weight, self.vlb_weight)
+        if self.nonfinite not in ("stop", "skip"):
+            raise ParameterError(f"{{nonfinite}} must be 'stop' or 'skip'; got {self.nonfinite!r}")
+        if self.eval_metric not in ("fd", "fid"):
+            raise ParameterError(f"{{eval_metric}} must be fd or fid; got {self.eval_metric!r}")
+
+    def _validate_numbers(self) -> None:
+        """The numeric settings' ranges."""
         if not (math.isfinite(self.adam_beta2) and 0 <= self.adam_beta2 < 1):
             raise ParameterError(f"{{adam_beta2}} must be in [0, 1), e.g. 0.999 or 0.99; got {self.adam_beta2}")
         if self.loss_gamma is not None and not (math.isfinite(self.loss_gamma) and self.loss_gamma > 0):
@@ -239,11 +266,13 @@ class TrainConfig:
                 f"{{laplace_scale}} must be positive and {{laplace_loc}} finite; got "
                 f"{self.laplace_scale}, {self.laplace_loc}"
             )
-        if self.nonfinite not in ("stop", "skip"):
-            raise ParameterError(f"{{nonfinite}} must be 'stop' or 'skip'; got {self.nonfinite!r}")
         for name in ("batch_size", "grad_accum", "timesteps", "num_samples", "sample_steps", "keep", "log_every"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"{{{name}}} must be at least 1; got {getattr(self, name)}")
+        if self.micro_batch is not None and (self.micro_batch < 1 or self.batch_size % self.micro_batch):
+            raise ParameterError(
+                f"{{micro_batch}} must divide {{batch_size}} {self.batch_size}; got {self.micro_batch}"
+            )
         for name in ("sample_every", "checkpoint_every", "warmup"):
             if getattr(self, name) < 0:
                 raise ParameterError(f"{{{name}}} must be >= 0; got {getattr(self, name)}")
@@ -257,16 +286,15 @@ class TrainConfig:
             raise ParameterError(f"{{ema_decay}} must lie in [0, 1); got {self.ema_decay}")
         if not 0 <= self.label_dropout < 1:
             raise ParameterError(f"{{label_dropout}} must lie in [0, 1); got {self.label_dropout}")
-        if self.network_overrides() and self.init_from is not None:  # also raises on a malformed list
+        if self.eval_every < 0 or self.eval_num < 2:
             raise ParameterError(
-                "{init_from} keeps its checkpoint's network: drop {base_channels}, {channel_mult}, "
-                "{res_blocks} and {attention}"
+                f"{{eval_every}} must be >= 0 and {{eval_num}} >= 2; got {self.eval_every}, {self.eval_num}"
             )
-        if self.eval_every < 0 or self.eval_num < 2 or self.eval_metric not in ("fd", "fid"):
-            raise ParameterError(
-                f"{{eval_every}} must be >= 0, {{eval_num}} >= 2 and {{eval_metric}} fd or fid; got "
-                f"{self.eval_every}, {self.eval_num}, {self.eval_metric!r}"
-            )
+
+    @property
+    def passes(self) -> int:
+        """Forward and backward passes per step and process: grad-accum x the micro-batches of one batch."""
+        return self.grad_accum * (self.batch_size // (self.micro_batch or self.batch_size))
 
     def network_overrides(self) -> dict[str, Any]:
         """The UNetConfig fields that --base-channels, --channel-mult, --res-blocks, --attention, --norm-groups and

@@ -50,11 +50,12 @@ class TrainingEval:
         steps: int,
         device: torch.device,
         cache_dir: Path | None = None,
+        progress: bool = False,
     ) -> None:
         if metric not in ("fd", "fid"):
             raise ParameterError(f"{{eval_metric}} must be fd or fid; got {metric!r}")
         self.metric, self.num, self.data, self.data_name = metric, num, data, data_name
-        self.seed, self.steps, self.device = seed, steps, device
+        self.seed, self.steps, self.device, self.progress = seed, steps, device, progress
         self.cache_dir = cache_dir or default_cache()
         self.ref: tuple[Any, torch.Tensor, torch.Tensor, int] | None = None
         # Fail before training starts, not at the first evaluation.
@@ -77,7 +78,8 @@ class TrainingEval:
                 ext = Inception(device=self.device)
                 pixels = pixels[subset_indices(len(pixels), FID_TRAIN_REF_NUM)]
             info = {"data": self.data_name, "split": "train", "num": len(pixels)}
-            _, mean, cov, _, _ = reference_features(ext, pixels, self.cache_dir, info)
+            # The reference is embedded once (then cached): a bar shows its time left (Inception: minutes on a CPU).
+            _, mean, cov, _, _ = reference_features(ext, pixels, self.cache_dir, info, progress=self.progress)
             self.ref = (ext, mean, cov, len(pixels))
         return self.ref
 

@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.dataset import ImageDataset
 from ..errors import ParameterError
-from ..files import atomic_write
-from ..generate import draw_batches
+from ..files import append_line, atomic_write
+from ..generate import draw, fitting_batch
 from ..images import make_grid, plot_curve, save_png, to_uint8
 from ..sampler_choice import DEFAULT_SAMPLER, SamplerChoice
 from ..schedule import Schedule
+from ..unet import UNet
 from .config import TrainConfig
 
 
@@ -56,8 +56,7 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one training record (``step``, ``loss_smooth``, ...) and keep its point of the loss curve."""
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         self.curve.append((record["step"], record["loss_smooth"]))
         if self.tb is not None:
             for k, v in record.items():
@@ -66,8 +65,7 @@ class MetricsLog:
 
     def write_eval(self, step: int, record: dict[str, float], plot_path: Path) -> None:
         """One ``--eval-every`` result: a metrics.jsonl line, a TensorBoard scalar, and the plot redrawn."""
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **record}) + "\n")
+        append_line(self.path, json.dumps({"step": step, **record}))
         name, value = next((k, v) for k, v in record.items() if k in ("eval_fd", "eval_fid"))
         self.eval_curve.append((step, value))
         if self.tb is not None:
@@ -84,34 +82,24 @@ class MetricsLog:
             save_png(path, plot_curve(xs, ys, title="training loss (smoothed), log scale"))
 
 
-def write_grid(
-    path: Path, model: nn.Module, schedule: Schedule, cfg: TrainConfig, data: ImageDataset, device: torch.device
-) -> None:
+def write_grid(path: Path, model: UNet, schedule: Schedule, cfg: TrainConfig, data: ImageDataset,
+               device: torch.device, progress: bool = False) -> None:  # fmt: skip
     """Sample cfg.num_samples images from ``model`` (seeded by cfg.seed) with the default sampler at
-    cfg.sample_steps and write them as one grid PNG, in one batch.
+    cfg.sample_steps and write them as one grid PNG: in one batch, or in as many as memory needs (image i is the same
+    at any batch size). ``progress`` shows a bar of the model calls where they take more than a second.
 
     A class-conditional model draws image i from class i mod K, one class per column.
     """
     n = cfg.num_samples
     classes = data.num_classes if cfg.class_cond and data.num_classes else None
-    meta = {
-        "channels": data.channels,
-        "image_size": data.image_size,
-        "prediction": cfg.prediction,
-        "variance": cfg.variance,
-    }
-    ((_, x),) = draw_batches(
-        model,
-        schedule,
-        meta,
-        default_choice(cfg.sample_steps, schedule),
-        cfg.seed,
-        n,
-        batch_size=n,
-        device=device,
-        cycle_classes=classes,
-    )
-    save_png(path, make_grid(to_uint8(x), nrow=classes, pad_value=128, scale=max(1, 64 // data.image_size)))
+    meta = {"channels": data.channels, "image_size": data.image_size, "prediction": cfg.prediction,
+            "variance": cfg.variance}  # fmt: skip
+    batch = fitting_batch(model, n, device)
+    choice = default_choice(cfg.sample_steps, schedule)
+    parts = [draw(model, schedule, meta, choice, cfg.seed, list(range(i, min(n, i + batch))), None, None, True,
+                  device, cycle_classes=classes, progress=progress) for i in range(0, n, batch)]  # fmt: skip
+    grid = make_grid(to_uint8(torch.cat(parts)), nrow=classes, pad_value=128, scale=max(1, 64 // data.image_size))
+    save_png(path, grid)
 
 
 def default_choice(steps: int, schedule: Schedule) -> SamplerChoice:

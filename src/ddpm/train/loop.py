@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..checkpoint import (
     CHECKPOINT_DIR,
+    checkpoint_bytes,
     checkpoint_meta,
     checkpoint_name,
     list_checkpoints,
@@ -34,6 +35,7 @@ from ..checkpoint import (
 from ..data.dataset import ImageDataset
 from ..data.preparing import training_data
 from ..errors import ParameterError
+from ..files import DiskFullError, disk_full, free_bytes
 from ..losses import Objective
 from ..runtime import Dist, setup_processes
 from ..schedule import Schedule
@@ -42,11 +44,13 @@ from ..unet import UNet, check_labels
 from .config import TrainConfig
 from .draws import Draws, batch_indices, step_draws
 from .eval_hook import TrainingEval
+from .fit import duration, fit_run, shrunk_grid, time_line
 from .log import MetricsLog, progress_bar, write_grid
 from .schedules import HORIZON_AFTER, budget_horizon, ema_decay_at, ema_update, lr_at
-from .setup import Networks, build_networks, prepare_run_dir
+from .setup import Networks, build_networks, prepare_run_dir, run_dir_lock
 
 DEFAULT_STEPS = 5000  # without --steps or --minutes
+ESTIMATE_AFTER = (20, 30.0)  # the run's time is estimated after this many steps or seconds, whichever comes first
 
 
 @dataclass
@@ -68,7 +72,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg.validate()
     px = setup_processes(cfg.device)
     try:
-        return _train(cfg, px)
+        with run_dir_lock(Path(cfg.out), cfg.resume) if px.main else contextlib.nullcontext():
+            return _train(cfg, px)
     finally:
         if px.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -87,33 +92,42 @@ class _Run:
     nets: Networks
     metrics: MetricsLog | None
     evaluator: TrainingEval | None
+    checkpoint_size: int | None = None  # bytes of the last checkpoint written (state and weights)
 
     def save(self, step: int) -> Path:
-        """Write checkpoint ``step`` (its state file first) and drop all but the newest cfg.keep."""
+        """Write checkpoint ``step`` (its state file first) and drop all but the newest cfg.keep.
+
+        Where the disk cannot hold it, nothing is written (a write that fails part-way leaves no half of a
+        checkpoint) and a DiskFullError names the space needed and the checkpoint a --resume continues from."""
         cfg, nets, data = self.cfg, self.nets, self.data
         path = self.out / CHECKPOINT_DIR / checkpoint_name(step)
-        # The state file first: a checkpoint name that exists always has its state beside it.
+        need = self.checkpoint_size or checkpoint_bytes(nets.raw)
+        if free_bytes(path.parent) < need:
+            raise self._disk_full(path, need)
         state = {"step": step, "optimizer": nets.opt.state_dict()}
         if self.objective.history is not None:
             state["loss_history"] = self.objective.history.state_dict()
-        save_training_state(state_path(path), state)
-        meta = checkpoint_meta(
-            step,
-            nets.raw.config,
-            self.schedule,
-            cfg.prediction,
-            variance=cfg.variance,
-            class_names=data.class_names if cfg.class_cond else None,
-            data=data.name,
-            world_size=self.px.world,
-            bf16=bool(nets.bf16),
-            train=cfg.record(),
-        )
-        save_checkpoint(path, nets.raw.state_dict(), nets.ema.state_dict(), meta)
+        meta = checkpoint_meta(step, nets.raw.config, self.schedule, cfg.prediction, variance=cfg.variance,
+                               class_names=data.class_names if cfg.class_cond else None, data=data.name,
+                               world_size=self.px.world, bf16=bool(nets.bf16), train=cfg.record())  # fmt: skip
+        try:
+            # The state file first: a checkpoint name that exists always has its state beside it.
+            save_training_state(state_path(path), state)
+            save_checkpoint(path, nets.raw.state_dict(), nets.ema.state_dict(), meta)
+        except DiskFullError:
+            state_path(path).unlink(missing_ok=True)  # no state file without its checkpoint
+            raise self._disk_full(path, need) from None
+        self.checkpoint_size = path.stat().st_size + state_path(path).stat().st_size
         for _, old in list_checkpoints(self.out)[: -cfg.keep]:
             old.unlink(missing_ok=True)
             state_path(old).unlink(missing_ok=True)
         return path
+
+    def _disk_full(self, path: Path, need: int) -> DiskFullError:
+        """The one-line error of a checkpoint the disk cannot hold: the space, and where a --resume continues."""
+        found = list_checkpoints(self.out)
+        kept = f"checkpoint step {found[-1][0]} is kept, and --resume continues from it" if found else "no checkpoint"
+        return disk_full(path, need, fix=f"free some space; {kept}")
 
 
 def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
@@ -150,11 +164,17 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     nets = build_networks(cfg, data, px, out)
     if objective.history is not None and nets.state.get("loss_history") is not None:
         objective.history.load_state_dict(nets.state["loss_history"])
-    cfg = dataclasses.replace(cfg, preset=nets.preset)  # "auto" resolved: what the checkpoints record
+    fit = fit_run(cfg, nets.raw, px, nets.recorded, nets.bf16)
+    nets.bf16, nets.raw.grad_checkpoint = fit.bf16, fit.grad_checkpoint
+    # "auto" resolved, and how the step fits the machine: what the checkpoints record and a resume repeats
+    cfg = dataclasses.replace(cfg, preset=nets.preset, micro_batch=fit.micro_batch, grad_checkpoint=fit.grad_checkpoint)
+    for line in fit.lines if px.main else []:
+        print(line)
     metrics = MetricsLog.open(cfg, out, nets.step) if px.main else None
     evaluator = None
     if metrics is not None and cfg.eval_every:
-        evaluator = TrainingEval(cfg.eval_metric, cfg.eval_num, data, cfg.data, cfg.seed, cfg.sample_steps, px.device)
+        evaluator = TrainingEval(cfg.eval_metric, cfg.eval_num, data, cfg.data, cfg.seed, cfg.sample_steps, px.device,
+                                 progress=cfg.progress)  # fmt: skip
     run = _Run(cfg, px, out, data, schedule, objective, nets, metrics, evaluator)
     with stop_signals() as caught:
         step, skipped, last_path = _loop(run, caught)
@@ -191,6 +211,8 @@ def _loop(run: _Run, caught: list[int]) -> tuple[int, int, Path | None]:
             if horizon is None and cfg.lr_schedule != "constant" and step - start == HORIZON_AFTER:
                 horizon = px.max_int(budget_horizon(step, (step - start) / elapsed, deadline - time.monotonic()))
             _report(run, report, step, stats, horizon, None if total is not None else deadline)
+            if px.main and not report.estimated:
+                _estimate(run, report, step, total, deadline)
             report.last_path = _periodic(run, step) or report.last_path
     finally:
         if report.bar is not None:
@@ -210,9 +232,9 @@ class _Stats:
 def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Tensor | None) -> _Stats | None:
     """Optimisation step ``step`` on this rank's share of the global batch; None when it was skipped.
 
-    The global batch is batch-size x processes x grad-accum images; micro-batch a of rank r takes the slice
-    [(a·W + r)·B, (a·W + r + 1)·B) of the step's draws, so W processes compute what one process with W× the
-    batch would.
+    The global batch is batch-size x processes x grad-accum images, taken in passes of B = micro-batch images; pass a
+    of rank r takes the slice [(a·W + r)·B, (a·W + r + 1)·B) of the step's draws, so W processes compute what one
+    process with W× the batch would, and any split of the batch the same step up to float rounding.
     """
     cfg, px, nets = run.cfg, run.px, run.nets
     d = step_draws(
@@ -226,7 +248,7 @@ def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Ten
         px.device,
     )
     nets.opt.zero_grad(set_to_none=True)
-    parts = [_micro_batch(run, step, a, d, pixels, labels) for a in range(cfg.grad_accum)]
+    parts = [_micro_batch(run, step, a, d, pixels, labels) for a in range(cfg.passes)]
     loss = sum(value for value, _ in parts)
     gnorm = float(
         torch.nn.utils.clip_grad_norm_(nets.raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
@@ -242,7 +264,7 @@ def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Ten
         nets.opt.zero_grad(set_to_none=True)
         return None
     if run.objective.history is not None:  # every rank records the global batch's losses, in its order
-        per_image = px.gather(torch.stack([p for _, p in parts if p is not None]))  # (W, A, B): rank r's micro-batch a
+        per_image = px.gather(torch.stack([p for _, p in parts if p is not None]))  # (W, A, B): rank r's pass a
         run.objective.history.update(d.t.cpu(), per_image.transpose(0, 1).reshape(-1).cpu())
     for group in nets.opt.param_groups:
         group["lr"] = lr_at(step, cfg, horizon)
@@ -255,10 +277,10 @@ def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Ten
 def _micro_batch(
     run: _Run, step: int, a: int, d: Draws, pixels: Tensor, labels: Tensor | None
 ) -> tuple[float, Tensor | None]:
-    """Forward and backward of micro-batch ``a`` (gradients accumulate); returns its loss / grad-accum and, for the
+    """Forward and backward of pass ``a`` of the step (gradients accumulate); returns its loss / passes and, for the
     loss-aware timestep sampler, each image's loss (B,)."""
     cfg, px, nets = run.cfg, run.px, run.nets
-    B, W, A = cfg.batch_size, px.world, cfg.grad_accum
+    B, W, A = cfg.micro_batch or cfg.batch_size, px.world, cfg.passes
     sl = slice((a * W + px.rank) * B, (a * W + px.rank + 1) * B)
     torch.manual_seed(mix(cfg.seed, step, px.rank, a))  # dropout masks
     x0 = run.data.to_unit(_rows(run, step, d, sl, pixels))  # (B, C, H, W) in [-1, 1]
@@ -267,7 +289,7 @@ def _micro_batch(
     y = None if labels is None else torch.where(d.drop[sl], -1, labels[d.indices[sl]])
     # DDP all-reduces gradients on the last micro-batch only.
     sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else nets.model.no_sync()  # type: ignore[operator]
-    with sync, torch.autocast(px.device.type, dtype=torch.bfloat16, enabled=nets.bf16):
+    with sync, torch.autocast(px.device.type, dtype=torch.bfloat16, enabled=bool(nets.bf16)):
         loss, per_image = run.objective.losses(nets.model, x0, d.t[sl], d.noise[sl], y, nets.memory_format)
         (loss / A).backward()
     return loss.item() / A, per_image
@@ -294,6 +316,37 @@ class _Report:
     smooth: float | None = None
     skipped: int = 0
     last_path: Path | None = None
+    estimated: bool = False  # the run's time has been estimated and said
+
+    def say(self, line: str) -> None:
+        """One line for the user, above the progress bar where there is one."""
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line)
+
+
+def _estimate(run: _Run, r: _Report, step: int, total: int | None, deadline: float) -> None:
+    """Once enough steps have run (:data:`ESTIMATE_AFTER`), say how long a step takes here and how long the run
+    takes; where the sample grids would cost more than :data:`GRID_SHARE` of it, shrink them and say so."""
+    done, elapsed = step - r.start_step, time.monotonic() - r.t_start
+    if done < ESTIMATE_AFTER[0] and elapsed < ESTIMATE_AFTER[1]:
+        return
+    r.estimated = True
+    per_step = elapsed / done
+    left = min(math.inf if total is None else (total - step) * per_step, deadline - time.monotonic())
+    r.say(time_line(per_step, step, total, left))
+    cfg = run.cfg
+    images = cfg.batch_size * run.px.world * cfg.grad_accum
+    # A sampling step costs about a third of a training step per image (no backward pass).
+    per_grid_image = cfg.sample_steps * per_step / images / 3
+    grids = 1 + (math.ceil(left / per_step) // cfg.sample_every if cfg.sample_every and math.isfinite(left) else 0)
+    n = shrunk_grid(cfg.num_samples, per_grid_image * grids, left)
+    if n < cfg.num_samples:
+        cost = cfg.num_samples * per_grid_image
+        r.say(f"grids: {n} images instead of {cfg.num_samples}, since {cfg.num_samples} would take about "
+              f"{duration(cost)} each, more than a tenth of the run (ddpm sample draws more afterwards)")  # fmt: skip
+        run.cfg = dataclasses.replace(cfg, num_samples=n)
 
 
 def _report(run: _Run, r: _Report, step: int, stats: _Stats, horizon: int | None, deadline: float | None) -> None:
@@ -330,7 +383,8 @@ def _periodic(run: _Run, step: int) -> Path | None:
     """The every-K-steps work after ``step``: sample grid, --eval-every score, checkpoint (its path)."""
     cfg, px, out = run.cfg, run.px, run.out
     if run.metrics is not None and cfg.sample_every and step % cfg.sample_every == 0:  # rank 0
-        write_grid(out / "samples" / f"step-{step:09d}.png", run.nets.ema, run.schedule, cfg, run.data, px.device)
+        grid = out / "samples" / f"step-{step:09d}.png"
+        write_grid(grid, run.nets.ema, run.schedule, cfg, run.data, px.device, progress=cfg.progress)
         run.metrics.plot(out / "loss.png")
     if run.evaluator is not None and run.metrics is not None and step % cfg.eval_every == 0:
         result = run.evaluator(
@@ -350,7 +404,7 @@ def _finish(run: _Run, step: int, last_path: Path | None) -> Path:
     last_path = last_path or found[-1][1]
     final_grid = run.out / "samples" / f"step-{step:09d}.png"
     if not final_grid.exists():
-        write_grid(final_grid, run.nets.ema, run.schedule, run.cfg, run.data, run.px.device)
+        write_grid(final_grid, run.nets.ema, run.schedule, run.cfg, run.data, run.px.device, progress=run.cfg.progress)
     if run.metrics is not None:
         run.metrics.plot(run.out / "loss.png")
         if run.metrics.tb is not None:

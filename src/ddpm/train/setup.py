@@ -3,7 +3,9 @@ checks that a resume keeps the run's numbers."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, cast
@@ -16,39 +18,42 @@ from ..checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_training_state,
+    remove_orphans,
     state_path,
 )
 from ..data.dataset import ImageDataset
 from ..diffusion import LEARNED_VARIANCES, output_channels
 from ..errors import ParameterError, UserError
-from ..files import remove_partial_writes
-from ..runtime import Dist, default_bf16
+from ..files import exclusive_lock, remove_partial_writes
+from ..runtime import Dist
 from ..seeding import mix
-from ..unet import AUTO_PRESET, CPU_BUDGET_PRESET, UNet, UNetConfig, preset_for_size
+from ..unet import AUTO_PRESET, UNet, UNetConfig, auto_preset
 from .config import RESUME_MUST_MATCH, UNRECORDED_VALUES, TrainConfig
 
 
 @dataclass
 class Networks:
     """A run's networks at its starting step: ``raw`` (trained), ``ema``, ``model`` (what the loop calls:
-    ``raw``, or its DDP/compiled wrapper), the optimizer, the arithmetic (bf16, memory format), and the preset the
-    run records (``auto`` resolved: from the image size for a new run, the checkpoint's on resume)."""
+    ``raw``, or its DDP/compiled wrapper), the optimizer, the arithmetic (bf16: None until :mod:`.fit` decides it;
+    memory format), the preset the run records (``auto`` resolved: from the image size and device for a new run, the
+    checkpoint's on resume) and a resumed run's recorded settings."""
 
     raw: UNet
     ema: UNet
     model: nn.Module
     opt: torch.optim.Optimizer
     step: int
-    bf16: bool
+    bf16: bool | None
     memory_format: torch.memory_format
     preset: str
     state: dict[str, Any]  # the resumed training state's other entries (e.g. the loss-aware sampler's history)
+    recorded: dict[str, Any] | None = None  # the resumed checkpoint's training settings
 
 
 def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) -> Networks:
-    """The networks to train: new from cfg.preset (seeded; ``auto``: the size's, :func:`ddpm.unet.preset_for_size`),
-    from --init-from, or restored with their optimizer from the latest checkpoint of ``out`` (--resume); on
-    px.device, wrapped in DDP and torch.compile as asked. A new run says in one line which network it trains."""
+    """The networks to train: new from cfg.preset (seeded; ``auto``: :func:`ddpm.unet.auto_preset`), from --init-from,
+    or restored with their optimizer from the latest checkpoint of ``out`` (--resume); on px.device, wrapped in DDP
+    and torch.compile as asked. A new run says in one line which network it trains."""
     device = px.device
     preset = cfg.preset
     torch.manual_seed(mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
@@ -69,12 +74,12 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
     else:
         raw, preset = new_network(cfg, data, device, px.main)
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
-    raw.grad_checkpoint = cfg.grad_checkpoint
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
 
-    step, extra = 0, {}
-    bf16 = cfg.bf16 if cfg.bf16 is not None else default_bf16(device)
+    step, extra, recorded = 0, {}, None
+    bf16 = cfg.bf16
     if cfg.resume:
+        recorded = ck.meta["train"]
         extra = {k: v for k, v in state.items() if k not in ("step", "optimizer")}
         raw.load_state_dict(ck.model)
         ema.load_state_dict(ck.ema)
@@ -96,7 +101,7 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if use_cuda else None)
     if cfg.compile:
         model = cast(nn.Module, torch.compile(model))
-    return Networks(raw, ema, model, opt, step, bf16, fmt, preset, extra)
+    return Networks(raw, ema, model, opt, step, bf16, fmt, preset, extra, recorded)
 
 
 def describe_network(net: UNet) -> str:
@@ -116,10 +121,10 @@ def describe_network(net: UNet) -> str:
 def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, announce: bool) -> tuple[UNet, str]:
     """A new run's network (seeded by the caller) and the preset it records: cfg.preset, or with ``auto`` the one
     for the data's image size; with ``announce`` one line says which network it is and why."""
-    preset = cfg.preset
+    preset, other = cfg.preset, None
     chosen = preset == AUTO_PRESET
     if chosen:
-        preset = preset_for_size(data.image_size)
+        preset, other = auto_preset(data.image_size, device.type)
     overrides: dict[str, Any] = {
         "channels": data.channels,
         "image_size": data.image_size,
@@ -137,11 +142,21 @@ def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, anno
             f"preset {preset!r} does not fit the data: {e} (flags: {{image_size}}, {{preset}}, {{channel_mult}})"
         ) from None
     if announce:
-        how = f"chosen for {data.image_size}x{data.image_size} images; --preset names another" if chosen else "--preset"
-        cpu = CPU_BUDGET_PRESET.get(preset) if device.type == "cpu" else None
-        tip = f"; on a CPU, --preset {cpu} is the small network for this size" if cpu else ""
-        print(f"network: {preset} ({how}): {describe_network(raw)}{tip}")
+        print(
+            f"network: {preset} ({why_this_network(data.image_size, device, preset, other)}): {describe_network(raw)}"
+        )
     return raw, preset
+
+
+def why_this_network(size: int, device: torch.device, preset: str, other: str | None) -> str:
+    """Why a new run trains its network: the preset flag, or chosen for the size and device (naming the other)."""
+    if other is None:
+        return "--preset"
+    if other == preset:
+        return f"chosen for {size}x{size} images; --preset names another"
+    where = "a CPU" if device.type == "cpu" else f"a {device.type.upper()} device"
+    elsewhere = "a GPU" if device.type == "cpu" else "a CPU"
+    return f"chosen for {size}x{size} images on {where}; on {elsewhere} it would be {other}; --preset names either"
 
 
 def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet, UNet]:
@@ -197,8 +212,37 @@ def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet
     return raw, ema.eval().requires_grad_(False)
 
 
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    """Create the run directory; refuse one that already holds a run unless resuming."""
+@contextlib.contextmanager
+def run_dir_lock(out: Path, resume: bool) -> Iterator[None]:
+    """Make this process the one writer of run directory ``out`` while the block runs (``out/.lock``:
+    :func:`ddpm.files.exclusive_lock`), after the checks that need no writing: another ``ddpm train`` on the same
+    directory, with or without --resume, is refused with one line naming the process that holds it. A directory
+    made here is removed again if the run fails before writing anything into it."""
+    check_run_dir(out, resume)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(out / ".lock", f"run directory {out}"):
+            yield
+    except BaseException:
+        if made:
+            _remove_if_unused(out)
+        raise
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Remove run directory ``out`` where it holds nothing but its lock and empty folders."""
+    with contextlib.suppress(OSError):
+        if any(p.is_file() and p.name != ".lock" for p in out.rglob("*")):
+            return
+        for p in sorted(out.rglob("*"), reverse=True):
+            p.rmdir() if p.is_dir() else p.unlink()
+        out.rmdir()
+
+
+def check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse a run directory that is a file, that already holds a run (unless resuming), or that holds nothing to
+    resume."""
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{{out}} {out} is a file, not a directory: choose another {{out}}")
     existing = list_checkpoints(out)
@@ -211,9 +255,17 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
         raise ParameterError(
             f"nothing to resume in {out}: it holds no checkpoints (drop {{resume}} to start a new run)"
         )
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Create the run directory (refusing one that already holds a run unless resuming), and clear what a killed
+    or failed writer left in it: half-written files, and a training state without its checkpoint (said)."""
+    check_run_dir(out, resume)
     (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
     remove_partial_writes(out / CHECKPOINT_DIR)  # half-written files of a killed process
+    for name in remove_orphans(out / CHECKPOINT_DIR):
+        print(f"removed {out / CHECKPOINT_DIR / name}: its checkpoint was never written (a write that stopped)")
 
 
 def latest_resumable(out: Path) -> tuple[Path, dict[str, Any]]:
@@ -239,11 +291,12 @@ def check_compatible(saved: dict[str, Any], cfg: TrainConfig, world: int, saved_
     default then, which is today's default unless :data:`UNRECORDED_VALUES` says otherwise."""
     defaults = {f.name: f.default for f in fields(TrainConfig)} | UNRECORDED_VALUES
     recorded = {k: saved.get(k, defaults[k]) for k in RESUME_MUST_MATCH}
-    diffs = [
-        f"{{{k}}} {recorded[k]!r} in the checkpoint, {getattr(cfg, k)!r} now"
-        for k in RESUME_MUST_MATCH
-        if recorded[k] != getattr(cfg, k)
-    ]
+    recorded["micro_batch"] = recorded["micro_batch"] or recorded["batch_size"]  # not split: one pass of the batch
+    now = {k: getattr(cfg, k) for k in RESUME_MUST_MATCH}
+    if now["micro_batch"] is None:  # not given: the run's own
+        now["micro_batch"] = recorded["micro_batch"]
+    diffs = [f"{{{k}}} {recorded[k]!r} in the checkpoint, {now[k]!r} now" for k in RESUME_MUST_MATCH
+             if recorded[k] != now[k]]  # fmt: skip
     if saved_world != world:
         diffs.append(f"{saved_world} processes in the checkpoint, {world} now (the effective batch would change)")
     if diffs:
