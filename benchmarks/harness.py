@@ -144,6 +144,29 @@ def append_row(path: Path | str, row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
+def photo_crops(folder: Path, n: int, size: int, seed: int = 0, gray: bool = False) -> Path:
+    """``folder`` filled with ``n`` PNG crops of scikit-learn's two sample photos (427x640): squares of a random side
+    from ``size`` to the photo's height at random places, Lanczos-resized to ``size``, half of them mirrored (gray
+    with ``gray``). Made once: a folder that holds ``n`` PNGs already is returned as it is."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.png"))) == n:
+        return folder
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        side = int(rng.integers(min(size, img.shape[0]), img.shape[0] + 1))
+        y, x = int(rng.integers(0, img.shape[0] - side + 1)), int(rng.integers(0, img.shape[1] - side + 1))
+        crop = Image.fromarray(img[y : y + side, x : x + side]).resize((size, size), Image.Resampling.LANCZOS)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        (crop.convert("L") if gray else crop).save(folder / f"{i:05d}.png")
+    return folder
+
+
 def log(msg: str) -> None:
     """``msg`` on stderr, after the time of day."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

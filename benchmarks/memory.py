@@ -36,87 +36,28 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from harness import cpu_flags, cpu_model
 from torch import Tensor
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
+from ddpm.files import human
+from ddpm.memory import CPU_EXTRA, GIB, HEADROOM, MIB, Peak, counted_peak, fake_tensors, needed, peak_rss
+from ddpm.runtime import hold_freed_memory
+from ddpm.train.fit import step_memory
 from ddpm.train.schedules import ema_update
 from ddpm.unet import PRESETS, UNet
 
-GIB = 2**30
-MIB = 2**20
 BUDGETS_GIB = (16, 24, 80)
 RESERVED_GIB = 1.0  # the CUDA context and library workspaces, outside PyTorch's count
 DEFAULT_PRESETS = ("tiny-32", "tiny-64", "ddpm-cifar10", "adm-64", "adm-128", "ddpm-256")
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-4, (0.9, 0.99), 1e-8, 0.0  # ddpm train's AdamW (betas as --adam-beta2's default)
-
-
-class LiveBytes(TorchDispatchMode):
-    """Counts the bytes of the tensor storages alive, after every operator, and keeps the peak.
-
-    Storages are keyed by their C++ object and followed by weak reference: views and in-place results add nothing,
-    and a storage that was freed leaves the count. The count is swept for freed storages only when it would set a
-    new peak (it can only overstate what is alive), so the peak is exact and most operators cost no sweep.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.refs: dict[int, StorageWeakRef] = {}  # keeps the weak references alive while their keys are checked
-        self.sizes: dict[int, int] = {}
-        self.live = 0
-        self.peak = 0
-
-    def add(self, tensor: Tensor) -> None:
-        """Count ``tensor``'s storage (once however many tensors view it)."""
-        storage = tensor.untyped_storage()
-        ref = StorageWeakRef(storage)
-        if ref.cdata not in self.refs:
-            self.refs[ref.cdata], self.sizes[ref.cdata] = ref, storage.nbytes()
-            self.live += storage.nbytes()
-            if self.live > self.peak:
-                self._sweep()
-                self.peak = max(self.peak, self.live)
-
-    def reset_peak(self) -> None:
-        """Start a new peak from what is alive now."""
-        self._sweep()
-        self.peak = self.live
-
-    def _sweep(self) -> None:
-        expired = torch.UntypedStorage._expired
-        for key in [k for k in self.refs if expired(k)]:
-            del self.refs[key]
-            self.live -= self.sizes.pop(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        out = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, Tensor):
-                self.add(leaf)
-        return out
-
-
-@dataclass
-class Peak:
-    """One measured step: the bytes held before it (weights, EMA, moments, the batch), the peak during the forward
-    and backward, and the peak during the optimizer step and EMA update."""
-
-    before: int
-    forward_backward: int
-    optimizer: int
-
-    @property
-    def peak(self) -> int:
-        return max(self.forward_backward, self.optimizer)
 
 
 def _foreach_adamw(
@@ -133,17 +74,6 @@ def _foreach_adamw(
     torch._foreach_div_(denom, math.sqrt(1 - b2**step))
     torch._foreach_add_(denom, EPS)
     torch._foreach_addcdiv_(params, exp_avgs, denom, -LR / (1 - b1**step))
-
-
-@contextmanager
-def _fake(enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        yield
 
 
 @dataclass
@@ -224,18 +154,9 @@ def cuda_peak(step: Step, dev: torch.device) -> Peak:
     return Peak(before, fb, torch.cuda.max_memory_allocated(dev))
 
 
-def counted_peak(step: Step) -> Peak:
-    """``step``'s memory by the live tensor storages (:class:`LiveBytes`), counting the held tensors first."""
-    counter = LiveBytes()
-    with counter:
-        for tensor in step.held:
-            counter.add(tensor)
-        before = counter.live
-        step.forward_backward()
-        fb = counter.peak
-        counter.reset_peak()
-        step.update()
-        return Peak(before, fb, counter.peak)
+def step_peak(step: Step) -> Peak:
+    """``step``'s memory by the live tensor storages (:class:`ddpm.memory.LiveBytes`), the held tensors first."""
+    return counted_peak(step.held, step.forward_backward, step.update)
 
 
 def measure_step(
@@ -262,7 +183,7 @@ def measure_step(
     cuda = device.startswith("cuda")
     dev = torch.device(device)
     torch.manual_seed(0)
-    with _fake(mode == "shapes"), dev if cuda else nullcontext():  # (the device context slows every CPU op)
+    with fake_tensors(mode == "shapes"), dev if cuda else nullcontext():  # (the device context slows every CPU op)
         step = build_step(
             preset,
             size,
@@ -274,7 +195,7 @@ def measure_step(
             channels=channels,
             overrides=overrides,
         )
-        return cuda_peak(step, dev) if cuda else counted_peak(step)
+        return cuda_peak(step, dev) if cuda else step_peak(step)
 
 
 @dataclass
@@ -339,6 +260,72 @@ def machine() -> str:
     return f"{cpu_model()} ({os.cpu_count()} logical cores; {', '.join(marks) or 'no AVX2'})"
 
 
+# ---------------------------------------------------------------------------- estimate against measured (--rss)
+
+# (preset, size, batch): the CPU networks at their sizes and the published ones at batches a 2-core CPU can step
+RSS_CASES = [("tiny", 28, 64), ("tiny-64", 64, 64), ("tiny-128", 128, 32), ("tiny-256", 256, 8),
+             ("ddpm-cifar10", 32, 32), ("adm-64", 64, 4), ("adm-128", 128, 2)]  # fmt: skip
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child_rss(spec: dict[str, Any]) -> dict[str, int]:
+    """Run in a child process: two real training steps of ``spec``'s network and batch on the CPU; the resident memory
+    before the network was built and the process's peak."""
+    hold_freed_memory()  # as every ddpm command does: the allocator keeps what tensors free
+    torch.manual_seed(0)
+    baseline = resident_bytes()
+    step = build_step(spec["preset"], spec["size"], spec["batch"], bf16=spec["bf16"], checkpointing=spec["ckpt"],
+                      dev=torch.device("cpu"), mode="real", channels=3, overrides={})  # fmt: skip
+    for _ in range(2):
+        step.forward_backward()
+        step.update()
+    return {"baseline": baseline, "peak": peak_rss()}
+
+
+def rss_row(preset: str, size: int, batch: int, bf16: bool, ckpt: bool) -> dict[str, Any]:
+    """The estimate ``ddpm train`` fits a step with, against the resident memory two real steps took in a child."""
+    spec = {"preset": preset, "size": size, "batch": batch, "bf16": bf16, "ckpt": ckpt}
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    config = UNet.from_preset(preset, channels=3, image_size=size).config
+    counted = step_memory(config, bf16, ckpt).bytes(batch)
+    grown = measured["peak"] - measured["baseline"]
+    estimate = needed(counted, torch.device("cpu"))
+    return {**spec, "counted": counted, "estimate": estimate, "measured": grown, "peak_rss": measured["peak"],
+            "estimate_over_measured": estimate / grown}  # fmt: skip
+
+
+def rss_report(rows: list[dict[str, Any]]) -> str:
+    head = "| preset | size | batch | precision | grad ckpt | counted | estimate | measured RSS growth"
+    lines = [head + " | estimate ÷ measured |", "|---|---:|---:|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['preset']} | {r['size']} | {r['batch']} | {'bf16' if r['bf16'] else 'float32'} | "
+                     f"{'on' if r['ckpt'] else 'off'} | {human(r['counted'])} | {human(r['estimate'])} | "
+                     f"{human(r['measured'])} | {r['estimate_over_measured']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def rss_main(args: argparse.Namespace) -> None:
+    """--rss: every case of :data:`RSS_CASES` in float32 and bf16, each in its own child process."""
+    rows = []
+    wanted = args.rss_presets.split(",") if args.rss_presets else [c[0] for c in RSS_CASES]
+    for preset, size, batch in [c for c in RSS_CASES if c[0] in wanted]:
+        for precision in (p.strip() for p in args.precisions.split(",") if p.strip()):
+            rows.append(rss_row(preset, size, batch, precision == "bf16", False))
+            print(json.dumps(rows[-1]), flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps({**rows[-1], "machine": machine(), "torch": torch.__version__}) + "\n")
+    print(f"\n{machine()}, torch {torch.__version__}; estimate = counted x {HEADROOM} + {human(CPU_EXTRA)}")
+    print(rss_report(rows))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, measure, print a Markdown table (and JSON lines with --json)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -358,7 +345,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precisions", default="float32,bf16", help="comma-separated: float32, bf16 (autocast)")
     parser.add_argument("--checkpointing", default="off,on", help="comma-separated: off, on (--grad-checkpoint)")
     parser.add_argument("--json", default=None, help="also append one JSON line per row to this file")
+    parser.add_argument("--rss", action="store_true",
+                        help="instead: the estimate ddpm train fits a step with, against the resident memory of two "
+                             "real steps (each case in a child process; CPU)")  # fmt: skip
+    parser.add_argument("--rss-presets", default=None, help="with --rss: only these presets of its cases")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(child_rss(json.loads(args.child))))
+        return
+    if args.rss:
+        rss_main(args)
+        return
     mode = args.mode or ("shapes" if args.device == "cpu" else "real")
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     unknown = sorted(set(presets) - set(PRESETS))

@@ -44,7 +44,8 @@ from .images import (
     trajectory_columns,
     trajectory_strip,
 )
-from .memory import HEADROOM, Peak, StepMemory, available_memory, counted_peak, fake_tensors, step_bound
+from .memory import Peak, StepMemory, available_memory, counted_peak, fake_tensors, needed, step_bound
+from .memory import budget as memory_budget
 from .provenance import Provenance
 from .runtime import pick_device
 from .sampler_choice import SamplerChoice, SampleSettings, check_sampler
@@ -178,7 +179,7 @@ def fitting_batch(model: UNet, batch_size: int, device: torch.device, guidance: 
     """``batch_size``, or the largest batch of ``model``'s sampling that fits in ``device``'s memory where it does not
     (said in one line; image i is the same at any batch size)."""
     cfg = model.config
-    budget = available_memory(device) / HEADROOM
+    budget = memory_budget(device)
     guided = 2 if guidance not in (None, 0, 1) else 1  # guidance calls the network on 2B images
     if step_bound(sum(p.numel() for p in model.parameters()), cfg, guided * batch_size) < budget / 2:
         return batch_size
@@ -186,9 +187,9 @@ def fitting_batch(model: UNet, batch_size: int, device: torch.device, guidance: 
     fits = max(1, memory.largest_batch(budget) // guided)
     if fits >= batch_size:
         return batch_size
-    print(f"memory: sampling {batch_size} images at a time needs about "
-          f"{human(memory.bytes(guided * batch_size) * HEADROOM)}, {human(budget * HEADROOM)} is available: batches "
-          f"of {fits} (the images are the same at any batch size)")  # fmt: skip
+    need = human(needed(memory.bytes(guided * batch_size), device))
+    print(f"memory: sampling {batch_size} images at a time needs about {need}, {human(available_memory(device))} is "
+          f"available: batches of {fits} (the images are the same at any batch size)")  # fmt: skip
     return fits
 
 

@@ -3,8 +3,9 @@
 A step's peak is counted on its tensors' storages (:class:`LiveBytes`, a dispatch mode that adds up the bytes of every
 storage alive after each operator), and it can be counted on FakeTensors (:func:`fake_tensors`): the step runs on
 shapes and dtypes alone, nothing is computed, so a 400M-parameter network at 256 px is counted in seconds on any
-machine. What a kernel allocates and frees inside one operator is not seen: :data:`HEADROOM` covers it, and the
-allocator's own overhead, when a count is compared with what the machine has (:func:`available_memory`).
+machine. What a kernel allocates and frees inside one operator, the libraries' workspaces and the allocator's own
+overhead are not seen: :func:`needed` adds them (:data:`HEADROOM`, :data:`CPU_EXTRA`) when a count is compared with
+what the machine has (:func:`available_memory`, :func:`budget`).
 Nothing here knows about diffusion: the step is a function the caller gives.
 """
 
@@ -25,9 +26,11 @@ from torch.utils._pytree import tree_leaves
 
 GIB = 2**30
 MIB = 2**20
-# Counted tensors are not all a process holds: kernels' scratch space and the allocator's overhead come on top
-# (benchmarks/memory.py --measure-rss; BENCHMARKS.md, "memory.py").
-HEADROOM = 1.25
+# Counted tensors are not all a process holds: kernels' scratch space, the libraries' workspaces and the allocator's
+# overhead come on top; these cover what two real CPU steps held beyond the count (benchmarks/memory.py --rss;
+# BENCHMARKS.md, "memory.py").
+HEADROOM = 1.5
+CPU_EXTRA = 2**30
 # A bound on a training step's activation bytes per value of every level and block of a UNet, over 2x the most any
 # preset's step counted (benchmarks/memory.py): a step under it surely fits, and need not be counted.
 BOUND_BYTES = 400
@@ -147,6 +150,16 @@ class StepMemory:
         if self.optimizer > budget or self.fixed + self.per_image > budget:
             return 0
         return int((budget - self.fixed) // max(self.per_image, 1.0))
+
+
+def needed(counted: float, device: torch.device) -> float:
+    """The memory a step whose tensors were counted at ``counted`` bytes needs on ``device``."""
+    return counted * HEADROOM + (CPU_EXTRA if device.type == "cpu" else 0)
+
+
+def budget(device: torch.device, share: int = 1) -> float:
+    """The counted bytes a step may take on ``device`` (its available memory shared by ``share`` processes)."""
+    return max(0.0, (available_memory(device) / share - (CPU_EXTRA if device.type == "cpu" else 0)) / HEADROOM)
 
 
 def available_memory(device: torch.device) -> int:

@@ -63,15 +63,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def default_bf16(device: torch.device) -> bool:
-    """The bf16 autocast default for ``device``: on where the hardware computes bf16 natively."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return cpu_bf16_native()
-    return False
-
-
 # mallopt's parameter numbers (glibc's malloc.h) and the values set: blocks up to 32 MiB (the largest threshold
 # glibc accepts on 64-bit) come from the heap, and freed heap memory is kept however much of it there is.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3

@@ -68,26 +68,28 @@ def test_the_largest_micro_batch_that_fits_then_checkpointing_then_one_line_erro
     px = Dist()
 
     def fit(available: float, **kw):
+        monkeypatch.setattr(memory, "available_memory", lambda device: available)
         monkeypatch.setattr(fit_module, "available_memory", lambda device: available)
         lines: list[str] = []
         kw = {"micro": None, "ckpt": None, **kw}
         return fit_memory(_cfg(), SMALL, px, False, kw["micro"], kw["ckpt"], lines), lines
 
-    big = plain.bytes(64) * memory.HEADROOM * 1.01
+    cpu = torch.device("cpu")
+    big = memory.needed(plain.bytes(64), cpu) * 1.01
     assert fit(big) == ((64, False), [])  # the whole batch fits: nothing changed, nothing said
-    (micro, on), lines = fit(plain.bytes(20) * memory.HEADROOM)
+    (micro, on), lines = fit(memory.needed(plain.bytes(20), cpu))
     assert (micro, on) == (16, False) and len(lines) == 1  # the largest divisor of 64 at most 20 images
     assert lines[0].startswith("memory: a step of 64 images at 32 px needs about ")
     assert "4 micro-batches of 16" in lines[0]
     assert ck.bytes(1) < plain.bytes(1)
-    (micro, on), lines = fit((ck.bytes(1) + plain.bytes(1)) / 2 * memory.HEADROOM)  # not one image without it
+    (micro, on), lines = fit(memory.needed((ck.bytes(1) + plain.bytes(1)) / 2, cpu))  # not one image without it
     assert on is True and micro >= 1 and ck.bytes(micro) <= plain.bytes(1) and "with gradient checkpointing" in lines[0]
     with pytest.raises(ParameterError, match="a training step does not fit in memory: 1 image"):
-        fit(ck.fixed * 0.9)
+        fit(memory.needed(ck.fixed * 0.9, cpu))
     with pytest.raises(
         ParameterError, match="32 image.s. at a time need about .*: pass a smaller micro_batch$"
     ):  # a given split is checked
-        fit(plain.bytes(20) * memory.HEADROOM, micro=32, ckpt=False)
+        fit(memory.needed(plain.bytes(20), cpu), micro=32, ckpt=False)
 
 
 def test_precision_is_the_faster_one_timed_once_and_cached(monkeypatch):

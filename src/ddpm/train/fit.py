@@ -21,7 +21,8 @@ import torch
 from ..checkpoint import CHECKPOINT_DIR, checkpoint_bytes
 from ..errors import ParameterError
 from ..files import atomic_write, cache_dir, disk_full, free_bytes, human
-from ..memory import HEADROOM, StepMemory, available_memory, counted_peak, fake_tensors, step_bound
+from ..memory import StepMemory, available_memory, counted_peak, fake_tensors, needed, step_bound
+from ..memory import budget as memory_budget
 from ..runtime import Dist, cpu_bf16_native, cpu_model
 from ..unet import UNet, UNetConfig
 from .config import TrainConfig
@@ -29,6 +30,7 @@ from .schedules import ema_update
 
 TIMING_SECONDS = 3.0  # about how long each precision is timed, at least one step each
 SLOW_STEP = 10.0  # seconds: a step this long is announced before it starts
+SLOW_TIMING = 1e12  # parameters x images x pixels above which timing the precisions is announced (a minute or more)
 GRID_SHARE = 0.1  # the most of a run's time its sample grids may take before they are shrunk
 MEMORY_CACHE, PRECISION_CACHE = "memory.json", "precision.json"
 
@@ -91,7 +93,7 @@ def fit_memory(cfg: TrainConfig, config: UNetConfig, px: Dist, bf16: bool, micro
     """The micro-batch (a divisor of the batch) and gradient checkpointing of a step that fits in this machine's
     memory: the whole batch if it fits, else the largest micro-batch that does, else the same with gradient
     checkpointing. Given values are kept (and checked). One line says what was changed and why."""
-    budget = available_memory(px.device) / px.local_world / HEADROOM
+    budget = memory_budget(px.device, px.local_world)
     batch = cfg.batch_size
     if micro is not None and batch % micro:
         raise ParameterError(f"{{micro_batch}} {micro} does not divide {{batch_size}} {batch}: pass a divisor of it")
@@ -103,27 +105,27 @@ def fit_memory(cfg: TrainConfig, config: UNetConfig, px: Dist, bf16: bool, micro
         fitting = [m for m in sizes if memory.bytes(m) <= budget]
         if fitting:
             if fitting[0] != batch or checkpointing != bool(ckpt):
-                lines.append(_memory_line(config, batch, fitting[0], checkpointing, memory, budget))
+                lines.append(_memory_line(config, batch, fitting[0], checkpointing, memory, px.device))
             return fitting[0], checkpointing
     smallest = micro or 1
-    need = step_memory(config, bf16, bool(ckpt) if ckpt is not None else True).bytes(smallest) * HEADROOM
+    need = needed(step_memory(config, bf16, bool(ckpt) if ckpt is not None else True).bytes(smallest), px.device)
     fix = ("a smaller {micro_batch}" if micro is not None else "{grad_checkpoint}" if ckpt is False else
            "a smaller network ({preset}, {base_channels}) or a smaller {image_size}")  # fmt: skip
     raise ParameterError(
         f"a training step does not fit in memory: {smallest} image(s) at a time need about {human(need)}, "
-        f"{human(budget * HEADROOM)} is available here: pass {fix}"
+        f"{human(available_memory(px.device))} is available here: pass {fix}"
     )
 
 
-def _memory_line(config: UNetConfig, batch: int, micro: int, ckpt: bool, memory: StepMemory, budget: float) -> str:
+def _memory_line(config: UNetConfig, batch: int, micro: int, ckpt: bool, memory: StepMemory,
+                 device: torch.device) -> str:  # fmt: skip
     """The line that says how a step was fitted in memory."""
-    whole = memory.bytes(batch) * HEADROOM
     how = f"{batch // micro} micro-batches of {micro}" if micro != batch else "one pass"
     ck = " with gradient checkpointing" if ckpt else ""
     return (
-        f"memory: a step of {batch} images at {config.image_size} px needs about {human(whole)}, "
-        f"{human(budget * HEADROOM)} is available: {how}{ck}, the same step in {human(memory.bytes(micro) * HEADROOM)} "
-        "(--micro-batch and --grad-checkpoint set it)"
+        f"memory: a step of {batch} images at {config.image_size} px needs about "
+        f"{human(needed(memory.bytes(batch), device))}, {human(available_memory(device))} is available: {how}{ck}, "
+        f"the same step in {human(needed(memory.bytes(micro), device))} (--micro-batch and --grad-checkpoint set it)"
     )
 
 
@@ -234,6 +236,9 @@ def choose_precision(raw: UNet, device: torch.device, micro: int, ckpt: bool, bf
     key = json.dumps([cpu_model(), torch.__version__, torch.get_num_threads(), raw.config.to_dict(), micro, ckpt])
     timed = _read_cache(PRECISION_CACHE).get(key)
     if timed is None:
+        if sum(p.numel() for p in raw.parameters()) * micro * raw.config.image_size**2 > SLOW_TIMING:
+            print("precision: timing float32 against bf16 on this network (once for this CPU and network; a few "
+                  "steps each)", flush=True)  # fmt: skip
         timed = dict(zip(("float32", "bf16"), time_precisions(raw, device, micro, ckpt), strict=True))
         _write_cache(PRECISION_CACHE, key, timed)
     ratio = timed["float32"] / timed["bf16"]  # > 1: bf16 is faster

@@ -1,0 +1,105 @@
+"""Image conditions: the low-resolution view of a batch, its way back up, and conditioning augmentation.
+
+A super-resolution model learns p(x | low(x)), where low(x) is x brought down by ``scale`` with the Lanczos resize
+the data path uses (Pillow's, reproduced here to the 8-bit level: the same filter, the same fixed-point arithmetic
+and rounding, horizontal pass then vertical), so a low-resolution picture a user resizes with Pillow is what the
+model trained on. The network sees the low image brought back up to the model's size (the same filter, in floating
+point) concatenated to x_t (SR3; improved-diffusion's SuperResModel). Conditioning augmentation (Ho et al. 2021)
+corrupts the low image before it goes up, √(1−a)·low + √a·ε with a level a the network is told, so a cascade's
+stage learns to repair the artefacts of the stage before it. Everything runs on the batch's device.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
+LANCZOS_SUPPORT = 3.0
+
+
+def _lanczos(x: float) -> float:
+    """Pillow's Lanczos-3 kernel: sinc(x)·sinc(x/3) on [-3, 3)."""
+    if not -LANCZOS_SUPPORT <= x < LANCZOS_SUPPORT:
+        return 0.0
+
+    def sinc(v: float) -> float:
+        return 1.0 if v == 0.0 else math.sin(v * math.pi) / (v * math.pi)
+
+    return sinc(x) * sinc(x / LANCZOS_SUPPORT)
+
+
+@functools.lru_cache(maxsize=32)
+def lanczos_weights(in_size: int, out_size: int, fixed_point: bool) -> Tensor:
+    """The (out_size, in_size) float64 matrix of one axis of Pillow's Lanczos resize of the whole image: each row the
+    normalised kernel around the output pixel's centre (Pillow's ``precompute_coeffs``), and with ``fixed_point``
+    those weights as the integers × 2^22 that Pillow's 8-bit path multiplies with."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = LANCZOS_SUPPORT * filterscale
+    w = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for i in range(out_size):
+        center = (i + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        row = [_lanczos((x - center + 0.5) / filterscale) for x in range(lo, hi)]
+        total = sum(row)
+        row = [v / total if total != 0.0 else v for v in row]
+        if fixed_point:
+            row = [float(int(v * (1 << PRECISION_BITS) + (0.5 if v >= 0 else -0.5))) for v in row]
+        w[i, lo:hi] = torch.tensor(row, dtype=torch.float64)
+    return w
+
+
+def resize_pixels(pixels: Tensor, size: int) -> Tensor:
+    """uint8 images (B, C, H, W), square, to (B, C, size, size) exactly as Pillow's Lanczos resize does them:
+    the horizontal pass, rounded and clipped to 8 bits, then the vertical one (computed in float64, where Pillow's
+    fixed-point sums are exact)."""
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"resize_pixels takes uint8 pixels; got {pixels.dtype}")
+    h, w = pixels.shape[-2:]
+    x = pixels.to(torch.float64)
+    if w != size:
+        x = _fixed_point_pass(x, lanczos_weights(w, size, True).to(x.device), axis=-1)
+    if h != size:
+        x = _fixed_point_pass(x, lanczos_weights(h, size, True).to(x.device), axis=-2)
+    return x.to(torch.uint8)
+
+
+def _fixed_point_pass(x: Tensor, k: Tensor, axis: int) -> Tensor:
+    """One axis of Pillow's 8-bit resample: Σ k·x + 2^21, shifted down by 22 bits and clipped to 0..255."""
+    acc = torch.matmul(x, k.T) if axis == -1 else torch.matmul(k, x)
+    return torch.floor((acc + (1 << (PRECISION_BITS - 1))) / (1 << PRECISION_BITS)).clamp_(0, 255)
+
+
+def upsample(x: Tensor, size: int) -> Tensor:
+    """Images (B, C, h, w) in any range, brought up (or down) to (B, C, size, size) by the Lanczos filter in floating
+    point, without rounding: how a low image enters the network."""
+    h, w = x.shape[-2:]
+    kh = lanczos_weights(h, size, False).to(x.device, x.dtype)
+    kw = lanczos_weights(w, size, False).to(x.device, x.dtype)
+    return torch.matmul(torch.matmul(kh, x), kw.T)
+
+
+def low_of(pixels: Tensor, scale: int) -> Tensor:
+    """The low-resolution view of uint8 images (B, C, S, S): (B, C, S/scale, S/scale) uint8, Pillow's Lanczos."""
+    size = pixels.shape[-1]
+    if scale < 1 or size % scale:
+        raise ValueError(f"the image size {size} is not a multiple of the scale {scale}")
+    return resize_pixels(pixels, size // scale)
+
+
+def condition_of(low: Tensor, size: int, level: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+    """The network's condition from low images (B, C, h, w) (uint8 pixels, or floats in [-1, 1]): in [-1, 1], with
+    conditioning augmentation √(1−a)·low + √a·ε where ``level`` a (B,) and ``noise`` ε (B, C, h, w) are given, then
+    brought up to (B, C, size, size)."""
+    x = low.float() / 127.5 - 1.0 if low.dtype == torch.uint8 else low.float()
+    if level is not None:
+        if noise is None:
+            raise ValueError("conditioning augmentation needs its noise")
+        a = level.to(x.dtype).view(-1, 1, 1, 1)
+        x = torch.sqrt(1.0 - a) * x + torch.sqrt(a) * noise.to(x)
+    return upsample(x, size)
