@@ -1,7 +1,11 @@
 """Shared test set-up."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -121,3 +125,33 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+_TORCHRUN_SCRIPT = """
+import json, os, sys
+from safetensors.torch import save_file
+from ddpm.train import TrainConfig, train
+out = sys.argv[1]
+r = train(TrainConfig(out=out, **json.loads(sys.argv[2])))
+save_file({k: v.contiguous() for k, v in r.model.state_dict().items()}, f"{out}/rank{os.environ['RANK']}.safetensors")
+"""
+
+
+def assert_torchrun_is_one_process(tmp_path: Path, **settings: Any) -> None:
+    """Two ``torchrun`` ranks of TrainConfig(**settings, batch_size=B) end with identical weights, equal (to float
+    rounding) to one process's with batch 2B: the guarantee for a training path that draws more than the basics."""
+    from safetensors.torch import load_file
+
+    from ddpm.train import TrainConfig, train
+
+    batch = settings.pop("batch_size")
+    script = tmp_path / "ddp.py"
+    script.write_text(_TORCHRUN_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(tmp_path / "ddp"), json.dumps({**settings, "batch_size": batch})],
+                       capture_output=True, text=True, env=subprocess_env(), timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
+    assert_identical(w0, load_file(str(tmp_path / "ddp" / "rank1.safetensors")))
+    one = train(TrainConfig(out=str(tmp_path / "one"), **settings, batch_size=2 * batch)).model.state_dict()
+    assert max((one[k] - w0[k]).abs().max().item() for k in one) < 1e-4

@@ -351,3 +351,24 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(run_dir, tmp_pat
     assert main(["sample", "--checkpoint", str(run_dir), "--guidance", "2", "--out", str(tmp_path / "g")]) == 2
     assert capsys.readouterr().err.startswith("error: --guidance needs --class: ")
     assert not (tmp_path / "g").exists()
+
+
+def test_sampling_batches_shrink_to_the_memory_there_is_and_the_images_stay_the_same(run_dir, capsys, monkeypatch):
+    import ddpm.generate as generate_module
+    from ddpm.generate import fitting_batch, sampling_memory
+    from ddpm.unet import UNetConfig
+
+    model, _, _ = load_model(run_dir)
+    cfg = model.config
+    memory = sampling_memory(cfg)  # counted on FakeTensors: no real memory is taken
+    assert memory.per_image > 0 and memory.bytes(8) > memory.bytes(2)
+    conditioned = sampling_memory(UNetConfig(**{**cfg.__dict__, "cond_channels": 1, "cond_level": True}))
+    assert conditioned.bytes(4) > memory.bytes(4)  # the condition is one more input channel
+    cpu = torch.device("cpu")
+    assert fitting_batch(model, 64, cpu) == 64  # far below this machine's memory: no count, no line
+    # With room for about five images' worth, the batch shrinks to what fits and says so in one line.
+    monkeypatch.setattr(generate_module, "memory_budget", lambda device: memory.bytes(5) * 1.01)
+    fits = fitting_batch(model, 64, cpu)
+    assert fits == memory.largest_batch(memory.bytes(5) * 1.01) and 1 <= fits < 64
+    assert capsys.readouterr().out.count("memory: sampling 64 images at a time needs about") == 1
+    assert fitting_batch(model, 64, cpu, guidance=3.0) <= max(1, fits // 2 + 1)

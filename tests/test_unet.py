@@ -509,3 +509,56 @@ def test_grad_checkpoint_keeps_far_fewer_activations_and_nothing_without_grad():
         y = net(x, t)
         net.grad_checkpoint = True
         assert torch.equal(net(x, t), y)
+
+
+def test_a_network_without_conditions_is_described_and_seeded_as_before_the_fields():
+    cfg = small_config(num_classes=3)
+    assert not {"cond_channels", "cond_level", "augment_dim"} & set(cfg.to_dict())
+    torch.manual_seed(0)
+    plain = UNet(cfg)
+    assert plain.level_mlp is None and plain.augment_emb is None and plain.conv_in.in_channels == 1
+    torch.manual_seed(0)
+    conditioned = UNet(small_config(num_classes=3, cond_channels=2, cond_level=True, augment_dim=5))
+    # The condition widens conv_in (2 channels x 3x3 x 16 filters); the level and augmentation add their embeddings.
+    assert n_params(conditioned) == n_params(plain) + 2 * 9 * 16 + sum(
+        p.numel() for m in (conditioned.level_mlp, conditioned.augment_emb) for p in m.parameters()
+    )
+    back = UNetConfig.from_dict(json.loads(json.dumps(conditioned.config.to_dict())))
+    assert back == conditioned.config
+
+
+def test_the_condition_enters_as_input_channels_and_the_level_as_an_embedding():
+    net = randomize(UNet(small_config(cond_channels=3, cond_level=True))).eval()
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(2, 1, 8, 8, generator=g), torch.tensor([10, 500])
+    cond = torch.randn(2, 3, 8, 8, generator=g)
+    with torch.no_grad():
+        out = net(x, t, cond=cond)
+        # conv_in sees [x, cond]: a network whose condition weights are zeroed ignores the condition ...
+        blind = UNet(net.config).eval()
+        blind.load_state_dict(net.state_dict())
+        blind.conv_in.weight[:, 1:] = 0
+        assert torch.equal(blind(x, t, cond=cond), blind(x, t, cond=torch.zeros_like(cond)))
+        # ... and the real one does not.
+        assert (out - net(x, t, cond=cond.flip(-1))).abs().max() > 1e-3
+        # The level is an embedding: 0 is what None means, another level changes the output.
+        assert torch.equal(net(x, t, cond=cond, cond_level=torch.zeros(2)), out)
+        assert (net(x, t, cond=cond, cond_level=torch.full((2,), 0.3)) - out).abs().max() > 1e-3
+        assert torch.equal(net(x, t, **net.extra_inputs(2)), net(x, t, cond=torch.zeros(2, 3, 8, 8)))
+    with pytest.raises(ValueError, match="conditioned on an image"):
+        net(x, t)
+    with pytest.raises(ValueError, match=r"\(2, 3, 8, 8\)"):
+        net(x, t, cond=torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="cond_channels=0"):
+        UNet(small_config())(x, t, cond=cond)
+
+
+def test_an_augmentation_vector_of_zeros_leaves_the_network_as_if_it_had_none():
+    net = randomize(UNet(small_config(augment_dim=4))).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 300])
+    with torch.no_grad():
+        out = net(x, t)
+        assert torch.equal(net(x, t, augment=torch.zeros(2, 4)), out)
+        assert (net(x, t, augment=torch.ones(2, 4)) - out).abs().max() > 1e-3
+        # The embedding is linear without a bias: a zero vector adds exactly nothing to the time embedding.
+        assert net.augment_emb is not None and net.augment_emb.bias is None

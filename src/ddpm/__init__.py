@@ -1,5 +1,6 @@
 """ddpm: denoising diffusion models trained on your own images, with exact math and fast samplers."""
 
+from .cascade import Stage, cascade
 from .checkpoint import load_checkpoint, load_model
 from .data.dataset import ImageDataset
 from .data.load import load_dataset
@@ -35,11 +36,13 @@ __all__ = [
     "ImageDataset",
     "Objective",
     "Schedule",
+    "Stage",
     "UNet",
     "UNetConfig",
     "UserError",
     "VariationalBound",
     "bits_per_dim",
+    "cascade",
     "load_checkpoint",
     "load_dataset",
     "load_model",

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -57,9 +60,11 @@ def lanczos_weights(in_size: int, out_size: int, fixed_point: bool) -> Tensor:
 def resize_pixels(pixels: Tensor, size: int) -> Tensor:
     """uint8 images (B, C, H, W), square, to (B, C, size, size) exactly as Pillow's Lanczos resize does them:
     the horizontal pass, rounded and clipped to 8 bits, then the vertical one (computed in float64, where Pillow's
-    fixed-point sums are exact)."""
+    fixed-point sums are exact; on the CPU for a device without float64)."""
     if pixels.dtype != torch.uint8:
         raise ValueError(f"resize_pixels takes uint8 pixels; got {pixels.dtype}")
+    if pixels.device.type == "mps":
+        return resize_pixels(pixels.cpu(), size).to(pixels.device)
     h, w = pixels.shape[-2:]
     x = pixels.to(torch.float64)
     if w != size:
@@ -103,3 +108,56 @@ def condition_of(low: Tensor, size: int, level: Tensor | None = None, noise: Ten
         a = level.to(x.dtype).view(-1, 1, 1, 1)
         x = torch.sqrt(1.0 - a) * x + torch.sqrt(a) * noise.to(x)
     return upsample(x, size)
+
+
+def to_8bit(x: Tensor) -> Tensor:
+    """Images (B, C, H, W) in [-1, 1] as 8-bit pixels, uint8: round((x + 1)·127.5), clipped (exact for 8-bit data)."""
+    return ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------- what a conditioned network takes
+
+TASKS = ("generate", "super-resolution", "paired")
+
+
+@dataclass(frozen=True)
+class ConditionSpec:
+    """What an image-conditioned network takes, as its checkpoint records it (``meta["condition"]``).
+
+    ``task`` is super-resolution (the condition is the target's low view, ``scale`` times smaller) or paired (an
+    input image of the model's size: restoration, colourisation); ``channels`` and ``size`` are the condition's as
+    given (the low size for super-resolution); ``noise_max`` is the range of training's conditioning augmentation
+    (the network is told a level where it is > 0)."""
+
+    task: str
+    channels: int
+    size: int
+    scale: int | None = None
+    noise_max: float = 0.0
+
+    @property
+    def told_level(self) -> bool:
+        """Whether the network takes a conditioning-augmentation level."""
+        return self.noise_max > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for a checkpoint's metadata."""
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> ConditionSpec | None:
+        """The condition a checkpoint's network takes, or None for an unconditioned one."""
+        given = meta.get("condition")
+        return None if not given else cls(**given)
+
+    def network_input(self, images: Tensor, image_size: int, level: Tensor | None = None,
+                      noise: Tensor | None = None) -> Tensor:  # fmt: skip
+        """Conditions as given, (B, channels, size, size) uint8 pixels or floats in [-1, 1], as the network takes
+        them: (B, channels, image_size, image_size) in [-1, 1], augmented where ``level`` (B,) and ``noise`` are
+        given (see :func:`condition_of`)."""
+        if tuple(images.shape[1:]) != (self.channels, self.size, self.size):
+            raise ValueError(f"expected conditions of shape (B, {self.channels}, {self.size}, {self.size}), got "
+                             f"{tuple(images.shape)}")  # fmt: skip
+        if level is None and self.size == image_size:
+            return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
+        return condition_of(images, image_size, level, noise)

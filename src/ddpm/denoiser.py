@@ -64,6 +64,24 @@ class Denoised(tuple):
         return learned_log_variance(self.variance_output, self.variance, log_small, log_large)
 
 
+def conditioned(model: Callable[..., Tensor], cond: Tensor | None, level: Tensor | None = None,
+                augment: Tensor | None = None) -> Callable[..., Tensor]:  # fmt: skip
+    """``model(x_t, t[, labels])`` that passes a batch's image condition (B, Cc, H, W), its augmentation level (B,)
+    and augmentation parameters (B, D) to a network that takes them (``model`` itself where all are None). Where
+    guidance calls the network on the two halves of a batch at once, each goes with both halves."""
+    if cond is None and level is None and augment is None:
+        return model
+    extras = {"cond": cond, "cond_level": level, "augment": augment}
+
+    def call(x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        given = {k: v for k, v in extras.items() if v is not None}
+        reps = x.shape[0] // next(iter(given.values())).shape[0]
+        given = {k: (v if reps == 1 else v.repeat(reps, *[1] * (v.ndim - 1))).to(x.device) for k, v in given.items()}
+        return model(x, t, labels, **given)
+
+    return call
+
+
 def make_denoiser(
     model: Callable[..., Tensor],
     schedule: Schedule,

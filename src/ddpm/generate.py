@@ -201,7 +201,12 @@ def sampling_memory(config: UNetConfig) -> StepMemory:
             net = UNet(config).eval()
             shape = (batch, config.channels, config.image_size, config.image_size)
             x, t = torch.randn(shape), torch.randint(0, 1000, (batch,))
-            return counted_peak([*net.parameters(), x, t], lambda: net(x, t) and None)
+            extras = net.extra_inputs(batch)
+
+            def call() -> None:
+                net(x, t, **extras)
+
+            return counted_peak([*net.parameters(), x, t, *extras.values()], call)
 
     return StepMemory.fit(2, counted(2), 4, counted(4))
 
@@ -212,15 +217,22 @@ def open_for_sampling(
     device: torch.device | str | None = None,
     *,
     deterministic: bool = False,
+    conditioned: bool = False,
 ) -> Sampling:
     """Load ``checkpoint`` (a file or a run directory) with the weights ``settings`` asks for, choose and check its
     sampler path (:meth:`SampleSettings.choice`; ``deterministic``: :data:`~ddpm.sampler_choice.DETERMINISTIC_SAMPLER`
     when no sampler is given) and resolve its class: the one way every command opens a checkpoint to sample it.
-    ``device`` defaults to ``settings.device``."""
+    ``device`` defaults to ``settings.device``. A network conditioned on an image is refused unless ``conditioned``
+    (:mod:`ddpm.cascade` samples those)."""
     if checkpoint is None:
         raise ParameterError("{checkpoint} is required: a .safetensors checkpoint or a run directory")
     dev = device if isinstance(device, torch.device) else pick_device(device or settings.device)
     model, ckpt, schedule = load_model(checkpoint, use_ema=settings.ema, device=dev)
+    if ckpt.meta.get("condition") and not conditioned:
+        task = ckpt.meta["condition"].get("task", "an image")
+        raise ParameterError(f"{{checkpoint}} {ckpt.path} is conditioned on an image ({task}): sample it with "
+                             "{condition} FOLDER|FILE.npz (ddpm sample, ddpm eval), or as a {then} stage after a base "
+                             "model")  # fmt: skip
     choice = settings.choice(schedule.timesteps, deterministic)
     draws_no_noise = check_sampler(choice, schedule)
     label = resolve_label(settings.label, settings.guidance, ckpt.meta)
@@ -247,12 +259,17 @@ def draw(
     x_T: Tensor | None = None,
     cycle_classes: int | None = None,
     progress: bool = False,
+    condition: Tensor | None = None,
+    condition_level: Tensor | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> Tensor:
     """Images ``indices`` of ``seed``: (len(indices), C, H, W) in [-1, 1]. The one call every path shares.
 
     ``meta`` gives channels, image_size and prediction (a checkpoint's metadata). The label of every image is
     ``label``, or with ``cycle_classes=K`` image i's class is i mod K (one class per column of a grid).
-    ``progress`` shows a bar over the model calls where they take more than a second.
+    ``progress`` shows a bar over the model calls where they take more than a second. An image-conditioned network
+    takes its images' conditions (B, Cc, H, W) and their augmentation level (B,) as it takes them
+    (:func:`ddpm.cascade.network_conditions`). ``generators`` (one per image) replace image i's own generator.
     """
     c, size = int(meta["channels"]), int(meta["image_size"])
     labels = None
@@ -266,7 +283,7 @@ def draw(
         schedule,
         sampler=choice.name,
         steps=choice.steps,
-        generator=image_generators(seed, indices),
+        generator=image_generators(seed, indices) if generators is None else generators,
         clip_x0=clip_x0,
         labels=labels,
         guidance=guidance,
@@ -275,6 +292,8 @@ def draw(
         x_T=x_T,
         device=device,
         progress=progress,
+        condition=condition,
+        condition_level=condition_level,
         **model_kind(meta, choice),
     )
 
@@ -311,12 +330,14 @@ def draw_batches(
     clip_x0: bool = True,
     progress: bool = False,
     callback_for: Callable[[list[int]], Callable[[dict[str, Any]], None] | None] | None = None,
+    conditions_for: Callable[[list[int]], tuple[Tensor | None, Tensor | None]] | None = None,
 ) -> Iterator[tuple[list[int], Tensor]]:
     """Images 0..num-1 of ``seed``, ``batch_size`` at a time: yields (indices, images (B, C, H, W) in [-1, 1]).
 
     The batched loop of ``ddpm sample``, ``ddpm eval``, the training grids and ``--eval-every``; image i is the
-    same at any batch size. ``callback_for(indices)`` gives a batch its sampler callback (or None); see
-    :func:`draw` for the other arguments.
+    same at any batch size. ``callback_for(indices)`` gives a batch its sampler callback (or None),
+    ``conditions_for(indices)`` an image-conditioned network's (condition, level) of those images; see :func:`draw`
+    for the other arguments.
     """
     with tqdm(
         total=num,
@@ -328,6 +349,7 @@ def draw_batches(
         for start in range(0, num, batch_size):
             idx = list(range(start, min(num, start + batch_size)))
             callback = callback_for(idx) if callback_for is not None else None
+            cond, level = conditions_for(idx) if conditions_for is not None else (None, None)
             yield (
                 idx,
                 draw(
@@ -343,12 +365,14 @@ def draw_batches(
                     device,
                     callback,
                     cycle_classes=cycle_classes,
+                    condition=cond,
+                    condition_level=level,
                 ),
             )
             bar.update(len(idx))
 
 
-def _check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
+def check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{{out}} {out} is a file: choose a directory")
     clash = [n for n in names if (out / n).exists()]
@@ -385,7 +409,7 @@ def generate(
     names = [f"{i:06d}.png" for i in range(num)]
     n_traj = min(num, trajectories)
     traj_names = [f"trajectory-{i:06d}.{ext}" for i in range(n_traj) for ext in ("png", "gif")]
-    _check_out_dir(out, [*names, "grid.png", *traj_names], settings.overwrite)
+    check_out_dir(out, [*names, "grid.png", *traj_names], settings.overwrite)
     if npz and Path(npz).exists() and not settings.overwrite:
         raise ParameterError(f"{npz} already exists: choose another {{npz}} or pass {{overwrite}}")
     prov = s.provenance("sample", seed)
@@ -500,7 +524,7 @@ def interpolate(
             "ddim, dpmpp-2m-sde or sa-solver with {eta} 0"
         )
     out = Path(out)
-    _check_out_dir(out, ["interpolation.png"], settings.overwrite)
+    check_out_dir(out, ["interpolation.png"], settings.overwrite)
     # x_T of image 0 of each seed: the very draw `generate(seed=S)` starts image 0 from.
     shape = (1, s.channels, s.image_size, s.image_size)
     ends = [randn(shape, image_generators(seed, [0])) for seed in (seed_a, seed_b)]
@@ -522,6 +546,22 @@ def reproduce(
     """Make ``image`` (a sample PNG written by :func:`generate`) again from its metadata, as ``out/<its name>``;
     ``checkpoint`` must be the file it was made with (checked by SHA-256). Returns (the path, the provenance
     read from ``image``, whose ``version`` says which ddpm made it)."""
+    path, info, old = read_provenance(checkpoint, image)
+    src, out = Path(image), Path(out)
+    if "then" in old.extra or "condition" in old.extra:
+        raise UserError(f"{src} was made by a cascade or from a condition image: reproduce it with its stages and "
+                        "condition (ddpm sample --then/--condition; ddpm.cascade.reproduce_picture)")  # fmt: skip
+    check_out_dir(out, [src.name], overwrite)
+    s = open_for_sampling(path, old.sample_settings(device))
+    x = s.draw(old.seed, [int(old.index)])
+    out.mkdir(parents=True, exist_ok=True)
+    again = dataclasses.replace(old, version=__version__)
+    return save_png(out / src.name, to_uint8(x)[0], again.text_chunks()), old
+
+
+def read_provenance(checkpoint: PathLike, image: PathLike) -> tuple[Path, dict[str, str], Provenance]:
+    """What sample picture ``image`` records, checked against ``checkpoint`` (by SHA-256): (the checkpoint's file,
+    the picture's text chunks, its :class:`Provenance` with the extra entries it carries, in their order)."""
     src = Path(image)
     if not src.is_file():
         raise ParameterError(f"{{image}} {src} does not exist: pass a PNG written by ddpm sample")
@@ -546,18 +586,14 @@ def reproduce(
             f"{path} (sha256 {sha[:12]}) is not the checkpoint {src.name} was made with "
             f"(sha256 {recorded[:12]}): pass that checkpoint"
         )
-    out = Path(out)
-    _check_out_dir(out, [src.name], overwrite)
     try:
         old = Provenance.from_text_chunks(info)
-        index = int(old.index)
+        int(old.index)
     except (KeyError, ValueError) as e:
         raise UserError(f"{src} has damaged ddpm metadata ({type(e).__name__}: {e}): it cannot be reproduced") from None
-    s = open_for_sampling(path, old.sample_settings(device))
-    x = s.draw(old.seed, [index])
-    out.mkdir(parents=True, exist_ok=True)
-    again = dataclasses.replace(old, index=index, version=__version__)
-    return save_png(out / src.name, to_uint8(x)[0], again.text_chunks()), old
+    extra = {k.removeprefix("ddpm:"): v for k, v in info.items() if k.startswith("ddpm:")
+             and k not in old.text_chunks()}  # fmt: skip
+    return path, info, dataclasses.replace(old, extra=extra)
 
 
 def edit_image(

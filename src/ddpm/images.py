@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,33 +102,57 @@ def plot_curve(
     With ``log_y`` the y axis is logarithmic (diffusion losses fall over decades). Axis ticks show the
     first and last x and the min and max y.
     """
+    return plot_lines(xs, {"": ys}, width, height, title, log_y)
+
+
+LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def plot_lines(
+    xs: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    width: int = 640,
+    height: int = 360,
+    title: str = "",
+    log_y: bool = True,
+) -> np.ndarray:
+    """:func:`plot_curve` with several lines against the same xs, one per entry of ``series`` (its name in a legend
+    where it has one), on common axes."""
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 70, width - 15, 25, height - 35
+    named = any(series)
+    left, right, top, bottom = 70, width - (170 if named else 15), 25, height - 35
     draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
     draw.text((left, 5), title, fill="black")
-    pts = [
-        (float(x), float(y))
-        for x, y in zip(xs, ys, strict=True)
-        if math.isfinite(float(y)) and (float(y) > 0 or not log_y)
-    ]
-    if len(pts) >= 2:
-        fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-        x0, x1 = pts[0][0], pts[-1][0]
-        ymin, ymax = min(p[1] for p in pts), max(p[1] for p in pts)
-        lo, hi = fy(ymin), fy(ymax)
-        if hi - lo < 1e-12:
-            lo, hi = lo - 0.5, hi + 0.5
-        span_x = (x1 - x0) or 1.0
+    lines = {
+        name: [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)
+               if math.isfinite(float(y)) and (float(y) > 0 or not log_y)]
+        for name, ys in series.items()
+    }  # fmt: skip
+    pts = [p for line in lines.values() for p in line]
+    if len({x for x, _ in pts}) < 2:
+        return np.asarray(img)
+    fy = (lambda v: math.log10(v)) if log_y else (lambda v: v)
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    ymin, ymax = min(p[1] for p in pts), max(p[1] for p in pts)
+    lo, hi = fy(ymin), fy(ymax)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
 
-        def to_px(p: tuple[float, float]) -> tuple[float, float]:
-            return (left + (p[0] - x0) / span_x * (right - left), bottom - (fy(p[1]) - lo) / (hi - lo) * (bottom - top))
+    def to_px(p: tuple[float, float]) -> tuple[float, float]:
+        return (left + (p[0] - x0) / (x1 - x0) * (right - left), bottom - (fy(p[1]) - lo) / (hi - lo) * (bottom - top))
 
-        draw.line([to_px(p) for p in pts], fill=(31, 119, 180), width=2)
-        draw.text((5, top), f"{ymax:.4g}", fill="black")
-        draw.text((5, bottom - 10), f"{ymin:.4g}", fill="black")
-        draw.text((left, bottom + 8), f"{x0:g}", fill="black")
-        draw.text((right - 60, bottom + 8), f"{x1:g}", fill="black")
+    for k, (name, line) in enumerate(lines.items()):
+        colour = LINE_COLOURS[k % len(LINE_COLOURS)]
+        if len(line) >= 2:
+            draw.line([to_px(p) for p in line], fill=colour, width=2)
+        if name:
+            draw.line([right + 10, top + 6 + 16 * k, right + 28, top + 6 + 16 * k], fill=colour, width=3)
+            draw.text((right + 33, top + 16 * k), name[:22], fill="black")
+    draw.text((5, top), f"{ymax:.4g}", fill="black")
+    draw.text((5, bottom - 10), f"{ymin:.4g}", fill="black")
+    draw.text((left, bottom + 8), f"{x0:g}", fill="black")
+    draw.text((right - 60, bottom + 8), f"{x1:g}", fill="black")
     return np.asarray(img)
 
 
@@ -293,3 +317,33 @@ def side_by_side(
 ) -> np.ndarray:
     """One GIF frame: uint8 (H, W, C) ``left`` | ``right``, enlarged ``scale`` times: (H', W', C)."""
     return make_grid(np.stack([left, right]), nrow=2, padding=padding, pad_value=pad_value, scale=scale)
+
+
+def from_nhwc(arr: np.ndarray, source: str) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, C) with C in {1, 3} → (N, C, H, W)."""
+    if arr.dtype != np.uint8:
+        raise UserError(f"{source} holds {arr.dtype} values: save 8-bit images (uint8 0..255, NHWC)")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise UserError(f"{source} has shape {arr.shape}: expected uint8 images (N, H, W, C) with C = 1 or 3")
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+
+
+def read_npz_images(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
+    """The images of an .npz as uint8 (N, C, H, W): its array named 'images' (what ``ddpm sample --npz`` writes, NHWC),
+    or its only array; and that array's name. Read without pickle."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise UserError(
+                    f"{path} holds arrays {', '.join(keys)} but none named 'images': name the uint8 NHWC array 'images'"
+                )
+            arr = z[key]
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} as an .npz ({e})") from None
+    if len(arr) == 0:
+        raise UserError(f"{path} holds no images")
+    return from_nhwc(arr, str(path)), key

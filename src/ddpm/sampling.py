@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .denoiser import Callback, Denoised, Denoiser, Generators, make_denoiser, randn
+from .denoiser import Callback, Denoised, Denoiser, Generators, conditioned, make_denoiser, randn
 from .schedule import DEFAULT_SPACING, Schedule, log_snr, posterior_coefficients, spaced_timesteps
 
 # ---------------------------------------------------------------------------- samplers
@@ -467,6 +467,8 @@ def sample(
     device: torch.device | str | None = None,
     threshold: float | None = None,
     learned_variance: str | None = None,
+    condition: Tensor | None = None,
+    condition_level: Tensor | None = None,
     **options: Any,
 ) -> Tensor:
     """Draw images from a diffusion model.
@@ -477,15 +479,16 @@ def sample(
         shape: (B, C, H, W) of the batch; schedule: the training schedule; sampler: one of ``SAMPLERS``.
         steps: number of model evaluations' worth of steps; None means T. Fewer steps use a respaced
             subset of indices (``spacing``) that ends at index 0.
-        generator: None, a generator, or one generator per image.
-        clip_x0: clamp the predicted x_0 to [-1, 1] at every step; prediction: ``"eps"``, ``"x0"`` or ``"v"``.
+        generator: None, a generator, or one per image; clip_x0: clamp x̂_0 to [-1, 1]; prediction: eps, x0 or v.
         labels: LongTensor (B,) of class indices (-1 = no label); guidance: the classifier-free guidance weight w
             (0 unconditional, 1 conditional).
         progress: show a tqdm bar; callback: called after each model evaluation with a dict (i, t, x, x0).
         spacing: how ``steps`` indices are picked (:func:`ddpm.spaced_timesteps`); None means ``DEFAULT_SPACING``,
             the measured best on the Gaussian oracle. Irrelevant when steps is None or T (every index is used).
-        x_T: starting noise (B, C, H, W); drawn from ``generator`` when None.
-        threshold: dynamic-thresholding quantile (e.g. 0.995) used instead of the plain clamp.
+        x_T: starting noise (B, C, H, W); drawn from ``generator`` when None. threshold: dynamic-thresholding
+            quantile (e.g. 0.995) used instead of the plain clamp.
+        condition, condition_level: an image-conditioned network's condition (B, Cc, H, W) and its augmentation
+            level (B,), passed to every call (:func:`ddpm.denoiser.conditioned`).
         learned_variance: ``"learned"`` or ``"learned-range"`` for a model that also predicts its reverse variance
             (2C output channels): the ``"ddpm"`` sampler then draws with the model's own σ² unless ``variance`` is
             given; the other samplers use the mean part only.
@@ -495,18 +498,15 @@ def sample(
     Returns the final x_0 estimate (B, C, H, W), float32 (in [-1, 1] when clipping).
     """
     _check_options(sampler, options)
-    shape = tuple(int(s) for s in shape)
     device = model_device(model) if device is None else device
     steps, spacing = schedule.timesteps if steps is None else steps, DEFAULT_SPACING if spacing is None else spacing
     timesteps = spaced_timesteps(schedule, steps, spacing)
-    x = _start_noise(shape, generator, device, x_T)
-    denoise = make_denoiser(
-        model, schedule, prediction, clip_x0, labels, guidance, threshold=threshold, learned_variance=learned_variance
-    )
+    x = _start_noise(tuple(int(s) for s in shape), generator, device, x_T)
+    denoise = make_denoiser(conditioned(model, condition, condition_level), schedule, prediction, clip_x0, labels,
+                            guidance, threshold=threshold, learned_variance=learned_variance)  # fmt: skip
     if sampler == "ddpm" and learned_variance is not None:
         options = {"variance": "learned", **options}
-    if progress:
-        denoise = _with_progress(denoise, len(timesteps), sampler)
+    denoise = _with_progress(denoise, len(timesteps), sampler) if progress else denoise
     return SAMPLERS[sampler](denoise, x, schedule, timesteps, generator, callback, **options)
 
 

@@ -73,6 +73,15 @@ class UNetConfig:
     # Output channels: None means `channels` (the prediction alone); 2 × channels for a network that also predicts
     # its reverse variance (ddpm.diffusion.LEARNED_VARIANCES; improved-diffusion's learn_sigma).
     out_channels: int | None = None
+    # An image condition's channels, concatenated to x_t at the input (SR3, improved-diffusion's SuperResModel: a
+    # super-resolution stage's low image brought up to the model's size, a restoration task's input); 0: none.
+    cond_channels: int = 0
+    # An embedding of the conditioning-augmentation level a in [0, 1] (Ho et al. 2021), added to the time
+    # embedding: the network is told how much noise its condition carries.
+    cond_level: bool = False
+    # The length of a vector of augmentation parameters (EDM's non-leaking augmentation, Karras et al. 2022), whose
+    # linear embedding is added to the time embedding; zero means "not augmented". 0: none.
+    augment_dim: int = 0
 
     def __post_init__(self) -> None:
         # JSON turns tuples into lists; accept both so from_dict(to_dict()) round-trips.
@@ -80,13 +89,16 @@ class UNetConfig:
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists; ``out_channels`` only when set, so a network without a learned
-        variance is described as before the field existed)."""
+        """Plain JSON-ready dict (tuples become lists; ``out_channels``, ``cond_channels``, ``cond_level`` and
+        ``augment_dim`` only when set, so a network without them is described as one made without the fields)."""
         d = asdict(self)
         d["channel_mult"] = list(self.channel_mult)
         d["attention_resolutions"] = list(self.attention_resolutions)
         if d["out_channels"] is None:
             del d["out_channels"]
+        for name, unset in (("cond_channels", 0), ("cond_level", False), ("augment_dim", 0)):  # recorded where set
+            if d[name] == unset:
+                del d[name]
         return d
 
     @classmethod
@@ -116,6 +128,8 @@ class UNetConfig:
             raise UserError(f"num_classes must be None or >= 1, got {self.num_classes}")
         if self.groups < 1:
             raise UserError(f"groups must be >= 1, got {self.groups}")
+        if self.cond_channels < 0 or self.augment_dim < 0:
+            raise UserError(f"cond_channels and augment_dim must be >= 0, got {self.cond_channels}, {self.augment_dim}")
         if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
             raise UserError(
                 f"downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, got {self.downsample_padding!r}"
@@ -410,8 +424,13 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Row num_classes is the learned "no label" embedding that label -1 maps to.
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+        # The conditioning-augmentation level and the augmentation parameters enter like the time (made only where
+        # the config asks, so every other network is built, and seeded, as before).
+        self.level_mlp = (nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                          if cfg.cond_level else None)  # fmt: skip
+        self.augment_emb = nn.Linear(cfg.augment_dim, emb_dim, bias=False) if cfg.augment_dim else None
 
-        self.conv_in = nn.Conv2d(cfg.channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.channels + cfg.cond_channels, ch, 3, padding=1)
 
         self.down, skip_chs, cur, size = _down_path(cfg, res, attn)
         self.mid = nn.ModuleList([res(cur, cur), attn(cur), res(cur, cur)])
@@ -447,7 +466,7 @@ class UNet(nn.Module):
         kwargs.update(overrides)
         return cls(UNetConfig(**kwargs))
 
-    def _check_inputs(self, x: Tensor, t: Tensor, labels: Tensor | None) -> None:
+    def _check_inputs(self, x: Tensor, t: Tensor, labels: Tensor | None, cond: Tensor | None = None) -> None:
         """Shapes and dtypes only, no read-back from the device: label values are checked once where labels
         enter (:func:`check_labels`, called by :func:`ddpm.sample` and the training loop)."""
         cfg = self.config
@@ -467,8 +486,15 @@ class UNet(nn.Module):
             if labels.shape != (x.shape[0],):
                 raise ValueError(f"expected labels of shape ({x.shape[0]},), got {tuple(labels.shape)}")
             _check_label_dtype(labels)
+        want = (x.shape[0], cfg.cond_channels, *x.shape[2:])
+        if cfg.cond_channels and (cond is None or tuple(cond.shape) != want):
+            got = "none" if cond is None else tuple(cond.shape)
+            raise ValueError(f"this network is conditioned on an image: expected cond of shape {want}, got {got}")
+        if cond is not None and not cfg.cond_channels:
+            raise ValueError("a condition was given but this network was built with cond_channels=0")
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None, cond: Tensor | None = None,
+                cond_level: Tensor | None = None, augment: Tensor | None = None) -> Tensor:  # fmt: skip
         """Predict a tensor of ``x``'s shape.
 
         Args:
@@ -476,20 +502,17 @@ class UNet(nn.Module):
             t: (B,) timesteps, integer or float (fractional values are fine).
             labels: (B,) integer class labels in [-1, num_classes-1], -1 meaning "no label". When the
                 network is class-conditional and ``labels`` is None, every image gets -1.
+            cond: (B, cond_channels, H, W) the image condition of a conditioned network (required there).
+            cond_level: (B,) its conditioning-augmentation level in [0, 1] (None: 0, a clean condition).
+            augment: (B, augment_dim) augmentation parameters (None: zeros, "not augmented").
         Returns:
-            (B, C, H, W) tensor.
+            (B, C, H, W) tensor (2C channels for a network that predicts its variance).
         """
-        self._check_inputs(x, t, labels)
+        self._check_inputs(x, t, labels, cond)
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels).to(x.dtype))  # (B, 4·base)
-        if self.label_emb is not None:
-            n = int(self.config.num_classes or 0)  # set whenever label_emb is
-            if labels is None:
-                idx = torch.full((x.shape[0],), n, dtype=torch.long, device=x.device)
-            else:
-                idx = torch.where(labels < 0, n, labels).long()
-            emb = emb + self.label_emb(idx)
-
-        h = self.conv_in(x)
+        for extra in self._extra_embeddings(x, labels, cond_level, augment):
+            emb = emb + extra
+        h = self.conv_in(x if cond is None else torch.cat([x, cond.to(x.dtype)], dim=1))
         skips = [h]
         for layers in self.down:
             for layer in cast(nn.ModuleList, layers):
@@ -505,6 +528,40 @@ class UNet(nn.Module):
                 h = self._block(layer, h, emb)
 
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def extra_inputs(self, batch: int, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """Neutral values of the inputs this network takes besides (x, t, labels), as keywords of :meth:`forward`
+        for ``batch`` images: a zero condition (B, cond_channels, H, W), level 0 (B,), no augmentation (B, D). Empty
+        for a network without them; what memory counting and timing call the network with."""
+        cfg, size = self.config, self.config.image_size
+        extras = {}
+        if cfg.cond_channels:
+            extras["cond"] = torch.zeros(batch, cfg.cond_channels, size, size, device=device)
+        if cfg.cond_level:
+            extras["cond_level"] = torch.zeros(batch, device=device)
+        if cfg.augment_dim:
+            extras["augment"] = torch.zeros(batch, cfg.augment_dim, device=device)
+        return extras
+
+    def _extra_embeddings(self, x: Tensor, labels: Tensor | None, cond_level: Tensor | None,
+                          augment: Tensor | None) -> list[Tensor]:  # fmt: skip
+        """The label, conditioning-level and augmentation embeddings (B, 4·base) to add to the time's."""
+        out = []
+        b = x.shape[0]
+        if self.label_emb is not None:
+            n = int(self.config.num_classes or 0)  # set whenever label_emb is
+            idx = torch.full((b,), n, dtype=torch.long, device=x.device) if labels is None else \
+                torch.where(labels < 0, n, labels).long()  # fmt: skip
+            out.append(self.label_emb(idx))
+        if (cond_level is not None and self.level_mlp is None) or (augment is not None and self.augment_emb is None):
+            raise ValueError("a conditioning level or augmentation vector was given to a network built without it")
+        if self.level_mlp is not None:
+            level = torch.zeros(b, device=x.device) if cond_level is None else cond_level.float()
+            out.append(self.level_mlp(timestep_embedding(level * 1000, self.config.base_channels).to(x.dtype)))
+        if self.augment_emb is not None:
+            aug = torch.zeros(b, self.config.augment_dim, device=x.device) if augment is None else augment
+            out.append(self.augment_emb(aug.to(x.dtype)))
+        return out
 
     def _block(self, layer: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
         """One layer of the path on h (B, C, H, W); residual and attention blocks are checkpointed with

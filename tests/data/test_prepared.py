@@ -369,9 +369,9 @@ def test_training_on_a_folder_reads_its_prepared_set_bit_for_bit_and_resumes_exa
     split = _train(tmp_path / "split", str(src), 4, resume=True, image_size=8)
     assert all(torch.equal(mapped[k], split[k]) for k in mapped)
     # the same run on today's in-memory set: the same batches, so the same weights
-    import ddpm.train.loop as loop
+    import ddpm.train.batches as batches
 
-    monkeypatch.setattr(loop, "training_data", lambda spec, size, skip, *_a, **_k: load_dataset(spec, size, skip))
+    monkeypatch.setattr(batches, "training_data", lambda spec, size, skip, *_a, **_k: load_dataset(spec, size, skip))
     memory = _train(tmp_path / "memory", str(src), 4, image_size=8)
     assert all(torch.equal(mapped[k], memory[k]) for k in mapped)
 

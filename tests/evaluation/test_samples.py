@@ -94,9 +94,12 @@ def test_each_field_declares_its_help():
     assert all(f.metadata["help"] for f in fields)
     flagged = [f.name for f in fields if f.metadata.get("cli", True)]
     assert flagged == [f.name for f in dataclasses.fields(SampleSettings)] + [
+        "then",
+        "cond_noise",
         "samples",
         "data",
         "image_size",
+        "condition_data",
         "num",
         "seed",
         "ref_split",

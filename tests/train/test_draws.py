@@ -46,3 +46,22 @@ def test_step_draws_are_a_pure_function_in_the_order_training_has_always_used(t_
     assert first.drop.any() and first.flip.any() and not first.flip.all()
     other = step_draws(8, *args[1:])
     assert not torch.equal(other.noise, first.noise) and not torch.equal(other.indices, first.indices)
+
+
+def test_conditioning_augmentation_draws_come_after_the_others_and_change_none_of_them():
+    s = Schedule.linear(100)
+    objective = Objective.create(s)
+    args = (4, 9, 30, 6, (1, 8, 8), objective, 0.1)
+    plain = step_draws(*args)
+    aug = step_draws(*args, cond_shape=(1, 4, 4), cond_noise_max=0.2)
+    for name in ("indices", "t", "noise", "drop", "flip"):
+        assert torch.equal(getattr(plain, name), getattr(aug, name)), name
+    assert plain.cond_level is None and plain.cond_noise is None
+    g = torch.Generator().manual_seed(mix(9, 4))
+    objective.draw_t(6, g)  # the draws before them: t, eps, label drops, flips
+    torch.randn((6, 1, 8, 8), generator=g)
+    torch.rand(6, generator=g)
+    torch.rand(6, generator=g)
+    assert torch.equal(aug.cond_level, torch.rand(6, generator=g) * 0.2)
+    assert torch.equal(aug.cond_noise, torch.randn((6, 1, 4, 4), generator=g))
+    assert 0 <= float(aug.cond_level.min()) and float(aug.cond_level.max()) <= 0.2

@@ -8,6 +8,7 @@ from torch import nn
 import ddpm.evaluation.featurenet as featurenet_module
 from ddpm.data.dataset import ImageDataset
 from ddpm.errors import ParameterError
+from ddpm.evaluation.metrics import memorization
 from ddpm.evaluation.reference import fd_against, to_pixels
 from ddpm.generate import draw
 from ddpm.sampler_choice import DEFAULT_SAMPLER, SamplerChoice
@@ -60,11 +61,16 @@ def test_same_weights_same_value_from_a_cold_cache_under_no_grad(tmp_path, quick
     assert again(model, schedule, "eps")["eval_fd"] == first["eval_fd"]
     assert len(list((tmp_path / "featurenet").iterdir())) == len(list((tmp_path / "reference").iterdir())) == 1
     # The value is the FD of images 0..15 of seed 3, drawn with the default sampler at the hook's steps.
-    ext, mean, cov, _ = hook.ref
+    assert hook.ref is not None
+    ext, mean, cov = hook.ref.ext, hook.ref.mean, hook.ref.cov
     name, spacing = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing
     meta = {"channels": 1, "image_size": 8, "prediction": "eps"}
     x = draw(model, schedule, meta, SamplerChoice(name, spacing, 4), 3, list(range(16)), None, None, True, CPU)
     assert first["eval_fd"] == fd_against(ext.features(to_pixels(x)), mean, cov)
+    # The memorization share: samples closer to a training image than 99% of the training images are to each other
+    # (no test split here: leave-one-out), in the same features.
+    want = memorization(ext.features(to_pixels(x)), hook.ref.train, None)["share_closer"]
+    assert first["eval_memorized"] == want and 0 <= want <= 1
     # Other weights, another value; class-conditional sampling cycles the classes.
     with torch.no_grad():
         model.conv.bias.add_(0.3)

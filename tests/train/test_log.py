@@ -13,6 +13,7 @@ from ddpm.data.load import load_dataset
 from ddpm.images import make_grid, to_uint8
 from ddpm.sampler_choice import DEFAULT_SAMPLER
 from ddpm.train import TrainConfig
+from ddpm.train.batches import TrainingSet
 from ddpm.train.log import MetricsLog, default_choice, write_grid
 
 
@@ -44,7 +45,8 @@ def test_the_training_grid_is_the_default_sampler_on_seeded_images_one_class_per
     net = ddpm.UNet.from_preset("tiny", channels=1, image_size=8, num_classes=10).eval()
     schedule = ddpm.Schedule.linear(50)
     cfg = TrainConfig(out=str(tmp_path), class_cond=True, num_samples=12, sample_steps=3, seed=5)
-    write_grid(tmp_path / "grid.png", net, schedule, cfg, data, torch.device("cpu"))
+    write_grid(tmp_path / "grid.png", net, schedule, cfg, TrainingSet(data, None, torch.device("cpu")),
+               torch.device("cpu"))  # fmt: skip
     name, spacing = DEFAULT_SAMPLER.name, DEFAULT_SAMPLER.spacing
     assert default_choice(3, schedule).steps == 3 and default_choice(500, schedule).steps == 50
     x = ddpm.sample(

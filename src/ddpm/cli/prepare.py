@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
+from ..data.paired import check_pairs
+from ..data.prepared import open_prepared
 from ..data.preparing import prepare_dataset
 from ..settings import help_of, option
 from ..train import TrainConfig
@@ -18,6 +21,12 @@ class PrepareSettings:
 
     data: str = option(help_of(TrainConfig, "data"), default="", metavar="DATA")
     image_size: int | None = option(help_of(TrainConfig, "image_size"), default=None, metavar="N")
+    condition_data: str | None = option(
+        "also prepare this folder of inputs paired with --data, at --data's size (as ddpm train --condition-data "
+        "reads it)",
+        default=None,
+        metavar="INPUTS",
+    )
     skip_bad: bool = option(help_of(TrainConfig, "skip_bad"), default=False, action="store_true")
     prepared_dir: str | None = option(help_of(TrainConfig, "prepared_dir"), default=None, metavar="DIR")
     workers: int | None = option("decoding processes (default: one per CPU core)", default=None, metavar="N")
@@ -41,7 +50,12 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """``ddpm prepare``: prepare (or find) the set and say where it is and how big."""
     s = settings_from(args, PrepareSettings)
-    prepare_dataset(
+    folder = prepare_dataset(
         s.data, s.image_size, skip_bad=s.skip_bad, prepared_dir=s.prepared_dir, workers=s.workers, progress=s.progress
     )
+    if s.condition_data is not None:
+        check_pairs(Path(s.data).expanduser(), Path(s.condition_data).expanduser())
+        size = open_prepared(folder).image_size  # the inputs are read at the targets' size
+        prepare_dataset(s.condition_data, size, skip_bad=s.skip_bad, prepared_dir=s.prepared_dir, workers=s.workers,
+                        progress=s.progress)  # fmt: skip
     return 0

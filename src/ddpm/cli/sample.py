@@ -10,10 +10,11 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+from ..cascade import CascadeSettings, reproduce_picture, sample_files
 from ..checkpoint import model_variance, read_meta, resolve_checkpoint
 from ..diffusion import LEARNED_VARIANCES
 from ..errors import ParameterError
-from ..generate import edit_image, generate, interpolate, reproduce
+from ..generate import edit_image, generate, interpolate
 from ..images import picture_size
 from ..sampler_choice import DEFAULT_SAMPLER, SampleSettings
 from ..settings import option
@@ -22,10 +23,17 @@ from .flags import add_config_flags, settings_from
 
 
 @dataclass
-class SampleCommand(SampleSettings):
-    """``ddpm sample``: the sampling flags, then how many images, where, and the pictures besides them."""
+class SampleCommand(CascadeSettings):
+    """``ddpm sample``: the sampling flags (and a cascade's stages), then how many images, where, and the pictures
+    besides them."""
 
-    num: int | None = option("number of images (default: 64)", default=None)
+    condition: str | None = option(
+        "for a model conditioned on an image (super-resolution, paired): a folder of its inputs or an .npz of "
+        "uint8 NHWC 'images'; one output per input, named after it (--num K: K each, NAME-k.png)",
+        default=None,
+        metavar="DIR|FILE.npz",
+    )
+    num: int | None = option("number of images (default: 64; with --condition: per condition, default 1)", default=None)
     out: str = option("directory for 000000.png, ... and grid.png", default="")
     seed: int | None = option("image i depends only on (seed, i) (default: 0)", default=None)
     batch_size: int = option("images per forward pass (default: 256)", default=256)
@@ -123,10 +131,13 @@ def _given(settings: SampleCommand, names: list[str]) -> list[str]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """``ddpm sample``: numbered images and a grid, or --reproduce, or --interpolate."""
+    """``ddpm sample``: numbered images and a grid, or --reproduce, or --interpolate; with --condition, --then or a
+    conditioned checkpoint, :func:`ddpm.cascade.sample_files`."""
     s = settings_from(args, SampleCommand)
     if s.image is not None:
         return _reproduce(s)
+    if s.condition is not None or s.then or _conditioned(s):
+        return _sample_conditioned(s)
     if s.interpolate is not None:
         if _given(s, ["num", "seed", "trajectory", "npz"]):
             raise ParameterError("{interpolate} makes interpolation.png only: drop {num}/{seed}/{trajectory}/{npz}")
@@ -153,15 +164,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conditioned(s: SampleCommand) -> bool:
+    """Whether --checkpoint's network is conditioned on an image."""
+    assert s.checkpoint is not None  # --checkpoint is required
+    return bool(read_meta(resolve_checkpoint(s.checkpoint)).get("condition"))
+
+
+def _sample_conditioned(s: SampleCommand) -> int:
+    """``ddpm sample`` of a conditioned model (--condition) or a cascade (--then)."""
+    given = _given(s, ["trajectory", "interpolate"])
+    if given:
+        raise ParameterError(f"{' '.join(given)} draw one unconditioned model: drop them with {{condition}}/{{then}}")
+    paths, lines = sample_files(s, s.out, condition=s.condition, num=s.num, seed=0 if s.seed is None else s.seed,
+                                batch_size=s.batch_size, npz=s.npz, progress=s.progress)  # fmt: skip
+    for line in lines:
+        print(line)
+    images = [p for p in paths if p.suffix == ".png" and p.name != "grid.png"]
+    stages = f" through {len(s.then) + 1} stages" if s.then else ""
+    print(f"wrote {len(images)} images{stages} to {s.out}" + (f", and {s.npz}" if s.npz else ""))
+    return 0
+
+
 def _reproduce(s: SampleCommand) -> int:
-    """``ddpm sample --reproduce IMAGE.png``: every setting comes from the image's metadata."""
+    """``ddpm sample --reproduce IMAGE.png``: every setting comes from the image's metadata (a cascade's later stages
+    and a condition's folder are named again with --then and --condition)."""
     given = [f"{{{n}}}" for n in s.sampler_flags_given()] + _given(
-        s, ["num", "seed", "trajectory", "interpolate", "npz"]
+        s, ["num", "seed", "trajectory", "interpolate", "npz", "cond_noise"]
     )
     if given:
         raise ParameterError(f"{{image}} takes every setting from the image's metadata: drop {' '.join(given)}")
     assert s.checkpoint is not None and s.image is not None  # --checkpoint is required; --reproduce was given
-    path, made = reproduce(s.checkpoint, s.image, s.out, device=s.device, overwrite=s.overwrite)
+    path, made = reproduce_picture(s.checkpoint, s.image, s.out, then=s.then, condition=s.condition, device=s.device,
+                                   overwrite=s.overwrite)  # fmt: skip
     if made.version != __version__:
         print(
             f"note: {path.name} was made by ddpm {made.version}, this is {__version__}; the pixels may "

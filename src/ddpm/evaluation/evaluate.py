@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from ..checkpoint import resolve_checkpoint
+from ..cascade import batched, open_cascade, parse_stage, run_cascade
+from ..checkpoint import read_meta, resolve_checkpoint
 from ..data.load import load_dataset
 from ..errors import ParameterError, check_at_least
 from ..files import atomic_write, cache_dir
@@ -28,6 +31,7 @@ from ..runtime import pick_device
 from ..version import __version__
 from .memorization import memorization_report
 from .reference import subset_indices, to_pixels
+from .restoration import conditioned_table, evaluate_conditioned
 from .samples import Images, conform_samples, read_samples
 from .scores import PR_K, bound, score
 from .settings import DEFAULT_METRICS, METRICS, EvalRun, EvalSettings, log
@@ -40,6 +44,8 @@ def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     ckpt_path = resolve_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
     out = _out_dir(cfg, ckpt_path, metrics)  # refuses to overwrite before doing any work
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_dir()
+    if ckpt_path is not None and read_meta(ckpt_path).get("condition"):
+        return _evaluate_conditioned(cfg, ckpt_path, metrics, device, out, cache)
     # The generated side, part 1: the model, or the images given (sampling waits until the data set is checked).
     s = open_for_sampling(ckpt_path, cfg, device) if ckpt_path is not None else None
     run = EvalRun(cfg, device, cache, out, *_compared_data(cfg, s))
@@ -48,6 +54,9 @@ def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     if cfg.nll and s is not None:
         results["nll"] = bound(run, s)
     if not metrics:  # --nll alone: no samples to draw or score
+        if not cfg.nll:
+            raise ParameterError("{metrics} none leaves nothing to score for a model that draws from noise: name a "
+                                 "metric, or add {nll}")  # fmt: skip
         return _write(run, results, None)
     ref, ref_record = _reference(run, s.label if s is not None else None)
     # The generated side, part 2.
@@ -65,6 +74,22 @@ def evaluate_images(cfg: EvalSettings) -> tuple[Path, dict[str, Any]]:
     if cfg.memorization:
         memo = memorization_report(run, gen, ref if cfg.ref_split == "train" else None, features)
     return _write(run, {**scores, **results}, memo)
+
+
+def _evaluate_conditioned(cfg: EvalSettings, ckpt_path: Path, metrics: list[str], device: torch.device, out: Path,
+                          cache: Path) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """A checkpoint conditioned on an image: its outputs on the held-out conditions against the true images and the
+    baselines (:mod:`.restoration`)."""
+    if cfg.nll or cfg.memorization:
+        raise ParameterError("{nll} and {memorization} score models that draw from noise: drop them for a "
+                             "conditioned checkpoint")  # fmt: skip
+    train_cfg = read_meta(ckpt_path).get("train", {})
+    data = cfg.data or train_cfg.get("data")
+    if not data:
+        raise ParameterError(f"{ckpt_path} does not record its data set: pass {{data}}")
+    run = EvalRun(cfg, device, cache, out, data, cfg.image_size)
+    results = evaluate_conditioned(run, metrics)
+    return _write(run, {"conditioned": results}, None)
 
 
 def _check_settings(cfg: EvalSettings) -> list[str]:
@@ -108,7 +133,8 @@ def _out_dir(cfg: EvalSettings, ckpt_path: Path | None, metrics: list[str]) -> P
 
 
 def _compared_data(cfg: EvalSettings, s: Sampling | None) -> tuple[str, int | None]:
-    """The data set to compare with and its image size: as given, else (with a checkpoint) the training run's."""
+    """The data set to compare with and its image size: as given, else (with a checkpoint) the training run's, at the
+    size of the images compared (a cascade's last stage's)."""
     if s is None:
         assert cfg.data is not None  # _check_settings: --samples needs --data
         return cfg.data, cfg.image_size
@@ -116,7 +142,11 @@ def _compared_data(cfg: EvalSettings, s: Sampling | None) -> tuple[str, int | No
     data = cfg.data or train_cfg.get("data")
     if not data:
         raise ParameterError(f"{s.checkpoint.path} does not record its data set: pass {{data}}")
-    return data, cfg.image_size if cfg.image_size is not None else train_cfg.get("image_size")
+    if cfg.image_size is not None:
+        return data, cfg.image_size
+    if cfg.then:  # the cascade's images: the last stage's size
+        return data, int(read_meta(resolve_checkpoint(parse_stage(cfg.then[-1])[0]))["image_size"])
+    return data, train_cfg.get("image_size")
 
 
 def _reference(run: EvalRun, label: int | None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -150,8 +180,7 @@ def _sample_checkpoint(run: EvalRun, s: Sampling, ref: np.ndarray) -> tuple[np.n
     if num > len(ref):
         raise ParameterError(f"{{num}} {num} is larger than the reference set ({len(ref)} {cfg.ref_split} images "
                              f"of {run.data}): pass {{num}} {len(ref)} or fewer")  # fmt: skip
-    batches = s.batches(cfg.seed, num, batch_size=cfg.batch_size, progress=cfg.progress)
-    gen = np.concatenate([to_pixels(x) for _, x in batches])
+    gen = np.concatenate([to_pixels(x) for x in _drawn(run, s, num)])
     run.out.mkdir(parents=True, exist_ok=True)
     save_npz(run.out / "samples.npz", gen.transpose(0, 2, 3, 1))
     gen, was = conform_samples(gen, ref.shape[1], ref.shape[2])
@@ -166,7 +195,21 @@ def _sample_checkpoint(run: EvalRun, s: Sampling, ref: np.ndarray) -> tuple[np.n
         "seed": cfg.seed, "seeds": f"image i from (seed {cfg.seed}, i), i = 0..{num - 1}",
         "samples_file": str(run.out / "samples.npz"),
     }  # fmt: skip
+    if cfg.then:
+        info["then"] = [stage.record() for stage in open_cascade(cfg, cfg.then, cfg.cond_noise, run.device)[1:]]
     return gen, info
+
+
+def _drawn(run: EvalRun, s: Sampling, num: int) -> Iterator[Tensor]:
+    """Images 0..num-1 of the checkpoint (B, C, H, W) in [-1, 1], a batch at a time, exactly as ``ddpm sample`` draws
+    them: the checkpoint's, or with --then its cascade's final images."""
+    cfg = run.cfg
+    if not cfg.then:
+        yield from (x for _, x in s.batches(cfg.seed, num, batch_size=cfg.batch_size, progress=cfg.progress))
+        return
+    stages = open_cascade(cfg, cfg.then, cfg.cond_noise, run.device)
+    for idx in batched(stages, num, cfg.batch_size):
+        yield run_cascade(stages, cfg.seed, [(i, 0) for i in idx], None, cfg.progress)[-1]
 
 
 def _given_samples(run: EvalRun, given: tuple[Images, dict[str, Any]] | None,
@@ -205,6 +248,9 @@ def _write(run: EvalRun, metrics: dict[str, Any], memo: dict[str, Any] | None) -
 
 
 def _parse_metrics(text: str) -> list[str]:
+    """``"fid,kid"`` -> the metrics' names; ``"none"`` -> none (a conditioned model's PSNR and SSIM alone)."""
+    if text.strip().lower() == "none":
+        return []
     names = [m.strip().lower() for m in text.split(",") if m.strip()]
     bad = [m for m in names if m not in METRICS]
     if bad or not names:
@@ -219,6 +265,11 @@ def _describe_shape(p: np.ndarray) -> str:
 def summary_table(record: dict[str, Any]) -> str:
     """The short terminal summary."""
     m, p = record["metrics"], record["protocol"]
+    if "conditioned" in m:
+        q = p["conditioned"]
+        head = f"{q['num']} {q['split']} images of {q['data']}: {q['task']} outputs and baselines against them"
+        return "\n".join([head,
+                          *conditioned_table(m["conditioned"])])  # fmt: skip
     lines = []
     if "generated" in p:
         g, r = p["generated"], p["reference"]

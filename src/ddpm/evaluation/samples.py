@@ -17,20 +17,8 @@ from PIL import Image
 
 from ..data.folders import decode_image, image_files
 from ..errors import ParameterError, UserError
-from ..images import conform
+from ..images import conform, from_nhwc, read_npz_images
 from ..provenance import Provenance
-
-
-def from_nhwc(arr: np.ndarray, source: str) -> np.ndarray:
-    """uint8 (N, H, W) or (N, H, W, C) with C in {1, 3} → (N, C, H, W)."""
-    if arr.dtype != np.uint8:
-        raise UserError(f"{source} holds {arr.dtype} values: save 8-bit images (uint8 0..255, NHWC)")
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise UserError(f"{source} has shape {arr.shape}: expected uint8 images (N, H, W, C) with C = 1 or 3")
-    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
-
 
 Images = np.ndarray | list[np.ndarray]  # uint8 (N, C, H, W), or images (H, W) / (H, W, 3) of several sizes
 
@@ -48,21 +36,9 @@ def read_samples(path: Path) -> tuple[Images, dict[str, Any]]:
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """The uint8 NHWC array of an .npz: the one named 'images', or its only array."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise UserError(
-                    f"{path} holds arrays {', '.join(keys)} but none named 'images': name the uint8 NHWC array 'images'"
-                )
-            arr = z[key]
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} as an .npz ({e})") from None
-    if len(arr) == 0:
-        raise UserError(f"{path} holds no images")
-    return from_nhwc(arr, str(path)), {"source": str(path), "format": f"npz array {key!r}"}
+    """The uint8 (N, C, H, W) images of an .npz (:func:`ddpm.images.read_npz_images`) and where they came from."""
+    images, key = read_npz_images(path)
+    return images, {"source": str(path), "format": f"npz array {key!r}"}
 
 
 def _read_folder(path: Path) -> tuple[Images, dict[str, Any]]:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import model_variance
+from ..data.dataset import ImageDataset
 from ..data.load import load_dataset
 from ..denoiser import image_generators
 from ..diffusion import LEARNED_VARIANCES
@@ -101,13 +102,18 @@ def _featurenet(run: EvalRun) -> Any:
     return featurenet_for(train.as_uint8(), train.labels, run.data, run.cache, run.cfg.featurenet, run.device, log)
 
 
+def held_out(data: str, image_size: int | None) -> tuple[ImageDataset, str]:
+    """The test split of ``data``, or (digits, image folders: none) the data itself: (the set, its split's name)."""
+    try:
+        return load_dataset(data, image_size, split="test"), "test"
+    except UserError:
+        return load_dataset(data, image_size), "train"
+
+
 def bound(run: EvalRun, s: Sampling) -> dict[str, Any]:
     """The variational bound (bits/dim) of ``--nll-num`` seeded held-out images; records its protocol."""
     cfg, meta = run.cfg, s.meta
-    try:
-        ds, split = load_dataset(run.data, run.image_size, split="test"), "test"
-    except UserError:  # digits, image folders: no held-out split
-        ds, split = load_dataset(run.data, run.image_size), "train"
+    ds, split = held_out(run.data, run.image_size)
     if (ds.channels, ds.image_size) != (s.channels, s.image_size):
         raise ParameterError(
             f"the checkpoint makes {s.image_size}x{s.image_size} images with {s.channels} channel(s) but {run.data} "

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..sampler_choice import SampleSettings
+from ..cascade import CascadeSettings
 from ..settings import option
 
 METRICS = ("fid", "kid", "pr", "fd")  # a new metric: add its name here and a block in ddpm.evaluation.scores
@@ -20,10 +20,11 @@ DEFAULT_METRICS = "fid,kid,pr"
 
 
 @dataclass
-class EvalSettings(SampleSettings):
-    """What ``ddpm eval`` does: how ``checkpoint`` is sampled (:class:`~ddpm.sampler_choice.SampleSettings`), then
-    what is scored against what. Exactly one of ``checkpoint`` (sample, then score) and ``samples`` (score images
-    that exist). Each field carries its flag's help text (:func:`ddpm.settings.option`)."""
+class EvalSettings(CascadeSettings):
+    """What ``ddpm eval`` does: how ``checkpoint`` is sampled (:class:`~ddpm.cascade.CascadeSettings`: the sampling
+    flags and a cascade's later stages), then what is scored against what. Exactly one of ``checkpoint`` (sample,
+    then score) and ``samples`` (score images that exist). Each field carries its flag's help text
+    (:func:`ddpm.settings.option`)."""
 
     samples: str | None = option(
         "score these images instead: a folder of PNG/JPEG files (ddpm sample's grids and "
@@ -37,6 +38,11 @@ class EvalSettings(SampleSettings):
     image_size: int | None = option(
         "resize/crop the data set to this size (default with --checkpoint: as in training)", default=None
     )
+    condition_data: str | None = option(
+        "with a paired checkpoint: the inputs paired with --data's targets (default: the ones it was trained with)",
+        default=None,
+        metavar="INPUTS",
+    )
     num: int | None = option("generated images (default: 1000 with --checkpoint; all of --samples)", default=None)
     seed: int = option("with --checkpoint: image i depends only on (seed, i)", default=0)
     ref_split: str = option(
@@ -46,7 +52,8 @@ class EvalSettings(SampleSettings):
         "reference images, a seeded random subset of the split (default: all of it)", default=None
     )
     metrics: str | None = option(
-        f"comma-separated, of {', '.join(METRICS)} (default: {DEFAULT_METRICS}; with --nll: none)", default=None
+        f"comma-separated, of {', '.join(METRICS)}, or none (default: {DEFAULT_METRICS}; with --nll: none)",
+        default=None,
     )
     nll: bool = option(
         "with --checkpoint: also the DDPM variational bound on the NLL, in bits/dim (Ho et al. "

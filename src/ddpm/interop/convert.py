@@ -184,6 +184,11 @@ def export_diffusers(
     net, ckpt, schedule = load_model(src, use_ema=use_ema)
     assert isinstance(net, UNet)
     cfg = net.config
+    if cfg.cond_channels:
+        task = (ckpt.meta.get("condition") or {}).get("task", "an image")
+        raise ParameterError(f"{ckpt.path} is conditioned on an image ({task}), and diffusers has no pipeline that "
+                             "passes one to the network: it cannot be exported (sample it with ddpm sample "
+                             "--condition)")  # fmt: skip
     variance = export_variance(ckpt.meta, variance)
     unet_json = unet_config_to_diffusers(cfg)
     weights = state_dict_to_diffusers(net.state_dict(), net)

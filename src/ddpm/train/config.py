@@ -11,14 +11,18 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..conditioning import TASKS
 from ..diffusion import PREDICTIONS
 from ..errors import ParameterError, UserError
 from ..losses import DEFAULT_VLB_WEIGHT, LOSS_WEIGHTS, T_SAMPLINGS, check_objective
 from ..schedule import Schedule
 from ..settings import marked, option
 from ..unet import AUTO_PRESET, AUTO_PRESETS, PRESETS
+from .augment import DEFAULT_OPS, parse_ops
+from .augment import OPS as AUGMENT_OPS
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
+PATIENCE = 3  # --eval-every evals without improvement before a run without --early-stop warns
 
 
 @dataclass
@@ -85,6 +89,32 @@ class TrainConfig:
     image_size: int | None = option(
         "resize/crop images to this size (default: the data's own size)", default=None, resume=True
     )
+    task: str = option(
+        "what the network learns: generate (images from noise), super-resolution (an image given its view --scale "
+        "times smaller) or paired (a target given its input from --condition-data: restoration, colourisation)",
+        default="generate",
+        choices=TASKS,
+        resume=True,
+    )
+    scale: int | None = option(
+        "with --task super-resolution: how many times smaller the low-resolution view is (the image size divided by "
+        "it is the low size)",
+        default=None,
+        resume=True,
+    )
+    condition_data: str | None = option(
+        "a folder of inputs paired with --data's targets by relative path (the same name, any image extension): "
+        "trains p(target | input) (--task paired)",
+        default=None,
+        resume=True,
+        metavar="INPUTS",
+    )
+    cond_noise_max: float = option(
+        "conditioning augmentation of --task super-resolution (Ho et al. 2021): the low image is corrupted as "
+        "sqrt(1-a) low + sqrt(a) noise with a drawn per image from [0, this], and the network is told a (0: off)",
+        default=0.1,
+        resume=True,
+    )
     skip_bad: bool = option("skip image files that cannot be read instead of stopping", default=False)
     prepared_dir: str | None = option(
         "where to keep the prepared copy of an image folder (default: .ddpm inside "
@@ -92,6 +122,21 @@ class TrainConfig:
         default=None,
     )
     flip: bool = option("random horizontal flips of the training images", default=False, resume=True)
+    augment: float = option(
+        "non-leaking augmentation (Karras et al. 2022): each of --augment-ops is applied to a training image with "
+        "this probability, and the network is told which (sampling tells it none, so samples are not augmented); "
+        "0: off",
+        default=0.0,
+        resume=True,
+        metavar="P",
+    )
+    augment_ops: str = option(
+        f"the augmentations of --augment, comma-separated, of {', '.join(AUGMENT_OPS)} (default: EDM's CIFAR-10 "
+        f"set, {DEFAULT_OPS})",
+        default=DEFAULT_OPS,
+        resume=True,
+        metavar="OPS",
+    )
     class_cond: bool = option(
         "condition on the dataset's labels (for classifier-free guidance)", default=False, resume=True
     )
@@ -208,11 +253,17 @@ class TrainConfig:
     eval_metric: str = option(
         "--eval-every metric: fd (FeatureNet, seconds on a CPU) or fid (Inception-v3)", default="fd"
     )
+    early_stop: int | None = option(
+        "with --eval-every: stop once the metric has not improved for this many evals (best.safetensors keeps the "
+        f"best); without it a run warns once after {PATIENCE}",
+        default=None,
+        metavar="N",
+    )
     device: str = option("cpu, cuda, mps or auto", default="auto")
     bf16: bool | None = option(
-        "bf16 autocast for the network (default: on where the hardware computes bf16 natively: "
-        "CUDA GPUs that support it, CPUs with AVX512-BF16/AMX or Arm BF16; on resume, the "
-        "run's own choice)",
+        "bf16 autocast for the network (default: on a CPU with bf16 instructions, whichever of bf16 and float32 a "
+        "few timed steps of this network find faster, once per CPU model and network; on CUDA GPUs that support "
+        "it; on resume, the run's own choice)",
         default=None,
     )
     compile: bool = option("torch.compile the network", default=False)
@@ -223,6 +274,9 @@ class TrainConfig:
         """Raise a ParameterError (a UserError) naming the first bad setting."""
         if not self.out:
             raise ParameterError("{out} is required: the run directory to write checkpoints and samples into")
+        if self.condition_data is not None and self.task == "generate":
+            self.task = "paired"  # --condition-data alone means a paired task
+        self._validate_task()
         self._validate_choices()
         self._validate_numbers()
         if self.network_overrides() and self.init_from is not None:  # also raises on a malformed list
@@ -230,6 +284,19 @@ class TrainConfig:
                 "{init_from} keeps its checkpoint's network: drop {base_channels}, {channel_mult}, "
                 "{res_blocks} and {attention}"
             )
+
+    def _validate_task(self) -> None:
+        """A task and the settings it needs: a scale for super-resolution, the inputs folder for paired data."""
+        if self.task not in TASKS:
+            raise ParameterError(f"unknown {{task}} {self.task!r}: choose one of {', '.join(TASKS)}")
+        if (self.task == "super-resolution") != (self.scale is not None):
+            raise ParameterError("{task} super-resolution needs {scale} N (and only it takes one), e.g. {scale} 2")
+        if self.scale is not None and self.scale < 2:
+            raise ParameterError(f"{{scale}} must be at least 2; got {self.scale}")
+        if (self.task == "paired") != (self.condition_data is not None):
+            raise ParameterError("{task} paired goes with {condition_data} INPUTS (a folder paired with {data})")
+        if not 0 <= self.cond_noise_max < 1:
+            raise ParameterError(f"{{cond_noise_max}} must lie in [0, 1); got {self.cond_noise_max}")
 
     def _validate_choices(self) -> None:
         """The settings that name one of a few choices, and the objective they make together."""
@@ -290,6 +357,23 @@ class TrainConfig:
             raise ParameterError(
                 f"{{eval_every}} must be >= 0 and {{eval_num}} >= 2; got {self.eval_every}, {self.eval_num}"
             )
+        if self.early_stop is not None and (self.early_stop < 1 or not self.eval_every):
+            raise ParameterError(f"{{early_stop}} counts --eval-every evals: it needs {{eval_every}} K and a count of "
+                                 f"at least 1; got {self.early_stop}")  # fmt: skip
+        self._validate_augment()
+
+    def _validate_augment(self) -> None:
+        """The augmentation's probability and operations; a paired task refuses it (its inputs would need the same
+        transforms)."""
+        if not 0 <= self.augment <= 1:
+            raise ParameterError(f"{{augment}} is a probability in [0, 1]; got {self.augment}")
+        try:
+            parse_ops(self.augment_ops)
+        except ValueError as e:
+            raise ParameterError(f"{{augment_ops}}: {e}") from None
+        if self.augment > 0 and self.task == "paired":
+            raise ParameterError("{augment} is not applied to paired data (its inputs would need the same "
+                                 "transforms): drop {augment}, or use {flip}")  # fmt: skip
 
     @property
     def passes(self) -> int:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..losses import Objective
 from ..seeding import mix
+from .augment import AugmentDraws, draw_augment
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
@@ -47,6 +48,9 @@ class Draws:
     noise: Tensor  # (G, C, H, W): their ε
     drop: Tensor  # (G,) bool: label replaced by "no label" (class-conditional runs)
     flip: Tensor  # (G,) bool: mirrored (--flip runs)
+    cond_level: Tensor | None = None  # (G,) conditioning-augmentation levels a (super-resolution runs with it on)
+    cond_noise: Tensor | None = None  # (G, C, h, w): the noise ε of that augmentation, at the low images' size
+    augment: AugmentDraws | None = None  # the non-leaking augmentation's numbers (--augment runs)
 
 
 def step_draws(
@@ -58,9 +62,15 @@ def step_draws(
     objective: Objective,
     label_dropout: float,
     device: torch.device | str = "cpu",
+    cond_shape: tuple[int, ...] | None = None,
+    cond_noise_max: float = 0.0,
+    augment: bool = False,
 ) -> Draws:
     """Step ``step``'s draws, a pure function of the arguments: the images from :func:`batch_indices`, then
-    t, ε, label dropout and flips, in that order, from one generator on ``device`` seeded by (seed, step).
+    t, ε, label dropout and flips, in that order, from one generator on ``device`` seeded by (seed, step); with
+    ``cond_shape`` (C, h, w) then the conditioning-augmentation levels, uniform on [0, ``cond_noise_max``], and
+    their noise; with ``augment`` then the augmentation's numbers (:func:`ddpm.train.augment.draw_augment`). Each comes
+    after every other draw, so the draws of a run without it are unchanged.
 
     ``image_shape`` is (C, H, W). Each rank and micro-batch of the loop takes its slice of the global batch.
     """
@@ -70,4 +80,9 @@ def step_draws(
     noise = torch.randn((global_batch, *image_shape), generator=g, device=device)
     drop = torch.rand(global_batch, generator=g, device=device) < label_dropout
     flip = torch.rand(global_batch, generator=g, device=device) < 0.5
-    return Draws(indices, t, noise, drop, flip)
+    level = cond_noise = None
+    if cond_shape is not None:
+        level = torch.rand(global_batch, generator=g, device=device) * cond_noise_max
+        cond_noise = torch.randn((global_batch, *cond_shape), generator=g, device=device)
+    aug = draw_augment(g, global_batch, device) if augment else None
+    return Draws(indices, t, noise, drop, flip, level, cond_noise, aug)

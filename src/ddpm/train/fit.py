@@ -29,6 +29,7 @@ from .config import TrainConfig
 from .schedules import ema_update
 
 TIMING_SECONDS = 3.0  # about how long each precision is timed, at least one step each
+MAX_ROUNDS = 50  # steps of each precision at most (a small network's step takes milliseconds: many are needed)
 SLOW_STEP = 10.0  # seconds: a step this long is announced before it starts
 SLOW_TIMING = 1e12  # parameters x images x pixels above which timing the precisions is announced (a minute or more)
 GRID_SHARE = 0.1  # the most of a run's time its sample grids may take before they are shrunk
@@ -163,7 +164,7 @@ def _counted_step(config: UNetConfig, batch: int, bf16: bool, grad_checkpoint: b
 
         def forward_backward() -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = net(x, t).float()
+                out = net(x, t, **net.extra_inputs(batch)).float()
             (out[:, : config.channels] - noise).pow(2).mean().backward()
 
         def update() -> None:
@@ -205,7 +206,7 @@ def _step_once(raw: UNet, device: torch.device, micro: int, ckpt: bool, bf16: bo
         x = torch.randn(micro, cfg.channels, cfg.image_size, cfg.image_size, device=device)
         t = torch.zeros(micro, dtype=torch.long, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = raw(x, t).float()
+            out = raw(x, t, **raw.extra_inputs(micro, device)).float()
         out.pow(2).mean().backward()
     finally:
         raw.zero_grad(set_to_none=True)
@@ -267,14 +268,16 @@ def time_precisions(raw: UNet, device: torch.device, micro: int, ckpt: bool) -> 
     def step(bf16: bool) -> float:
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = raw(x, t).float()
+            out = raw(x, t, **raw.extra_inputs(micro, device)).float()
         out.pow(2).mean().backward()
         raw.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
     try:
-        first = step(False) + step(True)  # warm-up
-        rounds = max(1, min(5, int(2 * TIMING_SECONDS / max(first, 1e-6))))
+        first = step(False) + step(True)  # warm-up: the first calls build each precision's kernels
+        if first < TIMING_SECONDS / 10:
+            first = step(False) + step(True)  # a small network: its second calls are the steady state
+        rounds = max(1, min(MAX_ROUNDS, int(2 * TIMING_SECONDS / max(first, 1e-6))))
         times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(rounds):
             for bf16 in (False, True):

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data.dataset import ImageDataset
 from ..errors import ParameterError
 from ..files import append_line, atomic_write
 from ..generate import draw, fitting_batch
@@ -18,6 +17,7 @@ from ..images import make_grid, plot_curve, save_png, to_uint8
 from ..sampler_choice import DEFAULT_SAMPLER, SamplerChoice
 from ..schedule import Schedule
 from ..unet import UNet
+from .batches import TrainingSet
 from .config import TrainConfig
 
 
@@ -82,23 +82,36 @@ class MetricsLog:
             save_png(path, plot_curve(xs, ys, title="training loss (smoothed), log scale"))
 
 
-def write_grid(path: Path, model: UNet, schedule: Schedule, cfg: TrainConfig, data: ImageDataset,
+def write_grid(path: Path, model: UNet, schedule: Schedule, cfg: TrainConfig, items: TrainingSet,
                device: torch.device, progress: bool = False) -> None:  # fmt: skip
     """Sample cfg.num_samples images from ``model`` (seeded by cfg.seed) with the default sampler at
     cfg.sample_steps and write them as one grid PNG: in one batch, or in as many as memory needs (image i is the same
     at any batch size). ``progress`` shows a bar of the model calls where they take more than a second.
 
-    A class-conditional model draws image i from class i mod K, one class per column.
+    A class-conditional model draws image i from class i mod K, one class per column. A model conditioned on an
+    image draws image i given item i's condition, and the grid shows each as a triple: condition, sample, truth.
     """
-    n = cfg.num_samples
+    data, spec = items.data, items.spec
+    n = cfg.num_samples if spec is None else min(cfg.num_samples, len(items))
     classes = data.num_classes if cfg.class_cond and data.num_classes else None
     meta = {"channels": data.channels, "image_size": data.image_size, "prediction": cfg.prediction,
             "variance": cfg.variance}  # fmt: skip
     batch = fitting_batch(model, n, device)
     choice = default_choice(cfg.sample_steps, schedule)
-    parts = [draw(model, schedule, meta, choice, cfg.seed, list(range(i, min(n, i + batch))), None, None, True,
-                  device, cycle_classes=classes, progress=progress) for i in range(0, n, batch)]  # fmt: skip
-    grid = make_grid(to_uint8(torch.cat(parts)), nrow=classes, pad_value=128, scale=max(1, 64 // data.image_size))
+    parts = []
+    for start in range(0, n, batch):
+        idx = list(range(start, min(n, start + batch)))
+        cond, level = items.sampling_conditions(idx, cfg.seed)
+        parts.append(draw(model, schedule, meta, choice, cfg.seed, idx, None, None, True, device,
+                          cycle_classes=classes, progress=progress, condition=cond, condition_level=level))  # fmt: skip
+    images = torch.cat(parts).cpu()
+    columns = classes
+    if spec is not None:  # condition | sample | truth, four triples a row
+        idx = list(range(n))
+        truth = items.images(torch.tensor(idx, dtype=torch.long)).cpu()
+        images = torch.stack([items.shown_conditions(idx).cpu(), images, truth], 1).flatten(0, 1)
+        columns = 3 * min(4, n)
+    grid = make_grid(to_uint8(images), nrow=columns, pad_value=128, scale=max(1, 64 // data.image_size))
     save_png(path, grid)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..checkpoint import (
     CHECKPOINT_DIR,
@@ -33,7 +34,7 @@ from ..checkpoint import (
     state_path,
 )
 from ..data.dataset import ImageDataset
-from ..data.preparing import training_data
+from ..denoiser import conditioned
 from ..errors import ParameterError
 from ..files import DiskFullError, disk_full, free_bytes
 from ..losses import Objective
@@ -41,9 +42,11 @@ from ..runtime import Dist, setup_processes
 from ..schedule import Schedule
 from ..seeding import mix
 from ..unet import UNet, check_labels
+from .augment import parse_ops
+from .batches import Augmentation, TrainingSet, training_set
 from .config import TrainConfig
 from .draws import Draws, batch_indices, step_draws
-from .eval_hook import TrainingEval
+from .eval_hook import BestCheckpoint, TrainingEval
 from .fit import duration, fit_run, shrunk_grid, time_line
 from .log import MetricsLog, progress_bar, write_grid
 from .schedules import HORIZON_AFTER, budget_horizon, ema_decay_at, ema_update, lr_at
@@ -86,20 +89,27 @@ class _Run:
     cfg: TrainConfig
     px: Dist
     out: Path
-    data: ImageDataset
+    items: TrainingSet
     schedule: Schedule
     objective: Objective
     nets: Networks
     metrics: MetricsLog | None
     evaluator: TrainingEval | None
     checkpoint_size: int | None = None  # bytes of the last checkpoint written (state and weights)
+    best: BestCheckpoint | None = None  # the best --eval-every score and its checkpoint
+    stopping: str | None = None  # why the run stops early (--early-stop), said at the end
+
+    @property
+    def data(self) -> ImageDataset:
+        """The images the run learns (the targets of a paired task)."""
+        return self.items.data
 
     def save(self, step: int) -> Path:
         """Write checkpoint ``step`` (its state file first) and drop all but the newest cfg.keep.
 
         Where the disk cannot hold it, nothing is written (a write that fails part-way leaves no half of a
         checkpoint) and a DiskFullError names the space needed and the checkpoint a --resume continues from."""
-        cfg, nets, data = self.cfg, self.nets, self.data
+        cfg, nets = self.cfg, self.nets
         path = self.out / CHECKPOINT_DIR / checkpoint_name(step)
         need = self.checkpoint_size or checkpoint_bytes(nets.raw)
         if free_bytes(path.parent) < need:
@@ -107,9 +117,7 @@ class _Run:
         state = {"step": step, "optimizer": nets.opt.state_dict()}
         if self.objective.history is not None:
             state["loss_history"] = self.objective.history.state_dict()
-        meta = checkpoint_meta(step, nets.raw.config, self.schedule, cfg.prediction, variance=cfg.variance,
-                               class_names=data.class_names if cfg.class_cond else None, data=data.name,
-                               world_size=self.px.world, bf16=bool(nets.bf16), train=cfg.record())  # fmt: skip
+        meta = self.meta(step)
         try:
             # The state file first: a checkpoint name that exists always has its state beside it.
             save_training_state(state_path(path), state)
@@ -123,6 +131,24 @@ class _Run:
             state_path(old).unlink(missing_ok=True)
         return path
 
+    def meta(self, step: int, **extra: Any) -> dict[str, Any]:
+        """The metadata of a checkpoint of ``step`` (:func:`ddpm.checkpoint.checkpoint_meta`), with ``extra``."""
+        cfg, nets, data = self.cfg, self.nets, self.data
+        condition = {} if self.items.spec is None else {"condition": self.items.spec.to_dict()}
+        return checkpoint_meta(step, nets.raw.config, self.schedule, cfg.prediction, variance=cfg.variance,
+                               class_names=data.class_names if cfg.class_cond else None, data=data.name,
+                               world_size=self.px.world, bf16=bool(nets.bf16), train=cfg.record(), **condition,
+                               **extra)  # fmt: skip
+
+    def save_best(self, path: Path, step: int, value: float) -> None:
+        """Write the weights of ``step`` as ``path`` (best.safetensors: for sampling, no training state), recording
+        the eval score that made it the best."""
+        record = {"eval": {"step": step, "metric": self.cfg.eval_metric, "value": value}}
+        need = self.checkpoint_size or checkpoint_bytes(self.nets.raw)
+        if free_bytes(path.parent) < need:
+            raise self._disk_full(path, need)
+        save_checkpoint(path, self.nets.raw.state_dict(), self.nets.ema.state_dict(), self.meta(step, **record))
+
     def _disk_full(self, path: Path, need: int) -> DiskFullError:
         """The one-line error of a checkpoint the disk cannot hold: the space, and where a --resume continues."""
         found = list_checkpoints(self.out)
@@ -130,9 +156,10 @@ class _Run:
         return disk_full(path, need, fix=f"free some space; {kept}")
 
 
-def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
-    out = Path(cfg.out)
-    data = training_data(cfg.data, cfg.image_size, cfg.skip_bad, cfg.prepared_dir, px, progress=cfg.progress)
+def _items(cfg: TrainConfig, px: Dist, out: Path) -> TrainingSet:
+    """The run's data, checked, and its directory made ready (rank 0, the others waiting)."""
+    items = training_set(cfg, px)
+    data = items.data
     if cfg.class_cond and data.labels is None:
         raise ParameterError(
             f"{{class_cond}} needs labels, but {cfg.data} has none: use class subfolders, "
@@ -145,7 +172,17 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
         prepare_run_dir(out, cfg.resume)
         if data.skipped:
             print(f"skipped {len(data.skipped)} unreadable file(s) (--skip-bad): {', '.join(data.skipped[:5])}")
+        if items.dropped:
+            print(f"left out {len(items.dropped)} pair(s) whose partner could not be read (--skip-bad): "
+                  f"{', '.join(items.dropped[:5])}")  # fmt: skip
     px.barrier()
+    return items
+
+
+def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
+    out = Path(cfg.out)
+    items = _items(cfg, px, out)
+    data = items.data
     schedule = cfg.make_schedule()
     objective = Objective.create(
         schedule,
@@ -161,7 +198,7 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
         variance=cfg.variance,
         vlb_weight=cfg.vlb_weight,
     )
-    nets = build_networks(cfg, data, px, out)
+    nets = build_networks(cfg, data, px, out, items.spec)
     if objective.history is not None and nets.state.get("loss_history") is not None:
         objective.history.load_state_dict(nets.state["loss_history"])
     fit = fit_run(cfg, nets.raw, px, nets.recorded, nets.bf16)
@@ -174,13 +211,15 @@ def _train(cfg: TrainConfig, px: Dist) -> TrainResult:
     evaluator = None
     if metrics is not None and cfg.eval_every:
         evaluator = TrainingEval(cfg.eval_metric, cfg.eval_num, data, cfg.data, cfg.seed, cfg.sample_steps, px.device,
-                                 progress=cfg.progress)  # fmt: skip
-    run = _Run(cfg, px, out, data, schedule, objective, nets, metrics, evaluator)
+                                 progress=cfg.progress, items=items)  # fmt: skip
+    run = _Run(cfg, px, out, items, schedule, objective, nets, metrics, evaluator)
+    if evaluator is not None:
+        run.best = BestCheckpoint.open(out, cfg.eval_metric, cfg.eval_every, cfg.early_stop)
     with stop_signals() as caught:
         step, skipped, last_path = _loop(run, caught)
     if px.main:
         last_path = _finish(run, step, last_path)
-        _say_why_it_stopped(cfg, step, caught, skipped)
+        _say_why_it_stopped(cfg, step, caught, skipped, run.stopping)
     px.barrier()
     return TrainResult(
         last_path or out / CHECKPOINT_DIR / checkpoint_name(step), step, nets.raw, nets.ema, bool(caught)
@@ -193,16 +232,15 @@ def _loop(run: _Run, caught: list[int]) -> tuple[int, int, Path | None]:
     total = cfg.steps if cfg.steps is not None else (None if cfg.minutes is not None else DEFAULT_STEPS)
     deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes is not None else math.inf
     horizon = total  # the LR decay's end; a --minutes run measures it after HORIZON_AFTER steps
-    # (N, C, H, W) uint8 codes or float32, each batch converted on the device: held there, or (a prepared set)
-    # left in its memory map, each batch's rows gathered on the CPU
-    pixels = run.data.pixels if run.data.memory_mapped else run.data.pixels.to(px.device)
-    labels = run.data.labels.to(px.device) if cfg.class_cond and run.data.labels is not None else None
+    labels = run.items.labels if cfg.class_cond else None
     step = start = run.nets.step
     report = _Report(start, time.monotonic(), progress_bar(total, step) if cfg.progress and px.main else None)
     run.nets.raw.train()
     try:
-        while (total is None or step < total) and not px.any(bool(caught) or time.monotonic() >= deadline):
-            stats = _step(run, step, horizon, pixels, labels)
+        while (total is None or step < total) and not px.any(
+            bool(caught) or time.monotonic() >= deadline or run.stopping is not None
+        ):
+            stats = _step(run, step, horizon, labels)
             step += 1
             if stats is None:  # a non-finite step skipped (--nonfinite skip)
                 report.skipped += 1
@@ -211,7 +249,7 @@ def _loop(run: _Run, caught: list[int]) -> tuple[int, int, Path | None]:
             if horizon is None and cfg.lr_schedule != "constant" and step - start == HORIZON_AFTER:
                 horizon = px.max_int(budget_horizon(step, (step - start) / elapsed, deadline - time.monotonic()))
             _report(run, report, step, stats, horizon, None if total is not None else deadline)
-            if px.main and not report.estimated:
+            if px.main and not report.estimated and (total is None or step < total):
                 _estimate(run, report, step, total, deadline)
             report.last_path = _periodic(run, step) or report.last_path
     finally:
@@ -229,26 +267,21 @@ class _Stats:
     ema_decay: float
 
 
-def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Tensor | None) -> _Stats | None:
+def _step(run: _Run, step: int, horizon: int | None, labels: Tensor | None) -> _Stats | None:
     """Optimisation step ``step`` on this rank's share of the global batch; None when it was skipped.
 
     The global batch is batch-size x processes x grad-accum images, taken in passes of B = micro-batch images; pass a
     of rank r takes the slice [(a·W + r)·B, (a·W + r + 1)·B) of the step's draws, so W processes compute what one
     process with W× the batch would, and any split of the batch the same step up to float rounding.
     """
-    cfg, px, nets = run.cfg, run.px, run.nets
-    d = step_draws(
-        step,
-        cfg.seed,
-        len(run.data),
-        cfg.batch_size * px.world * cfg.grad_accum,
-        pixels.shape[1:],
-        run.objective,
-        cfg.label_dropout,
-        px.device,
-    )
+    cfg, px, nets, spec = run.cfg, run.px, run.nets, run.items.spec
+    low = (spec.channels, spec.size, spec.size) if spec is not None and spec.told_level else None
+    data = run.data
+    d = step_draws(step, cfg.seed, len(run.items), cfg.batch_size * px.world * cfg.grad_accum,
+                   (data.channels, data.image_size, data.image_size), run.objective, cfg.label_dropout, px.device,
+                   cond_shape=low, cond_noise_max=cfg.cond_noise_max, augment=cfg.augment > 0)  # fmt: skip
     nets.opt.zero_grad(set_to_none=True)
-    parts = [_micro_batch(run, step, a, d, pixels, labels) for a in range(cfg.passes)]
+    parts = [_micro_batch(run, step, a, d, labels) for a in range(cfg.passes)]
     loss = sum(value for value, _ in parts)
     gnorm = float(
         torch.nn.utils.clip_grad_norm_(nets.raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
@@ -274,36 +307,28 @@ def _step(run: _Run, step: int, horizon: int | None, pixels: Tensor, labels: Ten
     return _Stats(loss, gnorm, decay)
 
 
-def _micro_batch(
-    run: _Run, step: int, a: int, d: Draws, pixels: Tensor, labels: Tensor | None
-) -> tuple[float, Tensor | None]:
+def _micro_batch(run: _Run, step: int, a: int, d: Draws, labels: Tensor | None) -> tuple[float, Tensor | None]:
     """Forward and backward of pass ``a`` of the step (gradients accumulate); returns its loss / passes and, for the
     loss-aware timestep sampler, each image's loss (B,)."""
     cfg, px, nets = run.cfg, run.px, run.nets
     B, W, A = cfg.micro_batch or cfg.batch_size, px.world, cfg.passes
     sl = slice((a * W + px.rank) * B, (a * W + px.rank + 1) * B)
     torch.manual_seed(mix(cfg.seed, step, px.rank, a))  # dropout masks
-    x0 = run.data.to_unit(_rows(run, step, d, sl, pixels))  # (B, C, H, W) in [-1, 1]
-    if cfg.flip:
-        x0 = torch.where(d.flip[sl].view(-1, 1, 1, 1), x0.flip(-1), x0)
+    # the step's items (the same as d.indices, on the CPU, where a prepared set's rows are gathered)
+    indices = batch_indices(step, len(run.items), cfg.batch_size * W * cfg.grad_accum, cfg.seed)[sl]
+    level = None if d.cond_level is None else d.cond_level[sl]
+    noise = None if d.cond_noise is None else d.cond_noise[sl]
+    aug = None if d.augment is None else Augmentation(d.augment[sl], cfg.augment, parse_ops(cfg.augment_ops))
+    batch = run.items.batch(indices, d.flip[sl] if cfg.flip else None, level, noise, aug)  # x0 in [-1, 1]
     y = None if labels is None else torch.where(d.drop[sl], -1, labels[d.indices[sl]])
+    model = conditioned(nets.model, batch.cond, level, batch.augment)
+    x0 = batch.x0
     # DDP all-reduces gradients on the last micro-batch only.
     sync = contextlib.nullcontext() if (a == A - 1 or W == 1) else nets.model.no_sync()  # type: ignore[operator]
     with sync, torch.autocast(px.device.type, dtype=torch.bfloat16, enabled=bool(nets.bf16)):
-        loss, per_image = run.objective.losses(nets.model, x0, d.t[sl], d.noise[sl], y, nets.memory_format)
+        loss, per_image = run.objective.losses(model, x0, d.t[sl], d.noise[sl], y, nets.memory_format)
         (loss / A).backward()
     return loss.item() / A, per_image
-
-
-def _rows(run: _Run, step: int, d: Draws, sl: slice, pixels: Tensor) -> Tensor:
-    """The stored rows (B, C, H, W) of micro-batch ``sl`` of step ``step`` on the device: indexed there for a set held
-    on the device; gathered from a prepared set's memory map on the CPU (the same indices, so the same batch) and
-    only the batch moved."""
-    if not run.data.memory_mapped:
-        return pixels[d.indices[sl]]
-    cfg, px = run.cfg, run.px
-    indices = batch_indices(step, len(run.data), cfg.batch_size * px.world * cfg.grad_accum, cfg.seed)[sl]  # d.indices
-    return run.data.gather(indices).to(px.device)
 
 
 @dataclass
@@ -384,13 +409,20 @@ def _periodic(run: _Run, step: int) -> Path | None:
     cfg, px, out = run.cfg, run.px, run.out
     if run.metrics is not None and cfg.sample_every and step % cfg.sample_every == 0:  # rank 0
         grid = out / "samples" / f"step-{step:09d}.png"
-        write_grid(grid, run.nets.ema, run.schedule, cfg, run.data, px.device, progress=cfg.progress)
+        write_grid(grid, run.nets.ema, run.schedule, cfg, run.items, px.device, progress=cfg.progress)
         run.metrics.plot(out / "loss.png")
     if run.evaluator is not None and run.metrics is not None and step % cfg.eval_every == 0:
         result = run.evaluator(
             run.nets.ema, run.schedule, cfg.prediction, run.data.num_classes if cfg.class_cond else None, cfg.variance
         )
         run.metrics.write_eval(step, result, out / "eval.png")
+        assert run.best is not None  # opened with the evaluator
+        value = result[f"eval_{cfg.eval_metric}"]
+        stop, line = run.best.update(step, value, lambda path: run.save_best(path, step, value))
+        if stop:
+            run.stopping = line
+        elif line:
+            tqdm.write(line)
     if px.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
         return run.save(step)
     return None
@@ -404,7 +436,7 @@ def _finish(run: _Run, step: int, last_path: Path | None) -> Path:
     last_path = last_path or found[-1][1]
     final_grid = run.out / "samples" / f"step-{step:09d}.png"
     if not final_grid.exists():
-        write_grid(final_grid, run.nets.ema, run.schedule, run.cfg, run.data, run.px.device, progress=run.cfg.progress)
+        write_grid(final_grid, run.nets.ema, run.schedule, run.cfg, run.items, run.px.device, progress=run.cfg.progress)
     if run.metrics is not None:
         run.metrics.plot(run.out / "loss.png")
         if run.metrics.tb is not None:
@@ -412,9 +444,11 @@ def _finish(run: _Run, step: int, last_path: Path | None) -> Path:
     return last_path
 
 
-def _say_why_it_stopped(cfg: TrainConfig, step: int, caught: list[int], skipped: int) -> None:
-    """One line each (rank 0): stopped by a signal, stopped by the --minutes budget, steps skipped."""
-    if caught:
+def _say_why_it_stopped(cfg: TrainConfig, step: int, caught: list[int], skipped: int, early: str | None) -> None:
+    """One line each (rank 0): stopped by a signal, by --early-stop, by the --minutes budget; steps skipped."""
+    if early is not None:
+        print(early)
+    elif caught:
         print(
             f"stopped by signal {signal.Signals(caught[0]).name} at step {step}; "
             f"checkpoint written, continue with --resume"

@@ -21,6 +21,7 @@ from ..checkpoint import (
     remove_orphans,
     state_path,
 )
+from ..conditioning import ConditionSpec
 from ..data.dataset import ImageDataset
 from ..diffusion import LEARNED_VARIANCES, output_channels
 from ..errors import ParameterError, UserError
@@ -28,6 +29,7 @@ from ..files import exclusive_lock, remove_partial_writes
 from ..runtime import Dist
 from ..seeding import mix
 from ..unet import AUTO_PRESET, UNet, UNetConfig, auto_preset
+from .augment import AUGMENT_DIM
 from .config import RESUME_MUST_MATCH, UNRECORDED_VALUES, TrainConfig
 
 
@@ -50,10 +52,12 @@ class Networks:
     recorded: dict[str, Any] | None = None  # the resumed checkpoint's training settings
 
 
-def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) -> Networks:
+def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path,
+                   spec: ConditionSpec | None = None) -> Networks:  # fmt: skip
     """The networks to train: new from cfg.preset (seeded; ``auto``: :func:`ddpm.unet.auto_preset`), from --init-from,
     or restored with their optimizer from the latest checkpoint of ``out`` (--resume); on px.device, wrapped in DDP
-    and torch.compile as asked. A new run says in one line which network it trains."""
+    and torch.compile as asked; taking the condition ``spec`` describes. A new run says in one line which network it
+    trains."""
     device = px.device
     preset = cfg.preset
     torch.manual_seed(mix(cfg.seed, 0x1417))  # the initial weights, identical on every rank
@@ -68,11 +72,11 @@ def build_networks(cfg: TrainConfig, data: ImageDataset, px: Dist, out: Path) ->
         raw = UNet(UNetConfig.from_dict(ck.meta["model"]))
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
     elif cfg.init_from is not None:  # a new run that starts from another checkpoint's network and weights
-        raw, ema = networks_from_checkpoint(cfg, data)
+        raw, ema = networks_from_checkpoint(cfg, data, spec)
         if px.main:
             print(f"network: {cfg.init_from}'s ({describe_network(raw)})")
     else:
-        raw, preset = new_network(cfg, data, device, px.main)
+        raw, preset = new_network(cfg, data, device, px.main, spec)
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
 
@@ -118,9 +122,11 @@ def describe_network(net: UNet) -> str:
     )
 
 
-def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, announce: bool) -> tuple[UNet, str]:
+def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, announce: bool,
+                spec: ConditionSpec | None = None) -> tuple[UNet, str]:  # fmt: skip
     """A new run's network (seeded by the caller) and the preset it records: cfg.preset, or with ``auto`` the one
-    for the data's image size; with ``announce`` one line says which network it is and why."""
+    for the data's image size, with the input channels and level embedding of the condition ``spec`` describes; with
+    ``announce`` one line says which network it is and why."""
     preset, other = cfg.preset, None
     chosen = preset == AUTO_PRESET
     if chosen:
@@ -134,6 +140,10 @@ def new_network(cfg: TrainConfig, data: ImageDataset, device: torch.device, anno
         overrides["dropout"] = cfg.dropout
     if cfg.variance in LEARNED_VARIANCES:
         overrides["out_channels"] = output_channels(data.channels, cfg.variance)
+    if spec is not None:
+        overrides.update(cond_channels=spec.channels, cond_level=spec.told_level)
+    if cfg.augment > 0:
+        overrides["augment_dim"] = AUGMENT_DIM
     overrides.update(cfg.network_overrides())
     try:
         raw = UNet.from_preset(preset, **overrides)
@@ -159,15 +169,20 @@ def why_this_network(size: int, device: torch.device, preset: str, other: str | 
     return f"chosen for {size}x{size} images on {where}; on {elsewhere} it would be {other}; --preset names either"
 
 
-def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet, UNet]:
+def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset,
+                             spec: ConditionSpec | None = None) -> tuple[UNet, UNet]:  # fmt: skip
     """The (raw, EMA) networks for ``--init-from``: the checkpoint's network config and both its weight sets.
 
-    The data must fit that network (channels, image size, classes) and the run must keep its schedule and
-    prediction type; ``--dropout`` may change (it has no weights).
+    The data must fit that network (channels, image size, classes, the condition ``spec`` describes) and the run
+    must keep its schedule and prediction type; ``--dropout`` may change (it has no weights).
     """
     assert cfg.init_from is not None
     ck = load_checkpoint(cfg.init_from)
     where = f"{{init_from}} {ck.path}"
+    if ConditionSpec.from_meta(ck.meta) != spec:
+        raise ParameterError(f"{where} was trained for the condition {ck.meta.get('condition')}, this run has "
+                             f"{None if spec is None else spec.to_dict()}: match {{task}}, {{scale}} and "
+                             "{cond_noise_max}")  # fmt: skip
     try:
         mcfg = UNetConfig.from_dict(ck.meta["model"])
         saved_schedule, saved_prediction = ck.meta["schedule"], ck.meta.get("prediction", "eps")
@@ -204,6 +219,9 @@ def networks_from_checkpoint(cfg: TrainConfig, data: ImageDataset) -> tuple[UNet
             f"{where}: it predicts {saved_prediction}, this run {{prediction}} {cfg.prediction}: "
             f"pass {{prediction}} {saved_prediction}"
         )
+    if cfg.augment > 0 and mcfg.augment_dim != AUGMENT_DIM:
+        raise ParameterError(f"{where}: its network takes no augmentation vector, and {{augment}} needs one: drop "
+                             "{augment}, or start from a checkpoint trained with it")  # fmt: skip
     if cfg.dropout is not None:
         mcfg.dropout = cfg.dropout
     raw, ema = UNet(mcfg), UNet(mcfg)
