@@ -1,6 +1,7 @@
 """Super-resolution and cascades on Fashion-MNIST, against Lanczos, in one run on one machine.
 
-    python benchmarks/cascade.py [--minutes 25] [--splits 10,15] [--levels 0,0.05] [--seeds 0,1] [--runs runs/cascade]
+    python benchmarks/cascade.py [--minutes 25] [--splits 10,15] [--levels 0,0.05] [--seeds 0,1] [--sr-seeds 0,1]
+        [--num 1000] [--ref-num 2000] [--runs runs/cascade]
 
 Trains, each for its share of ``--minutes`` of this machine (nothing else may run meanwhile):
 (a) super-resolution x2 (14 -> 28) and x4 (7 -> 28) with the default network and conditioning augmentation;
@@ -89,6 +90,12 @@ def main() -> None:
     p.add_argument("--splits", type=lambda s: [float(v) for v in s.split(",")], default=[10.0, 15.0])
     p.add_argument("--levels", type=lambda s: [float(v) for v in s.split(",")], default=[0.0, 0.05])
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1])
+    p.add_argument(
+        "--sr-seeds",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=None,
+        help="the sample seeds of the super-resolution rows (default: --seeds)",
+    )
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--ref-num", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2)
@@ -115,7 +122,7 @@ def main() -> None:
                  seed)  # fmt: skip
     # (a), (b): the super-resolution models on the test split's low images, at the best level.
     for key in ("sr2", "sr4", "sr2-noaug"):
-        for seed in args.seeds:
+        for seed in args.sr_seeds or args.seeds:
             flags = ["--checkpoint", str(runs[key]), "--cond-noise", f"{level:g}"]
             evaluate(args, key, evals / f"{key}-s{seed}", flags, seed)
     picture(runs["sr4"], level)
