@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/throughput.py [--presets tiny,small,ddpm-cifar10] [--seconds S] [--threads N]
-                                    [--precisions float32,bf16] [--cases tiny:1:28:128:128,... | --set 64px]
+                                    [--precisions float32,bf16,auto] [--cases tiny:1:28:128:128,... | --set 64px]
 
 ``--set 64px`` measures every preset for colour images at 3×64×64, the published networks at a small batch (on a
 CPU they run at a few images per second).
@@ -12,9 +12,11 @@ CPU they run at a few images per second).
 the system compiler) and reports the one-off compile time next to the steady speed, so the time it costs
 can be set against what it saves over a run.
 
-``--precisions bf16`` runs the network under bf16 autocast (as ``ddpm train`` does where the hardware computes
-bf16 natively), with a bf16 peak measured beside the float32 one; each row's "% peak" is against the peak
-of its own precision.
+``--precisions bf16`` runs the network under bf16 autocast, with a bf16 peak measured beside the float32 one; each
+row's "% peak" is against the peak of its own precision. ``auto`` runs each case in the precision ``ddpm train``
+chooses for it (:func:`ddpm.train.fit.choose_precision`: on a CPU with bf16 instructions the faster of the two,
+timed on the network at the training batch and cached per CPU model, torch version and network) and names the
+choice and its timed ratio.
 
 The peak is *measured* here (a large float32 matmul and a large conv2d, the faster of the two), so the
 percentages say how well the network's mix of small convs, norms and activations uses this machine, not
@@ -35,6 +37,7 @@ import torch
 from harness import cpu_model
 from torch.utils.flop_counter import FlopCounterMode
 
+from ddpm.train.fit import choose_precision
 from ddpm.unet import PRESETS, UNet
 
 # (preset, channels, image size, training batch, sampling batch)
@@ -180,7 +183,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
     )
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--precisions", default="float32", help="comma-separated: float32, bf16 (autocast)")
+    parser.add_argument(
+        "--precisions", default="float32", help="comma-separated: float32, bf16 (autocast), auto (ddpm train's choice)"
+    )
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row for each case and precision")
     parser.add_argument(
         "--cases",
@@ -191,8 +196,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], l
     parser.add_argument("--set", default=None, choices=sorted(CASE_SETS), help="a named list of cases instead")
     args = parser.parse_args(argv)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    if not precisions or set(precisions) - {"float32", "bf16"}:
-        parser.error(f"--precisions {args.precisions!r}: choose from float32, bf16")
+    if not precisions or set(precisions) - {"float32", "bf16", "auto"}:
+        parser.error(f"--precisions {args.precisions!r}: choose from float32, bf16, auto")
     cases = CASES
     if args.set:
         cases = CASE_SETS[args.set]
@@ -224,7 +229,7 @@ def print_header(args: argparse.Namespace, precisions: list[str]) -> dict[str, f
     print(f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {', '.join(precisions)}, CPU")
     print(f"- load average before the run (1/5/15 min): {load_average()}")
     peaks = {}
-    for name in precisions:
+    for name in dict.fromkeys(q for p in precisions for q in (("float32", "bf16") if p == "auto" else (p,))):
         mm, cv = measured_peak(args.seconds, torch.bfloat16 if name == "bf16" else torch.float32)
         peaks[name] = max(mm, cv)
         print(
@@ -266,11 +271,16 @@ def print_rows(args: argparse.Namespace, precisions: list[str], cases: list[Case
     for (preset, channels, size, tb, sb), name, comp in runs:
         if preset not in wanted:
             continue
-        peak = peaks[name]
-        r = bench_case(preset, channels, size, tb, sb, args.seconds, bf16=name == "bf16", compile=comp)
+        bf16, shown = name == "bf16", name
+        if name == "auto":
+            net, lines = UNet.from_preset(preset, channels=channels, image_size=size), []
+            bf16 = choose_precision(net, torch.device("cpu"), tb, False, None, lines)[0]
+            shown = "auto: " + lines[-1].removeprefix("precision: ").split(" here")[0] if lines else "auto: float32"
+        peak = peaks["bf16" if bf16 else "float32"]
+        r = bench_case(preset, channels, size, tb, sb, args.seconds, bf16=bf16, compile=comp)
         compiled = f"yes ({r['compile_s']:.0f} s)" if comp else "no"
         print(
-            f"| {preset} | {channels}×{size}×{size} | {name} | {compiled} | {r['params'] / 1e6:.2f}M "
+            f"| {preset} | {channels}×{size}×{size} | {shown} | {compiled} | {r['params'] / 1e6:.2f}M "
             f"| {r['gflops']:.4f} | {tb} "
             f"| {r['train_ips']:.1f} | {r['step_ms']:.0f} | {r['train_gflops']:.1f} "
             f"| {100 * r['train_gflops'] / peak:.0f}% | {sb} | {r['sample_eps']:.1f} | {r['sample_gflops']:.1f} "
