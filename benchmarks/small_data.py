@@ -6,12 +6,12 @@
 Each subset holds ``size`` training images, a tenth of each class, drawn once with a fixed seed from the 60,000; it is
 written as IDX files beside the full test split's (so ``--data SUBSET --ref-split test`` scores against the first
 ``--ref-num`` test images, the project's FID protocol, and the memorization baseline is real held-out images). Every
-(size, p, seed) trains the default network for ``--steps`` steps (``ddpm train --data SUBSET --augment p --seed
-s``), keeping the checkpoints of the ``--curve`` steps. Each curve checkpoint is scored by ``ddpm eval`` (Inception FID of ``--curve-num`` samples against
-the test split), the last one with ``--num`` samples and ``--memorization`` (the share of samples closer to a training
-image than 99% of test images are). Rows go to benchmarks/results/small_data.jsonl, the table to small_data.md and the
-curves to small_data.png. Quality, not time, is compared (equal steps), so the figures do not depend on the machine's
-load; the wall times are reported as measured.
+(size, p, seed) trains the default network for ``--steps`` steps (``ddpm train --data SUBSET --augment p --seed s``),
+keeping the checkpoints of the ``--curve`` steps. Each curve checkpoint is scored by ``ddpm eval`` (Inception FID of
+``--curve-num`` samples against the test split), the last one with ``--num`` samples and ``--memorization`` (the share
+of samples closer to a training image than 99% of test images are). Rows go to benchmarks/results/small_data.jsonl, the
+table to small_data.md and the curves to small_data.png. Quality, not time, is compared (equal steps), so the figures do
+not depend on the machine's load; the wall times are reported as measured.
 """
 
 from __future__ import annotations
