@@ -7,11 +7,11 @@ Each subset holds ``size`` training images, a tenth of each class, drawn once wi
 written as IDX files beside the full test split's (so ``--data SUBSET --ref-split test`` scores against the first
 ``--ref-num`` test images, the project's FID protocol, and the memorization baseline is real held-out images). Every
 (size, p, seed) trains the default network for ``--steps`` steps (``ddpm train --data SUBSET --augment p --seed s``),
-keeping the checkpoints of the ``--curve`` steps. Each curve checkpoint is scored by ``ddpm eval`` (Inception FID of
-``--curve-num`` samples against the test split), the last one with ``--num`` samples and ``--memorization`` (the share
-of samples closer to a training image than 99% of test images are). Rows go to benchmarks/results/small_data.jsonl, the
-table to small_data.md and the curves to small_data.png. Quality, not time, is compared (equal steps), so the figures do
-not depend on the machine's load; the wall times are reported as measured.
+keeping the checkpoints of the ``--curve`` steps. Each curve checkpoint and the last are scored by ``ddpm eval``
+(Inception FID of ``--curve-num`` samples against the test split), the last also with ``--num`` samples and
+``--memorization`` (the share of samples closer to a training image than 99% of test images are). Rows go to
+benchmarks/results/small_data.jsonl, the table to small_data.md and the curves to small_data.png. Quality, not time, is
+compared (equal steps), so the figures do not depend on the machine's load; the wall times are reported as measured.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main() -> None:
                 run = runs / f"n{size}-p{aug:g}-s{seed}"
                 wall = train(args, data, run, aug, seed)
                 curve = {step: score(args, data, run, step, args.curve_num, False)["metrics"]["fid"]
-                         for step in args.curve}  # fmt: skip
+                         for step in sorted({*args.curve, args.steps})}  # fmt: skip
                 final = score(args, data, run, args.steps, args.num, True)
                 memo = final["memorization"]["features"]
                 append_row(ROWS, {"size": size, "augment": aug, "seed": seed, "steps": args.steps,
@@ -137,18 +137,16 @@ def report(args: argparse.Namespace) -> None:
             fids, memo = [r["fid"] for r in mine], [r["memorized"] for r in mine]
             lines.append(f"| {size} | {aug:g} | {statistics.mean(fids):.2f} | {', '.join(f'{v:.2f}' for v in fids)} | "
                          f"{statistics.mean(memo):.3f} | {', '.join(f'{v:.3f}' for v in memo)} |")  # fmt: skip
-            steps = sorted({int(k) for r in mine for k in r["fid_curve"]}) + [args.steps]
-            curves[f"{size} images, p {aug:g}"] = [
-                statistics.mean(r["fid_curve"][str(s)] if str(s) in r["fid_curve"] else r["fid"] for r in mine)
-                for s in steps
-            ]
+            steps = sorted({int(k) for r in mine for k in r["fid_curve"]})
+            curves[f"{size} images, p {aug:g}"] = [statistics.mean(r["fid_curve"][str(s)] for r in mine) for s in steps]
     (RESULTS / "small_data.md").write_text(
         f"CPU: {cpu_model()}; {args.steps} steps per row\n\n" + "\n".join(lines) + "\n"
     )
     print("\n".join(lines))
     if curves:
-        xs = sorted({int(k) for r in rows for k in r["fid_curve"]}) + [args.steps]
-        picture = plot_lines(xs, curves, width=720, title="Inception FID against training steps (test split)")
+        xs = sorted({int(k) for r in rows for k in r["fid_curve"]})
+        title = f"Inception FID of {args.curve_num} samples against training steps (test split)"
+        picture = plot_lines(xs, curves, width=720, title=title)
         save_png(RESULTS / "small_data.png", picture)
 
 
