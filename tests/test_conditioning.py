@@ -14,9 +14,9 @@ from ddpm.conditioning import (
     lanczos_weights,
     low_of,
     resize_pixels,
-    to_8bit,
     upsample,
 )
+from ddpm.images import to_8bit
 
 
 def pillow(pixels: np.ndarray, size: int) -> np.ndarray:

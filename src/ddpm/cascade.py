@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import resolve_checkpoint
-from .conditioning import ConditionSpec, to_8bit
+from .conditioning import ConditionSpec
 from .data.dataset import list_names
 from .data.folders import image_files
 from .denoiser import randn
@@ -44,7 +44,17 @@ from .generate import (
     reproduce,
     save_npz,
 )
-from .images import conform, load_image, make_grid, picture_size, read_npz_images, save_png, to_uint8
+from .images import (
+    conform,
+    grid_scale,
+    load_image,
+    make_grid,
+    picture_size,
+    read_npz_images,
+    save_png,
+    to_8bit,
+    to_uint8,
+)
 from .provenance import Provenance
 from .sampler_choice import SampleSettings
 from .seeding import image_seed, mix
@@ -381,7 +391,7 @@ def sample_files(settings: CascadeSettings, out: str | os.PathLike[str], *, cond
             save_png(out / plan.names[i], final[j], prov.text_chunks())
     written = [out / n for n in plan.names]
     if conds is None:
-        grid = make_grid(images, pad_value=128, scale=max(1, 64 // size))
+        grid = make_grid(images, pad_value=128, scale=grid_scale(size))
         written.append(save_png(out / "grid.png", grid, base.of("grid", f"0-{len(images) - 1}", extra).text_chunks()))
     if npz:
         written.append(save_npz(npz, images))

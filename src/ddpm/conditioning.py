@@ -110,11 +110,6 @@ def condition_of(low: Tensor, size: int, level: Tensor | None = None, noise: Ten
     return upsample(x, size)
 
 
-def to_8bit(x: Tensor) -> Tensor:
-    """Images (B, C, H, W) in [-1, 1] as 8-bit pixels, uint8: round((x + 1)·127.5), clipped (exact for 8-bit data)."""
-    return ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-
-
 # ---------------------------------------------------------------------------- what a conditioned network takes
 
 TASKS = ("generate", "super-resolution", "paired")

@@ -32,6 +32,7 @@ from .errors import ParameterError, UserError, check_at_least
 from .files import atomic_write, file_sha256, human
 from .images import (
     from_uint8,
+    grid_scale,
     load_image,
     load_mask,
     make_grid,
@@ -383,10 +384,6 @@ def check_out_dir(out: Path, names: Sequence[str], overwrite: bool) -> None:
         )
 
 
-def _scale(size: int) -> int:
-    return max(1, 64 // size)
-
-
 def generate(
     settings: SampleSettings,
     out: PathLike,
@@ -440,7 +437,7 @@ def generate(
             )
     save_png(
         out / "grid.png",
-        make_grid(images, pad_value=128, scale=_scale(s.image_size)),
+        make_grid(images, pad_value=128, scale=grid_scale(s.image_size)),
         prov.of("grid", f"0-{num - 1}").text_chunks(),
     )
     if npz:
@@ -462,7 +459,7 @@ def _write_trajectory(
     out: Path, index: int, path: list[tuple[int, np.ndarray, np.ndarray]], final: np.ndarray, meta: dict[str, str]
 ) -> None:
     """trajectory-<index>.png (x_t over x̂_0, ~10 states ending in the image) and .gif (one frame per call)."""
-    scale = _scale(final.shape[0])
+    scale = grid_scale(final.shape[0])
     # The path's states: one per model call (x_t, x̂_0 there), then the final image as both rows.
     states = [(x, x0) for _, x, x0 in path] + [(final, final)]
     cols = trajectory_columns(len(states), TRAJECTORY_COLUMNS)
@@ -534,7 +531,7 @@ def interpolate(
         idx = list(range(start, min(frames, start + batch_size)))
         # No noise is drawn by a deterministic sampler; the generators only satisfy the signature.
         pictures.append(to_uint8(s.draw(seed_a, idx, x_T=x_T[idx])))
-    strip = make_grid(np.concatenate(pictures), nrow=frames, pad_value=128, scale=_scale(s.image_size))
+    strip = make_grid(np.concatenate(pictures), nrow=frames, pad_value=128, scale=grid_scale(s.image_size))
     out.mkdir(parents=True, exist_ok=True)
     prov = s.provenance("interpolation", seed_a, {"seed_b": str(seed_b), "frames": str(frames)})
     return save_png(out / "interpolation.png", strip, prov.text_chunks())

@@ -19,14 +19,24 @@ from .errors import UserError
 from .files import atomic_write
 
 
-def to_uint8(images: Tensor, channels_last: bool = True) -> np.ndarray:
-    """Map images in [-1, 1], (B, C, H, W), to uint8 (B, H, W, C) (or (B, C, H, W) with ``channels_last=False``),
-    rounding to the nearest level.
+def to_8bit(x: Tensor) -> Tensor:
+    """Images (B, C, H, W) in [-1, 1] as 8-bit pixels, uint8 on their device: round((x + 1)·127.5), clipped.
 
     Rounding (not truncation) makes the map the inverse of loading: pixel p -> p/127.5 - 1 -> p.
     """
-    x = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return ((x.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def to_uint8(images: Tensor, channels_last: bool = True) -> np.ndarray:
+    """:func:`to_8bit` of images in [-1, 1], (B, C, H, W), as a numpy uint8 (B, H, W, C) array (or (B, C, H, W) with
+    ``channels_last=False``)."""
+    x = to_8bit(images).cpu()
     return x.permute(0, 2, 3, 1).numpy() if channels_last else x.numpy()
+
+
+def grid_scale(size: int) -> int:
+    """How many times a picture of ``size`` px is enlarged in a grid: up to about 64 px, never shrunk."""
+    return max(1, 64 // size)
 
 
 def make_grid(

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..cascade import CascadeSettings, Stage, batched, open_cascade, run_cascade
-from ..conditioning import ConditionSpec, low_of, resize_pixels, to_8bit
+from ..cascade import CascadeSettings, Stage, cascade, open_cascade
+from ..conditioning import ConditionSpec, low_of, resize_pixels
 from ..data.load import load_dataset
 from ..data.paired import paired_data
 from ..errors import ParameterError
 from ..generate import save_npz
-from ..images import conform
+from ..images import conform, to_8bit
 from .reference import subset_indices
 from .scores import held_out, score
 from .settings import EvalRun, log
@@ -142,12 +142,8 @@ def _targets(run: EvalRun, spec: ConditionSpec, last: Stage) -> tuple[np.ndarray
 
 def _outputs(stages: list[Stage], inputs: np.ndarray, seed: int, batch_size: int, progress: bool) -> np.ndarray:
     """The cascade's outputs uint8 (N, C, S, S) for conditions ``inputs`` uint8 (N, Cc, s, s), output i keyed i."""
-    given = torch.from_numpy(inputs)
-    parts = []
-    for idx in batched(stages, len(inputs), batch_size):
-        x = run_cascade(stages, seed, [(i, 0) for i in idx], given[idx[0] : idx[-1] + 1], progress)[-1]
-        parts.append(to_8bit(x.cpu()).numpy())
-    return np.concatenate(parts)
+    images = cascade(stages, conditions=torch.from_numpy(inputs), seed=seed, batch_size=batch_size, progress=progress)
+    return to_8bit(images).numpy()
 
 
 def _baselines(spec: ConditionSpec, inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cascade import COND_NOISE, network_conditions
-from ..conditioning import ConditionSpec, low_of, to_8bit
+from ..conditioning import ConditionSpec, low_of
 from ..data.dataset import ImageDataset
 from ..data.paired import paired_data
 from ..data.preparing import training_data
 from ..errors import ParameterError
+from ..images import to_8bit
 from ..runtime import Dist
 from ..seeding import image_seed, mix
 from .augment import AugmentDraws, augment

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..errors import ParameterError
 from ..files import append_line, atomic_write
 from ..generate import draw, fitting_batch
-from ..images import make_grid, plot_curve, save_png, to_uint8
+from ..images import grid_scale, make_grid, plot_curve, save_png, to_uint8
 from ..sampler_choice import DEFAULT_SAMPLER, SamplerChoice
 from ..schedule import Schedule
 from ..unet import UNet
@@ -111,7 +111,7 @@ def write_grid(path: Path, model: UNet, schedule: Schedule, cfg: TrainConfig, it
         truth = items.images(torch.tensor(idx, dtype=torch.long)).cpu()
         images = torch.stack([items.shown_conditions(idx).cpu(), images, truth], 1).flatten(0, 1)
         columns = 3 * min(4, n)
-    grid = make_grid(to_uint8(images), nrow=columns, pad_value=128, scale=max(1, 64 // data.image_size))
+    grid = make_grid(to_uint8(images), nrow=columns, pad_value=128, scale=grid_scale(data.image_size))
     save_png(path, grid)
 
 
