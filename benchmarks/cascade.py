@@ -1,17 +1,19 @@
 """Super-resolution and cascades on Fashion-MNIST, against Lanczos, in one run on one machine.
 
-    python benchmarks/cascade.py [--minutes 25] [--splits 10,15] [--levels 0,0.05] [--seeds 0,1] [--sr-seeds 0,1]
-        [--num 1000] [--ref-num 2000] [--runs runs/cascade]
+    python benchmarks/cascade.py [--minutes 25] [--splits 10,15] [--levels 0,0.05] [--projects on,off] [--seeds 0,1]
+        [--sr-seeds 0,1] [--num 1000] [--ref-num 2000] [--parts sr,noaug,cascade] [--runs runs/cascade]
 
 Trains, each for its share of ``--minutes`` of this machine (nothing else may run meanwhile):
 (a) super-resolution x2 (14 -> 28) and x4 (7 -> 28) with the default network and conditioning augmentation;
 (b) x2 without conditioning augmentation (``--cond-noise-max 0``);
 (c) cascades of a 14 px base (``--image-size 14 --channel-mult 1,2``) and a x2 stage that share ``--minutes``, split
     ``--splits`` ways (the base's minutes), against the direct 28 px default model (``ddpm train --minutes``).
+``--parts`` picks some of them: sr is (a), noaug (b), cascade (c).
 Then scores everything by ``ddpm eval`` (standard Inception FID of ``--num`` images against ``--ref-num`` test images):
-first the cascades at each sampling-time augmentation level of ``--levels`` with seed 0, then the best cascade and
-the direct model with every seed of ``--seeds``, then the super-resolution models on the test split's low images
-(PSNR, SSIM, consistency, FID; Lanczos in the same table) at the best level. Rows go to
+first the cascades at each sampling-time augmentation level of ``--levels`` and each of ``--projects`` (x̂_0 projected
+onto the low image, ``ddpm sample``'s default, or not: ``--no-project``) with seed 0, then the best cascade and the
+direct model with every seed of ``--seeds``, then the super-resolution models on the test split's low images (PSNR,
+SSIM, consistency, FID; Lanczos in the same table) at the best level, with and without the projection. Rows go to
 benchmarks/results/cascade.jsonl, the table to cascade.md, and a picture (low | x4 samples | truth) to
 docs/super-resolution.png. Finished runs in ``--runs`` are reused (a stopped benchmark continues).
 """
@@ -61,15 +63,18 @@ def evaluate(args: argparse.Namespace, name: str, out: Path, flags: list[str], s
 
 
 def trained(args: argparse.Namespace) -> dict[str, Path]:
-    """Every run of the comparison, trained (or reused): name -> run directory."""
+    """Every run of the comparison's ``--parts``, trained (or reused): name -> run directory."""
     runs, m, t = Path(args.runs), args.minutes, args.threads
     sr = ["--task", "super-resolution"]
-    out = {
-        "sr2": train(runs / "sr2", m, [*sr, "--scale", "2"], t),
-        "sr4": train(runs / "sr4", m, [*sr, "--scale", "4"], t),
-        "sr2-noaug": train(runs / "sr2-noaug", m, [*sr, "--scale", "2", "--cond-noise-max", "0"], t),
-        "direct": train(runs / "direct", m, [], t),
-    }
+    out = {}
+    if "sr" in args.parts:
+        out["sr2"] = train(runs / "sr2", m, [*sr, "--scale", "2"], t)
+        out["sr4"] = train(runs / "sr4", m, [*sr, "--scale", "4"], t)
+    if "noaug" in args.parts:
+        out["sr2-noaug"] = train(runs / "sr2-noaug", m, [*sr, "--scale", "2", "--cond-noise-max", "0"], t)
+    if "cascade" not in args.parts:
+        return out
+    out["direct"] = train(runs / "direct", m, [], t)
     for base_minutes in args.splits:
         out[f"base-{base_minutes:g}"] = train(runs / f"base-{base_minutes:g}", base_minutes,
                                               ["--image-size", "14", "--channel-mult", "1,2"], t)  # fmt: skip
@@ -89,6 +94,12 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=25.0)
     p.add_argument("--splits", type=lambda s: [float(v) for v in s.split(",")], default=[10.0, 15.0])
     p.add_argument("--levels", type=lambda s: [float(v) for v in s.split(",")], default=[0.0, 0.05])
+    p.add_argument(
+        "--projects",
+        type=lambda s: [v.strip() == "on" for v in s.split(",")],
+        default=[True, False],
+        help="on: sample with x0 projected onto the low image (the default of ddpm sample); off: --no-project",
+    )
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1])
     p.add_argument(
         "--sr-seeds",
@@ -97,36 +108,61 @@ def main() -> None:
         help="the sample seeds of the super-resolution rows (default: --seeds)",
     )
     p.add_argument("--num", type=int, default=1000)
+    p.add_argument(
+        "--parts",
+        type=lambda s: s.split(","),
+        default=["sr", "noaug", "cascade"],
+        help="which comparisons: sr (x2, x4 against Lanczos), noaug (conditioning augmentation off), cascade",
+    )
     p.add_argument("--ref-num", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default="runs/cascade")
     args = p.parse_args()
     runs, evals = trained(args), Path(args.runs) / "eval"
-    # (c) the cascades at each level (seed 0), then the best with every seed, and the direct model.
+    level = args.levels[0]  # the super-resolution rows' level where no cascade picks one
+    if "cascade" in args.parts:
+        level = compare_cascades(args, runs, evals)
+    # (a), (b): the super-resolution models on the test split's low images, at the best level.
+    for key in [k for k in ("sr2", "sr4", "sr2-noaug") if k in runs]:
+        for project in args.projects:
+            said, tag, off = projection(project)
+            for seed in args.sr_seeds or args.seeds:
+                flags = ["--checkpoint", str(runs[key]), "--cond-noise", f"{level:g}", *off]
+                evaluate(args, key + said, evals / f"{key}{tag}-s{seed}", flags, seed)
+    if "sr4" in runs:
+        picture(runs["sr4"], level)
+    report(args)
+
+
+def compare_cascades(args: argparse.Namespace, runs: dict[str, Path], evals: Path) -> float:
+    """(c): the cascades at each level and projection (seed 0), then the best with every seed, and the direct model
+    with every seed; the best cascade's level."""
     cascades = {}
     for base_minutes in args.splits:
         stage = f"sr2-{args.minutes - base_minutes:g}"
         for level in args.levels:
-            name = f"cascade base {base_minutes:g} + x2 {args.minutes - base_minutes:g} min, cond-noise {level:g}"
-            flags = ["--checkpoint", str(runs[f"base-{base_minutes:g}"]), "--then", str(runs[stage]), "--cond-noise",
-                     f"{level:g}"]  # fmt: skip
-            key = f"cascade-{base_minutes:g}-{level:g}"
-            cascades[key] = (name, flags, evaluate(args, name, evals / f"{key}-s0", flags, args.seeds[0]))
+            for project in args.projects:
+                name = (f"cascade base {base_minutes:g} + x2 {args.minutes - base_minutes:g} min, cond-noise {level:g}"
+                        + projection(project)[0])  # fmt: skip
+                # the x2 stage's own setting: a later stage is not projected unless it says project=1
+                flags = ["--checkpoint", str(runs[f"base-{base_minutes:g}"]), "--then",
+                         f"{runs[stage]}:project={int(project)}", "--cond-noise", f"{level:g}"]  # fmt: skip
+                key = f"cascade-{base_minutes:g}-{level:g}{projection(project)[1]}"
+                row = evaluate(args, name, evals / f"{key}-s0", flags, args.seeds[0])
+                cascades[key] = (name, flags, row, level)
     best = min(cascades, key=lambda k: fid(cascades[k][2]))
-    name, flags, _ = cascades[best]
-    level = float(best.rsplit("-", 1)[1])
+    name, flags, _, level = cascades[best]
     for seed in args.seeds[1:]:
         evaluate(args, name, evals / f"{best}-s{seed}", flags, seed)
     for seed in args.seeds:
         evaluate(args, "direct 28 px, the default", evals / f"direct-s{seed}", ["--checkpoint", str(runs["direct"])],
                  seed)  # fmt: skip
-    # (a), (b): the super-resolution models on the test split's low images, at the best level.
-    for key in ("sr2", "sr4", "sr2-noaug"):
-        for seed in args.sr_seeds or args.seeds:
-            flags = ["--checkpoint", str(runs[key]), "--cond-noise", f"{level:g}"]
-            evaluate(args, key, evals / f"{key}-s{seed}", flags, seed)
-    picture(runs["sr4"], level)
-    report(args)
+    return level
+
+
+def projection(project: bool) -> tuple[str, str, list[str]]:
+    """How a row without the x̂_0 projection is named, its eval folder's suffix and its flag; empty when projected."""
+    return ("", "", []) if project else (", no projection", "-noproj", ["--no-project"])
 
 
 def picture(run: Path, level: float) -> None:

@@ -13,13 +13,16 @@ from conftest import BASE, assert_identical, assert_torchrun_is_one_process, run
 from harness import photo_crops
 from PIL import Image
 
-from ddpm.cascade import CascadeSettings, open_cascade, parse_stage, run_cascade
+from ddpm.cascade import CascadeSettings, Stage, cascade, open_cascade, parse_stage, run_cascade, stage_settings
 from ddpm.checkpoint import load_checkpoint
 from ddpm.cli import main
 from ddpm.conditioning import low_of
 from ddpm.data.load import load_dataset
+from ddpm.errors import ParameterError
+from ddpm.evaluation.restoration import consistency
 from ddpm.generate import draw
-from ddpm.images import read_png_metadata
+from ddpm.images import read_png_metadata, to_8bit
+from ddpm.sampler_choice import SampleSettings
 
 TINY = ["--preset", "tiny", "--batch-size", "16", "--warmup", "2", "--sample-steps", "2", "--num-samples", "4",
         "--log-every", "3", "--quiet"]  # fmt: skip
@@ -89,6 +92,45 @@ def test_stage_settings_parse_after_the_last_colon_only_when_they_are_pairs():
     assert parse_stage("runs/sr:steps=20,sampler=ddim") == ("runs/sr", {"steps": "20", "sampler": "ddim"})
     assert parse_stage("C:/models/sr.safetensors") == ("C:/models/sr.safetensors", {})
     assert parse_stage("sr:cond-noise=0.1") == ("sr", {"cond_noise": "0.1"})
+    assert stage_settings({"project": "0"}, SampleSettings())[2] is False
+    assert stage_settings({"project": "on", "steps": "4"}, SampleSettings())[1:] == (None, True)
+    assert stage_settings({}, SampleSettings())[2] is None
+    with pytest.raises(ParameterError, match="project=maybe: expected 1 or 0"):
+        stage_settings({"project": "maybe"}, SampleSettings())
+
+
+def test_super_resolution_outputs_give_their_low_image_back_unless_told_not_to(sr, tmp_path, capsys):
+    # A 6-step model draws little like its condition; back-projecting every x0 estimate onto the images whose low
+    # view is the condition makes the 8-bit output give its low image back to below one level (the mean, as ddpm eval
+    # reports it; 8 px digits are the hard case: every image within 2), with any sampler.
+    digits = torch.from_numpy(load_dataset("digits", None).as_uint8()[:24])
+    lows = low_of(digits, 2)
+    for sampler in ("ddim", "ddpm", "dpmpp-2m", "unipc"):
+        stage = Stage.open(sr, SampleSettings(sampler=sampler, steps=4))
+        assert stage.project and stage.record()["project"] is True
+        out = to_8bit(cascade([stage], conditions=lows, seed=1)).numpy()
+        error = consistency(out, lows.numpy(), 2)
+        assert error.mean() < 1.0 and error.max() < 2.0, (sampler, error.mean(), error.max())
+        stage.project = False
+        free = to_8bit(cascade([stage], conditions=lows, seed=1)).numpy()
+        assert consistency(free, lows.numpy(), 2).mean() > 10, sampler
+    # The flag, the provenance and --reproduce: a picture made with --no-project is made again without it.
+    folder = tmp_path / "lows"
+    folder.mkdir()
+    Image.fromarray(lows[0, 0].numpy()).save(folder / "zero.png")
+    made = {}
+    for flag in ([], ["--no-project"]):
+        out = tmp_path / ("free" if flag else "projected")
+        assert main(["sample", "--checkpoint", str(sr), "--condition", str(folder), "--steps", "3", *flag,
+                     "--out", str(out), "--quiet"]) == 0  # fmt: skip
+        made[bool(flag)] = out / "zero.png"
+        assert read_png_metadata(made[bool(flag)])["ddpm:project"] == ("false" if flag else "true")
+    assert not np.array_equal(pixels(made[True]), pixels(made[False]))
+    for free, path in made.items():
+        again = tmp_path / f"again-{free}"
+        assert main(["sample", "--checkpoint", str(sr), "--condition", str(folder), "--reproduce", str(path),
+                     "--out", str(again)]) == 0  # fmt: skip
+        assert np.array_equal(pixels(again / "zero.png"), pixels(path))
 
 
 def test_a_cascade_writes_the_final_size_its_base_is_the_base_models_sample_and_reproduce_gives_the_pixels(
@@ -103,6 +145,7 @@ def test_a_cascade_writes_the_final_size_its_base_is_the_base_models_sample_and_
     info = read_png_metadata(first)
     then = json.loads(info["ddpm:then"])
     assert [(s["sampler"], s["steps"]) for s in then] == [("ddim", 3)] and "cond_noise" in then[0]
+    assert then[0]["project"] is False  # a later stage takes a sample, not a true low image: not projected
     again = tmp_path / "again"
     assert main(["sample", "--checkpoint", str(base), "--then", str(sr), "--reproduce", str(first),
                  "--out", str(again)]) == 0  # fmt: skip
@@ -113,6 +156,8 @@ def test_a_cascade_writes_the_final_size_its_base_is_the_base_models_sample_and_
     assert "cascade of 2 stage(s), and 1 were given" in capsys.readouterr().err
     # The cascade's first stage draws what the base model alone draws; any item is the same alone or in a batch.
     stages = open_cascade(CascadeSettings(checkpoint=str(base), steps=2), [f"{sr}:steps=3"])
+    assert not stages[1].project
+    assert open_cascade(CascadeSettings(checkpoint=str(base), steps=2), [f"{sr}:project=1"])[1].project
     outs = run_cascade(stages, 0, [(0, 0), (1, 0), (2, 0)])
     s = stages[0].sampling
     alone = draw(s.model, s.schedule, s.meta, s.choice, 0, [1], None, None, True, s.device)
@@ -178,6 +223,8 @@ def test_eval_scores_a_super_resolution_model_against_lanczos(sr, tmp_path, caps
     assert set(rows) == {"model", "lanczos"} and {"psnr", "ssim", "consistency", "fd"} <= set(rows["model"])
     assert record["protocol"]["conditioned"]["split"] == "train"  # digits has no test split
     assert rows["lanczos"]["consistency"] > 0 and 0 < rows["lanczos"]["ssim"] < 1
+    assert record["protocol"]["conditioned"]["stages"][0]["project"] is True  # sampled as ddpm sample does
+    assert rows["model"]["consistency"] < 1.0 < rows["lanczos"]["consistency"]
     assert np.load(out / "samples.npz")["images"].shape == (24, 8, 8, 1)
 
 

@@ -13,10 +13,15 @@ from ddpm.conditioning import (
     condition_of,
     lanczos_weights,
     low_of,
+    low_projector,
+    project_low,
     resize_pixels,
     upsample,
 )
+from ddpm.data.load import load_dataset
+from ddpm.denoiser import make_denoiser
 from ddpm.images import to_8bit
+from ddpm.schedule import Schedule
 
 
 def pillow(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -93,3 +98,91 @@ def test_condition_spec_records_and_checks_what_the_network_takes():
     paired = ConditionSpec("paired", 1, 28)
     gray = torch.rand(2, 1, 28, 28) * 2 - 1
     assert torch.equal(paired.network_input(gray, 28), gray)  # an input of the model's size goes in as it is
+
+
+def _down(x: torch.Tensor, s: int) -> torch.Tensor:
+    """The float Lanczos-down view (B, C, s, s) of x (B, C, S, S)."""
+    a = lanczos_weights(x.shape[-1], s, False).to(x)
+    return a @ x @ a.T
+
+
+@pytest.mark.parametrize(("size", "low"), [(8, 4), (12, 6), (28, 7)])
+def test_project_low_is_the_orthogonal_projection_onto_the_images_with_that_low_view(size, low):
+    g = torch.Generator().manual_seed(size)
+    x = 0.05 * torch.randn(2, 1, size, size, generator=g, dtype=torch.float64)
+    y = 0.05 * torch.randn(2, 1, low, low, generator=g, dtype=torch.float64)
+    got = project_low(x, y, rounds=1)
+    assert got.abs().max() < 1  # the clamp did not act: the oracle below is the projection alone
+    # The oracle: the dense down matrix D = A ⊗ A on the flattened image, x + D⁺ (y − D x), from numpy's pinv.
+    a = lanczos_weights(size, low, False).numpy()
+    d = np.kron(a, a)
+    flat = x.reshape(2, -1).numpy()
+    want = flat + (np.linalg.pinv(d) @ (y.reshape(2, -1).numpy() - flat @ d.T).T).T
+    np.testing.assert_allclose(got.reshape(2, -1).numpy(), want, rtol=0, atol=1e-10)
+    # Its low view is the one given, projecting again changes nothing, and the change is orthogonal to every
+    # image whose low view is zero (so no image with that low view is nearer to x).
+    torch.testing.assert_close(_down(got, low), y, rtol=0, atol=1e-10)
+    torch.testing.assert_close(project_low(got, y, rounds=1), got, rtol=0, atol=1e-10)
+    null = torch.randn(2, 1, size, size, generator=g, dtype=torch.float64)
+    null = null - _pinv_part(null, low)
+    torch.testing.assert_close(_down(null, low), torch.zeros_like(y), rtol=0, atol=1e-10)
+    assert abs(float(((got - x) * null).sum())) < 1e-9
+
+
+def _pinv_part(x: torch.Tensor, low: int) -> torch.Tensor:
+    """The part of x (B, C, S, S) in the range of D⁺ (what its low view determines): A⁺ (A x Aᵀ) A⁺ᵀ."""
+    a = lanczos_weights(x.shape[-1], low, False).to(x)
+    p = torch.linalg.pinv(a)
+    return p @ (a @ x @ a.T) @ p.T
+
+
+def test_back_projection_gives_real_low_images_back_below_the_8bit_step_and_keeps_the_truth():
+    # Digits at 16 px brought down x2 and x4 (Pillow clips about a seventh of these low pixels): from a flat grey, the
+    # rounds bring the 8-bit output's own low view (Pillow's, exact) to the low image, below one level in every image;
+    # the true images are (to the float model's rounding) a fixed point; every output stays in [-1, 1].
+    digits = torch.from_numpy(load_dataset("digits", 16).as_uint8()[:64])
+
+    def error(out: torch.Tensor, low: torch.Tensor, scale: int) -> torch.Tensor:
+        return (low_of(to_8bit(out), scale).float() - low.float()).pow(2).mean((1, 2, 3)).sqrt()
+
+    for scale in (2, 4):
+        low = low_of(digits, scale)
+        y = low.float() / 127.5 - 1
+        grey = torch.zeros(digits.shape)
+        assert error(grey, low, scale).mean() > 30  # where it starts
+        errors = [error(project_low(grey, y, rounds=r), low, scale) for r in (1, 4, 16, 64)]
+        assert all(a.mean() > b.mean() for a, b in zip(errors, errors[1:], strict=False)), scale
+        assert errors[-1].max() < 1.0, (scale, float(errors[-1].max()))
+        out = project_low(torch.rand(digits.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1, y, rounds=64)
+        assert out.min() >= -1 and out.max() <= 1 and error(out, low, scale).mean() < 1.0
+        truth = digits.float() / 127.5 - 1
+        moved = (project_low(truth, y, rounds=64) - truth).pow(2).mean().sqrt() * 127.5
+        assert moved < 2.0, (scale, float(moved))
+    spec = ConditionSpec("super-resolution", 1, 8, 2)
+    torch.testing.assert_close(
+        low_projector(spec, low_of(digits, 2))(torch.zeros(digits.shape)),
+        project_low(torch.zeros(digits.shape), low_of(digits, 2).float() / 127.5 - 1),
+    )
+    assert low_projector(ConditionSpec("paired", 1, 16), digits) is None  # no known degradation to project onto
+
+
+def test_the_denoiser_applies_the_projection_after_the_clamp_and_keeps_eps_consistent():
+    schedule = Schedule.linear(50)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 1, 4, 4, generator=g)
+
+    def model(x_t, t, labels=None):
+        return 5.0 * torch.ones_like(x_t)  # ε = 5: an x̂_0 far outside [-1, 1]
+
+    seen = []
+
+    def project(x0):
+        seen.append(x0.clone())
+        return 0.5 * x0
+
+    x0, eps = make_denoiser(model, schedule, project=project)(x, 10)
+    a = float(schedule.alphas_cumprod[10])
+    plain, _ = make_denoiser(model, schedule)(x, 10)
+    torch.testing.assert_close(seen[0], plain)  # it was given the clamped x̂_0
+    torch.testing.assert_close(x0, 0.5 * plain)
+    torch.testing.assert_close(eps, (x - a**0.5 * x0) / (1 - a) ** 0.5)

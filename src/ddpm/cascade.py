@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import resolve_checkpoint
-from .conditioning import ConditionSpec
+from .conditioning import ConditionSpec, low_projector
 from .data.dataset import list_names
 from .data.folders import image_files
 from .denoiser import randn
@@ -64,31 +64,42 @@ from .version import __version__
 # The conditioning-augmentation level a super-resolution stage is sampled at (its condition corrupted as
 # sqrt(1-a) low + sqrt(a) noise, the network told a), unless --cond-noise or a stage's cond_noise says otherwise.
 COND_NOISE = 0.0
+# Whether a super-resolution stage projects every x̂_0 onto the images whose Lanczos-down view is its low image
+# (conditioning.project_low): a stage given the user's conditions does (unless --no-project), a later stage of a
+# cascade, given the previous stage's samples, does not (unless its project=1). Both chosen by measurement
+# (BENCHMARKS.md, cascade.py). Pictures made before it was recorded were made without it.
+PROJECT = True
+PROJECT_LATER = False
 # The settings a --then stage may set after its checkpoint's name ("SR.safetensors:steps=20,sampler=ddim"); any
 # other key is a sampler option.
-STAGE_KEYS = ("sampler", "spacing", "steps", "eta", "cond_noise")
+STAGE_KEYS = ("sampler", "spacing", "steps", "eta", "cond_noise", "project")
 
 
 @dataclass
 class Stage:
     """A model of a cascade opened for sampling: its :class:`~ddpm.generate.Sampling`, the condition it takes
-    (None: it draws from noise) and the augmentation level its condition is sampled at."""
+    (None: it draws from noise), the augmentation level its condition is sampled at and, for super-resolution,
+    whether every x̂_0 is projected onto the images whose low view is the condition
+    (:func:`~ddpm.conditioning.project_low`)."""
 
     sampling: Sampling
     spec: ConditionSpec | None
     cond_noise: float = COND_NOISE
+    project: bool = PROJECT
 
     @classmethod
     def open(cls, checkpoint: str | os.PathLike[str], settings: SampleSettings | None = None,
-             cond_noise: float | None = None, device: torch.device | str | None = None) -> Stage:  # fmt: skip
-        """Open ``checkpoint`` (a file or a run directory) with ``settings`` (the measured defaults when None)."""
+             cond_noise: float | None = None, device: torch.device | str | None = None,
+             project: bool | None = None) -> Stage:  # fmt: skip
+        """Open ``checkpoint`` (a file or a run directory) with ``settings`` (the measured defaults when None);
+        ``cond_noise`` and ``project`` None take :data:`COND_NOISE` and :data:`PROJECT`."""
         settings = dataclasses.replace(settings or SampleSettings(), checkpoint=str(checkpoint))
         s = open_for_sampling(checkpoint, settings, device, conditioned=True)
         spec = ConditionSpec.from_meta(s.meta)
         level = COND_NOISE if cond_noise is None else float(cond_noise)
         if not 0.0 <= level < 1.0:
             raise ParameterError(f"{{cond_noise}} must lie in [0, 1); got {level}")
-        return cls(s, spec, level)
+        return cls(s, spec, level, PROJECT if project is None else bool(project))
 
     @property
     def output(self) -> tuple[int, int]:
@@ -102,6 +113,8 @@ class Stage:
                "options": c.options}  # fmt: skip
         if self.spec is not None and self.spec.told_level:
             out["cond_noise"] = self.cond_noise
+        if self.spec is not None and self.spec.task == "super-resolution":
+            out["project"] = self.project
         return out
 
     def draw(self, seed: int, stage: int, keys: Sequence[tuple[int, int]], given: Tensor | None,
@@ -119,9 +132,10 @@ class Stage:
         gens = [torch.Generator().manual_seed(image_seed(mix(seed, stage, key), k)) for key, k in keys]
         noise_gens = [torch.Generator().manual_seed(image_seed(mix(seed, stage, key, 1), k)) for key, k in keys]
         cond, level = network_conditions(self.spec, given, s.image_size, self.cond_noise, noise_gens, s.device)
+        project = low_projector(self.spec, given.to(s.device)) if self.project else None
         return draw(s.model, s.schedule, s.meta, s.choice, seed, list(range(len(keys))), s.label, s.guidance,
                     s.clip_x0, s.device, progress=progress, condition=cond, condition_level=level,
-                    generators=gens)  # fmt: skip
+                    generators=gens, project=project)  # fmt: skip
 
 
 def network_conditions(spec: ConditionSpec, given: Tensor, image_size: int, level: float,
@@ -155,9 +169,10 @@ def parse_stage(text: str) -> tuple[str, dict[str, str]]:
     return path, pairs
 
 
-def stage_settings(pairs: dict[str, str], base: SampleSettings) -> tuple[SampleSettings, float | None]:
-    """A --then stage's sampling settings from its ``key=value`` pairs (sampler, spacing, steps, eta, cond_noise; any
-    other key is a sampler option), taking weights, clipping and device from ``base``; and its cond_noise."""
+def stage_settings(pairs: dict[str, str], base: SampleSettings) -> tuple[SampleSettings, float | None, bool | None]:
+    """A --then stage's sampling settings from its ``key=value`` pairs (sampler, spacing, steps, eta, cond_noise,
+    project; any other key is a sampler option), taking weights, clipping and device from ``base``; and its
+    cond_noise and project (None where not given)."""
 
     def number(key: str, kind: type) -> Any:
         try:
@@ -169,24 +184,32 @@ def stage_settings(pairs: dict[str, str], base: SampleSettings) -> tuple[SampleS
     settings = SampleSettings(sampler=pairs.get("sampler"), spacing=pairs.get("spacing"), steps=number("steps", int),
                               eta=number("eta", float), options=options, ema=base.ema, clip_x0=base.clip_x0,
                               device=base.device)  # fmt: skip
-    return settings, number("cond_noise", float)
+    project = None
+    if "project" in pairs:
+        value = pairs["project"].lower()
+        if value not in ("0", "1", "true", "false", "on", "off"):
+            raise ParameterError(f"{{then}} project={pairs['project']}: expected 1 or 0")
+        project = value in ("1", "true", "on")
+    return settings, number("cond_noise", float), project
 
 
 def open_cascade(settings: SampleSettings, then: Sequence[str], cond_noise: float | None = None,
-                 device: torch.device | str | None = None) -> list[Stage]:  # fmt: skip
+                 device: torch.device | str | None = None, project: bool = PROJECT) -> list[Stage]:  # fmt: skip
     """``settings.checkpoint`` (with ``settings``) and each ``then`` stage (``PATH[:key=value,...]``), opened and
     checked to fit together (:func:`check_cascade`); every conditioned stage samples its condition at ``cond_noise``
-    (None: :data:`COND_NOISE`) unless its own ``cond_noise=`` says otherwise."""
+    (None: :data:`COND_NOISE`), unless its own ``cond_noise=`` says otherwise; the first stage projects onto its
+    low images as ``project`` says, a later one as its ``project=`` says (default :data:`PROJECT_LATER`)."""
     if settings.checkpoint is None:
         raise ParameterError("{checkpoint} is required: a .safetensors checkpoint or a run directory")
-    stages = [Stage.open(settings.checkpoint, settings, cond_noise, device)]
+    stages = [Stage.open(settings.checkpoint, settings, cond_noise, device, project)]
     dev = stages[0].sampling.device  # every stage on the first one's device
     for text in then:
         path, pairs = parse_stage(text)
         if not Path(path).exists():
             raise ParameterError(f"{{then}} {path}: no such checkpoint or run directory")
-        stage_set, level = stage_settings(pairs, settings)
-        stages.append(Stage.open(path, stage_set, cond_noise if level is None else level, dev))
+        stage_set, level, own = stage_settings(pairs, settings)
+        stages.append(Stage.open(path, stage_set, cond_noise if level is None else level, dev,
+                                 PROJECT_LATER if own is None else own))  # fmt: skip
     check_cascade(stages, [settings.checkpoint, *(parse_stage(t)[0] for t in then)])
     return stages
 
@@ -331,6 +354,8 @@ def cascade_record(stages: Sequence[Stage]) -> dict[str, str]:
     first = stages[0]
     if first.spec is not None and first.spec.told_level:
         extra["cond_noise"] = repr(float(first.cond_noise))
+    if first.spec is not None and first.spec.task == "super-resolution":
+        extra["project"] = json.dumps(first.project)
     if len(stages) > 1:
         extra["then"] = json.dumps([s.record() for s in stages[1:]], sort_keys=True)
     return extra
@@ -347,8 +372,8 @@ class CascadeSettings(SampleSettings):
 
     then: list[str] = option(
         "a super-resolution (or paired) checkpoint run on the previous stage's output, repeatable: a cascade. Its "
-        "own settings follow a colon: SR.safetensors:steps=20,sampler=ddim,cond_noise=0.1 (others are sampler "
-        "options); the flags above are the first stage's",
+        "own settings follow a colon: SR.safetensors:steps=20,sampler=ddim,cond_noise=0.1,project=0 (others are "
+        "sampler options); the flags above are the first stage's",
         default_factory=list,
         action="append",
         metavar="CKPT[:KEY=VALUE,...]",
@@ -360,6 +385,14 @@ class CascadeSettings(SampleSettings):
         default=None,
         metavar="A",
     )
+    project: bool = option(
+        "do not project a super-resolution model's every x0 estimate onto the images whose Lanczos-down view is the "
+        "low image given (by default they are: the output brought down again gives it back; a later stage of a "
+        "cascade is not projected unless it says project=1)",
+        default=PROJECT,
+        flag="--no-project",
+        action="store_false",
+    )
 
 
 def sample_files(settings: CascadeSettings, out: str | os.PathLike[str], *, condition: str | None = None,
@@ -370,7 +403,7 @@ def sample_files(settings: CascadeSettings, out: str | os.PathLike[str], *, cond
     grid.png) where the first stage draws from noise; with ``npz`` also the final images as uint8 NHWC. Returns (the
     paths written, lines to tell the user)."""
     check_at_least("batch_size", batch_size, 1)
-    stages = open_cascade(settings, settings.then, settings.cond_noise)
+    stages = open_cascade(settings, settings.then, settings.cond_noise, project=settings.project)
     conds = _conditions(stages[0], condition, settings.checkpoint)
     plan = _Plan.of(conds, num)
     out = Path(out)
@@ -486,7 +519,8 @@ def _recorded_stages(path: Path, old: Provenance, then: Sequence[str], device: s
     if len(recorded) != len(then):
         raise ParameterError(f"the picture was made by a cascade of {len(recorded) + 1} stage(s), and {len(then) + 1} "
                         "were given: pass {then} with each later stage's checkpoint, in order")  # fmt: skip
-    stages = [Stage.open(path, old.sample_settings(device), _level(old.extra.get("cond_noise")))]
+    project = json.loads(old.extra.get("project", "false"))  # not recorded: made before it existed
+    stages = [Stage.open(path, old.sample_settings(device), _level(old.extra.get("cond_noise")), project=project)]
     for j, (rec, text) in enumerate(zip(recorded, then, strict=True), start=1):
         stage_path, pairs = parse_stage(text)
         if pairs:
@@ -500,7 +534,8 @@ def _recorded_stages(path: Path, old: Provenance, then: Sequence[str], device: s
         settings = SampleSettings(sampler=rec["sampler"], spacing=rec["spacing"], steps=rec["steps"],
                                   eta=rec["options"].get("eta"), options=options, ema=old.ema, clip_x0=old.clip_x0,
                                   device=device)  # fmt: skip
-        stages.append(Stage.open(resolved, settings, rec.get("cond_noise"), stages[0].sampling.device))
+        stages.append(Stage.open(resolved, settings, rec.get("cond_noise"), stages[0].sampling.device,
+                                 bool(rec.get("project", False))))  # fmt: skip
     check_cascade(stages, [str(path), *then])
     return stages
 

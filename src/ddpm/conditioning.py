@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -110,6 +110,42 @@ def condition_of(low: Tensor, size: int, level: Tensor | None = None, noise: Ten
     return upsample(x, size)
 
 
+# ---------------------------------------------------------------------------- consistency with the low image
+
+# Rounds of back-projection per denoiser call (project_low). Each round roughly halves the residual where the clip
+# acts; the state carries from one sampling step to the next. 32 cost nothing beside a network call (measured: the
+# same seconds per batch as 8).
+PROJECT_ROUNDS = 32
+
+
+@functools.lru_cache(maxsize=32)
+def _down_pinv(size: int, low: int) -> tuple[Tensor, Tensor]:
+    """The float64 Lanczos down matrix A (low, size) of one axis and its pseudo-inverse A⁺ (size, low)."""
+    a = lanczos_weights(size, low, False)
+    return a, torch.linalg.pinv(a)
+
+
+def project_low(x: Tensor, low: Tensor, rounds: int = PROJECT_ROUNDS) -> Tensor:
+    """Images x (B, C, S, S) in [-1, 1] moved towards the images whose low view is ``low`` (B, C, s, s) in [-1, 1]:
+    ``rounds`` rounds of x ← clamp(x + A⁺ (low − D(x)) A⁺ᵀ, −1, 1).
+
+    D is the low view in floating point as Pillow makes it: the Lanczos filter A of :func:`low_of` along the width,
+    clipped to [−1, 1], then along the height, clipped (the clips are what the 8-bit path does; without them a
+    black background's ringing makes the true image itself fail x's constraint by 3–4 levels). Where no clip acts,
+    D(x) = A x Aᵀ and one round is the orthogonal projection onto {x : A x Aᵀ = low}, the nearest such image (A has
+    full row rank; DDNM, Wang et al. 2023: the condition sets the range of A⁺, the model its null space). Where the
+    low image is clipped, a residual appears only while x's own view is not (D(x) above black where low is black),
+    so the constraint there is the inequality the clip implies, and the true image is a fixed point."""
+    size, s = x.shape[-1], low.shape[-1]
+    a64, p64 = _down_pinv(size, s)
+    a, p = a64.to(x.device, x.dtype), p64.to(x.device, x.dtype)
+    y = low.to(x.device, x.dtype)
+    for _ in range(rounds):
+        down = torch.matmul(a, torch.matmul(x, a.T).clamp(-1.0, 1.0)).clamp(-1.0, 1.0)
+        x = (x + torch.matmul(torch.matmul(p, y - down), p.T)).clamp(-1.0, 1.0)
+    return x
+
+
 # ---------------------------------------------------------------------------- what a conditioned network takes
 
 TASKS = ("generate", "super-resolution", "paired")
@@ -156,3 +192,12 @@ class ConditionSpec:
         if level is None and self.size == image_size:
             return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
         return condition_of(images, image_size, level, noise)
+
+
+def low_projector(spec: ConditionSpec, given: Tensor) -> Callable[[Tensor], Tensor] | None:
+    """For a super-resolution network of ``spec``, x̂_0 (B, C, S, S) -> :func:`project_low` onto its low images
+    ``given`` (B, C, s, s) (uint8 pixels or floats in [-1, 1]); None for other tasks (their degradation is unknown)."""
+    if spec.task != "super-resolution":
+        return None
+    low = given.float() / 127.5 - 1.0 if given.dtype == torch.uint8 else given.float()
+    return functools.partial(project_low, low=low)

@@ -92,6 +92,7 @@ def make_denoiser(
     *,
     threshold: float | None = None,
     learned_variance: str | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
 ) -> Denoiser:
     """Wrap ``model(x_t, t[, labels])`` into ``denoise(x, t) -> (x0, eps)`` (both (B, C, H, W)).
 
@@ -105,6 +106,9 @@ def make_denoiser(
     to [−s, s] and divided by s.
     ``learned_variance`` (``"learned"`` or ``"learned-range"``) says that the model returns 2C channels, the
     prediction and then its variance output; the denoiser returns a :class:`Denoised` pair then.
+    ``project`` maps x̂_0 (B, C, H, W) to an image that satisfies a known constraint (a super-resolution model's
+    consistency with its low image: :func:`ddpm.conditioning.project_low`); it is applied after the clamp, and ε
+    is recomputed from its result as for clipping.
     """
     if threshold is not None and not 0.0 < float(threshold) <= 1.0:
         raise ValueError(f"threshold is a quantile in (0, 1] (e.g. 0.995); got {threshold!r}")
@@ -127,6 +131,9 @@ def make_denoiser(
             eps = eps_from_x0(x, x0, a)
         elif clip_x0:
             x0 = x0.clamp(-1, 1)
+            eps = eps_from_x0(x, x0, a)
+        if project is not None:
+            x0 = project(x0)
             eps = eps_from_x0(x, x0, a)
         if learned_variance is None:
             return x0, eps

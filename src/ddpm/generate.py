@@ -57,6 +57,9 @@ from .version import __version__
 
 TRAJECTORY_COLUMNS = 10
 PathLike = str | os.PathLike[str]
+# What an image-conditioned network samples given: its conditions (B, Cc, H, W), their augmentation level (B,), and
+# the map applied to every x̂_0 (a super-resolution model's projection onto its low images); all None unconditioned.
+SampledConditions = tuple[Tensor | None, Tensor | None, Callable[[Tensor], Tensor] | None]
 
 
 def resolve_class(value: int | str, class_names: list[str] | None) -> int:
@@ -263,6 +266,7 @@ def draw(
     condition: Tensor | None = None,
     condition_level: Tensor | None = None,
     generators: list[torch.Generator] | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Images ``indices`` of ``seed``: (len(indices), C, H, W) in [-1, 1]. The one call every path shares.
 
@@ -271,6 +275,7 @@ def draw(
     ``progress`` shows a bar over the model calls where they take more than a second. An image-conditioned network
     takes its images' conditions (B, Cc, H, W) and their augmentation level (B,) as it takes them
     (:func:`ddpm.cascade.network_conditions`). ``generators`` (one per image) replace image i's own generator.
+    ``project`` is applied to every x̂_0 (see :func:`ddpm.sample`).
     """
     c, size = int(meta["channels"]), int(meta["image_size"])
     labels = None
@@ -295,6 +300,7 @@ def draw(
         progress=progress,
         condition=condition,
         condition_level=condition_level,
+        project=project,
         **model_kind(meta, choice),
     )
 
@@ -331,13 +337,14 @@ def draw_batches(
     clip_x0: bool = True,
     progress: bool = False,
     callback_for: Callable[[list[int]], Callable[[dict[str, Any]], None] | None] | None = None,
-    conditions_for: Callable[[list[int]], tuple[Tensor | None, Tensor | None]] | None = None,
+    conditions_for: Callable[[list[int]], SampledConditions] | None = None,
 ) -> Iterator[tuple[list[int], Tensor]]:
     """Images 0..num-1 of ``seed``, ``batch_size`` at a time: yields (indices, images (B, C, H, W) in [-1, 1]).
 
     The batched loop of ``ddpm sample``, ``ddpm eval``, the training grids and ``--eval-every``; image i is the
     same at any batch size. ``callback_for(indices)`` gives a batch its sampler callback (or None),
-    ``conditions_for(indices)`` an image-conditioned network's (condition, level) of those images; see :func:`draw`
+    ``conditions_for(indices)`` an image-conditioned network's (condition, level, projection) of those images (see
+    :data:`SampledConditions`); see :func:`draw`
     for the other arguments.
     """
     with tqdm(
@@ -350,7 +357,7 @@ def draw_batches(
         for start in range(0, num, batch_size):
             idx = list(range(start, min(num, start + batch_size)))
             callback = callback_for(idx) if callback_for is not None else None
-            cond, level = conditions_for(idx) if conditions_for is not None else (None, None)
+            cond, level, project = conditions_for(idx) if conditions_for is not None else (None, None, None)
             yield (
                 idx,
                 draw(
@@ -368,6 +375,7 @@ def draw_batches(
                     cycle_classes=cycle_classes,
                     condition=cond,
                     condition_level=level,
+                    project=project,
                 ),
             )
             bar.update(len(idx))

@@ -469,6 +469,7 @@ def sample(
     learned_variance: str | None = None,
     condition: Tensor | None = None,
     condition_level: Tensor | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
     **options: Any,
 ) -> Tensor:
     """Draw images from a diffusion model.
@@ -489,6 +490,8 @@ def sample(
             quantile (e.g. 0.995) used instead of the plain clamp.
         condition, condition_level: an image-conditioned network's condition (B, Cc, H, W) and its augmentation
             level (B,), passed to every call (:func:`ddpm.denoiser.conditioned`).
+        project: applied to every x̂_0 (B, C, H, W) after the clamp, ε recomputed from it (a super-resolution model's
+            consistency with its low image, :func:`ddpm.conditioning.project_low`).
         learned_variance: ``"learned"`` or ``"learned-range"`` for a model that also predicts its reverse variance
             (2C output channels): the ``"ddpm"`` sampler then draws with the model's own σ² unless ``variance`` is
             given; the other samplers use the mean part only.
@@ -503,7 +506,8 @@ def sample(
     timesteps = spaced_timesteps(schedule, steps, spacing)
     x = _start_noise(tuple(int(s) for s in shape), generator, device, x_T)
     denoise = make_denoiser(conditioned(model, condition, condition_level), schedule, prediction, clip_x0, labels,
-                            guidance, threshold=threshold, learned_variance=learned_variance)  # fmt: skip
+                            guidance, threshold=threshold, learned_variance=learned_variance,
+                            project=project)  # fmt: skip
     if sampler == "ddpm" and learned_variance is not None:
         options = {"variance": "learned", **options}
     denoise = _with_progress(denoise, len(timesteps), sampler) if progress else denoise

@@ -196,7 +196,8 @@ def _sample_checkpoint(run: EvalRun, s: Sampling, ref: np.ndarray) -> tuple[np.n
         "samples_file": str(run.out / "samples.npz"),
     }  # fmt: skip
     if cfg.then:
-        info["then"] = [stage.record() for stage in open_cascade(cfg, cfg.then, cfg.cond_noise, run.device)[1:]]
+        stages = open_cascade(cfg, cfg.then, cfg.cond_noise, run.device, cfg.project)
+        info["then"] = [stage.record() for stage in stages[1:]]
     return gen, info
 
 
@@ -207,7 +208,7 @@ def _drawn(run: EvalRun, s: Sampling, num: int) -> Iterator[Tensor]:
     if not cfg.then:
         yield from (x for _, x in s.batches(cfg.seed, num, batch_size=cfg.batch_size, progress=cfg.progress))
         return
-    stages = open_cascade(cfg, cfg.then, cfg.cond_noise, run.device)
+    stages = open_cascade(cfg, cfg.then, cfg.cond_noise, run.device, cfg.project)
     for idx in batched(stages, num, cfg.batch_size):
         yield run_cascade(stages, cfg.seed, [(i, 0) for i in idx], None, cfg.progress)[-1]
 

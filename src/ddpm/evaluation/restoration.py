@@ -83,7 +83,7 @@ def evaluate_conditioned(run: EvalRun, metrics: list[str]) -> dict[str, Any]:
     figures, and records the protocol in ``run.protocol``."""
     cfg = run.cfg
     assert isinstance(cfg, CascadeSettings)  # EvalSettings
-    stages = open_cascade(cfg, cfg.then, cfg.cond_noise, run.device)
+    stages = open_cascade(cfg, cfg.then, cfg.cond_noise, run.device, cfg.project)
     first = stages[0]
     assert first.spec is not None  # the caller's choice
     targets, inputs, ref, split = _targets(run, first.spec, stages[-1])

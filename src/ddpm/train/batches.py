@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..cascade import COND_NOISE, network_conditions
-from ..conditioning import ConditionSpec, low_of
+from ..cascade import COND_NOISE, PROJECT, network_conditions
+from ..conditioning import ConditionSpec, low_of, low_projector
 from ..data.dataset import ImageDataset
 from ..data.paired import paired_data
 from ..data.preparing import training_data
 from ..errors import ParameterError
+from ..generate import SampledConditions
 from ..images import to_8bit
 from ..runtime import Dist
 from ..seeding import image_seed, mix
@@ -129,16 +130,18 @@ class TrainingSet:
         rows = self.input_rows[indices.cpu()]
         return self.inputs.to_unit(_read(self.inputs, self._held_inputs, rows, self.device))
 
-    def sampling_conditions(self, indices: list[int], seed: int) -> tuple[Tensor | None, Tensor | None]:
-        """What the network takes to sample items ``indices`` (a grid's, --eval-every's): their conditions (B, Cc,
-        H, W) and augmentation level (B,) at the sampling default (:data:`ddpm.cascade.COND_NOISE`), its noise
-        seeded by (seed, item); (None, None) unconditioned."""
+    def sampling_conditions(self, indices: list[int], seed: int) -> SampledConditions:
+        """What the network takes to sample items ``indices`` (a grid's, --eval-every's), as ``ddpm sample`` gives
+        it by default: their conditions (B, Cc, H, W) and augmentation level (B,) at :data:`ddpm.cascade.COND_NOISE`,
+        its noise seeded by (seed, item), and (super-resolution, :data:`ddpm.cascade.PROJECT`) the projection of x̂_0
+        onto their low images; (None, None, None) unconditioned."""
         if self.spec is None:
-            return None, None
+            return None, None, None
         given = self.conditions(torch.tensor(indices, dtype=torch.long))
         assert given is not None  # conditioned
         gens = [torch.Generator().manual_seed(image_seed(mix(seed, 0xC0DE), i)) for i in indices]
-        return network_conditions(self.spec, given, self.data.image_size, COND_NOISE, gens, self.device)
+        cond, level = network_conditions(self.spec, given, self.data.image_size, COND_NOISE, gens, self.device)
+        return cond, level, low_projector(self.spec, given.to(self.device)) if PROJECT else None
 
     def shown_conditions(self, indices: list[int]) -> Tensor:
         """Items ``indices``' conditions as a picture beside their images: (B, C, H, W) in [-1, 1], a low image

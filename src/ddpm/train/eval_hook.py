@@ -32,7 +32,7 @@ from ..evaluation.reference import (
     to_pixels,
 )
 from ..files import cache_dir as default_cache
-from ..generate import draw_batches
+from ..generate import SampledConditions, draw_batches
 from .batches import TrainingSet
 from .config import PATIENCE
 from .log import default_choice
@@ -78,8 +78,9 @@ class TrainingEval:
         if metric == "fid":
             find_inception()
 
-    def _conditions(self, indices: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The condition (B, Cc, H, W) and level (B,) samples ``indices`` are drawn with: item i mod the items'."""
+    def _conditions(self, indices: list[int]) -> SampledConditions:
+        """The condition (B, Cc, H, W), level (B,) and x̂_0 projection samples ``indices`` are drawn with: item i mod
+        the items'."""
         assert self.items is not None  # a conditioned run
         return self.items.sampling_conditions([i % len(self.items) for i in indices], self.seed)
 

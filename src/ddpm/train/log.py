@@ -101,9 +101,10 @@ def write_grid(path: Path, model: UNet, schedule: Schedule, cfg: TrainConfig, it
     parts = []
     for start in range(0, n, batch):
         idx = list(range(start, min(n, start + batch)))
-        cond, level = items.sampling_conditions(idx, cfg.seed)
+        cond, level, project = items.sampling_conditions(idx, cfg.seed)
         parts.append(draw(model, schedule, meta, choice, cfg.seed, idx, None, None, True, device,
-                          cycle_classes=classes, progress=progress, condition=cond, condition_level=level))  # fmt: skip
+                          cycle_classes=classes, progress=progress, condition=cond, condition_level=level,
+                          project=project))  # fmt: skip
     images = torch.cat(parts).cpu()
     columns = classes
     if spec is not None:  # condition | sample | truth, four triples a row
