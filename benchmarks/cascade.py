@@ -14,8 +14,9 @@ first the cascades at each sampling-time augmentation level of ``--levels`` and 
 onto the low image, ``ddpm sample``'s default, or not: ``--no-project``) with seed 0, then the best cascade and the
 direct model with every seed of ``--seeds``, then the super-resolution models on the test split's low images (PSNR,
 SSIM, consistency, FID; Lanczos in the same table) at the best level, with and without the projection. Rows go to
-benchmarks/results/cascade.jsonl, the table to cascade.md, and a picture (low | x4 samples | truth) to
-docs/super-resolution.png. Finished runs in ``--runs`` are reused (a stopped benchmark continues).
+benchmarks/results/cascade.jsonl, the table of that ``--minutes`` to cascade-<minutes>min.md, and a picture (low |
+x4 samples | truth) to docs/super-resolution.png. Finished runs in ``--runs`` are reused (a stopped benchmark
+continues).
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ def report(args: argparse.Namespace) -> None:
                 consistent = b[0].get("consistency", float("nan"))
                 lines.append(f"| {name}: {base} | {len(b)} | {np.mean([x['fid'] for x in b]):.2f} | | "
                              f"{b[0]['psnr']:.2f} | {b[0]['ssim']:.3f} | {consistent:.2f} |")  # fmt: skip
-    (RESULTS / "cascade.md").write_text(f"CPU: {cpu_model()}; {args.minutes:g} minutes per model or cascade\n\n"
-                                        + "\n".join(lines) + "\n")  # fmt: skip
+    head = f"CPU: {cpu_model()}; {args.minutes:g} minutes per model or cascade\n\n"
+    (RESULTS / f"cascade-{args.minutes:g}min.md").write_text(head + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

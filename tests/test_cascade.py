@@ -107,7 +107,7 @@ def test_super_resolution_outputs_give_their_low_image_back_unless_told_not_to(s
     lows = low_of(digits, 2)
     for sampler in ("ddim", "ddpm", "dpmpp-2m", "unipc"):
         stage = Stage.open(sr, SampleSettings(sampler=sampler, steps=4))
-        assert stage.project and stage.record()["project"] is True
+        assert stage.projects(0) and stage.record(0)["project"] is True and not stage.projects(1)
         out = to_8bit(cascade([stage], conditions=lows, seed=1)).numpy()
         error = consistency(out, lows.numpy(), 2)
         assert error.mean() < 1.0 and error.max() < 2.0, (sampler, error.mean(), error.max())
@@ -156,8 +156,8 @@ def test_a_cascade_writes_the_final_size_its_base_is_the_base_models_sample_and_
     assert "cascade of 2 stage(s), and 1 were given" in capsys.readouterr().err
     # The cascade's first stage draws what the base model alone draws; any item is the same alone or in a batch.
     stages = open_cascade(CascadeSettings(checkpoint=str(base), steps=2), [f"{sr}:steps=3"])
-    assert not stages[1].project
-    assert open_cascade(CascadeSettings(checkpoint=str(base), steps=2), [f"{sr}:project=1"])[1].project
+    assert not stages[1].projects(1) and stages[1].project is None
+    assert open_cascade(CascadeSettings(checkpoint=str(base), steps=2), [f"{sr}:project=1"])[1].projects(1)
     outs = run_cascade(stages, 0, [(0, 0), (1, 0), (2, 0)])
     s = stages[0].sampling
     alone = draw(s.model, s.schedule, s.meta, s.choice, 0, [1], None, None, True, s.device)

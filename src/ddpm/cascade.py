@@ -80,41 +80,49 @@ class Stage:
     """A model of a cascade opened for sampling: its :class:`~ddpm.generate.Sampling`, the condition it takes
     (None: it draws from noise), the augmentation level its condition is sampled at and, for super-resolution,
     whether every x̂_0 is projected onto the images whose low view is the condition
-    (:func:`~ddpm.conditioning.project_low`)."""
+    (:func:`~ddpm.conditioning.project_low`; None: as its place in a cascade says, see :meth:`projects`)."""
 
     sampling: Sampling
     spec: ConditionSpec | None
     cond_noise: float = COND_NOISE
-    project: bool = PROJECT
+    project: bool | None = None
 
     @classmethod
     def open(cls, checkpoint: str | os.PathLike[str], settings: SampleSettings | None = None,
              cond_noise: float | None = None, device: torch.device | str | None = None,
              project: bool | None = None) -> Stage:  # fmt: skip
         """Open ``checkpoint`` (a file or a run directory) with ``settings`` (the measured defaults when None);
-        ``cond_noise`` and ``project`` None take :data:`COND_NOISE` and :data:`PROJECT`."""
+        ``cond_noise`` None takes :data:`COND_NOISE`, ``project`` None the default of the stage's place."""
         settings = dataclasses.replace(settings or SampleSettings(), checkpoint=str(checkpoint))
         s = open_for_sampling(checkpoint, settings, device, conditioned=True)
         spec = ConditionSpec.from_meta(s.meta)
         level = COND_NOISE if cond_noise is None else float(cond_noise)
         if not 0.0 <= level < 1.0:
             raise ParameterError(f"{{cond_noise}} must lie in [0, 1); got {level}")
-        return cls(s, spec, level, PROJECT if project is None else bool(project))
+        return cls(s, spec, level, None if project is None else bool(project))
 
     @property
     def output(self) -> tuple[int, int]:
         """(channels, size) of the images this stage makes."""
         return self.sampling.channels, self.sampling.image_size
 
-    def record(self) -> dict[str, Any]:
-        """How this stage sampled, for the provenance of a cascade's pictures."""
+    def projects(self, stage: int) -> bool:
+        """Whether this stage, number ``stage`` of its cascade, projects x̂_0 onto its low images: as it was told, else
+        :data:`PROJECT` for the first (conditions the user gave) and :data:`PROJECT_LATER` for a later one (the
+        previous stage's samples)."""
+        if self.project is not None:
+            return self.project
+        return PROJECT if stage == 0 else PROJECT_LATER
+
+    def record(self, stage: int) -> dict[str, Any]:
+        """How this stage, number ``stage`` of its cascade, sampled, for the provenance of a cascade's pictures."""
         c = self.sampling.choice
         out = {"checkpoint_sha256": self.sampling.sha256, "sampler": c.name, "spacing": c.spacing, "steps": c.steps,
                "options": c.options}  # fmt: skip
         if self.spec is not None and self.spec.told_level:
             out["cond_noise"] = self.cond_noise
         if self.spec is not None and self.spec.task == "super-resolution":
-            out["project"] = self.project
+            out["project"] = self.projects(stage)
         return out
 
     def draw(self, seed: int, stage: int, keys: Sequence[tuple[int, int]], given: Tensor | None,
@@ -132,7 +140,7 @@ class Stage:
         gens = [torch.Generator().manual_seed(image_seed(mix(seed, stage, key), k)) for key, k in keys]
         noise_gens = [torch.Generator().manual_seed(image_seed(mix(seed, stage, key, 1), k)) for key, k in keys]
         cond, level = network_conditions(self.spec, given, s.image_size, self.cond_noise, noise_gens, s.device)
-        project = low_projector(self.spec, given.to(s.device)) if self.project else None
+        project = low_projector(self.spec, given.to(s.device)) if self.projects(stage) else None
         return draw(s.model, s.schedule, s.meta, s.choice, seed, list(range(len(keys))), s.label, s.guidance,
                     s.clip_x0, s.device, progress=progress, condition=cond, condition_level=level,
                     generators=gens, project=project)  # fmt: skip
@@ -208,8 +216,7 @@ def open_cascade(settings: SampleSettings, then: Sequence[str], cond_noise: floa
         if not Path(path).exists():
             raise ParameterError(f"{{then}} {path}: no such checkpoint or run directory")
         stage_set, level, own = stage_settings(pairs, settings)
-        stages.append(Stage.open(path, stage_set, cond_noise if level is None else level, dev,
-                                 PROJECT_LATER if own is None else own))  # fmt: skip
+        stages.append(Stage.open(path, stage_set, cond_noise if level is None else level, dev, own))
     check_cascade(stages, [settings.checkpoint, *(parse_stage(t)[0] for t in then)])
     return stages
 
@@ -355,9 +362,9 @@ def cascade_record(stages: Sequence[Stage]) -> dict[str, str]:
     if first.spec is not None and first.spec.told_level:
         extra["cond_noise"] = repr(float(first.cond_noise))
     if first.spec is not None and first.spec.task == "super-resolution":
-        extra["project"] = json.dumps(first.project)
+        extra["project"] = json.dumps(first.projects(0))
     if len(stages) > 1:
-        extra["then"] = json.dumps([s.record() for s in stages[1:]], sort_keys=True)
+        extra["then"] = json.dumps([s.record(j) for j, s in enumerate(stages) if j > 0], sort_keys=True)
     return extra
 
 

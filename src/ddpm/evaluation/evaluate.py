@@ -197,7 +197,7 @@ def _sample_checkpoint(run: EvalRun, s: Sampling, ref: np.ndarray) -> tuple[np.n
     }  # fmt: skip
     if cfg.then:
         stages = open_cascade(cfg, cfg.then, cfg.cond_noise, run.device, cfg.project)
-        info["then"] = [stage.record() for stage in stages[1:]]
+        info["then"] = [stage.record(j) for j, stage in enumerate(stages) if j > 0]
     return gen, info
 
 

@@ -100,7 +100,8 @@ def evaluate_conditioned(run: EvalRun, metrics: list[str]) -> dict[str, Any]:
     run.protocol["conditioned"] = {
         "task": first.spec.task, "scale": first.spec.scale, "data": run.data, "split": split, "num": num,
         "seed": cfg.seed,
-        "seeds": f"output i from (seed {cfg.seed}, i) for the i-th condition", "stages": [s.record() for s in stages],
+        "seeds": f"output i from (seed {cfg.seed}, i) for the i-th condition",
+        "stages": [s.record(j) for j, s in enumerate(stages)],
         "conditions": "as training makes them: Lanczos (Pillow's, 8-bit) down by the scale; the paired inputs",
         "psnr_ssim": "8-bit, per image, then the mean; SSIM 11x11 Gaussian window sigma 1.5, K1 0.01, K2 0.03",
         "consistency": "RMS in 8-bit levels of low(output) - the low image given",
