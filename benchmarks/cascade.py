@@ -51,15 +51,19 @@ def train(run: Path, minutes: float, flags: list[str], threads: int) -> Path:
 
 
 def evaluate(args: argparse.Namespace, name: str, out: Path, flags: list[str], seed: int) -> dict:
-    """``ddpm eval`` with ``flags`` (its checkpoint and stages) and seed, against the test split; one row appended."""
-    if not (out / "eval.json").is_file():
+    """``ddpm eval`` with ``flags`` (its checkpoint and stages) and seed, against the test split; one row appended
+    when it ran (a reused evaluation's row is already in the results)."""
+    ran = not (out / "eval.json").is_file()
+    if ran:
         run_command([DDPM, "eval", *flags, "--data", "fashion-mnist", "--ref-split", "test", "--ref-num",
                      str(args.ref_num), "--num", str(args.num), "--metrics", "fid", "--seed", str(seed), "--out",
                      str(out), "--quiet", "--overwrite"], args.threads)  # fmt: skip
     record = json.loads((out / "eval.json").read_text())
     row = {"row": name, "seed": seed, "flags": flags, "metrics": record["metrics"], "seconds": record["seconds"],
            "cpu": cpu_model(), "minutes": args.minutes}  # fmt: skip
-    append_row(ROWS, row)
+    kept = [json.loads(line) for line in ROWS.read_text().splitlines()] if ROWS.is_file() else []
+    if ran or not any((r["row"], r["seed"], r.get("minutes")) == (name, seed, args.minutes) for r in kept):
+        append_row(ROWS, row)
     return row
 
 
