@@ -478,8 +478,7 @@ def sample(
         model: any callable ``model(x_t, t)`` (or ``model(x_t, t, labels)``) returning a prediction
             of x_t's shape; ``t`` is a LongTensor (B,) of indices into ``schedule``.
         shape: (B, C, H, W) of the batch; schedule: the training schedule; sampler: one of ``SAMPLERS``.
-        steps: number of model evaluations' worth of steps; None means T. Fewer steps use a respaced
-            subset of indices (``spacing``) that ends at index 0.
+        steps: model evaluations (None: T); fewer than T use a respaced subset of indices (``spacing``) ending at 0.
         generator: None, a generator, or one per image; clip_x0: clamp x̂_0 to [-1, 1]; prediction: eps, x0 or v.
         labels: LongTensor (B,) of class indices (-1 = no label); guidance: the classifier-free guidance weight w
             (0 unconditional, 1 conditional).
@@ -488,15 +487,12 @@ def sample(
             the measured best on the Gaussian oracle. Irrelevant when steps is None or T (every index is used).
         x_T: starting noise (B, C, H, W); drawn from ``generator`` when None. threshold: dynamic-thresholding
             quantile (e.g. 0.995) used instead of the plain clamp.
-        condition, condition_level: an image-conditioned network's condition (B, Cc, H, W) and its augmentation
-            level (B,), passed to every call (:func:`ddpm.denoiser.conditioned`).
-        project: applied to every x̂_0 (B, C, H, W) after the clamp, ε recomputed from it (a super-resolution model's
-            consistency with its low image, :func:`ddpm.conditioning.project_low`).
+        condition, condition_level, project: an image-conditioned network's condition (B, Cc, H, W) and augmentation
+            level (B,), passed to every call (:func:`ddpm.denoiser.conditioned`); a map of every x̂_0 after the clamp,
+            ε recomputed from it (a super-resolution model's back-projection, :func:`ddpm.conditioning.project_low`).
         learned_variance: ``"learned"`` or ``"learned-range"`` for a model that also predicts its reverse variance
-            (2C output channels): the ``"ddpm"`` sampler then draws with the model's own σ² unless ``variance`` is
-            given; the other samplers use the mean part only.
-        options: sampler-specific keywords (``variance`` for ``"ddpm"``, ``eta``, ``order``, ...), listed with
-            their defaults by :func:`sampler_options`.
+            (2C output channels; other samplers use the mean part): ``"ddpm"`` draws with its σ² unless ``variance``.
+        options: sampler-specific keywords (``variance``, ``eta``, ``order``, ...), listed by :func:`sampler_options`.
 
     Returns the final x_0 estimate (B, C, H, W), float32 (in [-1, 1] when clipping).
     """

@@ -96,6 +96,7 @@ def test_each_field_declares_its_help():
     assert flagged == [f.name for f in dataclasses.fields(SampleSettings)] + [
         "then",
         "cond_noise",
+        "project",
         "samples",
         "data",
         "image_size",
