@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .images import pixels_to_unit
+
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
 LANCZOS_SUPPORT = 3.0
 
@@ -80,6 +82,11 @@ def _fixed_point_pass(x: Tensor, k: Tensor, axis: int) -> Tensor:
     return torch.floor((acc + (1 << (PRECISION_BITS - 1))) / (1 << PRECISION_BITS)).clamp_(0, 255)
 
 
+def as_unit(images: Tensor) -> Tensor:
+    """Images (B, C, H, W) as uint8 pixels or floats in [-1, 1], as float32 in [-1, 1]."""
+    return pixels_to_unit(images) if images.dtype == torch.uint8 else images.float()
+
+
 def upsample(x: Tensor, size: int) -> Tensor:
     """Images (B, C, h, w) in any range, brought up (or down) to (B, C, size, size) by the Lanczos filter in floating
     point, without rounding: how a low image enters the network."""
@@ -101,7 +108,7 @@ def condition_of(low: Tensor, size: int, level: Tensor | None = None, noise: Ten
     """The network's condition from low images (B, C, h, w) (uint8 pixels, or floats in [-1, 1]): in [-1, 1], with
     conditioning augmentation √(1−a)·low + √a·ε where ``level`` a (B,) and ``noise`` ε (B, C, h, w) are given, then
     brought up to (B, C, size, size)."""
-    x = low.float() / 127.5 - 1.0 if low.dtype == torch.uint8 else low.float()
+    x = as_unit(low)
     if level is not None:
         if noise is None:
             raise ValueError("conditioning augmentation needs its noise")
@@ -119,10 +126,11 @@ PROJECT_ROUNDS = 32
 
 
 @functools.lru_cache(maxsize=32)
-def _down_pinv(size: int, low: int) -> tuple[Tensor, Tensor]:
-    """The float64 Lanczos down matrix A (low, size) of one axis and its pseudo-inverse A⁺ (size, low)."""
+def _down_pinv(size: int, low: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The Lanczos down matrix A (low, size) of one axis and its pseudo-inverse A⁺ (size, low), computed in float64
+    and held in ``dtype`` on ``device`` (made once, not at every sampling step)."""
     a = lanczos_weights(size, low, False)
-    return a, torch.linalg.pinv(a)
+    return a.to(device, dtype), torch.linalg.pinv(a).to(device, dtype)
 
 
 def project_low(x: Tensor, low: Tensor, rounds: int = PROJECT_ROUNDS) -> Tensor:
@@ -137,8 +145,7 @@ def project_low(x: Tensor, low: Tensor, rounds: int = PROJECT_ROUNDS) -> Tensor:
     low image is clipped, a residual appears only while x's own view is not (D(x) above black where low is black),
     so the constraint there is the inequality the clip implies, and the true image is a fixed point."""
     size, s = x.shape[-1], low.shape[-1]
-    a64, p64 = _down_pinv(size, s)
-    a, p = a64.to(x.device, x.dtype), p64.to(x.device, x.dtype)
+    a, p = _down_pinv(size, s, x.dtype, x.device)
     y = low.to(x.device, x.dtype)
     for _ in range(rounds):
         down = torch.matmul(a, torch.matmul(x, a.T).clamp(-1.0, 1.0)).clamp(-1.0, 1.0)
@@ -190,7 +197,7 @@ class ConditionSpec:
             raise ValueError(f"expected conditions of shape (B, {self.channels}, {self.size}, {self.size}), got "
                              f"{tuple(images.shape)}")  # fmt: skip
         if level is None and self.size == image_size:
-            return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
+            return as_unit(images)
         return condition_of(images, image_size, level, noise)
 
 
@@ -199,5 +206,4 @@ def low_projector(spec: ConditionSpec, given: Tensor) -> Callable[[Tensor], Tens
     ``given`` (B, C, s, s) (uint8 pixels or floats in [-1, 1]); None for other tasks (their degradation is unknown)."""
     if spec.task != "super-resolution":
         return None
-    low = given.float() / 127.5 - 1.0 if given.dtype == torch.uint8 else given.float()
-    return functools.partial(project_low, low=low)
+    return functools.partial(project_low, low=as_unit(given))
