@@ -34,7 +34,7 @@ from ddpm.cascade import Stage, cascade
 from ddpm.checkpoint import list_checkpoints
 from ddpm.conditioning import low_of
 from ddpm.data.load import load_dataset
-from ddpm.images import make_grid, save_png, to_uint8
+from ddpm.images import make_grid, pixels_to_unit, save_png, to_uint8
 
 ROWS = RESULTS / "cascade.jsonl"
 PICTURE = REPO / "docs" / "super-resolution.png"
@@ -61,10 +61,14 @@ def evaluate(args: argparse.Namespace, name: str, out: Path, flags: list[str], s
     record = json.loads((out / "eval.json").read_text())
     row = {"row": name, "seed": seed, "flags": flags, "metrics": record["metrics"], "seconds": record["seconds"],
            "cpu": cpu_model(), "minutes": args.minutes}  # fmt: skip
-    kept = [json.loads(line) for line in ROWS.read_text().splitlines()] if ROWS.is_file() else []
-    if ran or not any((r["row"], r["seed"], r.get("minutes")) == (name, seed, args.minutes) for r in kept):
+    if ran or not any((r["row"], r["seed"], r.get("minutes")) == (name, seed, args.minutes) for r in kept_rows()):
         append_row(ROWS, row)
     return row
+
+
+def kept_rows() -> list[dict]:
+    """The rows of benchmarks/results/cascade.jsonl, oldest first (none before the first run)."""
+    return [json.loads(line) for line in ROWS.read_text().splitlines()] if ROWS.is_file() else []
 
 
 def trained(args: argparse.Namespace) -> dict[str, Path]:
@@ -177,16 +181,15 @@ def picture(run: Path, level: float) -> None:
     low = low_of(truth, 4)
     stage = Stage.open(run, cond_noise=level)
     samples = [cascade([stage], conditions=low, keys=list(range(len(low))), seed=s) for s in range(3)]
-    shown = low.repeat_interleave(4, -1).repeat_interleave(4, -2).float() / 127.5 - 1
-    rows = torch.stack([shown, *samples, truth.float() / 127.5 - 1], 1).flatten(0, 1)
+    shown = pixels_to_unit(low.repeat_interleave(4, -1).repeat_interleave(4, -2))
+    rows = torch.stack([shown, *samples, pixels_to_unit(truth)], 1).flatten(0, 1)
     save_png(PICTURE, make_grid(to_uint8(rows), nrow=5, pad_value=255, scale=2))
     print(f"wrote {PICTURE}", flush=True)
 
 
 def report(args: argparse.Namespace) -> None:
     """cascade.md: per row, the FID of each seed, their mean and spread, and the conditioned evaluations' tables."""
-    rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
-    rows = [r for r in rows if r.get("minutes") == args.minutes]
+    rows = [r for r in kept_rows() if r.get("minutes") == args.minutes]
     lines = ["| row | seeds | FID (mean) | FID per seed | PSNR | SSIM | consistency |", "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["row"] for r in rows):
         mine = {r["seed"]: r for r in rows if r["row"] == name}

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cascade import COND_NOISE, PROJECT, network_conditions
-from ..conditioning import ConditionSpec, as_unit, low_of, low_projector
+from ..conditioning import ConditionSpec, low_of, low_projector
 from ..data.dataset import ImageDataset
 from ..data.paired import paired_data
 from ..data.preparing import training_data
 from ..errors import ParameterError
 from ..generate import SampledConditions
-from ..images import to_8bit
+from ..images import pixels_to_unit, to_8bit
 from ..runtime import Dist
 from ..seeding import image_seed, mix
 from .augment import AugmentDraws, augment
@@ -125,7 +125,7 @@ class TrainingSet:
         if self.spec.task == "super-resolution":
             assert self.spec.scale is not None
             low = low_of(to_8bit(self.images(indices)), self.spec.scale)
-            return as_unit(low)
+            return pixels_to_unit(low)
         assert self.inputs is not None and self.input_rows is not None and self._held_inputs is not None
         rows = self.input_rows[indices.cpu()]
         return self.inputs.to_unit(_read(self.inputs, self._held_inputs, rows, self.device))
